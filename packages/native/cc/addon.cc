@@ -1,0 +1,17 @@
+// One N-API module: each concept registers its own symbols (see native.ts for the contract).
+#include <napi.h>
+
+void InitSocket(Napi::Env env, Napi::Object exports);
+void InitFdWatcher(Napi::Env env, Napi::Object exports);
+void InitEngine(Napi::Env env, Napi::Object exports);
+void InitDriver(Napi::Env env, Napi::Object exports);
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InitSocket(env, exports);
+  InitFdWatcher(env, exports);
+  InitEngine(env, exports);
+  InitDriver(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(vhostd_native, Init)

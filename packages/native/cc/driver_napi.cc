@@ -1,0 +1,3 @@
+// Placeholder until this concept lands; registers nothing.
+#include <napi.h>
+void InitDriver(Napi::Env, Napi::Object) {}

@@ -1,0 +1,9 @@
+// Thin facade over the N-API module: types and small helpers, no logic of its own.
+import { native } from "./native.js";
+
+export * from "./native.js";
+
+/** Index of one counter in NativeEngine.counters. */
+export function counterIndex(maxQueues: number, devId: number, queue: number, field: number): number {
+  return (devId * maxQueues + queue) * native.COUNTERS_PER_QUEUE + field;
+}

@@ -1,0 +1,233 @@
+// Every symbol of the N-API module, declared once (the contract between C++ and TS).
+// The C++ side lives in ../cc/, one file per concept; ../cc/addon.cc registers them all.
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+
+/* ---------------------------------------------------------------- sockets (cc/socket.cc) */
+
+/** One recvmsg() worth of bytes and the fds that came with them. */
+export interface RecvResult {
+  /** Bytes read; empty means the peer closed the connection (EOF). */
+  data: Buffer;
+  /** File descriptors received with SCM_RIGHTS (now owned by the caller). */
+  fds: number[];
+  /** True when the peer sent more fds than maxFds (MSG_CTRUNC); the extras were closed. */
+  fdsTruncated: boolean;
+}
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/* -------------------------------------------------------------- engine (cc/engine_*.cc) */
+
+/** A guest memory region as vhost-user describes it, plus the fd that backs it. */
+export interface MemRegion {
+  /** fd to mmap(MAP_SHARED); the engine maps it and does not take ownership. */
+  fd: number;
+  guestAddr: bigint;
+  size: bigint;
+  /** The front-end's virtual address of the region (ring addresses are in this space). */
+  userAddr: bigint;
+  mmapOffset: bigint;
+}
+
+/** Everything needed to run one virtqueue (split ring). */
+export interface QueueConfig {
+  /** Ring size, a power of two from 1 to 32768. */
+  size: number;
+  /** Front-end virtual addresses, as SET_VRING_ADDR carries them. */
+  descAddr: bigint;
+  availAddr: bigint;
+  usedAddr: bigint;
+  /** The avail index to resume from (SET_VRING_BASE). */
+  lastAvailIdx: number;
+  /** Eventfd the front-end writes to kick; -1 means no kick fd (poll only). Not owned. */
+  kickFd: number;
+  /** Eventfd to signal used buffers; -1 means never signal. Not owned. */
+  callFd: number;
+  /** Eventfd to report a broken ring; -1 for none. Not owned. */
+  errFd: number;
+}
+
+export interface NetDeviceOptions {
+  /** The L2 switch (one per net PF) the device's port joins. */
+  switchId: number;
+  /** "52:54:00:12:34:56" */
+  mac: string;
+  mtu: number;
+  /** Queue pairs the device offers (queue 2i is RX of pair i, 2i+1 its TX). */
+  maxQueuePairs: number;
+}
+
+/** Something the datapath noticed that an operator must see (rate-limited by the engine). */
+export interface EngineEvent {
+  devId: number;
+  /** Queue index, or -1 when the event is about the device or a switch. */
+  queue: number;
+  kind: "ring-error" | "chain-error" | "queue-broken" | "tap-error";
+  reason: string;
+}
+
+export interface EngineOptions {
+  /** Datapath worker threads (default 1). Devices are spread over them. */
+  workers?: number;
+  /** Device ids range over [0, maxDevices) (default 1024). */
+  maxDevices?: number;
+  /** Busy-poll this long after the last work before sleeping on kick fds (default 200 µs). */
+  pollUs?: number;
+}
+
+export interface FdbEntry {
+  mac: string;
+  /** Device id behind the port, or -1 for the uplink. */
+  devId: number;
+  ageMs: number;
+}
+
+export interface NativeEngine {
+  addSwitch(switchId: number): void;
+  removeSwitch(switchId: number): void;
+  /** Attach a TAP fd (opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) as the uplink; -1 detaches. Not owned. */
+  setSwitchUplink(switchId: number, tapFd: number): void;
+  fdb(switchId: number): FdbEntry[];
+
+  addNetDevice(devId: number, opts: NetDeviceOptions): void;
+  /** Stops every queue and unmaps the device's memory. */
+  removeDevice(devId: number): void;
+  /** The negotiated virtio features (decides header size, EVENT_IDX, MRG_RXBUF, offloads). */
+  setFeatures(devId: number, features: bigint): void;
+  /** Replaces the whole memory table; throws on overlapping or unmappable regions. */
+  setMemTable(devId: number, regions: MemRegion[]): void;
+  addMemRegion(devId: number, region: MemRegion): void;
+  /** Removes the region with this guestAddr/size/userAddr (fd is ignored). */
+  removeMemRegion(devId: number, region: MemRegion): void;
+  /** Starts (or restarts) a queue; throws with a reason when the ring does not fit guest memory. */
+  startQueue(devId: number, queue: number, cfg: QueueConfig): void;
+  /** Stops a queue and returns its last avail index (GET_VRING_BASE); returns 0 if it never ran. */
+  stopQueue(devId: number, queue: number): number;
+  /** SET_VRING_ENABLE: a disabled queue is not processed, but keeps its configuration. */
+  setQueueEnabled(devId: number, queue: number, enabled: boolean): void;
+  /** Replace the call fd of a running or stopped queue (front-ends remask interrupts this way). */
+  setQueueCall(devId: number, queue: number, callFd: number): void;
+  /** Process every running queue of the device once and signal each call fd once (after a restart). */
+  kickAll(devId: number): void;
+  /** Shared counter memory: see COUNTERS_PER_QUEUE / counterIndex() in index.ts. */
+  readonly counters: BigUint64Array;
+  readonly maxDevices: number;
+  readonly maxQueues: number;
+  /** Stops every worker; the engine is unusable afterwards. */
+  close(): void;
+}
+
+/* ------------------------------------------------------- front-end driver (cc/driver_*.cc) */
+
+export interface DriverOptions {
+  /** Bytes of memfd "guest" memory (default 64 MiB). */
+  memSize?: number;
+  queuePairs?: number;
+  /** Ring size, power of two (default 256). */
+  queueSize?: number;
+  /** Negotiated virtio features the driver must honour (header size, MRG_RXBUF, EVENT_IDX). */
+  features?: bigint;
+}
+
+export interface DriverRing {
+  desc: bigint;
+  avail: bigint;
+  used: bigint;
+  kickFd: number;
+  callFd: number;
+}
+
+export interface TxOptions {
+  dstMac: string;
+  srcMac: string;
+  /** Ethernet frame size without the virtio-net header (60..9000). */
+  frameSize: number;
+  /** Frames to send; 0 = until stopTx(). */
+  count?: number;
+  /** Frames per second; 0 = as fast as the ring allows. */
+  ratePps?: number;
+  /** Tags frames so a receiver can tell streams apart. */
+  streamId?: number;
+}
+
+export interface DriverStats {
+  txPackets: number;
+  txBytes: number;
+  /** Frames the driver gave up on because the ring stayed full. */
+  txRingFull: number;
+  rxPackets: number;
+  rxBytes: number;
+  /** Frames that were not ours (no magic), counted and otherwise ignored. */
+  rxForeign: number;
+  /** Sequence gaps, repeats and payload mismatches among our frames. */
+  rxLost: number;
+  rxDuplicated: number;
+  rxCorrupted: number;
+  rxReordered: number;
+  /** Longest time between two received frames while traffic flowed, in µs. */
+  rxMaxGapUs: number;
+}
+
+export interface NativeDriverDevice {
+  readonly memFd: number;
+  readonly memSize: number;
+  /** Address of the memory in this process; used as both guest and user address (like virtio-user). */
+  readonly memAddr: bigint;
+  ring(queue: number): DriverRing;
+  /** Lay out the rings again (indices back to 0) as after a fresh negotiation. */
+  resetRings(features: bigint): void;
+  startTx(pair: number, opts: TxOptions): void;
+  stopTx(pair: number): void;
+  startRx(pair: number): void;
+  stopRx(pair: number): void;
+  stats(pair: number): DriverStats;
+  /** Raw access to driver memory, for crafting hostile rings in tests. */
+  writeMem(addr: bigint, data: Buffer): void;
+  readMem(addr: bigint, len: number): Buffer;
+  close(): void;
+}
+
+/* --------------------------------------------------------------------- the module itself */
+
+export interface NativeModule {
+  unixListen(path: string, backlog: number): number;
+  unixConnect(path: string): number;
+  /** Returns -1 when no connection is pending. */
+  unixAccept(listenFd: number): number;
+  /** Returns null when nothing is available (EAGAIN). Throws an Error with .code on failure. */
+  recvWithFds(fd: number, maxBytes: number, maxFds: number): RecvResult | null;
+  /** Sends all of data (fds ride on the first byte); throws on EAGAIN or error. */
+  sendWithFds(fd: number, data: Buffer, fds: number[]): number;
+  socketPair(): [number, number];
+  peerCred(fd: number): PeerCred;
+  closeFd(fd: number): void;
+  dupFd(fd: number): number;
+  eventFd(initial: number): number;
+  /** Write 1 to an eventfd (ignored when its counter is saturated). */
+  eventFdWrite(fd: number): void;
+  /** Read and reset an eventfd; returns 0 when it was not signalled. */
+  eventFdRead(fd: number): number;
+  memfdCreate(name: string, size: number): number;
+
+  FdWatcher: new (fd: number, onReadable: () => void) => {
+    stop(): void;
+    ref(): void;
+    unref(): void;
+  };
+
+  Engine: new (opts: EngineOptions, onEvent: (ev: EngineEvent) => void) => NativeEngine;
+
+  DriverDevice: new (opts: DriverOptions) => NativeDriverDevice;
+
+  /** Layout constants of the shared counter memory. */
+  COUNTERS_PER_QUEUE: number;
+  COUNTER_NAMES: string[];
+}
+
+export const native: NativeModule = require("../../build/Release/vhostd_native.node");

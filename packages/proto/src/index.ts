@@ -1,0 +1,2 @@
+// Wire formats of vhostd: vhost-user, virtio, RPC, HA sync, journal records, errors.
+export {};

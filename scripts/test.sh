@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds everything, runs every ava test (unit and end-to-end) and ends with the
+# "N passed, N failed" line CI reads. Extra arguments go to ava (e.g. a file glob).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+pnpm run -s build || { echo "0 passed, 1 failed"; exit 1; }
+out=$(mktemp)
+pnpm exec ava --tap "$@" | tee "$out"
+rc=${PIPESTATUS[0]}
+pass=$(awk '/^# pass /{print $3}' "$out"); fail=$(awk '/^# fail /{print $3}' "$out"); skip=$(awk '/^# skip /{print $3}' "$out")
+todo=$(awk '/^# todo /{print $3}' "$out")
+rm -f "$out"
+pass=${pass:-0}; fail=${fail:-0}
+if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi   # ava itself failed (load error, timeout)
+echo "${pass} passed, ${fail} failed${skip:+, ${skip} skipped}${todo:+, ${todo} todo}"
+exit "$rc"
