@@ -1,3 +1,156 @@
-// Placeholder until this concept lands; registers nothing.
+// FdWatcher: calls a JS function on the JS thread whenever an fd becomes readable
+// (or errors / hangs up, so the JS side gets to read the EOF). A libuv uv_poll_t on
+// Node's own loop; no threads. The watcher never owns the fd: stop() it before
+// closing the fd, as libuv requires.
+//
+// Lifetimes:
+//  - The uv_poll_t lives in a heap Poll that libuv owns from uv_poll_init() until the
+//    uv_close() callback frees it; the JS object may be collected long before that.
+//  - While polling, the JS object is pinned (strong self-reference), as Node pins its
+//    own active handles: a watcher nobody references must keep firing, not vanish at
+//    the next GC. stop() unpins it.
+//  - An async cleanup hook closes a still-running poll when the environment is torn
+//    down (worker exit), otherwise Node would find an open handle on a dying loop.
 #include <napi.h>
-void InitFdWatcher(Napi::Env, Napi::Object) {}
+#include <uv.h>
+
+#include <climits>
+#include <cmath>
+#include <memory>
+
+namespace {
+
+class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FdWatcher",
+                       {InstanceMethod<&FdWatcher::Stop>("stop"),
+                        InstanceMethod<&FdWatcher::Ref>("ref"),
+                        InstanceMethod<&FdWatcher::Unref>("unref")});
+  }
+
+  explicit FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber())
+      throw Napi::TypeError::New(env, "FdWatcher: fd must be a number");
+    double fd = info[0].As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(fd) || std::trunc(fd) != fd || fd < 0 || fd > INT_MAX)
+      throw Napi::RangeError::New(env, "FdWatcher: fd must be an integer >= 0");
+    if (info.Length() < 2 || !info[1].IsFunction())
+      throw Napi::TypeError::New(env, "FdWatcher: onReadable must be a function");
+
+    // Everything that can throw on the JS side comes first: once uv_poll_init()
+    // succeeds, the handle can only be released through uv_close().
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    async_ = std::make_unique<Napi::AsyncContext>(env, "vhostd.FdWatcher");
+
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env);
+
+    auto poll = std::make_unique<Poll>();
+    int r = uv_poll_init(loop, &poll->uv, static_cast<int>(fd));
+    if (r < 0) ThrowUv(env, r, "uv_poll_init");  // not initialized: unique_ptr frees it
+    poll->uv.data = poll.get();
+    poll->owner = this;
+    poll_ = poll.release();
+
+    r = uv_poll_start(&poll_->uv, UV_READABLE | UV_DISCONNECT, OnPoll);
+    if (r >= 0 && napi_add_async_cleanup_hook(env, OnEnvTeardown, poll_, &poll_->hook) != napi_ok)
+      r = UV_ENOMEM;
+    if (r < 0) {
+      Close();
+      ThrowUv(env, r, "uv_poll_start");
+    }
+    ObjectWrap::Ref();  // pinned while polling
+    pinned_ = true;
+  }
+
+  ~FdWatcher() override { Close(); }  // only reached after stop() or at env teardown
+
+ private:
+  struct Poll {
+    uv_poll_t uv;
+    FdWatcher* owner = nullptr;  // null once closing: the watcher may be gone by then
+    napi_async_cleanup_hook_handle hook = nullptr;
+  };
+
+  [[noreturn]] static void ThrowUv(Napi::Env env, int err, const char* syscall) {
+    Napi::Error e = Napi::Error::New(env, std::string("FdWatcher: ") + syscall + " " +
+                                              uv_err_name(err) + " (" + uv_strerror(err) + ")");
+    e.Set("code", Napi::String::New(env, uv_err_name(err)));
+    e.Set("errno", Napi::Number::New(env, err));
+    e.Set("syscall", Napi::String::New(env, syscall));
+    throw e;
+  }
+
+  // Runs on the JS thread from the libuv loop, i.e. outside any JS call: it needs its
+  // own handle scope, and MakeCallback gives async_hooks context plus microtask and
+  // nextTick processing. Nothing may throw out of here into libuv.
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    FdWatcher* self = static_cast<Poll*>(handle->data)->owner;
+    if (self == nullptr) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    try {
+      // `self` may be stopped and collected once the callback returns: not touched after.
+      self->callback_.MakeCallback(self->Value(), std::initializer_list<napi_value>{}, *self->async_);
+    } catch (const Napi::Error& e) {
+      // A throwing callback is the JS program's bug: report it the way Node reports any
+      // exception from an event callback ('uncaughtException', else exit), not abort().
+      napi_fatal_exception(env, e.Value());
+    } catch (...) {
+    }
+  }
+
+  static void OnClosed(uv_handle_t* handle) {
+    Poll* poll = static_cast<Poll*>(handle->data);
+    if (poll->hook != nullptr) napi_remove_async_cleanup_hook(poll->hook);  // also signals "done"
+    delete poll;
+  }
+
+  // Env teardown: close the handle without touching JS (it can no longer run).
+  // A poll that is already closing just waits for OnClosed to remove the hook.
+  static void OnEnvTeardown(napi_async_cleanup_hook_handle, void* arg) {
+    Poll* poll = static_cast<Poll*>(arg);
+    if (poll->owner != nullptr) poll->owner->Close();
+  }
+
+  // The libuv half of stopping; safe from destructors and cleanup hooks.
+  void Close() {
+    if (poll_ == nullptr) return;
+    poll_->owner = nullptr;
+    uv_poll_stop(&poll_->uv);
+    uv_close(reinterpret_cast<uv_handle_t*>(&poll_->uv), OnClosed);
+    poll_ = nullptr;
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    Close();
+    if (pinned_) {
+      pinned_ = false;
+      ObjectWrap::Unref();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Ref(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&poll_->uv));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unref(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(&poll_->uv));
+    return info.Env().Undefined();
+  }
+
+  Poll* poll_ = nullptr;
+  Napi::FunctionReference callback_;
+  std::unique_ptr<Napi::AsyncContext> async_;
+  bool pinned_ = false;
+};
+
+}  // namespace
+
+void InitFdWatcher(Napi::Env env, Napi::Object exports) {
+  exports.Set("FdWatcher", FdWatcher::Define(env));
+}

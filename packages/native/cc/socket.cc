@@ -1,3 +1,432 @@
-// Placeholder until this concept lands; registers nothing.
+// Unix-socket and fd primitives for the vhost-user control channel (see native.ts).
+//
+// Everything here runs synchronously on the JS thread, so every syscall is
+// non-blocking (SOCK_NONBLOCK / MSG_DONTWAIT) and every fd is created close-on-exec:
+// nothing may stall the event loop, and nothing may leak into child processes.
+// Arguments coming from JS are validated first; bad ones throw TypeError/RangeError.
 #include <napi.h>
-void InitSocket(Napi::Env, Napi::Object) {}
+#include <uv.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Linux's SCM_MAX_FD: the kernel rejects more fds in one SCM_RIGHTS message.
+constexpr int kMaxFds = 253;
+// recvWithFds allocates maxBytes up front; vhost-user messages are a few KiB.
+constexpr double kMaxRecvBytes = 16 * 1024 * 1024;
+// memfd_create(2): names longer than this are rejected with EINVAL.
+constexpr size_t kMaxMemfdName = 249;
+// How long sendWithFds waits for a stalled peer before giving up with EAGAIN.
+constexpr int kSendStallMs = 1000;
+
+/* ------------------------------------------------------------------ errors */
+
+// Throws an Error shaped like Node's own system errors (code/errno/syscall/path),
+// so callers can handle ours and net/fs errors the same way. errno is negative, as
+// in Node (err.errno === -os.constants.errno.ENOENT).
+[[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall,
+                             const std::string& path = std::string()) {
+  // On Unix, libuv error codes are the negated errno values.
+  const char* code = uv_err_name(-err);
+  std::string msg = std::string(syscall) + " " + code + " (" + uv_strerror(-err) + ")";
+  if (!path.empty()) msg += ": " + path;
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  if (!path.empty()) e.Set("path", Napi::String::New(env, path));
+  throw e;
+}
+
+/* ------------------------------------------------------------- arguments */
+
+std::string ArgName(const char* fn, const char* arg) {
+  return std::string(fn) + ": " + arg;
+}
+
+// An integer-valued Number in [min, max]; TypeError for non-numbers, RangeError otherwise.
+double IntArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* arg,
+              double min, double max) {
+  if (i >= info.Length() || !info[i].IsNumber())
+    throw Napi::TypeError::New(info.Env(), ArgName(fn, arg) + " must be a number");
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(v) || std::trunc(v) != v || v < min || v > max)
+    throw Napi::RangeError::New(info.Env(), ArgName(fn, arg) + " must be an integer in [" +
+                                                std::to_string(static_cast<int64_t>(min)) + ", " +
+                                                std::to_string(static_cast<int64_t>(max)) + "]");
+  return v;
+}
+
+int FdArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* arg = "fd") {
+  return static_cast<int>(IntArg(info, i, fn, arg, 0, INT_MAX));
+}
+
+// A string without NUL bytes (the kernel would silently cut it there).
+std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* arg) {
+  if (i >= info.Length() || !info[i].IsString())
+    throw Napi::TypeError::New(info.Env(), ArgName(fn, arg) + " must be a string");
+  std::string s = info[i].As<Napi::String>().Utf8Value();
+  if (s.find('\0') != std::string::npos)
+    throw Napi::TypeError::New(info.Env(), ArgName(fn, arg) + " must not contain NUL bytes");
+  return s;
+}
+
+// Filesystem socket path that fits sun_path with its terminating NUL (no abstract sockets).
+sockaddr_un PathArg(const Napi::CallbackInfo& info, size_t i, const char* fn, std::string* path) {
+  *path = StringArg(info, i, fn, "path");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path->empty()) throw Napi::RangeError::New(info.Env(), ArgName(fn, "path") + " must not be empty");
+  if (path->size() >= sizeof(addr.sun_path))
+    throw Napi::RangeError::New(info.Env(), ArgName(fn, "path") + " is " + std::to_string(path->size()) +
+                                                " bytes; a unix socket path holds at most " +
+                                                std::to_string(sizeof(addr.sun_path) - 1));
+  memcpy(addr.sun_path, path->data(), path->size());
+  return addr;
+}
+
+/* -------------------------------------------------------------- fd guards */
+
+// Closes an fd on scope exit unless released: every error path after socket() or
+// recvmsg() must give the fd back to the kernel, never leak it.
+class FdGuard {
+ public:
+  explicit FdGuard(int fd) : fd_(fd) {}
+  ~FdGuard() { if (fd_ >= 0) close(fd_); }
+  FdGuard(const FdGuard&) = delete;
+  FdGuard& operator=(const FdGuard&) = delete;
+  int get() const { return fd_; }
+  int release() { int fd = fd_; fd_ = -1; return fd; }
+ private:
+  int fd_;
+};
+
+class FdListGuard {
+ public:
+  ~FdListGuard() { for (int fd : fds) close(fd); }
+  std::vector<int> fds;
+};
+
+int NewUnixSocket(Napi::Env env) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, errno, "socket");
+  return fd;
+}
+
+/* ---------------------------------------------------------------- sockets */
+
+// A socket file left behind by a dead server is removed so bind() succeeds; one that a
+// live server still listens on is not stolen (two daemons on one path would otherwise
+// both believe they own it). "Live" = a probe connect() succeeds or finds the backlog full.
+void RemoveStaleSocket(Napi::Env env, const std::string& path, const sockaddr_un& addr) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return;  // bind() reports the rest
+  FdGuard probe(NewUnixSocket(env));
+  if (connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 ||
+      errno == EAGAIN)
+    ThrowErrno(env, EADDRINUSE, "bind", path);
+  if (errno == ECONNREFUSED && unlink(path.c_str()) != 0 && errno != ENOENT)
+    ThrowErrno(env, errno, "unlink", path);
+}
+
+Napi::Value UnixListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  sockaddr_un addr = PathArg(info, 0, "unixListen", &path);
+  int backlog = static_cast<int>(IntArg(info, 1, "unixListen", "backlog", 0, 65535));
+
+  RemoveStaleSocket(env, path, addr);
+  FdGuard fd(NewUnixSocket(env));
+  // The socket file gets the umask's mode; listenUnix() in unix_socket.ts chmods it.
+  if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
+    ThrowErrno(env, errno, "bind", path);
+  if (listen(fd.get(), backlog) != 0) ThrowErrno(env, errno, "listen", path);
+  return Napi::Number::New(env, fd.release());
+}
+
+// A unix-domain connect() never goes "in progress": it succeeds at once, or fails with
+// ENOENT/ECONNREFUSED/EAGAIN (backlog full)/EACCES..., all of which we throw.
+Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  sockaddr_un addr = PathArg(info, 0, "unixConnect", &path);
+  FdGuard fd(NewUnixSocket(env));
+  if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
+    ThrowErrno(env, errno, "connect", path);
+  return Napi::Number::New(env, fd.release());
+}
+
+Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int lfd = FdArg(info, 0, "unixAccept", "listenFd");
+  for (;;) {
+    int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) return Napi::Number::New(env, fd);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
+    // A client that gave up before we accepted it is not our error: try the next one.
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    ThrowErrno(env, errno, "accept4");
+  }
+}
+
+// One recvmsg(). The control buffer has room for maxFds fds; CMSG_SPACE rounds up, so
+// the kernel may still install a few more, which we close: the caller asked for at most
+// maxFds and must never own fds it does not know about.
+Napi::Value RecvWithFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "recvWithFds");
+  size_t maxBytes = static_cast<size_t>(IntArg(info, 1, "recvWithFds", "maxBytes", 1, kMaxRecvBytes));
+  size_t maxFds = static_cast<size_t>(IntArg(info, 2, "recvWithFds", "maxFds", 0, kMaxFds));
+
+  std::unique_ptr<char[]> buf(new char[maxBytes]);
+  size_t ctrlLen = maxFds > 0 ? CMSG_SPACE(maxFds * sizeof(int)) : 0;
+  std::vector<cmsghdr> ctrl(ctrlLen / sizeof(cmsghdr) + 1);  // cmsghdr-aligned storage
+
+  iovec iov{buf.get(), maxBytes};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctrlLen > 0 ? ctrl.data() : nullptr;
+  msg.msg_controllen = ctrlLen;
+
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Null();
+    ThrowErrno(env, errno, "recvmsg");
+  }
+
+  FdListGuard received;  // closes everything if building the result throws
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const unsigned char* p = CMSG_DATA(c);
+    for (size_t i = 0; i < count; i++) {
+      int rfd;
+      memcpy(&rfd, p + i * sizeof(int), sizeof rfd);  // CMSG_DATA need not be int-aligned
+      received.fds.push_back(rfd);
+    }
+  }
+  bool truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
+  while (received.fds.size() > maxFds) {
+    close(received.fds.back());
+    received.fds.pop_back();
+    truncated = true;
+  }
+
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("data", Napi::Buffer<char>::Copy(env, buf.get(), static_cast<size_t>(n)));
+  Napi::Array fds = Napi::Array::New(env, received.fds.size());
+  for (size_t i = 0; i < received.fds.size(); i++) fds.Set(static_cast<uint32_t>(i), received.fds[i]);
+  result.Set("fds", fds);
+  result.Set("fdsTruncated", Napi::Boolean::New(env, truncated));
+  received.fds.clear();  // ownership passes to JS
+  return result;
+}
+
+// Sends all of data: vhost-user messages must never be cut in half, so partial writes
+// loop, and a full socket buffer is waited out (up to kSendStallMs per stall). The fds
+// go in one SCM_RIGHTS with the first chunk. On a stall timeout part of the message
+// may already be gone: the caller must treat the connection as broken.
+Napi::Value SendWithFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "sendWithFds");
+
+  const char* data;
+  size_t len;
+  // Not IsBuffer(): on Node 20 it accepts any ArrayBufferView. A Buffer is a Uint8Array.
+  if (info.Length() > 1 && info[1].IsTypedArray() &&
+      info[1].As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
+    auto a = info[1].As<Napi::Uint8Array>();
+    data = reinterpret_cast<const char*>(a.Data());
+    len = a.ByteLength();
+  } else {
+    throw Napi::TypeError::New(env, "sendWithFds: data must be a Buffer or Uint8Array");
+  }
+
+  if (info.Length() < 3 || !info[2].IsArray())
+    throw Napi::TypeError::New(env, "sendWithFds: fds must be an array of fds");
+  Napi::Array fdArray = info[2].As<Napi::Array>();
+  if (fdArray.Length() > static_cast<uint32_t>(kMaxFds))
+    throw Napi::RangeError::New(env, "sendWithFds: at most " + std::to_string(kMaxFds) +
+                                         " fds per message, got " + std::to_string(fdArray.Length()));
+  std::vector<int> fds;
+  for (uint32_t i = 0; i < fdArray.Length(); i++) {
+    Napi::Value v = fdArray.Get(i);
+    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!v.IsNumber() || !std::isfinite(d) || std::trunc(d) != d || d < 0 || d > INT_MAX)
+      throw Napi::TypeError::New(env, "sendWithFds: fds[" + std::to_string(i) + "] must be an fd (integer >= 0)");
+    fds.push_back(static_cast<int>(d));
+  }
+  // On a stream socket a zero-byte sendmsg() carries nothing, the fds included.
+  if (len == 0) {
+    if (!fds.empty()) throw Napi::RangeError::New(env, "sendWithFds: fds need at least one byte of data");
+    return Napi::Number::New(env, 0);
+  }
+
+  std::vector<cmsghdr> ctrl(CMSG_SPACE(fds.size() * sizeof(int)) / sizeof(cmsghdr) + 1);
+  size_t sent = 0;
+  while (sent < len) {
+    iovec iov{const_cast<char*>(data) + sent, len - sent};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (sent == 0 && !fds.empty()) {
+      msg.msg_control = ctrl.data();
+      msg.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
+      memset(ctrl.data(), 0, msg.msg_controllen);
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+      memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+    }
+    // MSG_NOSIGNAL: a vanished peer is an EPIPE error, not a process-killing SIGPIPE.
+    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) ThrowErrno(env, errno, "sendmsg");
+    pollfd pfd{fd, POLLOUT, 0};
+    int r = poll(&pfd, 1, kSendStallMs);
+    if (r == 0) ThrowErrno(env, EAGAIN, "sendmsg");
+    if (r < 0 && errno != EINTR) ThrowErrno(env, errno, "poll");
+    // Writable, or POLLERR/POLLHUP: the next sendmsg() reports the actual error.
+  }
+  return Napi::Number::New(env, static_cast<double>(sent));
+}
+
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+    ThrowErrno(env, errno, "socketpair");
+  FdGuard a(sv[0]), b(sv[1]);
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, sv[0]);
+  result.Set(1u, sv[1]);
+  a.release();
+  b.release();
+  return result;
+}
+
+Napi::Value PeerCred(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "peerCred");
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) ThrowErrno(env, errno, "getsockopt");
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("pid", Napi::Number::New(env, cred.pid));
+  result.Set("uid", Napi::Number::New(env, cred.uid));
+  result.Set("gid", Napi::Number::New(env, cred.gid));
+  return result;
+}
+
+/* --------------------------------------------------------------- plain fds */
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "closeFd");
+  // On Linux the fd is gone even when close() says EINTR: retrying could close a reused
+  // fd. EBADF is thrown because it means a double close somewhere.
+  if (close(fd) != 0 && errno != EINTR && errno != EINPROGRESS) ThrowErrno(env, errno, "close");
+  return env.Undefined();
+}
+
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "dupFd");
+  int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (nfd < 0) ThrowErrno(env, errno, "fcntl");
+  return Napi::Number::New(env, nfd);
+}
+
+Napi::Value EventFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  unsigned initial = static_cast<unsigned>(IntArg(info, 0, "eventFd", "initial", 0, UINT_MAX));
+  int fd = eventfd(initial, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(env, errno, "eventfd");
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value EventFdWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "eventFdWrite");
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = write(fd, &one, sizeof one);
+  } while (n < 0 && errno == EINTR);
+  // EAGAIN = counter saturated: the reader has an unread signal anyway.
+  if (n < 0 && errno != EAGAIN) ThrowErrno(env, errno, "write");
+  return env.Undefined();
+}
+
+Napi::Value EventFdRead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "eventFdRead");
+  uint64_t value = 0;
+  ssize_t n;
+  do {
+    n = read(fd, &value, sizeof value);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return Napi::Number::New(env, 0);
+    ThrowErrno(env, errno, "read");
+  }
+  if (n != sizeof value) ThrowErrno(env, EINVAL, "read");  // not an eventfd
+  return Napi::Number::New(env, static_cast<double>(value));
+}
+
+// Sealable, so a front-end-style driver can hand out memory the receiver may trust.
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = StringArg(info, 0, "memfdCreate", "name");
+  if (name.size() > kMaxMemfdName)
+    throw Napi::RangeError::New(env, "memfdCreate: name is longer than " + std::to_string(kMaxMemfdName) + " bytes");
+  double size = IntArg(info, 1, "memfdCreate", "size", 0, 9007199254740991.0);
+  FdGuard fd(memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (fd.get() < 0) ThrowErrno(env, errno, "memfd_create");
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) ThrowErrno(env, errno, "ftruncate");
+  return Napi::Number::New(env, fd.release());
+}
+
+}  // namespace
+
+void InitSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("unixListen", Napi::Function::New(env, UnixListen, "unixListen"));
+  exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
+  exports.Set("unixAccept", Napi::Function::New(env, UnixAccept, "unixAccept"));
+  exports.Set("recvWithFds", Napi::Function::New(env, RecvWithFds, "recvWithFds"));
+  exports.Set("sendWithFds", Napi::Function::New(env, SendWithFds, "sendWithFds"));
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
+  exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
+  exports.Set("dupFd", Napi::Function::New(env, DupFd, "dupFd"));
+  exports.Set("eventFd", Napi::Function::New(env, EventFd, "eventFd"));
+  exports.Set("eventFdWrite", Napi::Function::New(env, EventFdWrite, "eventFdWrite"));
+  exports.Set("eventFdRead", Napi::Function::New(env, EventFdRead, "eventFdRead"));
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+}
