@@ -1,2 +1,3 @@
 // Wire formats of vhostd: vhost-user, virtio, RPC, HA sync, journal records, errors.
-export {};
+export * from "./vhost_user.js";
+export * from "./virtio.js";
