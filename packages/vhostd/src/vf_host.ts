@@ -33,8 +33,26 @@ export interface VfRuntime {
   features: string;
   protocolFeatures: string;
   reconnects: number;
-  queues: Array<{ index: number; size: number; enabled: boolean; started: boolean; lastAvailIdx: number }>;
+  queues: VfQueueRuntime[];
   lastError?: string;
+}
+
+/** One virtqueue as the session and the engine's shared counters see it. */
+export interface VfQueueRuntime {
+  index: number;
+  size: number;
+  enabled: boolean;
+  started: boolean;
+  lastAvailIdx: number;
+  /** Frames the device took from (TX) or gave to (RX) the front-end. */
+  packets: number;
+  bytes: number;
+  /** Frames lost at this queue (no RX buffer, queue stopped, offload not negotiated). */
+  drops: number;
+  kicks: number;
+  calls: number;
+  /** Descriptor chains rejected as malformed. */
+  errors: number;
 }
 
 export interface VfHost {

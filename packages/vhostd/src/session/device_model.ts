@@ -1,0 +1,22 @@
+// What differs between device types behind the same vhost-user session: offered features,
+// queue count, config space. Net and blk each implement it.
+import type { VfKind } from "../vf_host.js";
+
+export interface DeviceModel {
+  readonly kind: VfKind;
+  /** Offered virtio features; identical across restarts (front-ends check on reconnect). */
+  readonly offeredFeatures: bigint;
+  readonly offeredProtocolFeatures: bigint;
+  /** Rings the front-end may address. */
+  readonly maxQueues: number;
+  /** GET_QUEUE_NUM answer. */
+  queueNum(): number;
+  /** Device config space (GET_CONFIG). */
+  config(): Buffer;
+  /** SET_CONFIG; throws Rejection for read-only fields. */
+  writeConfig(offset: number, data: Buffer): void;
+  /** NET_SET_MTU; throws Rejection when out of range. */
+  setMtu(mtu: number): void;
+  /** SEND_RARP after a migration. */
+  announce(mac: string): void;
+}

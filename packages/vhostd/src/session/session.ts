@@ -1,0 +1,436 @@
+// The back-end side of one vhost-user session: a table from message id to handler, as in
+// QEMU's libvhost-user. The session owns every fd it receives and tells the engine what to
+// run. Front-end input is hostile: a bad message gets a nack (REPLY_ACK) or ends this
+// session — never the daemon, never another VF.
+import type { Logger } from "pino";
+import type { MemRegion, NativeEngine } from "@vhostd/native";
+import {
+  codec,
+  encodeMessage,
+  MAX_MEM_REGIONS,
+  MAX_MEM_SLOTS,
+  MESSAGES,
+  MsgFlag,
+  ProtocolError,
+  ProtocolFeature,
+  Req,
+  requestName,
+  VirtioFeatureBit,
+  bit,
+  featureNames,
+  type MemRegionDesc,
+} from "@vhostd/proto";
+import { closeAll, type VhostMessage } from "./connection.js";
+import { MAX_RING_SIZE, Vring } from "./vring.js";
+import type { DeviceModel } from "./device_model.js";
+
+/** Rejects one request; with REPLY_ACK the front-end gets a failure ack and the session goes on. */
+export class Rejection extends Error {}
+/** The front-end broke the protocol: the session ends. */
+export class Violation extends Error {}
+
+interface Region extends MemRegionDesc {
+  fd: number;
+}
+
+type Handler = (msg: VhostMessage) => Buffer | void;
+
+const U64_MAX = (1n << 64n) - 1n;
+
+export interface SessionIo {
+  reply(request: number, payload: Buffer): void;
+  /** End the connection (the session resets itself through reset()). */
+  fail(reason: string): void;
+}
+
+export class VhostSession {
+  features = 0n;
+  protocolFeatures = 0n;
+  status = 0;
+  owner = false;
+  readonly vrings: Vring[];
+  private regions: Region[] = [];
+  private readonly handlers = new Map<number, Handler>();
+
+  constructor(
+    readonly devId: number,
+    readonly model: DeviceModel,
+    private readonly engine: NativeEngine,
+    private readonly log: Logger,
+    private readonly io: SessionIo,
+  ) {
+    this.vrings = Array.from({ length: model.maxQueues }, (_, i) => new Vring(i));
+    const h = (req: Req, fn: Handler) => this.handlers.set(req, fn.bind(this));
+    h(Req.GET_FEATURES, this.getFeatures);
+    h(Req.SET_FEATURES, this.setFeatures);
+    h(Req.GET_PROTOCOL_FEATURES, this.getProtocolFeatures);
+    h(Req.SET_PROTOCOL_FEATURES, this.setProtocolFeatures);
+    h(Req.SET_OWNER, this.setOwner);
+    h(Req.RESET_OWNER, this.resetOwner);
+    h(Req.RESET_DEVICE, this.resetOwner);
+    h(Req.SET_MEM_TABLE, this.setMemTable);
+    h(Req.GET_MAX_MEM_SLOTS, this.getMaxMemSlots);
+    h(Req.ADD_MEM_REG, this.addMemReg);
+    h(Req.REM_MEM_REG, this.remMemReg);
+    h(Req.SET_VRING_NUM, this.setVringNum);
+    h(Req.SET_VRING_ADDR, this.setVringAddr);
+    h(Req.SET_VRING_BASE, this.setVringBase);
+    h(Req.GET_VRING_BASE, this.getVringBase);
+    h(Req.SET_VRING_KICK, (m) => this.setVringFd(m, "kickFd"));
+    h(Req.SET_VRING_CALL, (m) => this.setVringFd(m, "callFd"));
+    h(Req.SET_VRING_ERR, (m) => this.setVringFd(m, "errFd"));
+    h(Req.GET_QUEUE_NUM, () => codec.u64.encode(BigInt(this.model.queueNum())));
+    h(Req.SET_VRING_ENABLE, this.setVringEnable);
+    h(Req.SET_STATUS, this.setStatus);
+    h(Req.GET_STATUS, () => codec.status.encode(this.status));
+    h(Req.NET_SET_MTU, this.netSetMtu);
+    h(Req.SEND_RARP, this.sendRarp);
+    h(Req.GET_CONFIG, this.getConfig);
+    h(Req.SET_CONFIG, this.setConfig);
+  }
+
+  /** Dispatches one message; returns normally even when the front-end is at fault. */
+  handle(msg: VhostMessage): void {
+    const { header } = msg;
+    const name = requestName(header.request);
+    const spec = MESSAGES.get(header.request);
+    const handler = this.handlers.get(header.request);
+    const wantsAck = (header.flags & MsgFlag.NEED_REPLY) !== 0 && this.hasProtocol(ProtocolFeature.REPLY_ACK);
+    try {
+      if (!spec || !handler) {
+        closeAll(msg.fds);
+        throw new Rejection(`unsupported request ${name}`);
+      }
+      const [minFds, maxFds] = spec.fds;
+      if (msg.fds.length < minFds || msg.fds.length > maxFds) {
+        closeAll(msg.fds);
+        throw new Violation(`${name} carried ${msg.fds.length} fds, expected ${minFds}..${maxFds}`);
+      }
+      this.log.trace({ request: name, size: header.size, fds: msg.fds.length }, "vhost-user message");
+      const value = handler(msg);
+      if (spec.reply === "value") this.io.reply(header.request, value ?? Buffer.alloc(0));
+      else if (wantsAck) this.io.reply(header.request, codec.u64.encode(0n));
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      const fatal = err instanceof Violation || !(err instanceof Rejection || err instanceof ProtocolError);
+      if (wantsAck && !fatal && spec?.reply !== "value") {
+        this.log.warn({ request: name, reason }, "vhost-user request rejected");
+        this.io.reply(header.request, codec.u64.encode(1n));
+        return;
+      }
+      this.log.error({ request: name, reason }, "vhost-user protocol violation, closing the session");
+      this.io.fail(`${name}: ${reason}`);
+    }
+  }
+
+  /** Connection gone: stop every ring, unmap memory, close every fd. The engine device stays. */
+  reset(): void {
+    for (const vr of this.vrings) {
+      if (vr.started) this.engine.stopQueue(this.devId, vr.index);
+      vr.reset();
+    }
+    this.dropMemory();
+    this.features = 0n;
+    this.protocolFeatures = 0n;
+    this.status = 0;
+    this.owner = false;
+  }
+
+  describeFeatures(): string {
+    return featureNames(this.features, this.model.kind).join(",");
+  }
+
+  hasProtocol(f: ProtocolFeature): boolean {
+    return (this.protocolFeatures & bit(f)) !== 0n;
+  }
+
+  get memoryRegions(): readonly MemRegionDesc[] {
+    return this.regions;
+  }
+
+  /* ------------------------------------------------------------------ features & owner */
+
+  private getFeatures(): Buffer {
+    return codec.u64.encode(this.model.offeredFeatures);
+  }
+
+  private setFeatures(msg: VhostMessage): void {
+    const f = codec.u64.decode(msg.payload);
+    const unknown = f & ~this.model.offeredFeatures;
+    if (unknown !== 0n) throw new Rejection(`features 0x${unknown.toString(16)} were never offered`);
+    const changed = f !== this.features;
+    this.features = f;
+    this.engine.setFeatures(this.devId, f);
+    if (changed) this.log.info({ features: this.describeFeatures() }, "features negotiated");
+  }
+
+  private getProtocolFeatures(): Buffer {
+    return codec.u64.encode(this.model.offeredProtocolFeatures);
+  }
+
+  private setProtocolFeatures(msg: VhostMessage): void {
+    const f = codec.u64.decode(msg.payload);
+    const unknown = f & ~this.model.offeredProtocolFeatures;
+    if (unknown !== 0n) throw new Rejection(`protocol features 0x${unknown.toString(16)} were never offered`);
+    this.protocolFeatures = f;
+  }
+
+  private setOwner(): void {
+    this.owner = true;
+  }
+
+  private resetOwner(): void {
+    for (const vr of this.vrings) {
+      if (vr.started) this.stopRing(vr);
+    }
+    this.features = 0n;
+    this.engine.setFeatures(this.devId, 0n);
+    this.log.info("device reset by the front-end");
+  }
+
+  /* ------------------------------------------------------------------------- memory */
+
+  private setMemTable(msg: VhostMessage): void {
+    const descs = codec.memTable.decode(msg.payload);
+    if (msg.fds.length !== descs.length) {
+      closeAll(msg.fds);
+      throw new Violation(`SET_MEM_TABLE has ${descs.length} regions but ${msg.fds.length} fds`);
+    }
+    const regions = descs.map((d, i) => ({ ...d, fd: msg.fds[i] }));
+    try {
+      validateRegions(regions, MAX_MEM_REGIONS);
+    } catch (err) {
+      closeAll(msg.fds);
+      throw err;
+    }
+    this.replaceMemory(regions);
+  }
+
+  private getMaxMemSlots(): Buffer {
+    return codec.u64.encode(BigInt(MAX_MEM_SLOTS));
+  }
+
+  private addMemReg(msg: VhostMessage): void {
+    const region: Region = { ...codec.memRegion.decode(msg.payload), fd: msg.fds[0] };
+    try {
+      validateRegions([...this.regions, region], MAX_MEM_SLOTS);
+      this.engine.addMemRegion(this.devId, toEngine(region));
+    } catch (err) {
+      closeAll([region.fd]);
+      throw err instanceof Violation ? err : new Rejection((err as Error).message);
+    }
+    this.regions.push(region);
+    this.log.info({ regions: this.regions.length, guestAddr: hex(region.guestAddr), size: hex(region.size) }, "memory region added");
+  }
+
+  private remMemReg(msg: VhostMessage): void {
+    closeAll(msg.fds); // REM_MEM_REG may carry the region's fd; we identify regions by address
+    const r = codec.memRegion.decode(msg.payload);
+    const i = this.regions.findIndex((x) => x.guestAddr === r.guestAddr && x.size === r.size && x.userAddr === r.userAddr);
+    if (i < 0) throw new Rejection(`no region at guest address ${hex(r.guestAddr)} of size ${hex(r.size)}`);
+    this.engine.removeMemRegion(this.devId, toEngine(this.regions[i]));
+    closeAll([this.regions[i].fd]);
+    this.regions.splice(i, 1);
+    this.log.info({ regions: this.regions.length, guestAddr: hex(r.guestAddr) }, "memory region removed");
+  }
+
+  /** New table: running rings are stopped, the table swapped, and the rings resumed in place. */
+  private replaceMemory(regions: Region[]): void {
+    const running = this.vrings.filter((v) => v.started);
+    for (const vr of running) this.stopRing(vr);
+    try {
+      this.engine.setMemTable(this.devId, regions.map(toEngine));
+    } catch (err) {
+      closeAll(regions.map((r) => r.fd));
+      throw new Rejection(`memory table refused: ${(err as Error).message}`);
+    }
+    closeAll(this.regions.map((r) => r.fd));
+    this.regions = regions;
+    this.log.info({ regions: regions.length, bytes: hex(regions.reduce((s, r) => s + r.size, 0n)) }, "memory table set");
+    for (const vr of running) this.maybeStart(vr);
+  }
+
+  private dropMemory(): void {
+    if (this.regions.length === 0) return;
+    this.engine.setMemTable(this.devId, []);
+    closeAll(this.regions.map((r) => r.fd));
+    this.regions = [];
+  }
+
+  /* -------------------------------------------------------------------------- rings */
+
+  private ring(index: number): Vring {
+    const vr = this.vrings[index];
+    if (!Number.isInteger(index) || !vr) throw new Violation(`queue index ${index} out of range (device has ${this.vrings.length})`);
+    return vr;
+  }
+
+  private setVringNum(msg: VhostMessage): void {
+    const { index, num } = codec.vringState.decode(msg.payload);
+    const vr = this.ring(index);
+    if (num < 1 || num > MAX_RING_SIZE || (num & (num - 1)) !== 0) throw new Rejection(`ring ${index} size ${num} is not a power of two up to ${MAX_RING_SIZE}`);
+    vr.num = num;
+  }
+
+  private setVringAddr(msg: VhostMessage): void {
+    const addr = codec.vringAddr.decode(msg.payload);
+    const vr = this.ring(addr.index);
+    vr.addr = addr;
+    // Front-ends re-send addresses on a running ring to toggle dirty logging: apply in place.
+    if (vr.started) {
+      this.stopRing(vr);
+      this.maybeStart(vr);
+    }
+  }
+
+  private setVringBase(msg: VhostMessage): void {
+    const { index, num } = codec.vringState.decode(msg.payload);
+    const vr = this.ring(index);
+    if (num > 0xffff) throw new Rejection(`ring ${index} base ${num} exceeds 16 bits`);
+    vr.base = num;
+  }
+
+  /** The stop signal: the engine finishes the ring and reports where it stopped. */
+  private getVringBase(msg: VhostMessage): Buffer {
+    const { index } = codec.vringState.decode(msg.payload);
+    const vr = this.ring(index);
+    if (vr.started) this.stopRing(vr);
+    vr.kicked = false;
+    vr.replaceFd("kickFd", -1);
+    return codec.vringState.encode({ index, num: vr.base });
+  }
+
+  private setVringFd(msg: VhostMessage, which: "kickFd" | "callFd" | "errFd"): void {
+    const { index, noFd } = codec.vringFd.decode(msg.payload);
+    if (noFd !== (msg.fds.length === 0)) {
+      closeAll(msg.fds);
+      throw new Violation(`ring ${index}: NOFD flag ${noFd} disagrees with ${msg.fds.length} fds`);
+    }
+    let vr: Vring;
+    try {
+      vr = this.ring(index);
+    } catch (err) {
+      closeAll(msg.fds);
+      throw err;
+    }
+    vr.replaceFd(which, noFd ? -1 : msg.fds[0]);
+    if (which === "callFd") {
+      if (vr.started) this.engine.setQueueCall(this.devId, index, vr.callFd);
+      return;
+    }
+    if (which === "kickFd") {
+      vr.kicked = true;
+      if (vr.started) this.stopRing(vr); // a new kick fd restarts the ring with it
+      this.maybeStart(vr);
+    }
+  }
+
+  private setVringEnable(msg: VhostMessage): void {
+    const { index, num } = codec.vringState.decode(msg.payload);
+    const vr = this.ring(index);
+    if (num > 1) throw new Rejection(`ring ${index} enable value ${num} is not 0 or 1`);
+    vr.enabled = num === 1;
+    if (vr.started) this.engine.setQueueEnabled(this.devId, index, this.effectiveEnabled(vr));
+    this.log.debug({ queue: index, enabled: vr.enabled }, "ring enable");
+  }
+
+  /** Without PROTOCOL_FEATURES a ring is enabled as soon as it starts (vhost-user spec). */
+  private effectiveEnabled(vr: Vring): boolean {
+    return (this.features & bit(VirtioFeatureBit.VHOST_USER_PROTOCOL_FEATURES)) === 0n || vr.enabled;
+  }
+
+  private maybeStart(vr: Vring): void {
+    if (vr.started || !vr.configured || this.regions.length === 0) return;
+    const addr = vr.addr!;
+    try {
+      this.engine.startQueue(this.devId, vr.index, {
+        size: vr.num,
+        descAddr: addr.desc,
+        availAddr: addr.avail,
+        usedAddr: addr.used,
+        lastAvailIdx: vr.base,
+        kickFd: vr.kickFd,
+        callFd: vr.callFd,
+        errFd: vr.errFd,
+      });
+    } catch (err) {
+      throw new Rejection(`ring ${vr.index} cannot start: ${(err as Error).message}`);
+    }
+    vr.started = true;
+    this.engine.setQueueEnabled(this.devId, vr.index, this.effectiveEnabled(vr));
+    this.log.info({ queue: vr.index, size: vr.num, base: vr.base, enabled: this.effectiveEnabled(vr) }, "ring started");
+  }
+
+  private stopRing(vr: Vring): void {
+    vr.base = this.engine.stopQueue(this.devId, vr.index);
+    vr.started = false;
+    this.log.info({ queue: vr.index, base: vr.base }, "ring stopped");
+  }
+
+  /* ----------------------------------------------------------------- status & device */
+
+  private setStatus(msg: VhostMessage): void {
+    const status = codec.status.decode(msg.payload);
+    if (status !== this.status) this.log.info({ status }, "device status");
+    this.status = status;
+  }
+
+  private netSetMtu(msg: VhostMessage): void {
+    const mtu = Number(codec.u64.decode(msg.payload));
+    this.model.setMtu(mtu);
+  }
+
+  private sendRarp(msg: VhostMessage): void {
+    const mac = codec.rarp.decode(msg.payload);
+    this.log.info({ mac }, "front-end asked for a RARP announcement");
+    this.model.announce(mac);
+  }
+
+  private getConfig(msg: VhostMessage): Buffer {
+    const req = codec.config.decode(msg.payload);
+    const space = this.model.config();
+    if (req.offset + req.size > space.length) throw new Rejection(`config read ${req.offset}+${req.size} beyond ${space.length} bytes`);
+    return codec.config.encode({ ...req, data: space.subarray(req.offset, req.offset + req.size) });
+  }
+
+  private setConfig(msg: VhostMessage): void {
+    const req = codec.config.decode(msg.payload);
+    this.model.writeConfig(req.offset, req.data);
+  }
+}
+
+/** Region sanity before anything is mapped: sizes, 64-bit overflow, overlaps, count. */
+export function validateRegions(regions: readonly MemRegionDesc[], max: number): void {
+  if (regions.length > max) throw new Rejection(`${regions.length} memory regions exceed the limit of ${max}`);
+  for (const [i, r] of regions.entries()) {
+    if (r.size === 0n) throw new Rejection(`region ${i} has size 0`);
+    for (const [what, start] of [["guest", r.guestAddr], ["user", r.userAddr], ["mmap offset", r.mmapOffset]] as const) {
+      if (start + r.size - 1n > U64_MAX) throw new Rejection(`region ${i} ${what} range ${hex(start)}+${hex(r.size)} overflows 64 bits`);
+    }
+  }
+  for (let i = 0; i < regions.length; i++) {
+    for (let j = i + 1; j < regions.length; j++) {
+      const a = regions[i];
+      const b = regions[j];
+      if (overlaps(a.guestAddr, a.size, b.guestAddr, b.size)) throw new Rejection(`regions ${i} and ${j} overlap in guest memory`);
+      if (overlaps(a.userAddr, a.size, b.userAddr, b.size)) throw new Rejection(`regions ${i} and ${j} overlap in front-end address space`);
+    }
+  }
+}
+
+function overlaps(a: bigint, alen: bigint, b: bigint, blen: bigint): boolean {
+  return a < b + blen && b < a + alen;
+}
+
+function toEngine(r: Region): MemRegion {
+  return { fd: r.fd, guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, mmapOffset: r.mmapOffset };
+}
+
+export function hex(v: bigint | number): string {
+  return `0x${v.toString(16)}`;
+}
+
+/** A reply for a request the session sends itself (not in answer to a message). */
+export function encodeReply(request: number, payload: Buffer): Buffer {
+  return encodeMessage(request, payload, MsgFlag.VERSION | MsgFlag.REPLY);
+}
