@@ -159,7 +159,7 @@ export interface TxOptions {
 export interface DriverStats {
   txPackets: number;
   txBytes: number;
-  /** Frames the driver gave up on because the ring stayed full. */
+  /** Times the driver wanted to send but found the TX ring full (it waits; nothing is dropped). */
   txRingFull: number;
   rxPackets: number;
   rxBytes: number;
@@ -172,6 +172,8 @@ export interface DriverStats {
   rxReordered: number;
   /** Longest time between two received frames while traffic flowed, in µs. */
   rxMaxGapUs: number;
+  /** Back-end misbehaviour seen on the pair's rings (bad used id/len/idx, bad num_buffers). */
+  ringErrors: number;
 }
 
 export interface NativeDriverDevice {
@@ -224,6 +226,10 @@ export interface NativeModule {
   Engine: new (opts: EngineOptions, onEvent: (ev: EngineEvent) => void) => NativeEngine;
 
   DriverDevice: new (opts: DriverOptions) => NativeDriverDevice;
+
+  /* test support (driver frame format, cc/test_frame.cc) */
+  _buildFrame(opts: { dstMac: string; srcMac: string; frameSize: number; streamId?: number; seq: number | bigint }): Buffer;
+  _checkFrame(frame: Buffer): { verdict: "ok" | "foreign" | "corrupt"; streamId: number; seq: bigint; problem: string };
 
   /** Layout constants of the shared counter memory. */
   COUNTERS_PER_QUEUE: number;
