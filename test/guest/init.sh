@@ -1,0 +1,138 @@
+#!/bin/sh
+# /init of the vhostd test guest (busybox initramfs, built by scripts/build-guest.sh).
+# Parameters come from the kernel command line as key=value words:
+#   test=NAME   which built-in test to run (ping, netinfo, blkinfo, blkverify, shell-cmd)
+#   ip=A/N      address for eth0 (default: none), plus the test's own keys (see each test).
+# Every result is one line on the serial console, starting at column 0:
+#   VHOSTD-RESULT {"test":"NAME","ok":true|false,...}
+# and the guest always ends with `poweroff -f` so QEMU (-no-reboot) exits.
+export PATH=/bin:/sbin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
+# Kernel messages must not split our result lines on the shared console.
+echo 1 >/proc/sys/kernel/printk
+
+# arg KEY DEFAULT: the value of KEY= on the kernel command line.
+arg() {
+  for w in $(cat /proc/cmdline); do
+    case "$w" in "$1="*) echo "${w#*=}"; return ;; esac
+  done
+  echo "$2"
+}
+
+now_ms() { awk '{printf "%d", $1 * 1000}' /proc/uptime; }
+
+# result TEST OK "EXTRA-JSON-FIELDS"
+result() { echo "VHOSTD-RESULT {\"test\":\"$1\",\"ok\":$2${3:+,$3}}"; }
+
+for m in $(cat /lib/modules/order); do
+  insmod "/lib/modules/$m.ko" || echo "VHOSTD-WARN insmod $m failed"
+done
+
+ip link set lo up
+IF=$(arg if eth0)
+# If a virtio-net device (id 0x0001) is present, give its netdev a moment to register.
+n=0
+while [ ! -e "/sys/class/net/$IF" ] && [ $n -lt 20 ] && grep -qx 0x0001 /sys/bus/virtio/devices/*/device 2>/dev/null; do
+  sleep 0.1; n=$((n + 1))
+done
+if [ -e "/sys/class/net/$IF" ]; then
+  ip link set "$IF" up
+  addr=$(arg ip "")
+  [ -n "$addr" ] && ip addr add "$addr" dev "$IF"
+fi
+echo "VHOSTD-BOOTED uptime_ms=$(now_ms)"
+
+# --- tests ------------------------------------------------------------------------------
+
+# ping: peer=IP count=N interval=SECS size=BYTES wait=SECS (after the last one)
+t_ping() {
+  peer=$(arg peer 10.0.0.1) count=$(arg count 10) interval=$(arg interval 0.2)
+  size=$(arg size 56) wait=$(arg wait 2)
+  # Carrier comes up asynchronously after `ip link set up`.
+  n=0; while [ "$(cat /sys/class/net/$IF/carrier 2>/dev/null)" != 1 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+  t0=$(now_ms)
+  out=$(ping -c "$count" -i "$interval" -s "$size" -W "$wait" "$peer" 2>&1)
+  t1=$(now_ms)
+  echo "$out" | tail -3
+  sent=$(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p')
+  recv=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+  ok=false; [ "${recv:-0}" -gt 0 ] && ok=true
+  result ping $ok "\"peer\":\"$peer\",\"sent\":${sent:-0},\"received\":${recv:-0},\"ms\":$((t1 - t0))"
+}
+
+# netinfo: MAC, MTU, link, queue counts, negotiated virtio feature bits of $IF.
+t_netinfo() {
+  d=/sys/class/net/$IF
+  if [ ! -e "$d" ]; then result netinfo false "\"error\":\"no $IF\""; return; fi
+  sleep 0.5   # let the carrier settle
+  rxq=$(ls -d "$d"/queues/rx-* 2>/dev/null | wc -l)
+  txq=$(ls -d "$d"/queues/tx-* 2>/dev/null | wc -l)
+  # The virtio device's features file is the negotiated bit string, bit 0 first.
+  feat=$(cat "$d/device/features" 2>/dev/null)
+  result netinfo true "\"if\":\"$IF\",\"mac\":\"$(cat $d/address)\",\"mtu\":$(cat $d/mtu),\"operstate\":\"$(cat $d/operstate)\",\"carrier\":$(cat $d/carrier 2>/dev/null || echo 0),\"rxQueues\":$rxq,\"txQueues\":$txq,\"features\":\"$feat\""
+}
+
+# blkinfo: dev=vda. Size in 512-byte sectors, block sizes, queue count, read-only flag.
+t_blkinfo() {
+  dev=$(arg dev vda); d=/sys/block/$dev
+  if [ ! -e "$d" ]; then result blkinfo false "\"error\":\"no $dev\""; return; fi
+  mq=$(ls -d "$d"/mq/* 2>/dev/null | wc -l)
+  result blkinfo true "\"dev\":\"$dev\",\"sectors\":$(cat $d/size),\"logicalBlockSize\":$(cat $d/queue/logical_block_size),\"physicalBlockSize\":$(cat $d/queue/physical_block_size),\"queues\":$mq,\"ro\":$(cat $d/ro)"
+}
+
+# blkverify: dev=vda mib=N offset=MIB rounds=R seed=S. Each round writes a pattern that
+# differs per MiB and per round with O_DIRECT, drops caches, reads it back with O_DIRECT and
+# compares sha256 sums. One blkverify-round line per round, then the summary.
+t_blkverify() {
+  dev=$(arg dev vda) mib=$(arg mib 8) off=$(arg offset 0) rounds=$(arg rounds 1) seed=$(arg seed 1)
+  if [ ! -b "/dev/$dev" ]; then result blkverify false "\"error\":\"no /dev/$dev\""; return; fi
+  bad=0 r=0 wms=0 rms=0
+  while [ $r -lt "$rounds" ]; do
+    i=0; : >/tmp/pat
+    while [ $i -lt "$mib" ]; do
+      yes "vhostd seed=$seed round=$r mib=$i " | head -c 1048576 >>/tmp/pat; i=$((i + 1))
+    done
+    want=$(sha256sum </tmp/pat | cut -d' ' -f1)
+    t0=$(now_ms)
+    dd if=/tmp/pat of="/dev/$dev" bs=1M seek="$off" oflag=direct conv=fsync,notrunc status=none 2>/tmp/err
+    wrc=$?
+    t1=$(now_ms)
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    got=$(dd if="/dev/$dev" bs=1M skip="$off" count="$mib" iflag=direct status=none 2>>/tmp/err | sha256sum | cut -d' ' -f1)
+    t2=$(now_ms)
+    ok=true; [ $wrc -eq 0 ] && [ "$got" = "$want" ] || { ok=false; bad=$((bad + 1)); }
+    echo "VHOSTD-RESULT {\"test\":\"blkverify-round\",\"ok\":$ok,\"round\":$r,\"writeMs\":$((t1 - t0)),\"readMs\":$((t2 - t1)),\"want\":\"$want\",\"got\":\"$got\"}"
+    [ $wrc -eq 0 ] || cat /tmp/err
+    wms=$((wms + t1 - t0)) rms=$((rms + t2 - t1)) r=$((r + 1))
+  done
+  ok=false; [ $bad -eq 0 ] && ok=true
+  result blkverify $ok "\"dev\":\"$dev\",\"mib\":$mib,\"rounds\":$rounds,\"failed\":$bad,\"writeMs\":$wms,\"readMs\":$rms"
+}
+
+# shell-cmd: cmd=BASE64 of a shell command; its output is printed between markers.
+t_shell_cmd() {
+  cmd=$(arg cmd "" | base64 -d 2>/dev/null)
+  echo "VHOSTD-OUTPUT-BEGIN"
+  sh -c "$cmd" 2>&1
+  rc=$?
+  echo "VHOSTD-OUTPUT-END"
+  ok=false; [ $rc -eq 0 ] && ok=true
+  result shell-cmd $ok "\"exitCode\":$rc"
+}
+
+name=$(arg test none)
+case "$name" in
+  ping) t_ping ;;
+  netinfo) t_netinfo ;;
+  blkinfo) t_blkinfo ;;
+  blkverify) t_blkverify ;;
+  shell-cmd) t_shell_cmd ;;
+  none) result none true ;;
+  *) result "$name" false "\"error\":\"unknown test\"" ;;
+esac
+echo "VHOSTD-DONE"
+sync
+poweroff -f
