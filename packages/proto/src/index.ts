@@ -1,3 +1,5 @@
 // Wire formats of vhostd: vhost-user, virtio, RPC, HA sync, journal records, errors.
 export * from "./vhost_user.js";
 export * from "./virtio.js";
+export * from "./rpc.js";
+export * from "./errors.js";

@@ -1,0 +1,670 @@
+// The ONE schema of the management RPC (vfe-vhostd <-> vfe-vhost-cli).
+//
+// It drives: the server's parameter validation (validateParams), the CLI's parser and
+// --help (packages/vhostd/src/cli), and docs/cli.md (cli/gen_docs.ts).
+//
+// Compatibility with NVIDIA's vfe-vhostd (Mellanox/dpdk-vhost-vfe: app/vfe-vdpa/vdpa_rpc.c
+// and the python client app/vfe-vdpa/vhostmgmt, shipped as vfe-vhost-cli):
+//  - JSON-RPC 2.0 methods "version", "mgmtpf", "vf";
+//  - the action is a boolean flag in params ({"add": true, ...}), exactly one per call;
+//  - param names dev (mgmtpf), vfdev / mgmtpf / socket_file / uuid (vf);
+//  - results carry errno (0, or a negative number) and errstr; lists are {"devices": [...]},
+//    vf info is {"device": {...}}; version keys "vfe-vhostd version" etc.
+// Where vhostd differs (numbers as JSON numbers, extra fields, unix socket transport,
+// newline framing, empty PF list is not an error) docs/cli.md says so.
+import { LinuxErrno, VfeError } from "./errors.js";
+
+/* ------------------------------------------------------------------------------------ */
+/* Transport                                                                             */
+/* ------------------------------------------------------------------------------------ */
+
+export const RPC_PROTOCOL = {
+  name: "vhostd-rpc",
+  /** Bumped on any incompatible change to methods, params or results. */
+  version: 1,
+  jsonrpc: "2.0",
+  framing: "one JSON value per request; newline-terminated (a bare object without newline also accepted)",
+} as const;
+
+/** File name of the RPC socket inside the run directory. */
+export const RPC_SOCKET_NAME = "vfe-vhostd.sock";
+/** Largest request (bytes, before its newline) the server accepts. */
+export const RPC_MAX_REQUEST_BYTES = 64 * 1024;
+/** A connection that sends nothing for this long is closed. */
+export const RPC_IDLE_TIMEOUT_MS = 10_000;
+/** Simultaneous RPC connections; more are refused. */
+export const RPC_MAX_CONNECTIONS = 32;
+
+/** JSON-RPC 2.0 error codes. */
+export const JsonRpcCode = {
+  PARSE_ERROR: -32700,
+  INVALID_REQUEST: -32600,
+  METHOD_NOT_FOUND: -32601,
+  INVALID_PARAMS: -32602,
+  INTERNAL_ERROR: -32603,
+} as const;
+
+export type JsonRpcId = string | number | null;
+
+export interface JsonRpcRequest {
+  jsonrpc: "2.0";
+  method: string;
+  params?: Record<string, unknown>;
+  id?: JsonRpcId;
+}
+
+export interface JsonRpcErrorObject {
+  code: number;
+  message: string;
+  /** vhostd: the errno/errstr equivalent, and a human explanation. */
+  data?: { errno: number; errstr: string; detail?: string };
+}
+
+export type JsonRpcResponse =
+  | { jsonrpc: "2.0"; id: JsonRpcId; result: Record<string, unknown> }
+  | { jsonrpc: "2.0"; id: JsonRpcId; error: JsonRpcErrorObject };
+
+/* ------------------------------------------------------------------------------------ */
+/* Value formats                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+export interface PciAddr {
+  domain: number;
+  bus: number;
+  device: number;
+  fn: number;
+}
+
+const PCI_RE = /^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$/;
+
+/** Parses "DDDD:BB:DD.F" or "BB:DD.F" (domain 0). Returns undefined if malformed. */
+export function parsePciAddr(s: string): PciAddr | undefined {
+  if (typeof s !== "string" || s.length > 16) return undefined;
+  const m = PCI_RE.exec(s);
+  if (!m) return undefined;
+  const domain = m[1] === undefined ? 0 : parseInt(m[1], 16);
+  const bus = parseInt(m[2]!, 16);
+  const device = parseInt(m[3]!, 16);
+  const fn = parseInt(m[4]!, 10);
+  if (device > 0x1f) return undefined;
+  return { domain, bus, device, fn };
+}
+
+const hex = (n: number, w: number) => n.toString(16).padStart(w, "0");
+
+export function formatPciAddr(a: PciAddr): string {
+  return `${hex(a.domain, 4)}:${hex(a.bus, 2)}:${hex(a.device, 2)}.${a.fn}`;
+}
+
+/** Canonical form (lowercase, 4-digit domain), or undefined if malformed. */
+export function normalizePciAddr(s: string): string | undefined {
+  const a = parsePciAddr(s);
+  return a ? formatPciAddr(a) : undefined;
+}
+
+/** 16-bit routing id bus<<8 | device<<3 | fn. */
+export function pciRid(a: PciAddr): number {
+  return (a.bus << 8) | (a.device << 3) | a.fn;
+}
+
+export function pciFromRid(domain: number, rid: number): PciAddr {
+  return { domain, bus: (rid >> 8) & 0xff, device: (rid >> 3) & 0x1f, fn: rid & 7 };
+}
+
+const UUID_RE = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+export function isUuid(s: string): boolean {
+  return UUID_RE.test(s);
+}
+
+const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
+/** Canonical lowercase MAC if `s` is a unicast, non-zero MAC; else undefined. */
+export function normalizeMac(s: string): string | undefined {
+  if (!MAC_RE.test(s)) return undefined;
+  const b = s.toLowerCase().split(":").map((x) => parseInt(x, 16));
+  if (b[0]! & 1) return undefined; // multicast / broadcast
+  if (b.every((x) => x === 0)) return undefined;
+  return s.toLowerCase();
+}
+
+/** sun_path is 108 bytes including the terminating NUL. */
+export const SOCKET_PATH_MAX_BYTES = 107;
+
+export function socketPathProblem(s: string): string | undefined {
+  if (s.length === 0) return "socket path is empty";
+  if (!s.startsWith("/")) return "socket path must be absolute";
+  if (s.includes("\0")) return "socket path contains a NUL byte";
+  const n = new TextEncoder().encode(s).length;
+  if (n > SOCKET_PATH_MAX_BYTES) return `socket path is ${n} bytes, the limit is ${SOCKET_PATH_MAX_BYTES}`;
+  if (s.endsWith("/")) return "socket path names a directory";
+  return undefined;
+}
+
+export const MTU_MIN = 68;
+export const MTU_MAX = 9000;
+export const QUEUE_PAIRS_MAX = 16;
+
+/* ------------------------------------------------------------------------------------ */
+/* Schema                                                                                */
+/* ------------------------------------------------------------------------------------ */
+
+export type ParamType =
+  | { kind: "bool" }
+  | { kind: "pci" }
+  | { kind: "path" }
+  | { kind: "uuid" }
+  | { kind: "mac" }
+  | { kind: "int"; min: number; max: number }
+  | { kind: "enum"; values: readonly string[] };
+
+export interface CliOption {
+  short?: string;
+  long?: string;
+  metavar?: string;
+  /** enum params: one flag per value, e.g. {"--server": "server", "--client": "client"}. */
+  valueFlags?: Readonly<Record<string, string>>;
+}
+
+export interface ParamSpec {
+  type: ParamType;
+  help: string;
+  /** How the CLI sets it; absent for the positional DEVICE params and flags set by actions. */
+  cli?: CliOption;
+  /** Documentation of the default when absent. */
+  default?: string;
+  /** True where the name/meaning comes from vfe-vhostd; false for vhostd extensions. */
+  vfe: boolean;
+}
+
+export type ResultType = "string" | "number" | "boolean" | "object" | "array";
+
+export interface ResultField {
+  name: string;
+  type: ResultType;
+  help: string;
+  optional?: boolean;
+  /** Fields of an object, or of each element of an array of objects. */
+  fields?: readonly ResultField[];
+  vfe: boolean;
+}
+
+export interface ActionSpec {
+  /** The params key set to true (vfe: "add", "remove", "list", "info"). */
+  name: string;
+  cli: { short: string; long: string };
+  help: string;
+  /** Which param the CLI's positional DEVICE fills. */
+  positional?: { param: string; required: boolean };
+  required: readonly string[];
+  optional: readonly string[];
+  result: readonly ResultField[];
+}
+
+export interface MethodSpec {
+  name: string;
+  help: string;
+  description: string;
+  params: Readonly<Record<string, ParamSpec>>;
+  /** Empty: the method has no action flag (version). */
+  actions: readonly ActionSpec[];
+  /** Result when there are no actions. */
+  result?: readonly ResultField[];
+  positionalMetavar?: string;
+  positionalHelp?: string;
+}
+
+const ERRNO_FIELDS: readonly ResultField[] = [
+  { name: "errno", type: "number", help: "0 on success, a negative error number otherwise (see the error table)", vfe: true },
+  { name: "errstr", type: "string", help: '"Success" or the error text', vfe: true },
+  { name: "detail", type: "string", help: "why it failed, when vhostd knows more than errstr says", optional: true, vfe: false },
+];
+
+const PF_DEVICE_FIELDS: readonly ResultField[] = [
+  { name: "pf", type: "string", help: "PF address", vfe: true },
+  { name: "type", type: "string", help: '"net" or "blk"', vfe: false },
+  { name: "switch_id", type: "number", help: "engine L2 switch id of the PF", vfe: false },
+  { name: "vfs", type: "number", help: "VFs added to the PF", vfe: false },
+  { name: "num_vfs", type: "number", help: "VFs the PF has (inventory)", vfe: false },
+  { name: "first_vf", type: "string", help: "address of VF 0", vfe: false },
+  { name: "vf_stride", type: "number", help: "SR-IOV VF stride (with -d)", optional: true, vfe: false },
+  { name: "first_vf_offset", type: "number", help: "SR-IOV first VF offset (with -d)", optional: true, vfe: false },
+  { name: "mtu", type: "number", help: "default MTU of new VFs (with -d)", optional: true, vfe: false },
+  { name: "queue_pairs", type: "number", help: "default queue pairs of new VFs (with -d)", optional: true, vfe: false },
+  { name: "max_queue_pairs", type: "number", help: "queue pair limit of the PF's VFs (with -d)", optional: true, vfe: false },
+];
+
+const QUEUE_FIELDS: readonly ResultField[] = [
+  { name: "index", type: "number", help: "virtqueue index", vfe: false },
+  { name: "size", type: "number", help: "ring size", vfe: false },
+  { name: "enabled", type: "boolean", help: "VHOST_USER_SET_VRING_ENABLE state", vfe: false },
+  { name: "started", type: "boolean", help: "the datapath serves it", vfe: false },
+  { name: "last_avail_idx", type: "number", help: "last available index processed", vfe: false },
+];
+
+const VF_DEVICE_FIELDS: readonly ResultField[] = [
+  { name: "vf", type: "string", help: "VF address", vfe: true },
+  { name: "pf", type: "string", help: "its PF", vfe: false },
+  { name: "type", type: "string", help: '"net" or "blk"', vfe: false },
+  { name: "probed", type: "boolean", help: "always true for an added VF", vfe: true },
+  { name: "msix_num", type: "number", help: "MSI-X vectors the VF needs (net: 2*pairs+2, blk: queues+1)", vfe: true },
+  { name: "queue_num", type: "number", help: "virtqueues (net: 2*pairs, blk: queues)", vfe: true },
+  { name: "queue_size", type: "number", help: "ring size (front-end's, once known; else 256)", vfe: true },
+  {
+    name: "device_feature",
+    type: "object",
+    help: 'negotiated virtio features: {"value": "0x..", "<bit>": "<NAME>", ...}',
+    vfe: true,
+  },
+  { name: "mtu", type: "number", help: "MTU", vfe: true },
+  { name: "mac", type: "string", help: "MAC address (uppercase, as vfe)", vfe: true },
+  { name: "vm_uuid", type: "string", help: 'VM UUID ("" if none)', vfe: true },
+  { name: "socket_file", type: "string", help: "vhost-user socket", vfe: true },
+  { name: "configured", type: "boolean", help: "the front-end has started the device (DRIVER_OK)", vfe: true },
+  { name: "mode", type: "string", help: '"client" (vhostd connects) or "server" (vhostd listens)', vfe: false },
+  { name: "queue_pairs", type: "number", help: "queue pairs (net) / queues (blk)", vfe: false },
+  { name: "dev_id", type: "number", help: "engine device id", vfe: false },
+  { name: "switch_id", type: "number", help: "engine switch id (the PF's)", vfe: false },
+  { name: "state", type: "string", help: "session state: waiting|connecting|negotiating|running|stopped|failed", vfe: false },
+  { name: "connected", type: "boolean", help: "a front-end is connected", vfe: false },
+  { name: "reconnects", type: "number", help: "front-end reconnections since added", vfe: false },
+  { name: "last_error", type: "string", help: "last session error", optional: true, vfe: false },
+];
+
+const VF_INFO_FIELDS: readonly ResultField[] = [
+  ...VF_DEVICE_FIELDS,
+  { name: "features", type: "string", help: "negotiated virtio features (hex)", vfe: false },
+  { name: "protocol_features", type: "string", help: "negotiated vhost-user protocol features (hex)", vfe: false },
+  { name: "queues", type: "array", help: "per-virtqueue state", fields: QUEUE_FIELDS, vfe: false },
+];
+
+const DEVICE_HELP =
+  'Device specified as PCI "domain:bus:slot.func" syntax or "bus:slot.func" syntax (domain 0000).';
+
+export const RPC_METHODS: readonly MethodSpec[] = [
+  {
+    name: "version",
+    help: "show vhostd version info",
+    description: "Versions of vfe-vhostd and of its keeper vfe-vhostd-ha, and of the RPC protocol.",
+    params: {},
+    actions: [],
+    result: [
+      { name: "vfe-vhostd version", type: "string", help: 'e.g. "vhostd 0.1.0"', vfe: true },
+      { name: "vfe-vhostd build time", type: "string", help: "when the daemon was built", vfe: true },
+      { name: "vfe-vhostd-ha version", type: "string", help: '"Not Known Due to HA Disconnected" without a keeper', vfe: true },
+      { name: "vfe-vhostd-ha build time", type: "string", help: "likewise", vfe: true },
+      {
+        name: "protocol",
+        type: "object",
+        help: "RPC protocol",
+        vfe: false,
+        fields: [
+          { name: "name", type: "string", help: '"vhostd-rpc"', vfe: false },
+          { name: "version", type: "number", help: "protocol version", vfe: false },
+          { name: "jsonrpc", type: "string", help: '"2.0"', vfe: false },
+        ],
+      },
+      { name: "pid", type: "number", help: "daemon process id", vfe: false },
+      ...ERRNO_FIELDS,
+    ],
+  },
+  {
+    name: "mgmtpf",
+    help: "Management PF device",
+    description:
+      "Add, remove or list PFs. A PF must be added before any of its VFs, and can be removed only when it has no VFs.",
+    positionalMetavar: "DEVICE",
+    positionalHelp: DEVICE_HELP,
+    params: {
+      dev: { type: { kind: "pci" }, help: "PF address", vfe: true },
+      debug: { type: { kind: "bool" }, help: "with debug info", cli: { short: "-d", long: "--debug" }, vfe: true },
+    },
+    actions: [
+      {
+        name: "add",
+        cli: { short: "-a", long: "--add" },
+        help: "add a pci device",
+        positional: { param: "dev", required: true },
+        required: ["dev"],
+        optional: [],
+        result: ERRNO_FIELDS,
+      },
+      {
+        name: "remove",
+        cli: { short: "-r", long: "--remove" },
+        help: "remove a pci device",
+        positional: { param: "dev", required: true },
+        required: ["dev"],
+        optional: [],
+        result: ERRNO_FIELDS,
+      },
+      {
+        name: "list",
+        cli: { short: "-l", long: "--list" },
+        help: "list all PF devices (or just DEVICE)",
+        positional: { param: "dev", required: false },
+        required: [],
+        optional: ["dev", "debug"],
+        result: [{ name: "devices", type: "array", help: "added PFs (empty if none)", fields: PF_DEVICE_FIELDS, vfe: true }, ...ERRNO_FIELDS],
+      },
+    ],
+  },
+  {
+    name: "vf",
+    help: "Management VF device",
+    description:
+      "Add, remove, list or show VFs. A VF's PF must have been added; a vhost-user socket belongs to one VF only.",
+    positionalMetavar: "DEVICE",
+    positionalHelp: DEVICE_HELP + " The VF for -a/-r/-i, its PF for -l.",
+    params: {
+      vfdev: { type: { kind: "pci" }, help: "VF address", vfe: true },
+      mgmtpf: { type: { kind: "pci" }, help: "PF address (list)", vfe: true },
+      socket_file: {
+        type: { kind: "path" },
+        help: `Vhost socket file name (absolute, at most ${SOCKET_PATH_MAX_BYTES} bytes)`,
+        cli: { short: "-v", metavar: "vhost_socket" },
+        default: "<iface prefix><DEVICE>; the prefix is vfe-vhostd --iface, default <run-dir>/vf-",
+        vfe: true,
+      },
+      uuid: { type: { kind: "uuid" }, help: "Virtual machine UUID", cli: { short: "-u", metavar: "vm_uuid" }, vfe: true },
+      mode: {
+        type: { kind: "enum", values: ["client", "server"] },
+        help: "client: vhostd connects to the front-end's socket; server: vhostd listens on it",
+        cli: { valueFlags: { "--client": "client", "--server": "server" } },
+        default: "client, or server when vfe-vhostd runs with --server",
+        vfe: false,
+      },
+      queue_pairs: {
+        type: { kind: "int", min: 1, max: QUEUE_PAIRS_MAX },
+        help: "queue pairs (net) or queues (blk)",
+        cli: { short: "-q", long: "--queues", metavar: "PAIRS" },
+        default: "the PF's queue_pairs (1)",
+        vfe: false,
+      },
+      mac: { type: { kind: "mac" }, help: "MAC address (net; unicast)", cli: { long: "--mac", metavar: "MAC" }, default: "derived from the VF address", vfe: false },
+      mtu: {
+        type: { kind: "int", min: MTU_MIN, max: MTU_MAX },
+        help: `MTU (net; ${MTU_MIN}..${MTU_MAX})`,
+        cli: { long: "--mtu", metavar: "N" },
+        default: "the PF's mtu (1500)",
+        vfe: false,
+      },
+    },
+    actions: [
+      {
+        name: "add",
+        cli: { short: "-a", long: "--add" },
+        help: "add a pci device",
+        positional: { param: "vfdev", required: true },
+        required: ["vfdev"],
+        optional: ["socket_file", "uuid", "mode", "queue_pairs", "mac", "mtu"],
+        result: [{ name: "device", type: "object", help: "the VF as added (vhostd extension)", fields: VF_DEVICE_FIELDS, optional: true, vfe: false }, ...ERRNO_FIELDS],
+      },
+      {
+        name: "remove",
+        cli: { short: "-r", long: "--remove" },
+        help: "remove a pci device",
+        positional: { param: "vfdev", required: true },
+        required: ["vfdev"],
+        optional: [],
+        result: ERRNO_FIELDS,
+      },
+      {
+        name: "list",
+        cli: { short: "-l", long: "--list" },
+        help: "list all VF devices of PF device",
+        positional: { param: "mgmtpf", required: true },
+        required: ["mgmtpf"],
+        optional: [],
+        result: [{ name: "devices", type: "array", help: "the PF's VFs (empty if none)", fields: VF_DEVICE_FIELDS, optional: true, vfe: true }, ...ERRNO_FIELDS],
+      },
+      {
+        name: "info",
+        cli: { short: "-i", long: "--info" },
+        help: "show specified VF device information",
+        positional: { param: "vfdev", required: true },
+        required: ["vfdev"],
+        optional: [],
+        result: [{ name: "device", type: "object", help: "the VF", fields: VF_INFO_FIELDS, optional: true, vfe: true }, ...ERRNO_FIELDS],
+      },
+    ],
+  },
+];
+
+export function methodSpec(name: string): MethodSpec | undefined {
+  return RPC_METHODS.find((m) => m.name === name);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Validation                                                                            */
+/* ------------------------------------------------------------------------------------ */
+
+/** Why params were rejected (maps to JSON-RPC -32602 with errno -EINVAL). */
+export class RpcParamError extends VfeError {
+  constructor(detail: string) {
+    super(LinuxErrno.EINVAL, detail);
+    this.name = "RpcParamError";
+  }
+}
+
+export interface ValidatedParams {
+  /** The action flag ("" for methods without actions). */
+  action: string;
+  /** Present params, normalized (PCI addresses canonical, MAC lowercase). */
+  values: Record<string, string | number | boolean>;
+}
+
+/** Checks and normalizes one param value; throws RpcParamError. */
+export function checkParamValue(name: string, spec: ParamSpec, v: unknown): string | number | boolean {
+  const t = spec.type;
+  const bad = (what: string) => new RpcParamError(`${name}: ${what}`);
+  switch (t.kind) {
+    case "bool":
+      if (typeof v !== "boolean") throw bad("must be a boolean");
+      return v;
+    case "int":
+      if (typeof v !== "number" || !Number.isInteger(v)) throw bad("must be an integer number");
+      if (v < t.min || v > t.max) throw bad(`must be in ${t.min}..${t.max}`);
+      return v;
+    case "enum":
+      if (typeof v !== "string" || !t.values.includes(v)) throw bad(`must be one of ${t.values.join(", ")}`);
+      return v;
+    default:
+      break;
+  }
+  if (typeof v !== "string") throw bad("must be a string");
+  switch (t.kind) {
+    case "pci": {
+      const n = normalizePciAddr(v);
+      if (!n) throw bad(`"${v.slice(0, 64)}" is not a PCI address (domain:bus:slot.func)`);
+      return n;
+    }
+    case "path": {
+      const p = socketPathProblem(v);
+      if (p) throw bad(p);
+      return v;
+    }
+    case "uuid":
+      if (!isUuid(v)) throw bad("must be a UUID (8-4-4-4-12 hex digits)");
+      return v.toLowerCase();
+    case "mac": {
+      const m = normalizeMac(v);
+      if (!m) throw bad("must be a unicast, non-zero MAC address xx:xx:xx:xx:xx:xx");
+      return m;
+    }
+  }
+}
+
+/**
+ * Validates a request's params against the schema. `params` may be absent (treated as {}).
+ * Keys with null values are ignored (vfe's python client sends "uuid": null and the like).
+ * Exactly one action flag must be true; keys not applicable to the action are rejected.
+ */
+export function validateParams(method: MethodSpec, params: unknown): ValidatedParams {
+  if (params === undefined || params === null) params = {};
+  if (typeof params !== "object" || Array.isArray(params)) throw new RpcParamError("params must be an object");
+  const entries = Object.entries(params as Record<string, unknown>).filter(([, v]) => v !== null);
+  if (entries.length > 32) throw new RpcParamError("too many params");
+  const present = new Map(entries);
+
+  let action: ActionSpec | undefined;
+  if (method.actions.length > 0) {
+    const chosen: ActionSpec[] = [];
+    for (const a of method.actions) {
+      const v = present.get(a.name);
+      if (v === undefined) continue;
+      if (typeof v !== "boolean") throw new RpcParamError(`${a.name}: must be a boolean`);
+      present.delete(a.name);
+      if (v) chosen.push(a);
+    }
+    if (chosen.length !== 1) {
+      throw new RpcParamError(
+        chosen.length === 0
+          ? `one action is required: ${method.actions.map((a) => a.name).join(", ")}`
+          : `only one action at a time (got ${chosen.map((a) => a.name).join(", ")})`,
+      );
+    }
+    action = chosen[0]!;
+  }
+
+  const allowed = new Set(action ? [...action.required, ...action.optional] : Object.keys(method.params));
+  const values: Record<string, string | number | boolean> = {};
+  for (const [k, v] of present) {
+    const spec = method.params[k];
+    if (!spec || !Object.prototype.hasOwnProperty.call(method.params, k)) {
+      throw new RpcParamError(`unknown param "${k.slice(0, 64)}"`);
+    }
+    if (!allowed.has(k)) throw new RpcParamError(`param "${k}" does not apply to ${method.name}${action ? " " + action.name : ""}`);
+    values[k] = checkParamValue(k, spec, v);
+  }
+  for (const r of action?.required ?? []) {
+    if (!(r in values)) throw new RpcParamError(`${r} is required for ${method.name} ${action!.name}`);
+  }
+  return { action: action?.name ?? "", values };
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Result shapes                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+/** The fields a result of `method`/`action` may carry ("" for methods without actions). */
+export function resultFields(method: MethodSpec, action: string): readonly ResultField[] {
+  if (method.actions.length === 0) return method.result ?? [];
+  return method.actions.find((a) => a.name === action)?.result ?? [];
+}
+
+/** Problems of `value` against `fields` (empty if it conforms). Extra keys are problems too. */
+export function checkResultShape(fields: readonly ResultField[], value: unknown, path = "result"): string[] {
+  const problems: string[] = [];
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return [`${path}: not an object`];
+  const obj = value as Record<string, unknown>;
+  const known = new Set(fields.map((f) => f.name));
+  for (const k of Object.keys(obj)) if (!known.has(k)) problems.push(`${path}.${k}: not in the schema`);
+  for (const f of fields) {
+    const v = obj[f.name];
+    const p = `${path}.${f.name}`;
+    if (v === undefined) {
+      if (!f.optional) problems.push(`${p}: missing`);
+      continue;
+    }
+    const actual = Array.isArray(v) ? "array" : v === null ? "null" : typeof v;
+    if (actual !== f.type) {
+      problems.push(`${p}: ${actual}, expected ${f.type}`);
+      continue;
+    }
+    if (f.fields && f.type === "object") problems.push(...checkResultShape(f.fields, v, p));
+    if (f.fields && f.type === "array") (v as unknown[]).forEach((e, i) => problems.push(...checkResultShape(f.fields!, e, `${p}[${i}]`)));
+  }
+  return problems;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Result types (what handlers return)                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+export interface PfDeviceResult {
+  pf: string;
+  type: "net" | "blk";
+  switch_id: number;
+  vfs: number;
+  num_vfs: number;
+  first_vf: string;
+  vf_stride?: number;
+  first_vf_offset?: number;
+  mtu?: number;
+  queue_pairs?: number;
+  max_queue_pairs?: number;
+}
+
+export interface VfDeviceResult {
+  vf: string;
+  pf: string;
+  type: "net" | "blk";
+  probed: boolean;
+  msix_num: number;
+  queue_num: number;
+  queue_size: number;
+  device_feature: Record<string, string>;
+  mtu: number;
+  mac: string;
+  vm_uuid: string;
+  socket_file: string;
+  configured: boolean;
+  mode: "client" | "server";
+  queue_pairs: number;
+  dev_id: number;
+  switch_id: number;
+  state: string;
+  connected: boolean;
+  reconnects: number;
+  last_error?: string;
+}
+
+export interface VfInfoResult extends VfDeviceResult {
+  features: string;
+  protocol_features: string;
+  queues: Array<{ index: number; size: number; enabled: boolean; started: boolean; last_avail_idx: number }>;
+}
+
+/** virtio feature bit names shown in device_feature (as vfe's vdpa_rpc.c). */
+export const VIRTIO_FEATURE_NAMES: Readonly<Record<number, string>> = {
+  0: "VIRTIO_NET_F_CSUM",
+  1: "VIRTIO_NET_F_GUEST_CSUM",
+  3: "VIRTIO_NET_F_MTU",
+  5: "VIRTIO_NET_F_MAC",
+  6: "VIRTIO_NET_F_GSO",
+  7: "VIRTIO_NET_F_GUEST_TSO4",
+  8: "VIRTIO_NET_F_GUEST_TSO6",
+  9: "VIRTIO_NET_F_GUEST_ECN",
+  10: "VIRTIO_NET_F_GUEST_UFO",
+  11: "VIRTIO_NET_F_HOST_TSO4",
+  12: "VIRTIO_NET_F_HOST_TSO6",
+  13: "VIRTIO_NET_F_HOST_ECN",
+  14: "VIRTIO_NET_F_HOST_UFO",
+  15: "VIRTIO_NET_F_MRG_RXBUF",
+  16: "VIRTIO_NET_F_STATUS",
+  17: "VIRTIO_NET_F_CTRL_VQ",
+  18: "VIRTIO_NET_F_CTRL_RX",
+  19: "VIRTIO_NET_F_CTRL_VLAN",
+  20: "VIRTIO_NET_F_CTRL_RX_EXTRA",
+  21: "VIRTIO_NET_F_GUEST_ANNOUNCE",
+  22: "VIRTIO_NET_F_MQ",
+  23: "VIRTIO_NET_F_CTRL_MAC_ADDR",
+  24: "VIRTIO_F_NOTIFY_ON_EMPTY",
+  27: "VIRTIO_F_ANY_LAYOUT",
+  28: "VIRTIO_RING_F_INDIRECT_DESC",
+  29: "VIRTIO_RING_F_EVENT_IDX",
+  30: "VHOST_F_LOG_ALL",
+  32: "VIRTIO_F_VERSION_1",
+  33: "VIRTIO_F_IOMMU_PLATFORM",
+  34: "VIRTIO_F_RING_PACKED",
+  35: "VIRTIO_F_IN_ORDER",
+  40: "VIRTIO_F_RING_RESET",
+};
+
+/** vfe's device_feature object: {"value": "0x..", "   N": "NAME"} for every set bit. */
+export function featureObject(features: bigint): Record<string, string> {
+  const o: Record<string, string> = { value: "0x" + features.toString(16) };
+  for (let i = 0; i < 64; i++) {
+    if ((features >> BigInt(i)) & 1n) o[String(i).padStart(5, " ")] = VIRTIO_FEATURE_NAMES[i] ?? "UNKNOWN FEATURE BIT";
+  }
+  return o;
+}

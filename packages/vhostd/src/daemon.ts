@@ -1,0 +1,266 @@
+// vfe-vhostd: wires paths, logging, inventory, the VfHost, the registry and the RPC
+// server together, and takes them down cleanly.
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import type { Logger } from "pino";
+import {
+  RPC_PROTOCOL,
+  featureObject,
+  ok,
+  type VfDeviceResult,
+  type VfInfoResult,
+  type PfDeviceResult,
+} from "@vhostd/proto";
+import { loadConfig } from "./config.js";
+import { Inventory } from "./inventory.js";
+import { createLogger } from "./log.js";
+import { resolvePaths, VF_SOCKET_PREFIX, type Paths } from "./paths.js";
+import { Registry, type PfEntry } from "./registry.js";
+import { RpcServer, type Handler } from "./rpc_server.js";
+import { createVfHost } from "./session/host.js";
+import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
+import type { LevelWithSilent } from "pino";
+
+export interface DaemonOptions {
+  runDir?: string;
+  stateDir?: string;
+  configFile?: string;
+  /** New VFs default to server mode (vhostd listens). */
+  server?: boolean;
+  logLevel?: LevelWithSilent;
+  /** Default VF socket prefix (vfe-vhostd --iface); default <run-dir>/vf-. */
+  iface?: string;
+  log?: Logger;
+  /** Tests inject a fake host; default the real one from session/host.ts. */
+  hostFactory?: (opts: { log: Logger; runDir: string }) => VfHost;
+  /** Keeper versions for `version` (undefined when no keeper is connected). */
+  haInfo?: () => { version: string; buildTime: string } | undefined;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface VersionInfo {
+  version: string;
+  buildTime: string;
+}
+
+export function daemonVersion(): VersionInfo {
+  let version = "0.0.0";
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string };
+    version = pkg.version ?? version;
+  } catch {
+    /* keep default */
+  }
+  let buildTime = "unknown";
+  try {
+    buildTime = statSync(fileURLToPath(import.meta.url)).mtime.toISOString();
+  } catch {
+    /* keep default */
+  }
+  return { version: `vhostd ${version}`, buildTime };
+}
+
+/* ----------------------------- result builders --------------------------------------- */
+
+function parseFeatures(s: string | undefined): bigint {
+  if (!s) return 0n;
+  try {
+    return BigInt(/^[0-9a-fA-F]+$/.test(s) && !/^\d+$/.test(s) ? "0x" + s : s);
+  } catch {
+    return 0n;
+  }
+}
+
+export function vfDeviceResult(spec: VfSpec, rt: VfRuntime | undefined): VfDeviceResult {
+  const net = spec.kind === "net";
+  const d: VfDeviceResult = {
+    vf: spec.dev,
+    pf: spec.pf,
+    type: spec.kind,
+    probed: true,
+    msix_num: net ? 2 * spec.queuePairs + 2 : spec.queuePairs + 1,
+    queue_num: net ? 2 * spec.queuePairs : spec.queuePairs,
+    queue_size: rt?.queues.find((q) => q.size > 0)?.size ?? 256,
+    device_feature: featureObject(parseFeatures(rt?.features)),
+    mtu: spec.mtu,
+    mac: spec.mac.toUpperCase(),
+    vm_uuid: spec.uuid ?? "",
+    socket_file: spec.socketPath,
+    configured: rt?.state === "running",
+    mode: spec.mode,
+    queue_pairs: spec.queuePairs,
+    dev_id: spec.devId,
+    switch_id: spec.switchId,
+    state: rt?.state ?? "unknown",
+    connected: rt?.connected ?? false,
+    reconnects: rt?.reconnects ?? 0,
+  };
+  if (rt?.lastError) d.last_error = rt.lastError;
+  return d;
+}
+
+export function vfInfoResult(spec: VfSpec, rt: VfRuntime | undefined): VfInfoResult {
+  return {
+    ...vfDeviceResult(spec, rt),
+    features: "0x" + parseFeatures(rt?.features).toString(16),
+    protocol_features: "0x" + parseFeatures(rt?.protocolFeatures).toString(16),
+    queues: (rt?.queues ?? []).map((q) => ({ index: q.index, size: q.size, enabled: q.enabled, started: q.started, last_avail_idx: q.lastAvailIdx })),
+  };
+}
+
+export function pfDeviceResult(e: PfEntry, debug: boolean): PfDeviceResult {
+  const r: PfDeviceResult = { pf: e.info.dev, type: e.info.type, switch_id: e.switchId, vfs: e.vfs.size, num_vfs: e.info.numVfs, first_vf: e.info.firstVf };
+  if (debug) {
+    r.vf_stride = e.info.vfStride;
+    r.first_vf_offset = e.info.firstVfOffset;
+    r.mtu = e.info.mtu;
+    r.queue_pairs = e.info.queuePairs;
+    r.max_queue_pairs = e.info.maxQueuePairs;
+  }
+  return r;
+}
+
+/** The vfe-compatible method handlers over a registry. */
+export function createHandlers(
+  registry: Registry,
+  version: VersionInfo,
+  haInfo?: () => { version: string; buildTime: string } | undefined,
+): Record<string, Handler> {
+  const str = (v: unknown) => (typeof v === "string" ? v : undefined);
+  const num = (v: unknown) => (typeof v === "number" ? v : undefined);
+  return {
+    version: () => {
+      const ha = haInfo?.();
+      const unknown = "Not Known Due to HA Disconnected";
+      return {
+        "vfe-vhostd version": version.version,
+        "vfe-vhostd build time": version.buildTime,
+        "vfe-vhostd-ha version": ha?.version ?? unknown,
+        "vfe-vhostd-ha build time": ha?.buildTime ?? unknown,
+        protocol: { name: RPC_PROTOCOL.name, version: RPC_PROTOCOL.version, jsonrpc: RPC_PROTOCOL.jsonrpc },
+        pid: process.pid,
+        ...ok(),
+      };
+    },
+    mgmtpf: async ({ action, values }) => {
+      const dev = str(values.dev);
+      switch (action) {
+        case "add":
+          await registry.addPf(dev!);
+          return { ...ok() };
+        case "remove":
+          await registry.removePf(dev!);
+          return { ...ok() };
+        default:
+          return { devices: registry.listPfs(dev).map((e) => pfDeviceResult(e, values.debug === true)), ...ok() };
+      }
+    },
+    vf: async ({ action, values }) => {
+      switch (action) {
+        case "add": {
+          const spec = await registry.addVf({
+            vfdev: str(values.vfdev)!,
+            socket_file: str(values.socket_file),
+            uuid: str(values.uuid),
+            mode: str(values.mode) as SocketMode | undefined,
+            queue_pairs: num(values.queue_pairs),
+            mac: str(values.mac),
+            mtu: num(values.mtu),
+          });
+          return { device: vfDeviceResult(spec, registry.runtime(spec.dev)), ...ok() };
+        }
+        case "remove":
+          await registry.removeVf(str(values.vfdev)!);
+          return { ...ok() };
+        case "list":
+          return { devices: registry.listVfs(str(values.mgmtpf)!).map((s) => vfDeviceResult(s, registry.runtime(s.dev))), ...ok() };
+        default: {
+          const spec = registry.getVf(str(values.vfdev)!);
+          return { device: vfInfoResult(spec, registry.runtime(spec.dev)), ...ok() };
+        }
+      }
+    },
+  };
+}
+
+/* ------------------------------------ daemon ----------------------------------------- */
+
+export class Daemon {
+  private stopping: Promise<void> | undefined;
+
+  private constructor(
+    readonly paths: Paths,
+    readonly log: Logger,
+    readonly registry: Registry,
+    readonly rpc: RpcServer,
+  ) {}
+
+  static async start(opts: DaemonOptions = {}): Promise<Daemon> {
+    const paths = resolvePaths({ runDir: opts.runDir, stateDir: opts.stateDir }, opts.env ?? process.env);
+    const log = opts.log ?? createLogger({ level: opts.logLevel ?? "info" });
+    makeDir(paths.runDir);
+    makeDir(paths.stateDir);
+
+    const config = loadConfig(opts.configFile);
+    const inventory = new Inventory(config);
+    const host = (opts.hostFactory ?? createVfHost)({ log: log.child({ component: "host" }), runDir: paths.runDir });
+    const defaultMode: SocketMode = opts.server ? "server" : "client";
+    const registry = new Registry({
+      inventory,
+      host,
+      log: log.child({ component: "registry" }),
+      defaultMode,
+      iface: opts.iface ?? `${paths.runDir}/${VF_SOCKET_PREFIX}`,
+      reservedPaths: [paths.rpcSocket, paths.pidFile, paths.haPidFile],
+    });
+    const version = daemonVersion();
+    const rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, opts.haInfo), log: log.child({ component: "rpc" }) });
+    try {
+      await rpc.listen();
+    } catch (e) {
+      await host.shutdown().catch(() => undefined);
+      throw e;
+    }
+    writeFileSync(paths.pidFile, `${process.pid}\n`, { mode: 0o644 });
+    log.info(
+      {
+        version: version.version,
+        runDir: paths.runDir,
+        stateDir: paths.stateDir,
+        socket: paths.rpcSocket,
+        config: opts.configFile ?? "(default)",
+        pfs: inventory.allPfs().map((p) => `${p.dev} ${p.type} first VF ${p.firstVf} x${p.numVfs}`),
+        defaultMode,
+      },
+      "vfe-vhostd started",
+    );
+    return new Daemon(paths, log, registry, rpc);
+  }
+
+  /** Stops serving RPC, closes every session, removes the socket and the pid file. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info("vfe-vhostd stopping");
+      await this.rpc.close();
+      try {
+        await this.registry.shutdown();
+      } catch (e) {
+        this.log.error({ err: (e as Error).message }, "shutdown of sessions failed");
+      }
+      try {
+        if (existsSync(this.paths.pidFile) && readFileSync(this.paths.pidFile, "utf8").trim() === String(process.pid)) unlinkSync(this.paths.pidFile);
+      } catch {
+        /* gone */
+      }
+      this.log.info("vfe-vhostd stopped");
+    })();
+    return this.stopping;
+  }
+}
+
+/** mkdir -p with mode 0700 for what we create; existing directories are left as they are. */
+function makeDir(dir: string): void {
+  if (existsSync(dir)) return;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+}

@@ -1,0 +1,132 @@
+// vfe-vhostd entry point (bin/vfe-vhostd.js imports this).
+import { Daemon, daemonVersion, type DaemonOptions } from "./daemon.js";
+import { isLogLevel, LOG_LEVELS } from "./log.js";
+import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, ENV_RUN_DIR, ENV_STATE_DIR } from "./paths.js";
+
+const USAGE = `usage: vfe-vhostd [-h] [--run-dir DIR] [--state-dir DIR] [--config FILE] [--server | --client]
+                  [--iface PREFIX] [--log-level LEVEL] [--version]
+
+vhost-user back-end daemon (vfe-vhostd compatible).
+
+options:
+  -h, --help         show this help message and exit
+  --run-dir DIR      runtime directory: RPC socket vfe-vhostd.sock, pid file, default VF sockets
+                     (env ${ENV_RUN_DIR}, default ${DEFAULT_RUN_DIR})
+  --state-dir DIR    persistent state directory (env ${ENV_STATE_DIR}, default ${DEFAULT_STATE_DIR})
+  --config FILE      JSON inventory of PFs (default: the embedded inventory, see docs/cli.md)
+  --server           new VFs default to server mode: vfe-vhostd listens on the VF socket
+  --client           new VFs default to client mode: vfe-vhostd connects to the front-end (default)
+  --iface PREFIX     default VF socket is PREFIX<DEVICE> (default <run-dir>/vf-)
+  --log-level LEVEL  ${LOG_LEVELS.join("|")} (env VHOSTD_LOG_LEVEL, default info)
+  --version          print the version and exit
+`;
+
+export function parseDaemonArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): DaemonOptions | "help" | "version" {
+  const opts: DaemonOptions = {};
+  const lvl = env.VHOSTD_LOG_LEVEL;
+  if (lvl) {
+    if (!isLogLevel(lvl)) throw new Error(`VHOSTD_LOG_LEVEL: unknown level "${lvl}"`);
+    opts.logLevel = lvl;
+  }
+  for (let i = 0; i < argv.length; i++) {
+    let a = argv[i]!;
+    let inline: string | undefined;
+    const eq = a.indexOf("=");
+    if (a.startsWith("--") && eq > 0) {
+      inline = a.slice(eq + 1);
+      a = a.slice(0, eq);
+    }
+    const value = (): string => {
+      const v = inline ?? argv[++i];
+      if (v === undefined || v === "") throw new Error(`${a} needs a value`);
+      return v;
+    };
+    switch (a) {
+      case "-h":
+      case "--help":
+        return "help";
+      case "--version":
+        return "version";
+      case "--run-dir":
+        opts.runDir = value();
+        break;
+      case "--state-dir":
+        opts.stateDir = value();
+        break;
+      case "--config":
+        opts.configFile = value();
+        break;
+      case "--server":
+        opts.server = true;
+        break;
+      case "--client":
+        opts.server = false;
+        break;
+      case "--iface":
+        opts.iface = value();
+        break;
+      case "--log-level": {
+        const v = value();
+        if (!isLogLevel(v)) throw new Error(`--log-level: unknown level "${v}" (${LOG_LEVELS.join("|")})`);
+        opts.logLevel = v;
+        break;
+      }
+      default:
+        throw new Error(`unknown argument "${a}"`);
+    }
+  }
+  return opts;
+}
+
+async function main(): Promise<void> {
+  let parsed: ReturnType<typeof parseDaemonArgs>;
+  try {
+    parsed = parseDaemonArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`vfe-vhostd: ${(e as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (parsed === "help") {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (parsed === "version") {
+    const v = daemonVersion();
+    process.stdout.write(`${v.version} (built ${v.buildTime})\n`);
+    return;
+  }
+  let daemon: Daemon;
+  try {
+    daemon = await Daemon.start(parsed);
+  } catch (e) {
+    process.stderr.write(`vfe-vhostd: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (++signals > 1) {
+      daemon.log.warn({ signal: sig }, "second signal: exiting now");
+      process.exit(1);
+    }
+    daemon.log.info({ signal: sig }, "signal received, shutting down");
+    daemon.stop().then(
+      () => process.exit(0),
+      (e) => {
+        daemon.log.error({ err: (e as Error).message }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  process.on("uncaughtException", (e) => {
+    daemon.log.fatal({ err: e.stack ?? String(e) }, "uncaught exception");
+    process.exit(1);
+  });
+  process.on("unhandledRejection", (e) => {
+    daemon.log.fatal({ err: (e as Error)?.stack ?? String(e) }, "unhandled rejection");
+    process.exit(1);
+  });
+}
+
+await main();

@@ -1,0 +1,41 @@
+// Where vfe-vhostd and its tools keep things. Other tools (the keeper, scripts, tests)
+// depend on these names exactly.
+import { join } from "node:path";
+import { RPC_SOCKET_NAME } from "@vhostd/proto";
+
+export const DEFAULT_RUN_DIR = "/run/vhostd";
+export const DEFAULT_STATE_DIR = "/var/lib/vhostd";
+export const ENV_RUN_DIR = "VHOSTD_RUN_DIR";
+export const ENV_STATE_DIR = "VHOSTD_STATE_DIR";
+
+export const PID_FILE_NAME = "vfe-vhostd.pid";
+/** The keeper's pid file (written by vfe-vhostd-ha or by scripts/start-pair.sh). */
+export const HA_PID_FILE_NAME = "vfe-vhostd-ha.pid";
+/** Default prefix of VF sockets inside the run dir: <run-dir>/vf-<DEVICE>. */
+export const VF_SOCKET_PREFIX = "vf-";
+
+export interface Paths {
+  runDir: string;
+  stateDir: string;
+  /** <run-dir>/vfe-vhostd.sock, mode 0600. */
+  rpcSocket: string;
+  /** <run-dir>/vfe-vhostd.pid */
+  pidFile: string;
+  haPidFile: string;
+  /** <state-dir>/logs */
+  logDir: string;
+}
+
+/** Flag, else environment, else default. */
+export function resolvePaths(opts: { runDir?: string; stateDir?: string }, env: NodeJS.ProcessEnv = process.env): Paths {
+  const runDir = opts.runDir || env[ENV_RUN_DIR] || DEFAULT_RUN_DIR;
+  const stateDir = opts.stateDir || env[ENV_STATE_DIR] || DEFAULT_STATE_DIR;
+  return {
+    runDir,
+    stateDir,
+    rpcSocket: join(runDir, RPC_SOCKET_NAME),
+    pidFile: join(runDir, PID_FILE_NAME),
+    haPidFile: join(runDir, HA_PID_FILE_NAME),
+    logDir: join(stateDir, "logs"),
+  };
+}
