@@ -1,3 +1,488 @@
-// Placeholder until this concept lands; registers nothing.
+// N-API glue for the datapath engine: argument validation (TypeError / RangeError / Error
+// with a reason), then a synchronous command to the engine (see engine.h). Also the module
+// constants of the shared counter layout and a few test-support exports.
+#include <errno.h>
+#include <fcntl.h>
 #include <napi.h>
-void InitEngine(Napi::Env, Napi::Object) {}
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+
+#include "engine.h"
+
+using namespace vhd;
+
+namespace {
+
+// ------------------------------------------------------------------ validation helpers
+
+[[noreturn]] void throwType(Napi::Env env, const std::string& m) { throw Napi::TypeError::New(env, m); }
+[[noreturn]] void throwRange(Napi::Env env, const std::string& m) { throw Napi::RangeError::New(env, m); }
+[[noreturn]] void throwError(Napi::Env env, const std::string& m) { throw Napi::Error::New(env, m); }
+
+int64_t getInt(Napi::Env env, Napi::Value v, const char* name, int64_t min, int64_t max) {
+  if (!v.IsNumber()) throwType(env, std::string(name) + " must be an integer number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || std::floor(d) != d) throwType(env, std::string(name) + " must be an integer number");
+  if (d < (double)min || d > (double)max)
+    throwRange(env, std::string(name) + " " + std::to_string((long long)d) + " is out of range [" + std::to_string(min) +
+                        ", " + std::to_string(max) + "]");
+  return (int64_t)d;
+}
+
+uint64_t getU64(Napi::Env env, Napi::Value v, const char* name) {
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    uint64_t r = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throwRange(env, std::string(name) + " must fit in an unsigned 64-bit integer");
+    return r;
+  }
+  if (v.IsNumber()) return (uint64_t)getInt(env, v, name, 0, 9007199254740991LL);
+  throwType(env, std::string(name) + " must be a bigint");
+}
+
+Napi::Object getObject(Napi::Env env, Napi::Value v, const char* name) {
+  if (!v.IsObject()) throwType(env, std::string(name) + " must be an object");
+  return v.As<Napi::Object>();
+}
+
+bool parseMac(const std::string& s, uint8_t out[6]) {
+  unsigned b[6];
+  char tail;
+  if (s.size() != 17 || sscanf(s.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
+    return false;
+  for (int i = 0; i < 6; i++) out[i] = (uint8_t)b[i];
+  return true;
+}
+
+std::string macStr(const uint8_t* m) {
+  char b[18];
+  snprintf(b, sizeof b, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
+  return b;
+}
+
+RegionSpec getRegion(Napi::Env env, Napi::Value v, const char* name) {
+  Napi::Object o = getObject(env, v, name);
+  RegionSpec r;
+  r.fd = (int)getInt(env, o.Get("fd"), "region.fd", -1, INT32_MAX);
+  r.gpa = getU64(env, o.Get("guestAddr"), "region.guestAddr");
+  r.size = getU64(env, o.Get("size"), "region.size");
+  r.uva = getU64(env, o.Get("userAddr"), "region.userAddr");
+  r.mmapOffset = getU64(env, o.Get("mmapOffset"), "region.mmapOffset");
+  return r;
+}
+
+const char* kindName(EvKind k) {
+  switch (k) {
+    case EvKind::kRingError: return "ring-error";
+    case EvKind::kChainError: return "chain-error";
+    case EvKind::kQueueBroken: return "queue-broken";
+    case EvKind::kTapError: return "tap-error";
+  }
+  return "ring-error";
+}
+
+// ------------------------------------------------------------------ event delivery
+
+struct TsfnState {
+  std::mutex m;
+  bool alive = false;
+  napi_threadsafe_function tsfn = nullptr;
+  std::shared_ptr<EventQueue> q;
+};
+
+void callJs(napi_env env, napi_value jsCb, void* context, void*) {
+  auto* st = static_cast<std::shared_ptr<TsfnState>*>(context);
+  std::shared_ptr<EventQueue> q = (*st)->q;
+  q->notifyPending.store(false);
+  if (!env || !jsCb) return;
+  Napi::Env e(env);
+  Napi::Function cb(env, jsCb);
+  EventRec r;
+  int n = 0;
+  while (n++ < EventQueue::kCap && q->pop(&r)) {
+    Napi::Object ev = Napi::Object::New(e);
+    ev.Set("devId", r.devId);
+    ev.Set("queue", r.queue);
+    ev.Set("kind", kindName(r.kind));
+    ev.Set("reason", r.reason);
+    napi_value argv[1] = {ev};
+    napi_value result;
+    if (napi_call_function(env, e.Undefined(), jsCb, 1, argv, &result) != napi_ok) break;
+  }
+}
+
+void finalizeTsfn(napi_env, void* data, void*) {
+  auto* st = static_cast<std::shared_ptr<TsfnState>*>(data);
+  {
+    std::lock_guard<std::mutex> g((*st)->m);
+    (*st)->alive = false;
+  }
+  delete st;
+}
+
+// ------------------------------------------------------------------ the Engine class
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Engine",
+                       {
+                           InstanceMethod("addSwitch", &EngineWrap::AddSwitch),
+                           InstanceMethod("removeSwitch", &EngineWrap::RemoveSwitch),
+                           InstanceMethod("setSwitchUplink", &EngineWrap::SetSwitchUplink),
+                           InstanceMethod("fdb", &EngineWrap::Fdb),
+                           InstanceMethod("uplinkStats", &EngineWrap::UplinkStatsM),
+                           InstanceMethod("addNetDevice", &EngineWrap::AddNetDevice),
+                           InstanceMethod("removeDevice", &EngineWrap::RemoveDevice),
+                           InstanceMethod("setFeatures", &EngineWrap::SetFeatures),
+                           InstanceMethod("setMemTable", &EngineWrap::SetMemTable),
+                           InstanceMethod("addMemRegion", &EngineWrap::AddMemRegion),
+                           InstanceMethod("removeMemRegion", &EngineWrap::RemoveMemRegion),
+                           InstanceMethod("startQueue", &EngineWrap::StartQueue),
+                           InstanceMethod("stopQueue", &EngineWrap::StopQueue),
+                           InstanceMethod("setQueueEnabled", &EngineWrap::SetQueueEnabled),
+                           InstanceMethod("setQueueCall", &EngineWrap::SetQueueCall),
+                           InstanceMethod("kickAll", &EngineWrap::KickAll),
+                           InstanceMethod("close", &EngineWrap::Close),
+                           InstanceAccessor("counters", &EngineWrap::Counters, nullptr),
+                           InstanceAccessor("maxDevices", &EngineWrap::MaxDevices, nullptr),
+                           InstanceAccessor("maxQueues", &EngineWrap::MaxQueues, nullptr),
+                       });
+  }
+
+  EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+    Napi::Env env = info.Env();
+    EngineConfig cfg;
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      Napi::Object o = getObject(env, info[0], "opts");
+      if (!o.Get("workers").IsUndefined()) cfg.workers = (int)getInt(env, o.Get("workers"), "opts.workers", 1, 64);
+      if (!o.Get("maxDevices").IsUndefined())
+        cfg.maxDevices = (int)getInt(env, o.Get("maxDevices"), "opts.maxDevices", 1, 65536);
+      if (!o.Get("pollUs").IsUndefined()) cfg.pollUs = (int)getInt(env, o.Get("pollUs"), "opts.pollUs", 0, 10000000);
+    }
+    if (info.Length() < 2 || !info[1].IsFunction()) throwType(env, "onEvent must be a function");
+    engine_ = std::make_unique<Engine>(cfg);
+    std::string err = engine_->start();
+    if (!err.empty()) {
+      engine_->close();
+      throwError(env, err);
+    }
+    // Events: a thread-safe function that never keeps Node alive.
+    state_ = std::make_shared<TsfnState>();
+    state_->q = engine_->eventsShared();
+    auto* ctx = new std::shared_ptr<TsfnState>(state_);
+    napi_value name = Napi::String::New(env, "vhostd-engine-events");
+    napi_status s = napi_create_threadsafe_function(env, info[1], nullptr, name, 4, 1, ctx, finalizeTsfn, ctx, callJs,
+                                                    &state_->tsfn);
+    if (s != napi_ok) {
+      delete ctx;
+      engine_->close();
+      throwError(env, "cannot create the event thread-safe function");
+    }
+    state_->alive = true;
+    napi_unref_threadsafe_function(env, state_->tsfn);
+    std::shared_ptr<TsfnState> st = state_;
+    engine_->notify = [st] {
+      std::lock_guard<std::mutex> g(st->m);
+      if (!st->alive || napi_call_threadsafe_function(st->tsfn, nullptr, napi_tsfn_nonblocking) != napi_ok)
+        st->q->notifyPending.store(false);
+    };
+    // Counters: an external ArrayBuffer over the shared mapping; detached at close().
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, engine_->counters(), engine_->countersBytes());
+    Napi::TypedArray ta = Napi::TypedArrayOf<uint64_t>::New(env, engine_->countersBytes() / 8, ab, 0, napi_biguint64_array);
+    countersRef_ = Napi::Persistent(ta.As<Napi::Object>());
+    abRef_ = Napi::Persistent(ab.As<Napi::Object>());
+    env_ = env;
+    napi_add_env_cleanup_hook(env, &EngineWrap::Cleanup, this);
+    hook_ = true;
+  }
+
+  ~EngineWrap() override {
+    if (hook_) napi_remove_env_cleanup_hook(env_, &EngineWrap::Cleanup, this);
+    if (engine_) engine_->close();
+  }
+
+ private:
+  static void Cleanup(void* arg) {
+    auto* self = static_cast<EngineWrap*>(arg);
+    self->hook_ = false;
+    if (self->engine_) self->engine_->close();
+  }
+
+  Engine& live(Napi::Env env) {
+    if (!engine_ || engine_->closed()) throwError(env, "engine is closed");
+    return *engine_;
+  }
+  int devArg(const Napi::CallbackInfo& info, int i) {
+    Engine& e = live(info.Env());
+    int id = (int)getInt(info.Env(), info[i], "devId", 0, e.config().maxDevices - 1);
+    if (!e.hasDevice(id)) throwError(info.Env(), "device " + std::to_string(id) + " does not exist");
+    return id;
+  }
+  int queueArg(const Napi::CallbackInfo& info, int i, int devId) {
+    int pairs = engine_->devicePairs(devId);
+    return (int)getInt(info.Env(), info[i], "queue", 0, 2 * pairs - 1);
+  }
+  int switchArg(const Napi::CallbackInfo& info, int i) {
+    return (int)getInt(info.Env(), info[i], "switchId", 0, INT32_MAX);
+  }
+  void check(Napi::Env env, const std::string& err) {
+    if (!err.empty()) throwError(env, err);
+  }
+
+  Napi::Value AddSwitch(const Napi::CallbackInfo& info) {
+    Engine& e = live(info.Env());
+    check(info.Env(), e.addSwitch(switchArg(info, 0)));
+    return info.Env().Undefined();
+  }
+  Napi::Value RemoveSwitch(const Napi::CallbackInfo& info) {
+    Engine& e = live(info.Env());
+    check(info.Env(), e.removeSwitch(switchArg(info, 0)));
+    return info.Env().Undefined();
+  }
+  Napi::Value SetSwitchUplink(const Napi::CallbackInfo& info) {
+    Engine& e = live(info.Env());
+    int sw = switchArg(info, 0);
+    int fd = (int)getInt(info.Env(), info[1], "tapFd", -1, INT32_MAX);
+    check(info.Env(), e.setUplink(sw, fd));
+    return info.Env().Undefined();
+  }
+  Napi::Value Fdb(const Napi::CallbackInfo& info) {
+    Engine& e = live(info.Env());
+    std::vector<L2Switch::Entry> entries;
+    check(info.Env(), e.fdb(switchArg(info, 0), &entries));
+    Napi::Array arr = Napi::Array::New(info.Env(), entries.size());
+    for (size_t i = 0; i < entries.size(); i++) {
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("mac", macStr(entries[i].mac));
+      o.Set("devId", entries[i].port);
+      o.Set("ageMs", (double)(entries[i].ageNs / 1000000ull));
+      arr.Set((uint32_t)i, o);
+    }
+    return arr;
+  }
+  Napi::Value UplinkStatsM(const Napi::CallbackInfo& info) {
+    Engine& e = live(info.Env());
+    UplinkStats s;
+    check(info.Env(), e.uplinkStats(switchArg(info, 0), &s));
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("attached", s.attached);
+    o.Set("rxPackets", (double)s.rxPackets);
+    o.Set("rxBytes", (double)s.rxBytes);
+    o.Set("txPackets", (double)s.txPackets);
+    o.Set("txBytes", (double)s.txBytes);
+    o.Set("txDrops", (double)s.txDrops);
+    o.Set("rxErrors", (double)s.rxErrors);
+    return o;
+  }
+  Napi::Value AddNetDevice(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Engine& e = live(env);
+    int id = (int)getInt(env, info[0], "devId", 0, e.config().maxDevices - 1);
+    Napi::Object o = getObject(env, info[1], "opts");
+    int sw = (int)getInt(env, o.Get("switchId"), "opts.switchId", 0, INT32_MAX);
+    if (!o.Get("mac").IsString()) throwType(env, "opts.mac must be a string like \"52:54:00:12:34:56\"");
+    uint8_t mac[6];
+    if (!parseMac(o.Get("mac").As<Napi::String>().Utf8Value(), mac))
+      throwType(env, "opts.mac must be a string like \"52:54:00:12:34:56\"");
+    int mtu = (int)getInt(env, o.Get("mtu"), "opts.mtu", 68, 65535);
+    int qp = (int)getInt(env, o.Get("maxQueuePairs"), "opts.maxQueuePairs", 1, kMaxQueuePairs);
+    if (e.hasDevice(id)) throwError(env, "device " + std::to_string(id) + " already exists");
+    if (!e.hasSwitch(sw)) throwError(env, "switch " + std::to_string(sw) + " does not exist");
+    check(env, e.addNetDevice(id, sw, mac, mtu, qp));
+    return env.Undefined();
+  }
+  Napi::Value RemoveDevice(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    check(info.Env(), engine_->removeDevice(id));
+    return info.Env().Undefined();
+  }
+  Napi::Value SetFeatures(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    uint64_t f = getU64(info.Env(), info[1], "features");
+    check(info.Env(), engine_->setFeatures(id, f));
+    return info.Env().Undefined();
+  }
+  Napi::Value SetMemTable(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    if (!info[1].IsArray()) throwType(env, "regions must be an array");
+    Napi::Array a = info[1].As<Napi::Array>();
+    if (a.Length() > (uint32_t)kMaxMemRegions) throwRange(env, "at most 64 memory regions");
+    std::vector<RegionSpec> regions;
+    for (uint32_t i = 0; i < a.Length(); i++) regions.push_back(getRegion(env, a.Get(i), "regions[i]"));
+    check(env, engine_->setMemTable(id, regions));
+    return env.Undefined();
+  }
+  Napi::Value AddMemRegion(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    RegionSpec r = getRegion(info.Env(), info[1], "region");
+    check(info.Env(), engine_->addMemRegion(id, r));
+    return info.Env().Undefined();
+  }
+  Napi::Value RemoveMemRegion(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    Napi::Object o = getObject(env, info[1], "region");
+    uint64_t gpa = getU64(env, o.Get("guestAddr"), "region.guestAddr");
+    uint64_t size = getU64(env, o.Get("size"), "region.size");
+    uint64_t uva = getU64(env, o.Get("userAddr"), "region.userAddr");
+    check(env, engine_->removeMemRegion(id, gpa, size, uva));
+    return env.Undefined();
+  }
+  Napi::Value StartQueue(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    int q = queueArg(info, 1, id);
+    Napi::Object c = getObject(env, info[2], "cfg");
+    QueueStart qs;
+    int size = (int)getInt(env, c.Get("size"), "cfg.size", 1, 32768);
+    if (size & (size - 1)) throwRange(env, "cfg.size " + std::to_string(size) + " is not a power of two");
+    qs.setup.size = (uint16_t)size;  // 32768 fits
+    qs.setup.descAddr = getU64(env, c.Get("descAddr"), "cfg.descAddr");
+    qs.setup.availAddr = getU64(env, c.Get("availAddr"), "cfg.availAddr");
+    qs.setup.usedAddr = getU64(env, c.Get("usedAddr"), "cfg.usedAddr");
+    qs.setup.lastAvailIdx = (uint16_t)getInt(env, c.Get("lastAvailIdx"), "cfg.lastAvailIdx", 0, 65535);
+    qs.kickFd = (int)getInt(env, c.Get("kickFd"), "cfg.kickFd", -1, INT32_MAX);
+    qs.callFd = (int)getInt(env, c.Get("callFd"), "cfg.callFd", -1, INT32_MAX);
+    qs.errFd = (int)getInt(env, c.Get("errFd"), "cfg.errFd", -1, INT32_MAX);
+    check(env, engine_->startQueue(id, q, qs));
+    return env.Undefined();
+  }
+  Napi::Value StopQueue(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    int q = queueArg(info, 1, id);
+    uint16_t last = 0;
+    check(info.Env(), engine_->stopQueue(id, q, &last));
+    return Napi::Number::New(info.Env(), last);
+  }
+  Napi::Value SetQueueEnabled(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    int q = queueArg(info, 1, id);
+    if (!info[2].IsBoolean()) throwType(info.Env(), "enabled must be a boolean");
+    check(info.Env(), engine_->setQueueEnabled(id, q, info[2].As<Napi::Boolean>().Value()));
+    return info.Env().Undefined();
+  }
+  Napi::Value SetQueueCall(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    int q = queueArg(info, 1, id);
+    int fd = (int)getInt(info.Env(), info[2], "callFd", -1, INT32_MAX);
+    check(info.Env(), engine_->setQueueCall(id, q, fd));
+    return info.Env().Undefined();
+  }
+  Napi::Value KickAll(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    check(info.Env(), engine_->kickAll(id));
+    return info.Env().Undefined();
+  }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (engine_ && !engine_->closed()) {
+      engine_->close();  // joins the workers: nothing posts events any more
+      {
+        std::lock_guard<std::mutex> g(state_->m);
+        if (state_->alive) napi_release_threadsafe_function(state_->tsfn, napi_tsfn_release);
+      }
+      if (!abRef_.IsEmpty()) {
+        Napi::ArrayBuffer ab = abRef_.Value().As<Napi::ArrayBuffer>();
+        if (!ab.IsDetached()) ab.Detach();
+      }
+    }
+    return info.Env().Undefined();
+  }
+  Napi::Value Counters(const Napi::CallbackInfo& info) {
+    live(info.Env());
+    return countersRef_.Value();
+  }
+  Napi::Value MaxDevices(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), engine_->config().maxDevices); }
+  Napi::Value MaxQueues(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), kMaxQueues); }
+
+  std::unique_ptr<Engine> engine_;
+  std::shared_ptr<TsfnState> state_;
+  Napi::ObjectReference countersRef_, abRef_;
+  napi_env env_ = nullptr;
+  bool hook_ = false;
+};
+
+// ------------------------------------------------------------------ module functions
+
+Napi::Value OpenTap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throwType(env, "name must be a string");
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name.empty() || name.size() > 15) throwRange(env, "tap name must be 1..15 characters");
+  std::string err;
+  int fd = openTap(name, &err);
+  if (fd < 0) throwError(env, err);
+  return Napi::Number::New(env, fd);
+}
+
+// Test support: JS cannot mmap, so tests lay out rings through this view of a memfd.
+Napi::Value MapForTest(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = (int)getInt(env, info[0], "fd", 0, INT32_MAX);
+  int64_t size = getInt(env, info[1], "size", 1, (int64_t)1 << 40);
+  void* p = mmap(nullptr, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) throwError(env, std::string("mmap: ") + strerror(errno));
+  return Napi::ArrayBuffer::New(env, p, (size_t)size, [](Napi::Env, void* data, size_t* len) { munmap(data, *len); delete len; },
+                                new size_t((size_t)size));
+}
+
+Napi::Value TestMemfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throwType(env, "name must be a string");
+  int64_t size = getInt(env, info[1], "size", 0, (int64_t)1 << 40);
+  int fd = memfd_create(info[0].As<Napi::String>().Utf8Value().c_str(), MFD_CLOEXEC);
+  if (fd < 0 || ftruncate(fd, size) < 0) throwError(env, std::string("memfd: ") + strerror(errno));
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value TestEventFd(const Napi::CallbackInfo& info) {
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) throwError(info.Env(), std::string("eventfd: ") + strerror(errno));
+  return Napi::Number::New(info.Env(), fd);
+}
+
+Napi::Value TestEventFdRead(const Napi::CallbackInfo& info) {
+  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
+  uint64_t v = 0;
+  if (read(fd, &v, 8) != 8) v = 0;
+  return Napi::Number::New(info.Env(), (double)v);
+}
+
+Napi::Value TestEventFdWrite(const Napi::CallbackInfo& info) {
+  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
+  uint64_t one = 1;
+  ssize_t r = write(fd, &one, 8);
+  (void)r;
+  return info.Env().Undefined();
+}
+
+Napi::Value TestCloseFd(const Napi::CallbackInfo& info) {
+  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
+  close(fd);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void InitEngine(Napi::Env env, Napi::Object exports) {
+  exports.Set("Engine", EngineWrap::Define(env));
+  exports.Set("COUNTERS_PER_QUEUE", Napi::Number::New(env, kCountersPerQueue));
+  Napi::Array names = Napi::Array::New(env, kCountersPerQueue);
+  for (int i = 0; i < kCountersPerQueue; i++) names.Set((uint32_t)i, kCounterNames[i]);
+  exports.Set("COUNTER_NAMES", names);
+  exports.Set("openTap", Napi::Function::New(env, OpenTap, "openTap"));
+  exports.Set("_mapForTest", Napi::Function::New(env, MapForTest, "_mapForTest"));
+  exports.Set("_testMemfd", Napi::Function::New(env, TestMemfd, "_testMemfd"));
+  exports.Set("_testEventFd", Napi::Function::New(env, TestEventFd, "_testEventFd"));
+  exports.Set("_testEventFdRead", Napi::Function::New(env, TestEventFdRead, "_testEventFdRead"));
+  exports.Set("_testEventFdWrite", Napi::Function::New(env, TestEventFdWrite, "_testEventFdWrite"));
+  exports.Set("_testCloseFd", Napi::Function::New(env, TestCloseFd, "_testCloseFd"));
+}

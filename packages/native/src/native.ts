@@ -121,6 +121,18 @@ export interface NativeEngine {
   readonly maxQueues: number;
   /** Stops every worker; the engine is unusable afterwards. */
   close(): void;
+  /** Extra (engine): TAP uplink counters of a switch (drops on write EAGAIN, read errors). */
+  uplinkStats(switchId: number): UplinkStats;
+}
+
+export interface UplinkStats {
+  attached: boolean;
+  rxPackets: number;
+  rxBytes: number;
+  txPackets: number;
+  txBytes: number;
+  txDrops: number;
+  rxErrors: number;
 }
 
 /* ------------------------------------------------------- front-end driver (cc/driver_*.cc) */
@@ -230,6 +242,17 @@ export interface NativeModule {
   /* test support (driver frame format, cc/test_frame.cc) */
   _buildFrame(opts: { dstMac: string; srcMac: string; frameSize: number; streamId?: number; seq: number | bigint }): Buffer;
   _checkFrame(frame: Buffer): { verdict: "ok" | "foreign" | "corrupt"; streamId: number; seq: bigint; problem: string };
+
+  /** Opens /dev/net/tun as a TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) named `name`; returns the fd. */
+  openTap(name: string): number;
+
+  /* test support (engine, cc/engine_napi.cc): a memfd "guest" JS can lay rings out in */
+  _mapForTest(fd: number, size: number): ArrayBuffer;
+  _testMemfd(name: string, size: number): number;
+  _testEventFd(): number;
+  _testEventFdRead(fd: number): number;
+  _testEventFdWrite(fd: number): void;
+  _testCloseFd(fd: number): void;
 
   /** Layout constants of the shared counter memory. */
   COUNTERS_PER_QUEUE: number;

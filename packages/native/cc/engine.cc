@@ -1,0 +1,600 @@
+// Engine: workers, command channel, adaptive polling, registry (see engine.h).
+#include "engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+
+namespace vhd {
+
+uint64_t monoNs() noexcept {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+// ---------------------------------------------------------------------------- events
+
+bool EventQueue::push(int devId, int queue, EvKind kind, const char* reason) noexcept {
+  SpinGuard g(lock_);
+  if (tail_ - head_ >= (uint32_t)kCap) { dropped++; return false; }
+  EventRec& e = ring_[tail_ % kCap];
+  e.devId = devId;
+  e.queue = queue;
+  e.kind = kind;
+  snprintf(e.reason, sizeof e.reason, "%s", reason);
+  tail_++;
+  return true;
+}
+
+bool EventQueue::pop(EventRec* out) noexcept {
+  SpinGuard g(lock_);
+  if (head_ == tail_) return false;
+  *out = ring_[head_ % kCap];
+  head_++;
+  return true;
+}
+
+void Engine::post(int devId, int queue, EvKind kind, const char* reason) noexcept {
+  if (!events_->push(devId, queue, kind, reason)) return;
+  if (!events_->notifyPending.exchange(true)) {
+    if (notify) notify();
+  }
+}
+
+// ---------------------------------------------------------------------------- lifecycle
+
+static int dupFd(int fd) { return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 3); }
+static void closeFd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+Engine::Engine(const EngineConfig& cfg) : cfg_(cfg), devs_(cfg.maxDevices, nullptr), events_(std::make_shared<EventQueue>()) {}
+
+Engine::~Engine() { close(); }
+
+std::string Engine::start() {
+  countersBytes_ = (size_t)cfg_.maxDevices * kMaxQueues * sizeof(QueueCounters);
+  void* p = mmap(nullptr, countersBytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return std::string("mmap of counters failed: ") + strerror(errno);
+  counters_ = static_cast<uint64_t*>(p);
+  for (int i = 0; i < cfg_.workers; i++) {
+    auto w = std::make_unique<Worker>();
+    w->idx = i;
+    w->epfd = epoll_create1(EPOLL_CLOEXEC);
+    w->cmdFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (w->epfd < 0 || w->cmdFd < 0) return std::string("epoll/eventfd: ") + strerror(errno);
+    struct epoll_event ev {};
+    ev.events = EPOLLIN;
+    ev.data.ptr = &w->cmdSrc;
+    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->cmdFd, &ev);
+    w->ctx = std::make_unique<WorkerCtx>();
+    w->ctx->bufs = static_cast<uint8_t*>(malloc((size_t)kBurst * kFrameStride));
+    if (!w->ctx->bufs) return "out of memory for burst buffers";
+    w->dstPtr.assign(cfg_.maxDevices + 1, nullptr);
+    w->dstMask.assign(cfg_.maxDevices + 1, 0);
+    w->ctx->dstPtr = w->dstPtr.data();
+    w->ctx->dstMask = w->dstMask.data();
+    w->ctx->dstCap = cfg_.maxDevices;
+    w->ctx->events = this;
+    workers_.push_back(std::move(w));
+  }
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    wp->thr = std::thread([this, wp] { workerMain(*wp); });
+  }
+  started_ = true;
+  return "";
+}
+
+void Engine::close() {
+  if (closed_) return;
+  closed_ = true;
+  for (auto& w : workers_) {
+    w->stop.store(true);
+    uint64_t one = 1;
+    ssize_t r = write(w->cmdFd, &one, 8);
+    (void)r;
+  }
+  for (auto& w : workers_) {
+    if (w->thr.joinable()) w->thr.join();
+    std::lock_guard<std::mutex> g(w->mu);
+    for (auto& c : w->cmds) c->done = true;  // never run; nobody waits (JS thread is here)
+    w->cmds.clear();
+  }
+  for (auto& d : devs_) {
+    if (!d) continue;
+    for (auto& v : d->vq) {
+      closeFd(v.kickFd);
+      closeFd(v.callFd);
+      closeFd(v.errFd);
+    }
+    delete d;
+    d = nullptr;
+  }
+  for (auto& kv : switches_) {
+    if (kv.second->uplink) {
+      closeFd(kv.second->uplink->fd);
+      delete kv.second->uplink;
+    }
+  }
+  switches_.clear();
+  for (auto& w : workers_) {
+    closeFd(w->epfd);
+    closeFd(w->cmdFd);
+    if (w->ctx) free(w->ctx->bufs);
+  }
+  workers_.clear();
+  if (counters_) munmap(counters_, countersBytes_);
+  counters_ = nullptr;
+}
+
+// ---------------------------------------------------------------------------- commands
+
+std::string Engine::run(int wi, const std::function<void()>& fn) {
+  if (closed_) return "engine is closed";
+  Worker& w = *workers_[wi];
+  auto c = std::make_shared<Cmd>();
+  c->fn = fn;
+  {
+    std::lock_guard<std::mutex> g(w.mu);
+    w.cmds.push_back(c);
+    w.pendingCmds.fetch_add(1, std::memory_order_release);
+  }
+  uint64_t one = 1;
+  ssize_t r = write(w.cmdFd, &one, 8);
+  (void)r;
+  std::unique_lock<std::mutex> lk(w.mu);
+  if (!w.cv.wait_for(lk, std::chrono::seconds(5), [&] { return c->done; })) {
+    if (!c->started) {
+      for (auto it = w.cmds.begin(); it != w.cmds.end(); ++it)
+        if (*it == c) { w.cmds.erase(it); w.pendingCmds.fetch_sub(1); break; }
+      return "datapath worker " + std::to_string(wi) + " did not respond within 5 s";
+    }
+    w.cv.wait(lk, [&] { return c->done; });  // running now: it finishes between bursts
+  }
+  return "";
+}
+
+void Engine::syncAll() {
+  for (size_t i = 0; i < workers_.size(); i++) run((int)i, [] {});
+}
+
+static void drainCommands(Worker& w) {
+  if (w.pendingCmds.load(std::memory_order_acquire) == 0) return;
+  std::unique_lock<std::mutex> lk(w.mu);
+  while (!w.cmds.empty()) {
+    auto c = w.cmds.front();
+    w.cmds.pop_front();
+    w.pendingCmds.fetch_sub(1, std::memory_order_relaxed);
+    c->started = true;
+    lk.unlock();
+    try {
+      c->fn();
+    } catch (...) {
+      // commands report through captured state; never let anything escape the worker
+    }
+    lk.lock();
+    c->done = true;
+    w.cv.notify_all();
+  }
+}
+
+// ---------------------------------------------------------------------------- worker loop
+
+static inline bool txActive(const Virtqueue& v) { return v.running && v.enabled && !v.broken; }
+
+int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
+  int work = 0;
+  for (NetDevice* d : w.devs) {
+    for (int p = 0; p < d->maxQueuePairs; p++) {
+      int q = 2 * p + 1;
+      if (!txActive(d->vq[q])) continue;
+      int c = netTxBurst(*d, q, ctx);
+      if (c) {
+        work += c;
+        d->sw->forward(d->devId, p, ctx, d, q);
+      }
+    }
+  }
+  for (L2Switch* s : w.uplinkSwitches) {
+    TapPort* t = s->uplink;
+    if (!t) continue;
+    int n = tapRxBurst(*t, ctx);
+    if (n) {
+      work += n;
+      s->forward(kUplinkPort, 0, ctx, nullptr, 0);
+    }
+  }
+  return work;
+}
+
+void Engine::workerMain(Worker& w) {
+  WorkerCtx& ctx = *w.ctx;
+  const uint64_t pollNs = (uint64_t)cfg_.pollUs * 1000ull;
+  uint64_t lastWork = monoNs();
+  struct epoll_event evs[64];
+  while (!w.stop.load(std::memory_order_relaxed)) {
+    drainCommands(w);
+    ctx.nowNs = monoNs();
+    if (pollOnce(w, ctx)) {
+      lastWork = ctx.nowNs;
+      continue;
+    }
+    if (ctx.nowNs - lastWork < pollNs) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    // Idle long enough: ask for kicks, then re-check before sleeping (the driver may have
+    // added buffers before it saw notifications enabled).
+    bool pollOnly = false;
+    for (NetDevice* d : w.devs)
+      for (int p = 0; p < d->maxQueuePairs; p++) {
+        Virtqueue& v = d->vq[2 * p + 1];
+        if (!txActive(v)) continue;
+        v.enableNotify();
+        if (v.kickFd < 0) pollOnly = true;
+      }
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    bool again = w.pendingCmds.load(std::memory_order_acquire) != 0;
+    for (NetDevice* d : w.devs)
+      for (int p = 0; p < d->maxQueuePairs && !again; p++) {
+        Virtqueue& v = d->vq[2 * p + 1];
+        if (txActive(v) && v.pending() != 0) again = true;
+      }
+    if (!again) {
+      int n = epoll_wait(w.epfd, evs, 64, pollOnly ? 1 : -1);
+      for (int i = 0; i < n; i++) {
+        PollSource* src = static_cast<PollSource*>(evs[i].data.ptr);
+        if (src->kind == PollSource::kKick || src->kind == PollSource::kCommand) {
+          int fd = src->kind == PollSource::kCommand ? w.cmdFd : static_cast<NetDevice*>(src->owner)->vq[src->queue].kickFd;
+          uint64_t val = 0;
+          if (fd >= 0 && read(fd, &val, 8) == 8 && src->kind == PollSource::kKick) {
+            Virtqueue& v = static_cast<NetDevice*>(src->owner)->vq[src->queue];
+            v.ctr->add(kKicks, val);
+            v.ctr->add(kWakeups, 1);
+          }
+        }
+      }
+    }
+    for (NetDevice* d : w.devs)
+      for (int p = 0; p < d->maxQueuePairs; p++) {
+        Virtqueue& v = d->vq[2 * p + 1];
+        if (txActive(v)) v.disableNotify();
+      }
+    lastWork = monoNs();
+  }
+}
+
+// ---------------------------------------------------------------------------- switches
+
+std::string Engine::addSwitch(int id) {
+  if (switches_.count(id)) return "switch " + std::to_string(id) + " already exists";
+  int w = rrSwitch_++ % cfg_.workers;
+  switches_[id] = std::make_unique<L2Switch>(id, cfg_.maxDevices, w);
+  return "";
+}
+
+std::string Engine::removeSwitch(int id) {
+  auto it = switches_.find(id);
+  if (it == switches_.end()) return "switch " + std::to_string(id) + " does not exist";
+  if (!it->second->members.empty())
+    return "switch " + std::to_string(id) + " still has " + std::to_string(it->second->members.size()) + " devices";
+  std::string e = setUplink(id, -1);
+  if (!e.empty()) return e;
+  switches_.erase(it);
+  return "";
+}
+
+std::string Engine::setUplink(int id, int tapFd) {
+  auto it = switches_.find(id);
+  if (it == switches_.end()) return "switch " + std::to_string(id) + " does not exist";
+  L2Switch* sw = it->second.get();
+  TapPort* nt = nullptr;
+  if (tapFd >= 0) {
+    int fd = dupFd(tapFd);
+    if (fd < 0) return std::string("dup of tap fd failed: ") + strerror(errno);
+    std::string err;
+    if (!tapConfigure(fd, &err)) { ::close(fd); return err; }
+    nt = new TapPort();
+    nt->fd = fd;
+    nt->sw = sw;
+    nt->pollSrc.owner = sw;
+  }
+  TapPort* old = sw->uplink;
+  Worker& w = *workers_[sw->worker];
+  std::string err = run(sw->worker, [&] {
+    if (old && old->inEpoll) epoll_ctl(w.epfd, EPOLL_CTL_DEL, old->fd, nullptr);
+    {
+      SpinGuard g(sw->lock);
+      sw->uplink = nt;
+      if (old) sw->purgePort(kUplinkPort);
+    }
+    auto& us = w.uplinkSwitches;
+    for (auto i = us.begin(); i != us.end(); ++i)
+      if (*i == sw) { us.erase(i); break; }
+    if (nt) {
+      struct epoll_event ev {};
+      ev.events = EPOLLIN;
+      ev.data.ptr = &nt->pollSrc;
+      nt->inEpoll = epoll_ctl(w.epfd, EPOLL_CTL_ADD, nt->fd, &ev) == 0;
+      us.push_back(sw);
+    }
+  });
+  if (!err.empty()) {
+    if (nt) { ::close(nt->fd); delete nt; }
+    return err;
+  }
+  if (old) {
+    syncAll();  // no worker is still writing to the old tap
+    ::close(old->fd);
+    delete old;
+  }
+  return "";
+}
+
+std::string Engine::fdb(int id, std::vector<L2Switch::Entry>* out) {
+  auto it = switches_.find(id);
+  if (it == switches_.end()) return "switch " + std::to_string(id) + " does not exist";
+  SpinGuard g(it->second->lock);
+  it->second->dump(monoNs(), out);
+  return "";
+}
+
+std::string Engine::uplinkStats(int id, UplinkStats* out) {
+  auto it = switches_.find(id);
+  if (it == switches_.end()) return "switch " + std::to_string(id) + " does not exist";
+  TapPort* t = it->second->uplink;  // only this thread replaces it
+  *out = UplinkStats{};
+  if (!t) return "";
+  out->attached = true;
+  out->rxPackets = t->rxPackets.load();
+  out->rxBytes = t->rxBytes.load();
+  out->txPackets = t->txPackets.load();
+  out->txBytes = t->txBytes.load();
+  out->txDrops = t->txDrops.load();
+  out->rxErrors = t->rxErrors.load();
+  return "";
+}
+
+// ---------------------------------------------------------------------------- devices
+
+std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs) {
+  if (devs_[devId]) return "device " + std::to_string(devId) + " already exists";
+  auto it = switches_.find(switchId);
+  if (it == switches_.end()) return "switch " + std::to_string(switchId) + " does not exist";
+  auto* d = new NetDevice();
+  d->devId = devId;
+  d->switchId = switchId;
+  memcpy(d->mac, mac, 6);
+  d->mtu = mtu;
+  d->maxQueuePairs = maxQueuePairs;
+  d->sw = it->second.get();
+  d->mem = std::make_unique<MemTable>();
+  d->ctr = reinterpret_cast<QueueCounters*>(counters_) + (size_t)devId * kMaxQueues;
+  for (int q = 0; q < kMaxQueues; q++) {
+    d->ctr[q].reset();
+    d->vq[q].ctr = &d->ctr[q];
+    d->vq[q].pollSrc = PollSource{PollSource::kKick, d, q};
+  }
+  d->applyFeatures(0);
+  d->worker = rrDev_++ % cfg_.workers;
+  Worker& w = *workers_[d->worker];
+  std::string err = run(d->worker, [&] { w.devs.push_back(d); });
+  if (!err.empty()) { delete d; return err; }
+  {
+    SpinGuard g(d->sw->lock);
+    d->sw->addMember(d);
+  }
+  devs_[devId] = d;
+  return "";
+}
+
+void Engine::stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept {
+  Virtqueue& v = d->vq[q];
+  bool rx = (q % 2) == 0;
+  if (rx) v.lock.lock();
+  __atomic_store_n(&v.running, false, __ATOMIC_RELEASE);
+  if (v.inEpoll) {
+    epoll_ctl(w.epfd, EPOLL_CTL_DEL, v.kickFd, nullptr);
+    v.inEpoll = false;
+  }
+  closeFd(v.kickFd);
+  v.unmapRings();
+  if (rx) v.lock.unlock();
+}
+
+std::string Engine::removeDevice(int devId) {
+  NetDevice* d = devs_[devId];
+  Worker& w = *workers_[d->worker];
+  std::string err = run(d->worker, [&] {
+    for (int q = 0; q < kMaxQueues; q++) stopQueueOnWorker(w, d, q);
+    for (auto i = w.devs.begin(); i != w.devs.end(); ++i)
+      if (*i == d) { w.devs.erase(i); break; }
+  });
+  if (!err.empty()) return err;
+  {
+    SpinGuard g(d->sw->lock);
+    d->sw->removeMember(d);
+  }
+  syncAll();  // no deliverer still holds a pointer to d
+  devs_[devId] = nullptr;
+  for (auto& v : d->vq) {
+    closeFd(v.callFd);
+    closeFd(v.errFd);
+  }
+  delete d;  // unmaps its memory
+  return "";
+}
+
+std::string Engine::setFeatures(int devId, uint64_t features) {
+  NetDevice* d = devs_[devId];
+  return run(d->worker, [&] {
+    for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
+    d->applyFeatures(features);
+    for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.unlock();
+  });
+}
+
+std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
+  std::string err = run(d->worker, [&] {
+    for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
+    std::swap(d->mem, t);  // t now holds the old table
+    for (int q = 0; q < kMaxQueues; q++) {
+      Virtqueue& v = d->vq[q];
+      if (!v.running) continue;
+      char reason[200];
+      if (!v.remap(*d->mem, reason, sizeof reason)) {
+        v.unmapRings();
+        __atomic_store_n(&v.running, false, __ATOMIC_RELEASE);
+        v.markBroken();
+        char msg[256];
+        snprintf(msg, sizeof msg, "after memory table change: %s", reason);
+        post(d->devId, q, EvKind::kRingError, msg);
+      }
+    }
+    for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.unlock();
+  });
+  // t (the old table) is destroyed here, after the swap: nobody can reach it any more.
+  return err;
+}
+
+std::string Engine::setMemTable(int devId, const std::vector<RegionSpec>& regions) {
+  NetDevice* d = devs_[devId];
+  auto t = std::make_unique<MemTable>();
+  for (const RegionSpec& r : regions) {
+    std::string err;
+    auto n = t->withAdded(r, &err);
+    if (!n) return err;
+    t = std::move(n);
+  }
+  return swapMem(d, std::move(t));
+}
+
+std::string Engine::addMemRegion(int devId, const RegionSpec& region) {
+  NetDevice* d = devs_[devId];
+  std::string err;
+  auto t = d->mem->withAdded(region, &err);  // JS thread: only the JS thread swaps d->mem
+  if (!t) return err;
+  return swapMem(d, std::move(t));
+}
+
+std::string Engine::removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint64_t uva) {
+  NetDevice* d = devs_[devId];
+  std::string err;
+  auto t = d->mem->withRemoved(gpa, size, uva, &err);
+  if (!t) return err;
+  return swapMem(d, std::move(t));
+}
+
+std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
+  NetDevice* d = devs_[devId];
+  Worker& w = *workers_[d->worker];
+  int kick = dupFd(qs.kickFd), call = dupFd(qs.callFd), errfd = dupFd(qs.errFd);
+  if ((qs.kickFd >= 0 && kick < 0) || (qs.callFd >= 0 && call < 0) || (qs.errFd >= 0 && errfd < 0)) {
+    std::string e = std::string("dup of queue fd failed: ") + strerror(errno);
+    closeFd(kick); closeFd(call); closeFd(errfd);
+    return e;
+  }
+  std::string result;
+  std::string err = run(d->worker, [&] {
+    Virtqueue& v = d->vq[q];
+    stopQueueOnWorker(w, d, q);
+    bool rx = (q % 2) == 0;
+    if (rx) v.lock.lock();
+    char reason[200];
+    if (!v.mapRings(*d->mem, qs.setup, reason, sizeof reason)) {
+      result = std::string("queue ") + std::to_string(q) + ": " + reason;
+    } else {
+      v.configured = true;
+      v.kickFd = kick;
+      kick = -1;
+      std::swap(v.callFd, call);
+      std::swap(v.errFd, errfd);
+      v.broken = false;
+      v.lastEventNs = 0;
+      v.suppressedEvents = 0;
+      v.disableNotify();
+      __atomic_store_n(&v.running, true, __ATOMIC_RELEASE);
+      if (!rx && v.kickFd >= 0) {
+        struct epoll_event ev {};
+        ev.events = EPOLLIN;
+        ev.data.ptr = &v.pollSrc;
+        v.inEpoll = epoll_ctl(w.epfd, EPOLL_CTL_ADD, v.kickFd, &ev) == 0;
+      }
+    }
+    if (rx) v.lock.unlock();
+  });
+  closeFd(kick);
+  closeFd(call);   // the replaced fds (or ours, on failure)
+  closeFd(errfd);
+  return err.empty() ? result : err;
+}
+
+std::string Engine::stopQueue(int devId, int q, uint16_t* lastAvail) {
+  NetDevice* d = devs_[devId];
+  Worker& w = *workers_[d->worker];
+  return run(d->worker, [&] {
+    Virtqueue& v = d->vq[q];
+    stopQueueOnWorker(w, d, q);
+    *lastAvail = v.configured ? v.lastAvail : 0;
+  });
+}
+
+std::string Engine::setQueueEnabled(int devId, int q, bool en) {
+  NetDevice* d = devs_[devId];
+  return run(d->worker, [&] {
+    Virtqueue& v = d->vq[q];
+    bool rx = (q % 2) == 0;
+    if (rx) v.lock.lock();
+    v.enabledState = en ? 1 : 0;
+    d->refreshEnabled(q);
+    if (rx) v.lock.unlock();
+  });
+}
+
+std::string Engine::setQueueCall(int devId, int q, int callFd) {
+  NetDevice* d = devs_[devId];
+  int call = dupFd(callFd);
+  if (callFd >= 0 && call < 0) return std::string("dup of call fd failed: ") + strerror(errno);
+  std::string err = run(d->worker, [&] {
+    Virtqueue& v = d->vq[q];
+    bool rx = (q % 2) == 0;
+    if (rx) v.lock.lock();
+    std::swap(v.callFd, call);
+    if (rx) v.lock.unlock();
+  });
+  closeFd(call);
+  return err;
+}
+
+std::string Engine::kickAll(int devId) {
+  NetDevice* d = devs_[devId];
+  Worker& w = *workers_[d->worker];
+  return run(d->worker, [&] {
+    WorkerCtx& ctx = *w.ctx;
+    ctx.nowNs = monoNs();
+    for (int p = 0; p < d->maxQueuePairs; p++) {
+      int q = 2 * p + 1;
+      if (txActive(d->vq[q]) && netTxBurst(*d, q, ctx)) d->sw->forward(d->devId, p, ctx, d, q);
+    }
+    for (int q = 0; q < 2 * d->maxQueuePairs; q++) {
+      Virtqueue& v = d->vq[q];
+      bool rx = (q % 2) == 0;
+      if (rx) v.lock.lock();
+      if (v.running) v.signal();
+      if (rx) v.lock.unlock();
+    }
+  });
+}
+
+}  // namespace vhd

@@ -1,0 +1,154 @@
+// The datapath engine: worker threads (adaptive polling over kick fds, TAP fds and a command
+// eventfd), the synchronous command channel used by the N-API glue, the device / switch
+// registry and the event ring delivered to JS. All methods except post() are called from the
+// JS thread; per-queue state is only touched by the owning worker.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "counters.h"
+#include "guest_memory.h"
+#include "l2_switch.h"
+#include "net_device.h"
+#include "tap_port.h"
+
+namespace vhd {
+
+struct EngineConfig {
+  int workers = 1;
+  int maxDevices = 1024;
+  int pollUs = 200;
+};
+
+struct EventRec {
+  int devId;
+  int queue;
+  EvKind kind;
+  char reason[224];
+};
+
+// Fixed ring of events (no allocation on post). `notify` is called (at most once while
+// undelivered) to schedule a drain on the JS thread.
+class EventQueue {
+ public:
+  static constexpr int kCap = 256;
+  bool push(int devId, int queue, EvKind kind, const char* reason) noexcept;  // false if full
+  bool pop(EventRec* out) noexcept;
+  std::atomic<bool> notifyPending{false};
+  uint64_t dropped = 0;
+
+ private:
+  Spinlock lock_;
+  EventRec ring_[kCap];
+  uint32_t head_ = 0, tail_ = 0;
+};
+
+struct Cmd {
+  std::function<void()> fn;
+  bool started = false;
+  bool done = false;
+};
+
+struct Worker {
+  int idx = 0;
+  std::thread thr;
+  int epfd = -1;
+  int cmdFd = -1;
+  PollSource cmdSrc{PollSource::kCommand, nullptr, -1};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Cmd>> cmds;
+  std::atomic<int> pendingCmds{0};
+  std::atomic<bool> stop{false};
+  std::vector<NetDevice*> devs;            // worker thread only
+  std::vector<L2Switch*> uplinkSwitches;   // worker thread only
+  std::unique_ptr<WorkerCtx> ctx;
+  std::vector<void*> dstPtr;
+  std::vector<uint32_t> dstMask;
+};
+
+struct QueueStart {
+  QueueSetup setup;
+  int kickFd, callFd, errFd;  // caller's fds (dup'ed by the engine)
+};
+
+struct UplinkStats {
+  uint64_t rxPackets, rxBytes, txPackets, txBytes, txDrops, rxErrors;
+  bool attached;
+};
+
+class Engine : public EventSink {
+ public:
+  explicit Engine(const EngineConfig& cfg);
+  ~Engine() override;
+  // Allocates counters and starts the workers; "" or an error.
+  std::string start();
+  void close();
+  bool closed() const { return closed_; }
+
+  // Signals the JS side that events are waiting (set by the glue; must not block).
+  std::function<void()> notify;
+  EventQueue& events() { return *events_; }
+  std::shared_ptr<EventQueue> eventsShared() { return events_; }
+  void post(int devId, int queue, EvKind kind, const char* reason) noexcept override;
+
+  const EngineConfig& config() const { return cfg_; }
+  uint64_t* counters() const { return counters_; }
+  size_t countersBytes() const { return countersBytes_; }
+
+  bool hasSwitch(int id) const { return switches_.count(id) != 0; }
+  bool hasDevice(int devId) const { return devId >= 0 && devId < cfg_.maxDevices && devs_[devId] != nullptr; }
+  int devicePairs(int devId) const { return devs_[devId]->maxQueuePairs; }
+
+  // Every method below returns "" on success or the reason it failed.
+  std::string addSwitch(int id);
+  std::string removeSwitch(int id);
+  std::string setUplink(int id, int tapFd);
+  std::string fdb(int id, std::vector<L2Switch::Entry>* out);
+  std::string uplinkStats(int id, UplinkStats* out);
+
+  std::string addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs);
+  std::string removeDevice(int devId);
+  std::string setFeatures(int devId, uint64_t features);
+  std::string setMemTable(int devId, const std::vector<RegionSpec>& regions);
+  std::string addMemRegion(int devId, const RegionSpec& region);
+  std::string removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint64_t uva);
+  std::string startQueue(int devId, int q, const QueueStart& qs);
+  std::string stopQueue(int devId, int q, uint16_t* lastAvail);
+  std::string setQueueEnabled(int devId, int q, bool en);
+  std::string setQueueCall(int devId, int q, int callFd);
+  std::string kickAll(int devId);
+
+ private:
+  // Runs fn on worker w between bursts and waits for it (bounded wait while not started).
+  std::string run(int w, const std::function<void()>& fn);
+  // Grace period: every worker has finished the burst it was in.
+  void syncAll();
+  std::string swapMem(NetDevice* d, std::unique_ptr<MemTable> t);
+  void stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept;
+  void workerMain(Worker& w);
+  int pollOnce(Worker& w, WorkerCtx& ctx) noexcept;
+
+  EngineConfig cfg_;
+  bool started_ = false, closed_ = false;
+  uint64_t* counters_ = nullptr;
+  size_t countersBytes_ = 0;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<NetDevice*> devs_;
+  std::map<int, std::unique_ptr<L2Switch>> switches_;
+  int rrDev_ = 0, rrSwitch_ = 0;
+  std::shared_ptr<EventQueue> events_;
+};
+
+uint64_t monoNs() noexcept;
+
+}  // namespace vhd

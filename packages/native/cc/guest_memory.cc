@@ -1,0 +1,118 @@
+// Guest memory mapping and translation (see guest_memory.h).
+#include "guest_memory.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+
+namespace vhd {
+
+Mapping::~Mapping() {
+  if (base && base != MAP_FAILED) munmap(base, len);
+}
+
+static std::string hex(uint64_t v) {
+  char b[32];
+  snprintf(b, sizeof b, "0x%" PRIx64, v);
+  return b;
+}
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
+  // Both ranges are known not to wrap.
+  return a < b + blen && b < a + alen;
+}
+
+std::unique_ptr<MemTable> MemTable::withAdded(const RegionSpec& s, std::string* err) const {
+  if (s.fd < 0) { *err = "region fd is invalid"; return nullptr; }
+  if (s.size == 0) { *err = "region size is 0"; return nullptr; }
+  if (s.gpa + s.size < s.gpa) { *err = "region guest range " + hex(s.gpa) + "+" + hex(s.size) + " wraps"; return nullptr; }
+  if (s.uva + s.size < s.uva) { *err = "region user range " + hex(s.uva) + "+" + hex(s.size) + " wraps"; return nullptr; }
+  if (s.mmapOffset + s.size < s.mmapOffset) { *err = "region mmap offset + size wraps"; return nullptr; }
+  if (regions_.size() >= (size_t)kMaxMemRegions) { *err = "too many memory regions (max 64)"; return nullptr; }
+  for (const Region& r : regions_) {
+    if (overlaps(r.gpa, r.size, s.gpa, s.size))
+      { *err = "region " + hex(s.gpa) + "+" + hex(s.size) + " overlaps guest range of region " + hex(r.gpa); return nullptr; }
+    if (overlaps(r.uva, r.size, s.uva, s.size))
+      { *err = "region " + hex(s.gpa) + " user range " + hex(s.uva) + " overlaps region " + hex(r.gpa); return nullptr; }
+  }
+  long page = sysconf(_SC_PAGESIZE);
+  uint64_t alignedOff = s.mmapOffset & ~(uint64_t)(page - 1);
+  uint64_t lead = s.mmapOffset - alignedOff;
+  uint64_t mapLen = s.size + lead;
+  if (mapLen < s.size || mapLen > (uint64_t)SIZE_MAX) { *err = "region too large"; return nullptr; }
+  void* p = mmap(nullptr, (size_t)mapLen, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, (off_t)alignedOff);
+  if (p == MAP_FAILED) {
+    *err = std::string("mmap of region ") + hex(s.gpa) + " (fd " + std::to_string(s.fd) + ", size " + hex(s.size) +
+           ", offset " + hex(s.mmapOffset) + ") failed: " + strerror(errno);
+    return nullptr;
+  }
+  auto m = std::make_shared<Mapping>();
+  m->base = p;
+  m->len = (size_t)mapLen;
+  auto t = std::make_unique<MemTable>();
+  t->regions_ = regions_;
+  t->regions_.push_back(Region{s.gpa, s.size, s.uva, s.mmapOffset, static_cast<uint8_t*>(p) + lead, std::move(m)});
+  return t;
+}
+
+std::unique_ptr<MemTable> MemTable::withRemoved(uint64_t gpa, uint64_t size, uint64_t uva, std::string* err) const {
+  auto t = std::make_unique<MemTable>();
+  bool found = false;
+  for (const Region& r : regions_) {
+    if (!found && r.gpa == gpa && r.size == size && r.uva == uva) { found = true; continue; }
+    t->regions_.push_back(r);
+  }
+  if (!found) { *err = "no memory region " + hex(gpa) + "+" + hex(size) + " (user " + hex(uva) + ")"; return nullptr; }
+  return t;
+}
+
+uint8_t* MemTable::gpaToHost(uint64_t gpa, uint64_t len) const noexcept {
+  for (const Region& r : regions_) {
+    if (gpa < r.gpa) continue;
+    uint64_t off = gpa - r.gpa;
+    if (off >= r.size) continue;
+    if (len > r.size - off) return nullptr;  // starts here but runs past the end
+    return r.host + off;
+  }
+  return nullptr;
+}
+
+uint8_t* MemTable::uvaToHost(uint64_t uva, uint64_t len) const noexcept {
+  for (const Region& r : regions_) {
+    if (uva < r.uva) continue;
+    uint64_t off = uva - r.uva;
+    if (off >= r.size) continue;
+    if (len > r.size - off) return nullptr;
+    return r.host + off;
+  }
+  return nullptr;
+}
+
+int MemTable::gpaToIov(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const noexcept {
+  int n = 0;
+  while (len > 0) {
+    const Region* hit = nullptr;
+    uint64_t off = 0;
+    for (const Region& r : regions_) {
+      if (gpa < r.gpa) continue;
+      off = gpa - r.gpa;
+      if (off < r.size) { hit = &r; break; }
+    }
+    if (!hit) return -1;
+    if (n >= maxIov) return -2;
+    uint64_t chunk = hit->size - off;
+    if (chunk > len) chunk = len;
+    iov[n].iov_base = hit->host + off;
+    iov[n].iov_len = (size_t)chunk;
+    n++;
+    len -= chunk;
+    gpa += chunk;  // <= hit->gpa + hit->size, which does not wrap (checked at map time)
+  }
+  return n;
+}
+
+}  // namespace vhd

@@ -1,0 +1,64 @@
+// Guest memory: the regions a front-end shares with us (vhost-user memory table), mapped
+// with mmap(MAP_SHARED), and translation of guest-physical (GPA) and front-end virtual (UVA)
+// addresses to host pointers. Every translation is overflow-safe: a range is accepted only
+// when all of it lies inside mapped memory.
+#pragma once
+#include <sys/uio.h>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vhd {
+
+constexpr int kMaxMemRegions = 64;
+
+struct RegionSpec {
+  int fd;
+  uint64_t gpa;
+  uint64_t size;
+  uint64_t uva;
+  uint64_t mmapOffset;
+};
+
+// One mmap of one fd; shared by successive tables (add/remove region keeps the others).
+struct Mapping {
+  void* base = nullptr;
+  size_t len = 0;
+  ~Mapping();
+};
+
+struct Region {
+  uint64_t gpa;
+  uint64_t size;
+  uint64_t uva;
+  uint64_t mmapOffset;
+  uint8_t* host;
+  std::shared_ptr<Mapping> map;
+};
+
+// An immutable table. A device swaps whole tables (see NetDevice::swapMem); the old one is
+// destroyed (munmap of mappings no longer referenced) only once no deliverer can touch it.
+class MemTable {
+ public:
+  // Maps spec and returns a new table = this table's regions + spec. nullptr + err on failure.
+  std::unique_ptr<MemTable> withAdded(const RegionSpec& spec, std::string* err) const;
+  // New table without the region matching gpa/size/uva; nullptr + err if none matches.
+  std::unique_ptr<MemTable> withRemoved(uint64_t gpa, uint64_t size, uint64_t uva, std::string* err) const;
+
+  // Host pointer for [gpa, gpa+len) when it lies entirely in one region, else nullptr.
+  uint8_t* gpaToHost(uint64_t gpa, uint64_t len) const noexcept;
+  uint8_t* uvaToHost(uint64_t uva, uint64_t len) const noexcept;
+  // Translates [gpa, gpa+len) that may span regions into at most maxIov segments.
+  // Returns the number of segments, -1 when some byte is outside guest memory, -2 when more
+  // than maxIov segments would be needed.
+  int gpaToIov(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const noexcept;
+
+  size_t regionCount() const noexcept { return regions_.size(); }
+  const std::vector<Region>& regions() const noexcept { return regions_; }
+
+ private:
+  std::vector<Region> regions_;
+};
+
+}  // namespace vhd

@@ -1,0 +1,146 @@
+// Split virtqueue (virtio 1.2 §2.7), device side. Everything read from guest memory is
+// untrusted: indices, heads, descriptors and addresses are checked before use, chains are
+// length-capped (so loops terminate) and a bad chain never leaves this file as anything but
+// a precise reason string.
+#pragma once
+#include <sys/uio.h>
+#include <atomic>
+#include <cstdint>
+#include <cstddef>
+
+#include "counters.h"
+#include "guest_memory.h"
+
+namespace vhd {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "virtio 1.x rings are little-endian; host must be too");
+
+constexpr uint16_t VRING_DESC_F_NEXT = 1;
+constexpr uint16_t VRING_DESC_F_WRITE = 2;
+constexpr uint16_t VRING_DESC_F_INDIRECT = 4;
+constexpr uint16_t VRING_USED_F_NO_NOTIFY = 1;
+constexpr uint16_t VRING_AVAIL_F_NO_INTERRUPT = 1;
+constexpr int VIRTIO_RING_F_INDIRECT_DESC = 28;
+constexpr int VIRTIO_RING_F_EVENT_IDX = 29;
+
+struct VringDesc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags;
+  uint16_t next;
+};
+static_assert(sizeof(VringDesc) == 16, "desc layout");
+
+// Test-and-test-and-set spinlock; held for one burst at most.
+class Spinlock {
+ public:
+  void lock() noexcept {
+    for (;;) {
+      if (!f_.exchange(true, std::memory_order_acquire)) return;
+      while (f_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
+    }
+  }
+  void unlock() noexcept { f_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> f_{false};
+};
+
+struct SpinGuard {
+  explicit SpinGuard(Spinlock& l) noexcept : l_(l) { l_.lock(); }
+  ~SpinGuard() { l_.unlock(); }
+  Spinlock& l_;
+};
+
+// Where an epoll event came from (epoll_event.data.ptr points at one of these).
+struct PollSource {
+  enum Kind { kCommand, kKick, kTap } kind;
+  void* owner;  // NetDevice* for kKick, L2Switch* for kTap
+  int queue;
+};
+
+// One chain walked into host segments.
+struct Chain {
+  uint16_t head;
+  int iovStart;  // index into the caller's iovec scratch
+  int iovCount;
+  uint64_t len;  // total bytes
+};
+
+enum class Pop { kOk, kEmpty, kBroken };
+
+struct QueueSetup {
+  uint16_t size;
+  uint64_t descAddr, availAddr, usedAddr;
+  uint16_t lastAvailIdx;
+};
+
+class Virtqueue {
+ public:
+  // ---- configuration (changed only by the owner worker; for RX queues under `lock`) ----
+  QueueSetup setup{};
+  bool configured = false;  // startQueue succeeded at least once (setup is valid)
+  bool running = false;
+  bool broken = false;
+  int enabledState = -1;    // -1: never set (follows PROTOCOL_FEATURES rule), 0/1 explicit
+  bool enabled = false;     // effective
+  bool eventIdx = false;
+  bool indirectOk = false;
+  int kickFd = -1, callFd = -1, errFd = -1;  // dups owned by the engine
+  PollSource pollSrc{PollSource::kKick, nullptr, 0};
+  bool inEpoll = false;
+  QueueCounters* ctr = nullptr;
+  Spinlock lock;  // RX queues: taken by every deliverer; TX queues: unused
+
+  // ---- ring state ----
+  uint16_t size = 0, mask = 0;
+  volatile VringDesc* desc = nullptr;
+  volatile uint16_t* avail = nullptr;  // [0]=flags [1]=idx [2..2+size)=ring [2+size]=used_event
+  volatile uint8_t* used = nullptr;    // flags u16, idx u16, elems {u32 id,u32 len}[size], avail_event u16
+  uint16_t lastAvail = 0;
+  uint16_t usedIdx = 0;     // shadow of used->idx (we are the only writer)
+  uint16_t signalledUsed = 0;  // used idx at the last signal decision (EVENT_IDX "old")
+
+  // ---- event rate limiting ----
+  uint64_t lastEventNs = 0;
+  uint32_t suppressedEvents = 0;
+
+  // Checks ring placement (size, alignment, every byte inside front-end VA space) and maps
+  // the rings. On success reads used->idx to resync indices. Returns false + reason.
+  bool mapRings(const MemTable& mem, const QueueSetup& s, char* reason, size_t rlen) noexcept;
+  // Re-translates after a memory table change (false + reason if the rings no longer fit).
+  bool remap(const MemTable& mem, char* reason, size_t rlen) noexcept;
+  void unmapRings() noexcept { desc = nullptr; avail = nullptr; used = nullptr; }
+
+  uint16_t availIdx() const noexcept { return __atomic_load_n(&avail[1], __ATOMIC_ACQUIRE); }
+  // Pending avail entries, or -1 when avail->idx is more than size ahead (broken).
+  int pending() const noexcept {
+    uint16_t n = (uint16_t)(availIdx() - lastAvail);
+    return n > size ? -1 : (int)n;
+  }
+  // Reads the head at slot `cursor` (does not advance lastAvail).
+  Pop headAt(uint16_t cursor, uint16_t* head, char* reason, size_t rlen) const noexcept;
+
+  // Walks the chain from head into iov[*iovUsed...maxIov). All descriptors must be writable
+  // (deviceWrites) or all read-only. Returns true, or false with a reason (chain error).
+  // *tooMany is set when the only problem is running out of iov scratch.
+  bool walk(const MemTable& mem, uint16_t head, bool deviceWrites, struct iovec* iov, int maxIov, Chain* out,
+            bool* tooMany, char* reason, size_t rlen) const noexcept;
+
+  void pushUsed(uint16_t id, uint32_t len) noexcept;
+  void publishUsed() noexcept { __atomic_store_n(reinterpret_cast<volatile uint16_t*>(used + 2), usedIdx, __ATOMIC_RELEASE); }
+  // After publishUsed: should the driver be interrupted? (EVENT_IDX or NO_INTERRUPT rules)
+  bool needCall() noexcept;
+  // Signals callFd if needCall(); counts `calls`. Returns whether it signalled.
+  bool signalIfNeeded() noexcept;
+  void signal() noexcept;  // unconditional (kickAll)
+
+  // Notification suppression (kicks): enable before sleeping, disable while polling.
+  void enableNotify() noexcept;
+  void disableNotify() noexcept;
+
+  // Marks broken: stop processing, write errFd. Caller emits the event.
+  void markBroken() noexcept;
+};
+
+}  // namespace vhd
