@@ -177,12 +177,16 @@ export interface DriverStats {
   rxBytes: number;
   /** Frames that were not ours (no magic), counted and otherwise ignored. */
   rxForeign: number;
-  /** Sequence gaps, repeats and payload mismatches among our frames. */
+  /** Per streamId (expected seq starts at 0; startRx resets): frames still missing (a gap adds,
+   *  a late arrival of a seq counted missing within the last 4096 subtracts). */
   rxLost: number;
+  /** A seq below the expected one that was not counted missing (or is older than 4096 seqs). */
   rxDuplicated: number;
+  /** Our magic but a bad length, ethertype, checksum or fill pattern (sequence state untouched). */
   rxCorrupted: number;
+  /** Late arrivals of seqs counted missing before (moved from rxLost). */
   rxReordered: number;
-  /** Longest time between two received frames while traffic flowed, in µs. */
+  /** Longest time between two of our received frames since startRx, in µs. */
   rxMaxGapUs: number;
   /** Back-end misbehaviour seen on the pair's rings (bad used id/len/idx, bad num_buffers). */
   ringErrors: number;
