@@ -1,0 +1,58 @@
+// vfe-vhost-cli: argv in, output and exit status out (testable without a process).
+import { join } from "node:path";
+import { RPC_SOCKET_NAME } from "@vhostd/proto";
+import { mainUsage, parseArgs, PROG, UsageError, verbUsage } from "./args.js";
+import { call, ConnectError } from "./client.js";
+import { formatJson, formatTable } from "./format.js";
+import { methodSpec } from "@vhostd/proto";
+
+export const EXIT_OK = 0;
+export const EXIT_ERRNO = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_UNREACHABLE = 3;
+
+export async function run(argv: string[], out: (s: string) => void, err: (s: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs(argv, env);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      const m = e.verb ? methodSpec(e.verb) : undefined;
+      err(`${m ? verbUsage(m) : mainUsage()}\n${PROG}${e.verb ? " " + e.verb : ""}: error: ${e.message}\n`);
+      return EXIT_USAGE;
+    }
+    throw e;
+  }
+  if (parsed.kind === "help") {
+    out(parsed.text);
+    return EXIT_OK;
+  }
+  const g = parsed.global;
+  const socketPath = g.socket ?? join(g.runDir ?? "/run/vhostd", RPC_SOCKET_NAME);
+  let resp;
+  try {
+    resp = await call(socketPath, parsed.method, Object.keys(parsed.params).length ? parsed.params : undefined, g.timeoutS * 1000);
+  } catch (e) {
+    if (e instanceof ConnectError) {
+      err(`${PROG}: ${e.message}\n`);
+      return EXIT_UNREACHABLE;
+    }
+    throw e;
+  }
+  if ("error" in resp) {
+    const d = resp.error.data;
+    if (g.output === "json") out(formatJson({ error: resp.error }));
+    err(`${PROG} ${parsed.method}: error: ${resp.error.message}${d ? ` (errno ${d.errno}: ${d.errstr})` : ""}\n`);
+    return EXIT_ERRNO;
+  }
+  const result = resp.result;
+  const errno = typeof result.errno === "number" ? result.errno : 0;
+  if (g.output === "json") out(formatJson(result));
+  else if (errno === 0) out(formatTable(result));
+  if (errno !== 0) {
+    err(`${PROG} ${parsed.method}: error: ${String(result.errstr)} (errno ${errno})${result.detail ? `: ${String(result.detail)}` : ""}\n`);
+    return EXIT_ERRNO;
+  }
+  return EXIT_OK;
+}
+
