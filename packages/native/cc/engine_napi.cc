@@ -397,8 +397,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return info.Env().Undefined();
   }
   Napi::Value Counters(const Napi::CallbackInfo& info) {
-    live(info.Env());
-    return countersRef_.Value();
+    return countersRef_.Value();  // detached (length 0) after close()
   }
   Napi::Value MaxDevices(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), engine_->config().maxDevices); }
   Napi::Value MaxQueues(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), kMaxQueues); }
