@@ -1,0 +1,193 @@
+import test from "ava";
+import { pino } from "pino";
+import { Writable } from "node:stream";
+import { VfeError } from "@vhostd/proto";
+import { ConfigError, DEFAULT_CONFIG, loadConfig, parseConfig } from "../src/config.js";
+import { Inventory, deriveMac } from "../src/inventory.js";
+import { Registry, type RegistryEvent } from "../src/registry.js";
+import type { VfHost, VfKind, VfRuntime, VfSpec } from "../src/vf_host.js";
+
+/** Records what the registry asks of the host; can be told to fail. */
+class FakeHost implements VfHost {
+  open_: VfSpec[] = [];
+  closed: string[] = [];
+  pfs: Array<[string, number, VfKind]> = [];
+  failOpen: Error | undefined;
+  shut = false;
+  open(vf: VfSpec): void {
+    if (this.failOpen) throw this.failOpen;
+    this.open_.push(vf);
+  }
+  async close(dev: string): Promise<void> {
+    this.closed.push(dev);
+  }
+  runtime(dev: string): VfRuntime | undefined {
+    return this.open_.some((v) => v.dev === dev) ? { state: "connecting", connected: false, features: "0", protocolFeatures: "0", reconnects: 0, queues: [] } : undefined;
+  }
+  addPf(pf: string, switchId: number, kind: VfKind): void {
+    this.pfs.push([pf, switchId, kind]);
+  }
+  removePf(pf: string): void {
+    this.pfs = this.pfs.filter(([p]) => p !== pf);
+  }
+  async shutdown(): Promise<void> {
+    this.shut = true;
+  }
+}
+
+function setup() {
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      for (const l of String(chunk).split("\n")) if (l) lines.push(JSON.parse(l));
+      cb();
+    },
+  });
+  const log = pino({ level: "info" }, sink);
+  const host = new FakeHost();
+  const reg = new Registry({ inventory: new Inventory(loadConfig()), host, log, defaultMode: "client", iface: "/run/vhostd/vf-", reservedPaths: ["/run/vhostd/vfe-vhostd.sock"] });
+  const events: RegistryEvent[] = [];
+  reg.on("change", (e: RegistryEvent) => events.push(e));
+  return { reg, host, lines, events };
+}
+
+async function errno(t: import("ava").ExecutionContext, p: Promise<unknown> | (() => unknown), expected: number, re?: RegExp) {
+  const e = typeof p === "function" ? t.throws(p as () => unknown, { instanceOf: VfeError }) : await t.throwsAsync(p, { instanceOf: VfeError });
+  t.is(e!.errno, expected, e!.message);
+  if (re) t.regex(e!.message, re);
+}
+
+test("default inventory: NVIDIA's guide addresses, stride 8, no collisions", (t) => {
+  const inv = new Inventory(loadConfig());
+  t.is(inv.pf("0000:af:00.2")!.firstVf, "0000:af:04.5");
+  t.is(inv.pf("0000:af:00.3")!.firstVf, "0000:af:05.1");
+  t.is(inv.vfAddress("0000:af:00.2", 1), "0000:af:05.5");
+  t.is(inv.vfAddress("0000:af:00.3", 1), "0000:af:06.1");
+  t.is(inv.vfAddress("0000:af:00.2", 511), "0000:bf:03.5"); // 0xaf25 + 8 * 511 = 0xbf1d
+  t.is(inv.vfAddress("0000:af:00.2", 512), undefined);
+  t.is(inv.vf("0000:af:05.5")!.index, 1);
+  t.is(inv.pf("0000:af:00.2")!.numVfs, 512);
+  t.is(inv.defaultMac("0000:af:04.5"), "52:54:00:00:af:25");
+  t.is(deriveMac("52:54:00", "0001:02:03.4"), "52:54:00:01:02:1c");
+  t.is(DEFAULT_CONFIG.pfs.length, 2);
+});
+
+test("config validation is strict and names the path", (t) => {
+  const bad = (raw: unknown, re: RegExp) => t.throws(() => new Inventory(parseConfig(raw)), { instanceOf: ConfigError, message: re });
+  bad([], /must be a JSON object/);
+  bad({ pfs: {} }, /pfs: must be an array/);
+  bad({ pfs: [], extra: 1 }, /unknown key "extra"/);
+  bad({ pfs: [{ dev: "0000:af:00.2", type: "net" }] }, /firstVfOffset: required/);
+  bad({ pfs: [{ dev: "nope", type: "net", firstVfOffset: 1 }] }, /pfs\[0\]\.dev/);
+  bad({ pfs: [{ dev: "0000:af:00.2", type: "nic", firstVfOffset: 1 }] }, /type/);
+  bad({ pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35, mtu: 10 }] }, /mtu: 10 is out of range/);
+  bad({ pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35, numVfs: 1.5 }] }, /numVfs: must be an integer/);
+  bad({ pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35, macPrefix: "00:11:22" }] }, /locally administered/);
+  bad({ pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35, queuePairs: 4, maxQueuePairs: 2 }] }, /queuePairs/);
+  bad({ pfs: [{ dev: "0000:ff:00.0", type: "net", firstVfOffset: 8, numVfs: 512 }] }, /beyond 0xffff/);
+  bad(
+    { pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35 }, { dev: "0000:af:00.3", type: "blk", firstVfOffset: 34 }] },
+    /collides with VF 0 of PF 0000:af:00.2/,
+  );
+  bad({ pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35 }, { dev: "af:00.2", type: "blk", firstVfOffset: 38 }] }, /already used/);
+  bad({ pfs: [{ dev: "0000:af:00.0", type: "net", firstVfOffset: 1, vfStride: 1, numVfs: 4 }, { dev: "0000:af:00.1", type: "blk", firstVfOffset: 3, numVfs: 1 }] }, /collides/);
+  t.notThrows(() => new Inventory(parseConfig({ pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35, numVfs: 4, mtu: 9000, queuePairs: 4 }] })));
+});
+
+test("PF rules: add, duplicate, unknown, not a PF, remove with VFs, remove unknown", async (t) => {
+  const { reg, host, events, lines } = setup();
+  const e = await reg.addPf("af:00.2");
+  t.is(e.switchId, 0);
+  t.deepEqual(host.pfs, [["0000:af:00.2", 0, "net"]]);
+  await errno(t, reg.addPf("0000:af:00.2"), -1008, /already add/);
+  await errno(t, reg.addPf("0000:af:00.7"), -19, /not a PF in the inventory/);
+  await errno(t, reg.addPf("0000:af:04.5"), -19, /is VF 0 of PF 0000:af:00.2/);
+  await errno(t, reg.addPf("garbage"), -22);
+  await errno(t, reg.addPf(""), -1000);
+  t.is((await reg.addPf("0000:af:00.3")).switchId, 1);
+  await reg.addVf({ vfdev: "0000:af:04.5" });
+  await errno(t, reg.removePf("0000:af:00.2"), -1013, /has 1 VF/);
+  await errno(t, reg.removePf("0000:af:00.4"), -1001);
+  await reg.removeVf("0000:af:04.5");
+  await reg.removePf("0000:af:00.2");
+  await errno(t, () => reg.listPfs("0000:af:00.2"), -1001);
+  t.deepEqual(reg.listPfs().map((p) => p.info.dev), ["0000:af:00.3"]);
+  // switch id 0 is reused
+  t.is((await reg.addPf("0000:af:00.2")).switchId, 0);
+  t.deepEqual(events.map((e) => e.op), ["pf_added", "pf_added", "vf_added", "vf_removed", "pf_removed", "pf_added"]);
+  t.true(lines.some((l) => l.event === "pf_added" && l.pf === "0000:af:00.2"));
+});
+
+test("VF rules: PF first, inventory, duplicates, socket ownership, params", async (t) => {
+  const { reg, host, lines } = setup();
+  await errno(t, reg.addVf({ vfdev: "0000:af:04.5" }), -1001, /PF 0000:af:00.2 of 0000:af:04.5 is not added/);
+  await reg.addPf("0000:af:00.2");
+  await reg.addPf("0000:af:00.3");
+  const s = await reg.addVf({ vfdev: "af:04.5", socket_file: "/tmp/vhost-net0", uuid: "123E4567-E89B-12D3-A456-426614174000" });
+  t.like(s, { dev: "0000:af:04.5", pf: "0000:af:00.2", kind: "net", devId: 0, switchId: 0, mode: "client", mac: "52:54:00:00:af:25", mtu: 1500, queuePairs: 1, uuid: "123e4567-e89b-12d3-a456-426614174000" });
+  t.is(host.open_.length, 1);
+  await errno(t, reg.addVf({ vfdev: "0000:af:04.5", socket_file: "/tmp/other" }), -1014);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", socket_file: "/tmp/vhost-net0" }), -1038, /used by VF 0000:af:04.5/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", socket_file: "/run/vhostd/vfe-vhostd.sock" }), -1038, /reserved/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:04.4" }), -19, /not a VF/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:00.2" }), -19, /is a PF/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", socket_file: "rel/path" }), -22, /absolute/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", socket_file: "/" + "x".repeat(107) }), -22, /107/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", uuid: "not-a-uuid" }), -22, /UUID/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", queue_pairs: 0 }), -22);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", queue_pairs: 17 }), -22);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", mtu: 67 }), -22);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", mtu: 9001 }), -22);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", mac: "01:02:03:04:05:06" }), -22, /unicast/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.5", mac: "52:54:00:00:af:25" }), -17, /used by VF 0000:af:04.5/);
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.1", mac: "52:54:00:00:00:01" }), -22, /net VFs only/);
+  // the failed attempts allocated nothing
+  const s2 = await reg.addVf({ vfdev: "0000:af:05.1", mode: "server", queue_pairs: 4 });
+  t.like(s2, { kind: "blk", devId: 1, switchId: 1, mode: "server", socketPath: "/run/vhostd/vf-0000:af:05.1", queuePairs: 4 });
+  // devId reuse
+  await reg.removeVf("0000:af:04.5");
+  t.deepEqual(host.closed, ["0000:af:04.5"]);
+  t.is((await reg.addVf({ vfdev: "0000:af:05.5", mtu: 9000, mac: "52:54:00:12:34:56" })).devId, 0);
+  // socket freed by removal
+  t.is((await reg.addVf({ vfdev: "0000:af:06.5", socket_file: "/tmp/vhost-net0" })).socketPath, "/tmp/vhost-net0");
+  await errno(t, reg.removeVf("0000:af:04.5"), -1003);
+  await errno(t, () => reg.getVf("0000:af:04.5"), -1003);
+  await errno(t, () => reg.listVfs("0000:af:00.4"), -1001);
+  await errno(t, () => reg.listVfs("0000:af:05.5"), -1001, /is a VF/);
+  t.deepEqual(reg.listVfs("0000:af:00.2").map((v) => v.dev), ["0000:af:05.5", "0000:af:06.5"]);
+  const added = lines.filter((l) => l.event === "vf_added");
+  t.is(added.length, 4);
+  t.true(added.every((l) => typeof l.vf === "string" && typeof l.socket === "string"));
+  t.true(lines.some((l) => l.event === "vf_removed" && l.vf === "0000:af:04.5" && l.socket === "/tmp/vhost-net0"));
+});
+
+test("per-PF queue pair limit is -1005 Number exceed limit", async (t) => {
+  const host = new FakeHost();
+  const inv = new Inventory(parseConfig({ pfs: [{ dev: "0000:af:00.2", type: "net", firstVfOffset: 35, numVfs: 4, maxQueuePairs: 2 }] }));
+  const reg = new Registry({ inventory: inv, host, log: pino({ level: "silent" }), defaultMode: "server", iface: "/tmp/vf-" });
+  await reg.addPf("0000:af:00.2");
+  await errno(t, reg.addVf({ vfdev: "0000:af:04.5", queue_pairs: 3 }), -1005, /limit 2/);
+  t.is((await reg.addVf({ vfdev: "0000:af:04.5", queue_pairs: 2 })).mode, "server");
+  await errno(t, reg.addVf({ vfdev: "0000:af:08.5" }), -19); // beyond numVfs
+});
+
+test("host failures: errno passed through, else -1100; nothing recorded", async (t) => {
+  const { reg, host } = setup();
+  await reg.addPf("0000:af:00.2");
+  host.failOpen = Object.assign(new Error("bind failed"), { errno: -98 });
+  await errno(t, reg.addVf({ vfdev: "0000:af:04.5" }), -98, /bind failed/);
+  host.failOpen = new Error("boom");
+  await errno(t, reg.addVf({ vfdev: "0000:af:04.5" }), -1100, /boom/);
+  host.failOpen = undefined;
+  t.is((await reg.addVf({ vfdev: "0000:af:04.5" })).devId, 0);
+});
+
+test("changes are serialized and refused after shutdown", async (t) => {
+  const { reg, host } = setup();
+  await reg.addPf("0000:af:00.2");
+  const results = await Promise.allSettled([reg.addVf({ vfdev: "0000:af:04.5", socket_file: "/tmp/s" }), reg.addVf({ vfdev: "0000:af:05.5", socket_file: "/tmp/s" })]);
+  t.is(results.filter((r) => r.status === "fulfilled").length, 1);
+  await reg.shutdown();
+  t.true(host.shut);
+  await errno(t, reg.addVf({ vfdev: "0000:af:06.5" }), -1101);
+});
