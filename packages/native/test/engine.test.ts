@@ -149,3 +149,26 @@ test("two workers forward across each other", async (t) => {
   a.close();
   b.close();
 });
+
+test("multiqueue: RX lands on the same pair modulo the destination's running RX queues", async (t) => {
+  const { eng } = mkEngine();
+  const a = new VNet(eng, 1, A);
+  // b: 2 queue pairs, laid out by hand; only pair 1's RX queue (queue 2) is started
+  const { Guest, DrvRing } = await import("./engine_guest.js");
+  const g = new Guest();
+  const rx1 = new DrvRing(g, 64);
+  eng.addNetDevice(2, { switchId: 1, mac: B, mtu: 1500, maxQueuePairs: 2 });
+  eng.setFeatures(2, F.VERSION_1);
+  eng.setMemTable(2, [g.region()]);
+  eng.startQueue(2, 2, rx1.cfg());
+  const off = g.alloc(2048);
+  rx1.publish(rx1.chain([{ addr: g.addr(off), len: 2048, write: true }]));
+  a.send(frame(B, A, 90, 5));
+  t.true(await waitFor(() => rx1.usedIdx() === 1));
+  t.is(counter(eng, 2, 2, "packets"), 1n);
+  t.throws(() => eng.startQueue(2, 4, rx1.cfg()), { instanceOf: RangeError });
+  eng.close();
+  a.close();
+  rx1.closeFds();
+  g.close();
+});
