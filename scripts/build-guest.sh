@@ -27,8 +27,13 @@ if [ ! -s "$out/vmlinuz" ] || [ ! -s "$out/modules/order" ]; then
   if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(kpkg); fi
   [ -n "$pkg" ] || { echo "build-guest: apt offers no linux-image-amd64 kernel" >&2; exit 1; }
   echo "build-guest: fetching $pkg" >&2
-  (cd "$scratch" && apt-get download -qq "$pkg" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+  fetch() { (cd "$scratch" && apt-get download -qq "$pkg" 2>&1 | grep -v 'unsandboxed' >&2 || true); }
+  fetch
   deb=$(ls "$scratch"/linux-image-*.deb 2>/dev/null | head -1)
+  if [ -z "$deb" ]; then  # stale package lists name a version the mirror no longer has
+    apt-get update -qq; pkg=$(kpkg); fetch
+    deb=$(ls "$scratch"/linux-image-*.deb 2>/dev/null | head -1)
+  fi
   [ -n "$deb" ] || { echo "build-guest: apt-get download $pkg failed" >&2; exit 1; }
   dpkg-deb -x "$deb" "$scratch/k"
   kver=$(ls "$scratch/k/lib/modules" | head -1)

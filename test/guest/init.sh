@@ -1,7 +1,8 @@
 #!/bin/sh
 # /init of the vhostd test guest (busybox initramfs, built by scripts/build-guest.sh).
 # Parameters come from the kernel command line as key=value words:
-#   test=NAME   which built-in test to run (ping, netinfo, blkinfo, blkverify, shell-cmd)
+#   test=NAME   which built-in test(s) to run, comma-separated, in order
+#               (ping, netinfo, blkinfo, blkverify, shell-cmd, none)
 #   ip=A/N      address for eth0 (default: none), plus the test's own keys (see each test).
 # Every result is one line on the serial console, starting at column 0:
 #   VHOSTD-RESULT {"test":"NAME","ok":true|false,...}
@@ -47,12 +48,18 @@ echo "VHOSTD-BOOTED uptime_ms=$(now_ms)"
 
 # --- tests ------------------------------------------------------------------------------
 
+# Carrier comes up after `ip link set up`, or only once a late back-end connects, and
+# operstate follows it a little later (linkwatch): wait up to carrier=SECS (default 10).
+wait_carrier() {
+  n=0; lim=$(($(arg carrier 10) * 10))
+  while [ "$(cat /sys/class/net/$IF/operstate 2>/dev/null)" != up ] && [ $n -lt $lim ]; do sleep 0.1; n=$((n + 1)); done
+}
+
 # ping: peer=IP count=N interval=SECS size=BYTES wait=SECS (after the last one)
 t_ping() {
   peer=$(arg peer 10.0.0.1) count=$(arg count 10) interval=$(arg interval 0.2)
   size=$(arg size 56) wait=$(arg wait 2)
-  # Carrier comes up asynchronously after `ip link set up`.
-  n=0; while [ "$(cat /sys/class/net/$IF/carrier 2>/dev/null)" != 1 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+  wait_carrier
   t0=$(now_ms)
   out=$(ping -c "$count" -i "$interval" -s "$size" -W "$wait" "$peer" 2>&1)
   t1=$(now_ms)
@@ -63,11 +70,11 @@ t_ping() {
   result ping $ok "\"peer\":\"$peer\",\"sent\":${sent:-0},\"received\":${recv:-0},\"ms\":$((t1 - t0))"
 }
 
-# netinfo: MAC, MTU, link, queue counts, negotiated virtio feature bits of $IF.
+# netinfo: (after waiting for carrier) MAC, MTU, link, queue counts, negotiated virtio feature bits of $IF.
 t_netinfo() {
   d=/sys/class/net/$IF
   if [ ! -e "$d" ]; then result netinfo false "\"error\":\"no $IF\""; return; fi
-  sleep 0.5   # let the carrier settle
+  wait_carrier
   rxq=$(ls -d "$d"/queues/rx-* 2>/dev/null | wc -l)
   txq=$(ls -d "$d"/queues/tx-* 2>/dev/null | wc -l)
   # The virtio device's features file is the negotiated bit string, bit 0 first.
@@ -123,16 +130,18 @@ t_shell_cmd() {
   result shell-cmd $ok "\"exitCode\":$rc"
 }
 
-name=$(arg test none)
-case "$name" in
-  ping) t_ping ;;
-  netinfo) t_netinfo ;;
-  blkinfo) t_blkinfo ;;
-  blkverify) t_blkverify ;;
-  shell-cmd) t_shell_cmd ;;
-  none) result none true ;;
-  *) result "$name" false "\"error\":\"unknown test\"" ;;
-esac
+# test=a,b runs several tests in one boot (a boot costs seconds under TCG).
+for name in $(arg test none | tr , ' '); do
+  case "$name" in
+    ping) t_ping ;;
+    netinfo) t_netinfo ;;
+    blkinfo) t_blkinfo ;;
+    blkverify) t_blkverify ;;
+    shell-cmd) t_shell_cmd ;;
+    none) result none true ;;
+    *) result "$name" false "\"error\":\"unknown test\"" ;;
+  esac
+done
 echo "VHOSTD-DONE"
 sync
 poweroff -f
