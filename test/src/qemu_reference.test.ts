@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { waitFor } from "./harness/daemon.js";
+import { sleep, waitFor } from "./harness/daemon.js";
 import { needPeer } from "./harness/peers.js";
 import { Guest, commandOutput, shellCmdArgs, type GuestRun } from "./harness/qemu.js";
 
@@ -175,4 +175,35 @@ test.serial("blk: blkinfo and blkverify on qemu-storage-daemon's vhost-user-blk 
   fs.readSync(fd, buf, 0, 64, 15 << 20);
   t.true(buf.toString().startsWith("vhostd seed=7 round=1 mib=15 "), buf.toString());
   fs.closeSync(fd);
+});
+
+test.serial("net: reconnect=1 survives a back-end restart (testpmd killed and restarted mid-ping)", async (t) => {
+  if (!needPeer(t, "dpdk-testpmd") || !needPeer(t, "qemu-system-x86_64")) return;
+  const dir = tmpDir(t);
+  const socket = path.join(dir, "vf0.sock");
+  let tp = await startTestpmdVhost(dir, { socket });
+  t.teardown(() => tp.stop("SIGKILL"));
+  // Two ping runs in one boot: the first spans the outage, the second (which waits for the
+  // link to come back up) must be clean.
+  const guest = await Guest.start({
+    net: [{ socket, server: false, mac: MAC }],
+    reconnect: true,
+    test: "ping,ping",
+    args: { ip: "10.0.0.2/24", peer: "10.0.0.1", count: 30, interval: 0.2, carrier: 30 },
+    logFile: path.join(dir, "guest.log"),
+  });
+  t.teardown(() => guest.kill());
+  await guest.waitForOutput(/VHOSTD-BOOTED/);
+  await sleep(2000); // let some pings through first
+  await tp.stop("SIGKILL");
+  fs.rmSync(`/var/run/dpdk/${tp.prefix}`, { recursive: true, force: true });
+  fs.rmSync(socket, { force: true });
+  tp = await startTestpmdVhost(dir, { socket });
+  const run = await guest.wait();
+  const pings = run.results.filter((r) => r.test === "ping");
+  t.log(`boot ${run.bootMs} ms, total ${run.totalMs} ms, pings ${JSON.stringify(pings)}`);
+  t.is(run.exitCode, 0);
+  t.is(pings.length, 2);
+  t.true(pings[0].received > 0 && pings[0].received < 30, "the first run saw both traffic and the outage");
+  t.like(pings[1], { ok: true, sent: 30, received: 30 });
 });
