@@ -94,7 +94,7 @@ test.serial("net: guest pings through testpmd net_vhost (icmpecho); QEMU connect
   const dir = tmpDir(t);
   const socket = path.join(dir, "vf0.sock");
   const tp = await startTestpmdVhost(dir, { socket });
-  t.teardown(() => tp.stop("SIGKILL"));
+  t.teardown(() => stopTestpmd(tp).then(() => {}));
   const run = await Guest.boot({
     net: [{ socket, server: false, mac: MAC }],
     test: "netinfo,ping",
@@ -127,7 +127,7 @@ test.serial("net: QEMU listens (server=on), testpmd connects with client=1, 2 qu
   t.teardown(() => guest.kill());
   await waitFor(() => fs.existsSync(socket), 10_000, "QEMU to create its socket");
   const tp = await startTestpmdVhost(dir, { socket, client: true, queues: 2 });
-  t.teardown(() => tp.stop("SIGKILL"));
+  t.teardown(() => stopTestpmd(tp).then(() => {}));
   const run = await guest.wait();
   await stopTestpmd(tp);
   t.log(`boot ${run.bootMs} ms, total ${run.totalMs} ms, netinfo ${JSON.stringify(byTest(run, "netinfo"))}`);
@@ -182,7 +182,7 @@ test.serial("net: reconnect=1 survives a back-end restart (testpmd killed and re
   const dir = tmpDir(t);
   const socket = path.join(dir, "vf0.sock");
   let tp = await startTestpmdVhost(dir, { socket });
-  t.teardown(() => tp.stop("SIGKILL"));
+  t.teardown(() => stopTestpmd(tp).then(() => {}));
   // Two ping runs in one boot: the first spans the outage, the second (which waits for the
   // link to come back up) must be clean.
   const guest = await Guest.start({
