@@ -182,7 +182,7 @@ test.serial("malformed descriptor chains are dropped per chain and logged; other
       await sleep(1100); // events are rate-limited per queue
     }
     const info = await d.ok(["vf", "-i", VF_H]);
-    const hq = (info.queues ?? info.runtime?.queues)[1];
+    const hq = info.device.queues[1];
     t.is(hq.errors, chainCases.length, "every malformed chain was counted");
 
     // A head index beyond the ring breaks only that queue.

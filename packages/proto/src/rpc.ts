@@ -238,6 +238,12 @@ const QUEUE_FIELDS: readonly ResultField[] = [
   { name: "enabled", type: "boolean", help: "VHOST_USER_SET_VRING_ENABLE state", vfe: false },
   { name: "started", type: "boolean", help: "the datapath serves it", vfe: false },
   { name: "last_avail_idx", type: "number", help: "last available index processed", vfe: false },
+  { name: "packets", type: "number", help: "frames taken from (TX) or given to (RX) the front-end", vfe: false },
+  { name: "bytes", type: "number", help: "bytes of those frames", vfe: false },
+  { name: "drops", type: "number", help: "frames lost at this queue (no RX buffer, queue stopped, offload not negotiated)", vfe: false },
+  { name: "kicks", type: "number", help: "notifications received from the front-end", vfe: false },
+  { name: "calls", type: "number", help: "interrupts signalled to the front-end", vfe: false },
+  { name: "errors", type: "number", help: "malformed descriptor chains rejected", vfe: false },
 ];
 
 const VF_DEVICE_FIELDS: readonly ResultField[] = [
@@ -621,7 +627,19 @@ export interface VfDeviceResult {
 export interface VfInfoResult extends VfDeviceResult {
   features: string;
   protocol_features: string;
-  queues: Array<{ index: number; size: number; enabled: boolean; started: boolean; last_avail_idx: number }>;
+  queues: Array<{
+    index: number;
+    size: number;
+    enabled: boolean;
+    started: boolean;
+    last_avail_idx: number;
+    packets: number;
+    bytes: number;
+    drops: number;
+    kicks: number;
+    calls: number;
+    errors: number;
+  }>;
 }
 
 /** virtio feature bit names shown in device_feature (as vfe's vdpa_rpc.c). */

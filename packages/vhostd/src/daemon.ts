@@ -104,7 +104,7 @@ export function vfInfoResult(spec: VfSpec, rt: VfRuntime | undefined): VfInfoRes
     ...vfDeviceResult(spec, rt),
     features: "0x" + parseFeatures(rt?.features).toString(16),
     protocol_features: "0x" + parseFeatures(rt?.protocolFeatures).toString(16),
-    queues: (rt?.queues ?? []).map((q) => ({ index: q.index, size: q.size, enabled: q.enabled, started: q.started, last_avail_idx: q.lastAvailIdx })),
+    queues: (rt?.queues ?? []).map(({ lastAvailIdx, ...q }) => ({ ...q, last_avail_idx: lastAvailIdx })),
   };
 }
 

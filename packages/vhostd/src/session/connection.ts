@@ -19,20 +19,13 @@ export interface ConnectionEvents {
 
 /** Messages handled per readable event before yielding, so one flood cannot starve other VFs. */
 const MAX_MESSAGES_PER_WAKE = 64;
-const READ_CHUNK = 64 * 1024;
-
-interface FdMark {
-  /** Stream offset of the first byte that arrived with these fds. */
-  pos: number;
-  fds: number[];
-}
 
 export class VhostUserConnection {
   private watcher: InstanceType<typeof native.FdWatcher> | null;
+  /** The bytes of the message being assembled (never more: see onReadable). */
   private buf: Buffer = Buffer.alloc(0);
-  /** Stream offset of buf[0]. */
-  private base = 0;
-  private marks: FdMark[] = [];
+  /** fds that arrived with the message being assembled. */
+  private fds: number[] = [];
   private closed = false;
 
   constructor(readonly fd: number, private readonly events: ConnectionEvents) {
@@ -62,26 +55,31 @@ export class VhostUserConnection {
     this.closed = true;
     this.watcher?.stop();
     this.watcher = null;
-    for (const m of this.marks) closeAll(m.fds);
-    this.marks = [];
+    closeAll(this.fds);
+    this.fds = [];
     this.buf = Buffer.alloc(0);
     native.closeFd(this.fd);
     this.events.onClose(reason, violation);
   }
 
+  /**
+   * Reads never cross the end of the message being assembled. Linux hands over SCM_RIGHTS fds
+   * with the bytes of the sendmsg() that carried them, so fds received while assembling a
+   * message belong to that message and to no other.
+   */
   private onReadable(): void {
     let handled = 0;
     while (!this.closed && handled < MAX_MESSAGES_PER_WAKE) {
-      const msg = this.nextBuffered();
-      if (msg) {
+      const need = this.bytesNeeded();
+      if (need < 0) return; // violation: already closed
+      if (need === 0) {
         handled++;
-        this.events.onMessage(msg);
+        this.emit();
         continue;
       }
-      if (this.closed) return;
       let r: RecvResult | null;
       try {
-        r = native.recvWithFds(this.fd, READ_CHUNK, MAX_FDS);
+        r = native.recvWithFds(this.fd, need, MAX_FDS);
       } catch (err) {
         this.close(`recv failed: ${(err as Error).message}`, false);
         return;
@@ -93,46 +91,38 @@ export class VhostUserConnection {
         this.close(`front-end closed the connection${partial}`, false);
         return;
       }
-      if (r.fdsTruncated) {
-        closeAll(r.fds);
+      this.fds.push(...r.fds);
+      if (r.fdsTruncated || this.fds.length > MAX_FDS) {
         this.close(`message carried more than ${MAX_FDS} fds`, true);
         return;
       }
-      if (r.fds.length > 0) this.marks.push({ pos: this.base + this.buf.length, fds: r.fds });
       this.buf = this.buf.length === 0 ? r.data : Buffer.concat([this.buf, r.data]);
     }
-    // More messages may be buffered: continue on the next turn without waiting for data.
-    if (!this.closed && handled >= MAX_MESSAGES_PER_WAKE) setImmediate(() => this.onReadable());
+    // The flood cap was hit: continue on the next turn so other VFs get the event loop too.
+    if (!this.closed) setImmediate(() => this.onReadable());
   }
 
-  /** Cuts one whole message from the buffer, or returns null (closing on a violation). */
-  private nextBuffered(): VhostMessage | null {
-    if (this.buf.length < HEADER_SIZE) return null;
+  /** Bytes still missing from the current message; 0 when whole; -1 after a violation. */
+  private bytesNeeded(): number {
+    if (this.buf.length < HEADER_SIZE) return HEADER_SIZE - this.buf.length;
     const header = decodeHeader(this.buf);
     if ((header.flags & 0x3) !== 0x1) {
       this.close(`bad protocol version in flags 0x${header.flags.toString(16)} (request ${header.request})`, true);
-      return null;
+      return -1;
     }
     if (header.size > MAX_PAYLOAD) {
       this.close(`payload of ${header.size} bytes exceeds the ${MAX_PAYLOAD}-byte limit (request ${header.request})`, true);
-      return null;
+      return -1;
     }
-    const total = HEADER_SIZE + header.size;
-    if (this.buf.length < total) return null;
-    const payload = Buffer.from(this.buf.subarray(HEADER_SIZE, total));
-    const start = this.base;
-    const fds: number[] = [];
-    while (this.marks.length > 0 && this.marks[0].pos < start + total) {
-      fds.push(...this.marks.shift()!.fds);
-    }
-    this.buf = this.buf.subarray(total);
-    this.base += total;
-    if (fds.length > MAX_FDS) {
-      closeAll(fds);
-      this.close(`message carried ${fds.length} fds, more than ${MAX_FDS}`, true);
-      return null;
-    }
-    return { header, payload, fds };
+    return HEADER_SIZE + header.size - this.buf.length;
+  }
+
+  private emit(): void {
+    const header = decodeHeader(this.buf);
+    const msg: VhostMessage = { header, payload: Buffer.from(this.buf.subarray(HEADER_SIZE)), fds: this.fds };
+    this.buf = Buffer.alloc(0);
+    this.fds = [];
+    this.events.onMessage(msg);
   }
 }
 
