@@ -89,17 +89,24 @@ test.serial("both ways: two testpmd in io mode forward a ping-pong through the s
   if (!needPeer(t, "dpdk-testpmd")) return;
   const { d, sockA, sockB } = await setup({ server: false });
   try {
-    const a = await startPmd(d, sockA, "a", "io", "client");
-    const b = await startPmd(d, sockB, "b", "io", "client", { txpkts: 1500 });
-    // io mode forwards whatever arrives back out; seed the loop from both ends.
-    await waitFor(() => a.nicStats().rxPackets > 0 && b.nicStats().rxPackets > 0, 20_000, "frames flowing both ways").catch(() => {});
+    // io mode sends back out whatever arrives; --tx-first seeds the loop from both ends.
+    const a = await startPmd(d, sockA, "a", "io", "client", { txFirst: true });
+    const b = await startPmd(d, sockB, "b", "io", "client", { txFirst: true, lcores: "0@1,1@0" });
+    await waitFor(() => a.nicStats().rxPackets > 1000 && b.nicStats().rxPackets > 1000, 20_000, "frames flowing both ways");
     await sleep(2000);
-    const aRx = await queueSum(d, VF_A, "rx", "packets");
-    const bRx = await queueSum(d, VF_B, "rx", "packets");
     const ta = await a.stop();
     const tb = await b.stop();
+    const aRx = await queueSum(d, VF_A, "rx", "packets");
+    const bRx = await queueSum(d, VF_B, "rx", "packets");
     t.log({ a: ta, b: tb, aRx, bRx });
-    t.true(aRx > 0 && bRx > 0, "frames reached both VFs");
+    t.true(aRx > 1000 && bRx > 1000, "frames reached both VFs");
+    // Whatever each testpmd sent was taken by the engine and delivered to the other or dropped.
+    const aTx = await queueSum(d, VF_A, "tx", "packets");
+    const bTx = await queueSum(d, VF_B, "tx", "packets");
+    t.is(ta.txPackets, aTx, "the engine took every frame A sent");
+    t.is(tb.txPackets, bTx, "the engine took every frame B sent");
+    t.is(bRx + (await queueSum(d, VF_B, "rx", "drops")), aTx, "A's frames were delivered to B or counted as dropped");
+    t.is(aRx + (await queueSum(d, VF_A, "rx", "drops")), bTx, "B's frames were delivered to A or counted as dropped");
     t.is(await queueSum(d, VF_A, "tx", "errors"), 0);
     t.is(await queueSum(d, VF_B, "tx", "errors"), 0);
   } finally {

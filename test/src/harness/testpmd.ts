@@ -18,6 +18,8 @@ export interface TestpmdOptions {
   mac?: string;
   ethPeer?: string;
   lcores?: string;
+  /** Send a first burst at start (seeds an io/macswap loop). */
+  txFirst?: boolean;
   logFile: string;
 }
 
@@ -49,6 +51,9 @@ export class Testpmd {
   static async start(opts: TestpmdOptions): Promise<Testpmd> {
     const prefix = `vht${process.pid}_${seq++}`;
     fs.rmSync(`/var/run/dpdk/${prefix}`, { recursive: true, force: true });
+    // A killed testpmd leaves its socket file and DPDK will not bind over it (QEMU unlinks
+    // first); remove it as an orchestrator restarting the VM would.
+    if (opts.server) fs.rmSync(opts.socket, { force: true });
     const q = opts.queues ?? 1;
     const dev = [`net_virtio_user0`, `path=${opts.socket}`, `queues=${q}`, ...(opts.server ? ["server=1"] : []), ...(opts.mac ? [`mac=${opts.mac}`] : []), ...(opts.devargs ? [opts.devargs] : [])].join(",");
     const args = [
@@ -56,6 +61,7 @@ export class Testpmd {
       "--stats-period", "1", `--forward-mode=${opts.mode}`, `--rxq=${q}`, `--txq=${q}`, "--total-num-mbufs=32768",
       ...(opts.txpkts ? [`--txpkts=${opts.txpkts}`] : []),
       ...(opts.ethPeer ? [`--eth-peer=0,${opts.ethPeer}`] : []),
+      ...(opts.txFirst ? ["--tx-first"] : []),
     ];
     const proc = spawn("dpdk-testpmd", args, { stdio: ["ignore", "pipe", "pipe"] });
     const t = new Testpmd(proc, opts, prefix);
