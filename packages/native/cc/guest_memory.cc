@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cinttypes>
@@ -38,6 +39,15 @@ std::unique_ptr<MemTable> MemTable::withAdded(const RegionSpec& s, std::string* 
       { *err = "region " + hex(s.gpa) + "+" + hex(s.size) + " overlaps guest range of region " + hex(r.gpa); return nullptr; }
     if (overlaps(r.uva, r.size, s.uva, s.size))
       { *err = "region " + hex(s.gpa) + " user range " + hex(s.uva) + " overlaps region " + hex(r.gpa); return nullptr; }
+  }
+  // mmap() does not check the file's size, and touching a page past its end raises SIGBUS
+  // in whichever thread copies a packet: refuse a region its fd cannot back.
+  struct stat st;
+  if (fstat(s.fd, &st) != 0) { *err = std::string("region fd: fstat failed: ") + strerror(errno); return nullptr; }
+  if (S_ISREG(st.st_mode) && s.mmapOffset + s.size > (uint64_t)st.st_size) {
+    *err = "region " + hex(s.gpa) + "+" + hex(s.size) + " at offset " + hex(s.mmapOffset) + " extends beyond its fd (" +
+           hex((uint64_t)st.st_size) + " bytes)";
+    return nullptr;
   }
   long page = sysconf(_SC_PAGESIZE);
   uint64_t alignedOff = s.mmapOffset & ~(uint64_t)(page - 1);
