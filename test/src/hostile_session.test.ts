@@ -8,7 +8,7 @@ import { codec, MsgFlag, ProtocolFeature, Req, VirtioFeatureBit as F, bit, encod
 import { Daemon, sleep } from "./harness/daemon.js";
 import { needPeer } from "./harness/peers.js";
 import { RawFrontend } from "./harness/raw_frontend.js";
-import { Testpmd } from "./harness/testpmd.js";
+import { Testpmd, unsentInRing } from "./harness/testpmd.js";
 
 const PF = "0000:af:00.2";
 const VF_H = "0000:af:04.5"; // the hostile front-end's VF (server mode: we listen)
@@ -35,6 +35,19 @@ function memfd(size = 1 << 20): number {
 
 function region(guestAddr: bigint, size: bigint, userAddr: bigint) {
   return { guestAddr, size, userAddr, mmapOffset: 0n };
+}
+
+/** SET_MEM_TABLE payload built by hand: proto's encoder refuses the bad tables we need. */
+function rawMemTable(regions: ReturnType<typeof region>[], nregions = regions.length): Buffer {
+  const b = Buffer.alloc(8 + 32 * regions.length);
+  b.writeUInt32LE(nregions, 0);
+  regions.forEach((r, i) => {
+    b.writeBigUInt64LE(r.guestAddr, 8 + 32 * i);
+    b.writeBigUInt64LE(r.size, 16 + 32 * i);
+    b.writeBigUInt64LE(r.userAddr, 24 + 32 * i);
+    b.writeBigUInt64LE(r.mmapOffset, 32 + 32 * i);
+  });
+  return b;
 }
 
 const cases: HostileCase[] = [
@@ -89,7 +102,7 @@ const cases: HostileCase[] = [
     reason: /overlap/,
     send: (fe, fds) => {
       fds.push(memfd(), memfd());
-      fe.msg(Req.SET_MEM_TABLE, codec.memTable.encode([region(0n, MiB, UVA), region(MiB / 2n, MiB, UVA + 4n * MiB)]), ACK, fds);
+      fe.msg(Req.SET_MEM_TABLE, rawMemTable([region(0n, MiB, UVA), region(MiB / 2n, MiB, UVA + 4n * MiB)]), ACK, fds);
     },
   },
   {
@@ -98,7 +111,7 @@ const cases: HostileCase[] = [
     reason: /overflow|wrap/,
     send: (fe, fds) => {
       fds.push(memfd());
-      fe.msg(Req.SET_MEM_TABLE, codec.memTable.encode([region((1n << 64n) - MiB / 2n, MiB, UVA)]), ACK, fds);
+      fe.msg(Req.SET_MEM_TABLE, rawMemTable([region((1n << 64n) - MiB / 2n, MiB, UVA)]), ACK, fds);
     },
   },
   {
@@ -107,7 +120,7 @@ const cases: HostileCase[] = [
     reason: /memory table refused|mmap|beyond|size/,
     send: (fe, fds) => {
       fds.push(memfd(4096));
-      fe.msg(Req.SET_MEM_TABLE, codec.memTable.encode([region(0n, 1n << 40n, UVA)]), ACK, fds);
+      fe.msg(Req.SET_MEM_TABLE, rawMemTable([region(0n, 1n << 40n, UVA)]), ACK, fds);
     },
   },
   {
@@ -213,8 +226,8 @@ test.serial("hostile vhost-user messages are refused per VF; the daemon and othe
     const bRx = q(b).filter((x: any) => x.index % 2 === 0);
     const delivered = bRx.reduce((s: number, x: any) => s + x.packets, 0);
     const dropped = bRx.reduce((s: number, x: any) => s + x.drops, 0);
-    t.is(q(a)[1].packets, sent.txPackets, "VF A took every frame testpmd sent");
-    t.is(delivered + dropped, sent.txPackets, "every frame was delivered to B or counted as dropped");
+    t.true(unsentInRing(sent.txPackets, q(a)[1].packets, 1), "VF A took every frame testpmd sent, but what was left in its ring at stop");
+    t.is(delivered + dropped, q(a)[1].packets, "every frame taken from A was delivered to B or counted as dropped");
     t.is(got.rxPackets, delivered, "testpmd on B received exactly what was delivered");
     t.is(b.device.reconnects, 0, "VF B never lost its front-end");
   } finally {

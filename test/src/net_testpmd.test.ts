@@ -5,7 +5,7 @@
 import test from "ava";
 import { Daemon, sleep, waitFor } from "./harness/daemon.js";
 import { needPeer } from "./harness/peers.js";
-import { Testpmd, type ForwardMode } from "./harness/testpmd.js";
+import { Testpmd, unsentInRing, type ForwardMode } from "./harness/testpmd.js";
 
 test.serial.before(() => {
   // Two testpmd forwarding cores plus our engine share 2 vCPUs: serial keeps runs meaningful.
@@ -61,7 +61,7 @@ async function oneWay(t: import("ava").ExecutionContext, ourSide: "client" | "se
     const got = await rx.stop();
     t.log({ sent: sent.txPackets, received: got.rxPackets, dropsB, deliveredB, tookA });
     t.true(sent.txPackets > 10_000, "testpmd sent traffic");
-    t.is(tookA, sent.txPackets, "the engine took every frame testpmd put on VF A's TX ring");
+    t.true(unsentInRing(sent.txPackets, tookA, queues), "the engine took every frame testpmd sent, but what was left in the ring at its stop");
     t.is(deliveredB + dropsB, tookA, "every frame taken from A was delivered to B or counted as dropped");
     t.is(got.rxPackets, deliveredB, "testpmd on B received exactly what the engine delivered");
     t.true(got.rxPackets > 10_000, "traffic reached B (rates are measured in bench/, not here)");
@@ -103,8 +103,8 @@ test.serial("both ways: two testpmd in io mode forward a ping-pong through the s
     // Whatever each testpmd sent was taken by the engine and delivered to the other or dropped.
     const aTx = await queueSum(d, VF_A, "tx", "packets");
     const bTx = await queueSum(d, VF_B, "tx", "packets");
-    t.is(ta.txPackets, aTx, "the engine took every frame A sent");
-    t.is(tb.txPackets, bTx, "the engine took every frame B sent");
+    t.true(unsentInRing(ta.txPackets, aTx, 1), "the engine took every frame A sent, but what was left in its ring at stop");
+    t.true(unsentInRing(tb.txPackets, bTx, 1), "the engine took every frame B sent, but what was left in its ring at stop");
     t.is(bRx + (await queueSum(d, VF_B, "rx", "drops")), aTx, "A's frames were delivered to B or counted as dropped");
     t.is(aRx + (await queueSum(d, VF_A, "rx", "drops")), bTx, "B's frames were delivered to A or counted as dropped");
     t.is(await queueSum(d, VF_A, "tx", "errors"), 0);

@@ -4,6 +4,10 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { cliBin, vhostdBin } from "./paths.js";
+import { Testpmd } from "./testpmd.js";
+import { sleep } from "./wait.js";
+
+export { sleep, waitFor } from "./wait.js";
 
 export interface CliResult {
   code: number;
@@ -112,7 +116,9 @@ export class Daemon {
     throw new Error(`log line not seen within ${timeoutMs} ms`);
   }
 
+  /** Stops the daemon and any peer the test left running. */
   async stop(): Promise<void> {
+    Testpmd.killAll();
     const p = this.proc;
     if (!p || p.exitCode !== null) return;
     const exited = new Promise((r) => p.once("exit", r));
@@ -125,17 +131,4 @@ export class Daemon {
   cleanup(): void {
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-export async function waitFor(pred: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await pred()) return;
-    await sleep(50);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }

@@ -7,7 +7,7 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { waitFor } from "./daemon.js";
+import { waitFor } from "./wait.js";
 import { repoRoot } from "./paths.js";
 
 export interface GuestNet {

@@ -2,7 +2,7 @@
 // is given and reports what came back (replies, or the back-end hanging up).
 import { native } from "@vhostd/native";
 import { decodeHeader, encodeMessage, HEADER_SIZE, MsgFlag, codec, Req } from "@vhostd/proto";
-import { sleep } from "./daemon.js";
+import { sleep } from "./wait.js";
 
 export class RawFrontend {
   private buf = Buffer.alloc(0);

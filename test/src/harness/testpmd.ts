@@ -1,7 +1,7 @@
 // DPDK testpmd with a net_virtio_user port: the real front-end for interop tests.
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
-import { sleep, waitFor } from "./daemon.js";
+import { sleep, waitFor } from "./wait.js";
 
 export type ForwardMode = "txonly" | "rxonly" | "io" | "macswap" | "icmpecho";
 
@@ -30,7 +30,18 @@ export interface PortTotals {
   txDropped: number;
 }
 
+/**
+ * Frames testpmd counts as sent but the back-end never saw: those still in the TX ring when
+ * testpmd stops its port (GET_VRING_BASE stops the ring; a NIC discards them the same way).
+ */
+export function unsentInRing(sent: number, taken: number, queues: number, ringSize = 256): boolean {
+  return taken <= sent && sent - taken <= queues * ringSize;
+}
+
 let seq = 0;
+/** Every testpmd still running, so a failing test cannot leave one polling the CPU. */
+const live = new Set<Testpmd>();
+process.once("exit", () => Testpmd.killAll());
 
 export class Testpmd {
   private output = "";
@@ -65,6 +76,8 @@ export class Testpmd {
     ];
     const proc = spawn("dpdk-testpmd", args, { stdio: ["ignore", "pipe", "pipe"] });
     const t = new Testpmd(proc, opts, prefix);
+    live.add(t);
+    proc.once("exit", () => live.delete(t));
     t.append(Buffer.from(`$ dpdk-testpmd ${args.join(" ")}\n`));
     if (opts.server) await waitFor(() => fs.existsSync(opts.socket) || proc.exitCode !== null, 20_000, `testpmd to listen on ${opts.socket}`);
     else await waitFor(() => /Port 0: |No probed ethernet devices/.test(t.output) || proc.exitCode !== null, 20_000, "testpmd to probe its port");
@@ -112,6 +125,11 @@ export class Testpmd {
       txPackets: num(/TX-packets:\s+(\d+)/),
       txDropped: num(/TX-dropped:\s+(\d+)/),
     };
+  }
+
+  /** Kills every testpmd this process started (test teardown). */
+  static killAll(): void {
+    for (const t of live) t.kill();
   }
 
   kill(): void {
