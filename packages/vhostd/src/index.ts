@@ -1,1 +1,4 @@
-export {};
+// What other packages (the keeper, tests) reuse from vfe-vhostd.
+export * from "./paths.js";
+export * from "./log.js";
+export * from "./vf_host.js";
