@@ -3,6 +3,9 @@
 // guest's virtio-net on one VF pings across our L2 switch to DPDK testpmd in icmpecho mode on
 // another VF. Both front-ends are real; only the back-end is ours.
 import test from "ava";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { Daemon } from "./harness/daemon.js";
 import { needPeer } from "./harness/peers.js";
@@ -49,3 +52,34 @@ for (const ourSide of ["client", "server"] as const) {
     }
   });
 }
+
+test.serial("a QEMU guest reaches the host's own network stack through the PF's TAP uplink", async (t) => {
+  if (!needPeer(t, "qemu-system-x86_64") || !needPeer(t, "ip")) return;
+  const tap = `vht${process.pid % 100000}`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-tapcfg-"));
+  const config = path.join(dir, "vhostd.json");
+  fs.writeFileSync(config, JSON.stringify({ pfs: [{ dev: PF, type: "net", firstVfOffset: 35, uplink: { tap } }] }));
+  const d = await Daemon.start({ args: ["--config", config] });
+  try {
+    await d.ok(["mgmtpf", "-a", PF]);
+    // The daemon created the TAP and brought it up; the host side gets an address like a bridge port would.
+    execFileSync("ip", ["addr", "add", "10.0.9.1/24", "dev", tap]);
+    await d.ok(["vf", "-a", VF_GUEST, "-v", d.sock("guest")]);
+    const run = await Guest.boot({
+      net: [{ socket: d.sock("guest"), server: true, mac: GUEST_MAC }],
+      test: "ping",
+      args: { ip: "10.0.9.2/24", peer: "10.0.9.1", count: 10, carrier: 30 },
+      logFile: path.join(d.dir, "guest.log"),
+      timeoutMs: 150_000,
+    });
+    const ping = run.results.find((r) => r.test === "ping");
+    t.log({ ping });
+    t.truthy(ping, "the ping test ran");
+    t.true(ping!.received >= ping!.sent - 1, `the host answered through the TAP (${ping!.received}/${ping!.sent})`);
+    const fdb = execFileSync("ip", ["neigh", "show", "dev", tap], { encoding: "utf8" });
+    t.regex(fdb.toLowerCase(), new RegExp(GUEST_MAC), "the host learned the guest's MAC over the uplink");
+  } finally {
+    await d.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -7,6 +7,7 @@
 #include <linux/if_tun.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -99,6 +100,23 @@ int openTap(const std::string& name, std::string* err) {
     *err = std::string("TUNSETIFF ") + name + ": " + strerror(errno);
     close(fd);
     return -1;
+  }
+  // The daemon owns its uplink: bring the link up, as a switch would its port.
+  int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (sock >= 0) {
+    struct ifreq up;
+    memset(&up, 0, sizeof up);
+    strncpy(up.ifr_name, ifr.ifr_name, IFNAMSIZ - 1);
+    bool ok = ioctl(sock, SIOCGIFFLAGS, &up) == 0;
+    up.ifr_flags |= IFF_UP;
+    ok = ok && ioctl(sock, SIOCSIFFLAGS, &up) == 0;
+    int e = errno;
+    close(sock);
+    if (!ok) {
+      *err = std::string("bringing ") + name + " up: " + strerror(e);
+      close(fd);
+      return -1;
+    }
   }
   return fd;
 }

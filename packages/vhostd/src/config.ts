@@ -19,6 +19,8 @@ export interface PfConfig {
   maxQueuePairs: number;
   /** First three MAC bytes of derived VF MACs; must be locally administered unicast. */
   macPrefix: string;
+  /** net only: a TAP device the PF's switch uses as its uplink to the host. */
+  uplink?: { tap: string };
 }
 
 export interface VhostdConfig {
@@ -54,7 +56,20 @@ export class ConfigError extends Error {
   }
 }
 
-const PF_KEYS = ["dev", "type", "firstVfOffset", "vfStride", "numVfs", "mtu", "queuePairs", "maxQueuePairs", "macPrefix"] as const;
+const PF_KEYS = ["dev", "type", "firstVfOffset", "vfStride", "numVfs", "mtu", "queuePairs", "maxQueuePairs", "macPrefix", "uplink"] as const;
+
+/** Linux interface names: at most 15 bytes, no slash or whitespace. */
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+
+function parseUplink(v: unknown, path: string, type: VfKind): { tap: string } | undefined {
+  if (v === undefined) return undefined;
+  if (type !== "net") throw new ConfigError(`${path}: only net PFs have an uplink`);
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new ConfigError(`${path}: must be an object like {"tap": "vhostd0"}`);
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (k !== "tap") throw new ConfigError(`${path}: unknown key "${k}"`);
+  if (typeof o.tap !== "string" || !IFNAME.test(o.tap)) throw new ConfigError(`${path}.tap: must be an interface name of 1-15 characters [A-Za-z0-9_.-]`);
+  return { tap: o.tap };
+}
 
 function int(v: unknown, path: string, min: number, max: number): number {
   if (typeof v !== "number" || !Number.isInteger(v)) throw new ConfigError(`${path}: must be an integer`);
@@ -97,7 +112,8 @@ export function parseConfig(raw: unknown, where = "config"): VhostdConfig {
       if (!(b0 & 2)) throw new ConfigError(`${path}.macPrefix: must be locally administered (first byte has bit 0x02)`);
       macPrefix = o.macPrefix.toLowerCase();
     }
-    return { dev, type: o.type, firstVfOffset, vfStride, numVfs, mtu, queuePairs, maxQueuePairs, macPrefix };
+    const uplink = parseUplink(o.uplink, `${path}.uplink`, o.type);
+    return { dev, type: o.type, firstVfOffset, vfStride, numVfs, mtu, queuePairs, maxQueuePairs, macPrefix, ...(uplink ? { uplink } : {}) };
   });
   return { pfs };
 }

@@ -109,7 +109,7 @@ export class Registry extends EventEmitter {
       }
       const switchId = this.lowestFree(new Set([...this.pfs.values()].map((p) => p.switchId)));
       try {
-        this.host.addPf(pf, switchId, info.type);
+        this.host.addPf(pf, switchId, info.type, info.uplink?.tap);
       } catch (e) {
         throw this.hostError(e, VfeErr.DEVICE_PROBE_FAIL);
       }

@@ -61,8 +61,8 @@ export interface VfHost {
   /** Tear the VF's session down and release its datapath. */
   close(dev: string): Promise<void>;
   runtime(dev: string): VfRuntime | undefined;
-  /** PF lifecycle for net PFs (the L2 switch); no-ops for blk. */
-  addPf(pf: string, switchId: number, kind: VfKind): void;
+  /** PF lifecycle for net PFs (the L2 switch, and its TAP uplink if named); no-ops for blk. */
+  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void;
   removePf(pf: string, switchId: number, kind: VfKind): void;
   /** Stop everything (daemon shutdown). */
   shutdown(): Promise<void>;

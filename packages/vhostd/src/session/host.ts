@@ -112,6 +112,8 @@ export class EngineVfHost implements VfHost {
   readonly engine: NativeEngine;
   private readonly vfs = new Map<string, VfSession>();
   private readonly byDevId = new Map<number, VfSession>();
+  /** TAP uplink fd per switch, owned here. */
+  private readonly taps = new Map<number, number>();
   private readonly log: Logger;
 
   constructor(opts: VfHostOptions) {
@@ -120,13 +122,32 @@ export class EngineVfHost implements VfHost {
     this.engine = new native.Engine({ workers }, (ev) => this.onEngineEvent(ev));
   }
 
-  addPf(pf: string, switchId: number, kind: VfKind): void {
-    if (kind === "net") this.engine.addSwitch(switchId);
-    this.log.info({ pf, switchId, kind }, "PF datapath ready");
+  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void {
+    if (kind !== "net") return;
+    this.engine.addSwitch(switchId);
+    if (uplinkTap) {
+      let fd: number;
+      try {
+        fd = native.openTap(uplinkTap);
+        this.engine.setSwitchUplink(switchId, fd);
+      } catch (err) {
+        this.engine.removeSwitch(switchId);
+        throw new HostError(`uplink ${uplinkTap}: ${(err as Error).message}`, -19 /* ENODEV */);
+      }
+      this.taps.set(switchId, fd);
+    }
+    this.log.info({ pf, switchId, kind, uplink: uplinkTap }, "PF datapath ready");
   }
 
   removePf(pf: string, switchId: number, kind: VfKind): void {
-    if (kind === "net") this.engine.removeSwitch(switchId);
+    if (kind !== "net") return;
+    const tap = this.taps.get(switchId);
+    if (tap !== undefined) {
+      this.engine.setSwitchUplink(switchId, -1);
+      native.closeFd(tap); // the engine keeps no copy after detaching; the TAP device goes away
+      this.taps.delete(switchId);
+    }
+    this.engine.removeSwitch(switchId);
   }
 
   open(spec: VfSpec): void {
