@@ -105,15 +105,16 @@ test.serial("without MRG_RXBUF (10-byte legacy header off, one buffer per frame)
   }
 });
 
-test.serial("4 queue pairs: each pair carries its own stream intact", async (t) => {
-  const l = await link({ queuePairs: 4 });
+test.serial("8 queue pairs: each pair carries its own stream intact", async (t) => {
+  const PAIRS = 8;
+  const l = await link({ queuePairs: PAIRS });
   try {
-    const count = 5_000;
-    for (let p = 0; p < 4; p++) {
+    const count = 3_000;
+    for (let p = 0; p < PAIRS; p++) {
       l.b.device.startRx(p);
       l.a.device.startTx(p, { dstMac: l.b.mac, srcMac: l.a.mac, frameSize: 256, count, ratePps: 10_000, streamId: 10 + p });
     }
-    for (let p = 0; p < 4; p++) {
+    for (let p = 0; p < PAIRS; p++) {
       const drops = await settle(l.d, l.b, VF_B, p, count);
       const s = l.b.device.stats(p);
       t.is(s.rxPackets + drops, count, `pair ${p} received its stream`);
