@@ -3,3 +3,4 @@ export * from "./vhost_user.js";
 export * from "./virtio.js";
 export * from "./rpc.js";
 export * from "./errors.js";
+export * from "./ha_sync.js";
