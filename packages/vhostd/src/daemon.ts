@@ -1,5 +1,14 @@
-// vfe-vhostd: wires paths, logging, inventory, the VfHost, the registry and the RPC
-// server together, and takes them down cleanly.
+// vfe-vhostd: wires paths, logging, inventory, the journal, the VfHost, the registry and the
+// RPC server together, and takes them down cleanly.
+//
+// Start order (restore configuration before serving a socket):
+//   1. refuse early if another vfe-vhostd serves this run dir (before touching the journal:
+//      a second daemon must neither bump the epoch nor open anybody's VF sockets);
+//   2. open the journal and read + validate every record (a newer format refuses to start,
+//      leaving the journal untouched; a corrupt record is logged by key and skipped);
+//   3. bump the epoch durably (the keeper rejects a stale one);
+//   4. restore every PF, then every VF, through the registry and the VfHost;
+//   5. only then serve RPC.
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
@@ -15,8 +24,9 @@ import { loadConfig } from "./config.js";
 import { Inventory } from "./inventory.js";
 import { createLogger } from "./log.js";
 import { resolvePaths, VF_SOCKET_PREFIX, type Paths } from "./paths.js";
+import { Journal } from "./journal.js";
 import { Registry, type PfEntry } from "./registry.js";
-import { RpcServer, type Handler } from "./rpc_server.js";
+import { RpcServer, prepareSocketPath, type Handler } from "./rpc_server.js";
 import { createVfHost } from "./session/host.js";
 import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
 import type { LevelWithSilent } from "pino";
@@ -193,6 +203,7 @@ export class Daemon {
     readonly log: Logger,
     readonly registry: Registry,
     readonly rpc: RpcServer,
+    readonly journal: Journal,
   ) {}
 
   static async start(opts: DaemonOptions = {}): Promise<Daemon> {
@@ -203,22 +214,51 @@ export class Daemon {
 
     const config = loadConfig(opts.configFile);
     const inventory = new Inventory(config);
-    const host = (opts.hostFactory ?? createVfHost)({ log: log.child({ component: "host" }), runDir: paths.runDir });
+    await prepareSocketPath(paths.rpcSocket);
     const defaultMode: SocketMode = opts.server ? "server" : "client";
-    const registry = new Registry({
-      inventory,
-      host,
-      log: log.child({ component: "registry" }),
-      defaultMode,
-      iface: opts.iface ?? `${paths.runDir}/${VF_SOCKET_PREFIX}`,
-      reservedPaths: [paths.rpcSocket, paths.pidFile, paths.haPidFile],
-    });
+
+    const journal = Journal.open(paths.journalDir);
+    let host: VfHost | undefined;
+    let registry: Registry;
+    let rpc: RpcServer;
     const version = daemonVersion();
-    const rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, opts.haInfo), log: log.child({ component: "rpc" }) });
     try {
+      const t0 = performance.now();
+      const contents = journal.read();
+      for (const { key, error } of contents.errors) log.error({ event: "journal_record_unusable", key, err: error }, `journal record ${key} ignored: ${error}`);
+      const epoch = await journal.bumpEpoch();
+      host = (opts.hostFactory ?? createVfHost)({ log: log.child({ component: "host" }), runDir: paths.runDir });
+      registry = new Registry({
+        inventory,
+        host,
+        log: log.child({ component: "registry" }),
+        defaultMode,
+        iface: opts.iface ?? `${paths.runDir}/${VF_SOCKET_PREFIX}`,
+        reservedPaths: [paths.rpcSocket, paths.pidFile, paths.haPidFile],
+        journal,
+      });
+      const r = await registry.restore(contents);
+      log.info(
+        {
+          event: "restore_done",
+          epoch,
+          journal: paths.journalDir,
+          pfs: r.pfs.restored.length,
+          pfsFailed: r.pfs.failed.length,
+          vfs: r.vfs.restored.length,
+          vfsFailed: r.vfs.failed.length,
+          vfsSkipped: r.vfs.skipped.length,
+          unusableRecords: contents.errors.length,
+          ms: Math.round((performance.now() - t0) * 100) / 100,
+        },
+        `restored ${r.pfs.restored.length} PF(s) and ${r.vfs.restored.length} VF(s) from the journal` +
+          ` (${r.pfs.failed.length} PF(s) and ${r.vfs.failed.length + r.vfs.skipped.length} VF(s) failed, ${contents.errors.length} unusable record(s)) in ${Math.round(performance.now() - t0)} ms, epoch ${epoch}`,
+      );
+      rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, opts.haInfo), log: log.child({ component: "rpc" }) });
       await rpc.listen();
     } catch (e) {
-      await host.shutdown().catch(() => undefined);
+      await host?.shutdown().catch(() => undefined);
+      await journal.close().catch(() => undefined);
       throw e;
     }
     writeFileSync(paths.pidFile, `${process.pid}\n`, { mode: 0o644 });
@@ -234,7 +274,7 @@ export class Daemon {
       },
       "vfe-vhostd started",
     );
-    return new Daemon(paths, log, registry, rpc);
+    return new Daemon(paths, log, registry, rpc, journal);
   }
 
   /** Stops serving RPC, closes every session, removes the socket and the pid file. */
@@ -247,6 +287,8 @@ export class Daemon {
       } catch (e) {
         this.log.error({ err: (e as Error).message }, "shutdown of sessions failed");
       }
+      // Shutdown is not removal: the journal keeps every device for the next start.
+      await this.journal.close().catch((e: Error) => this.log.error({ err: e.message }, "closing the journal failed"));
       try {
         if (existsSync(this.paths.pidFile) && readFileSync(this.paths.pidFile, "utf8").trim() === String(process.pid)) unlinkSync(this.paths.pidFile);
       } catch {

@@ -13,6 +13,8 @@ export const PID_FILE_NAME = "vfe-vhostd.pid";
 export const HA_PID_FILE_NAME = "vfe-vhostd-ha.pid";
 /** Default prefix of VF sockets inside the run dir: <run-dir>/vf-<DEVICE>. */
 export const VF_SOCKET_PREFIX = "vf-";
+/** The journal inside the state dir: <state-dir>/journal (LMDB: data.mdb, lock.mdb). */
+export const JOURNAL_DIR_NAME = "journal";
 
 export interface Paths {
   runDir: string;
@@ -24,6 +26,8 @@ export interface Paths {
   haPidFile: string;
   /** <state-dir>/logs */
   logDir: string;
+  /** <state-dir>/journal: the LMDB journal (a directory), see journal.ts. */
+  journalDir: string;
 }
 
 /** Flag, else environment, else default. */
@@ -37,5 +41,6 @@ export function resolvePaths(opts: { runDir?: string; stateDir?: string }, env: 
     pidFile: join(runDir, PID_FILE_NAME),
     haPidFile: join(runDir, HA_PID_FILE_NAME),
     logDir: join(stateDir, "logs"),
+    journalDir: join(stateDir, JOURNAL_DIR_NAME),
   };
 }

@@ -1,6 +1,24 @@
 // The PF/VF registry: applies vfe-vhostd's rules, allocates devId/switchId/MAC, keeps the
 // books, and asks a VfHost to execute (open/close sessions). Every refusal is a VfeError
 // carrying the vfe errno; every change is one log line and one "change" event.
+//
+// Journal before acknowledging. With a journal, every change is durable in it before the
+// promise resolves (and so before the RPC reply is sent). Changes are serialized, and the
+// order inside each one is chosen so that a kill -9 between any two steps leaves a journal
+// that describes a consistent state (no VF without its PF; an add either fully there or not):
+//
+//   mgmtpf -a: validate -> host.addPf -> journal pf/ -> books -> reply
+//              (journal fails: host.removePf, answer EIO; killed before the commit: the PF
+//              was never acknowledged and does not come back)
+//   vf -a:     validate -> host.open (session up) -> journal vf/ -> books -> reply
+//              (journal fails: host.close, answer EIO). Opening first means a VF that cannot
+//              be served is never journaled, so restore does not retry a known-bad config;
+//              journaling before the books means `vf -l` never shows an unjournaled VF.
+//   vf -r:     journal removal -> host.close -> books -> reply. Once the removal is
+//              durable the VF never comes back, even if closing fails or we die before
+//              replying (a retried `vf -r` then answers -1003, not found).
+//   mgmtpf -r: check no VFs -> journal removal -> host.removePf -> books -> reply.
+// The journal also enforces "no VF without PF" inside its own write transactions.
 import { EventEmitter } from "node:events";
 import type { Logger } from "pino";
 import {
@@ -17,6 +35,7 @@ import {
   socketPathProblem,
 } from "@vhostd/proto";
 import type { Inventory, PfInfo } from "./inventory.js";
+import { JournalConflictError, type JournalContents, type PfRecord, type VfRecord } from "./journal.js";
 import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
 
 /** Most VFs alive at once (vfe: MAX_VDPA_SAMPLE_PORTS). */
@@ -32,6 +51,29 @@ export interface RegistryOptions {
   iface: string;
   /** Paths no VF may use (the RPC socket, ...). */
   reservedPaths?: string[];
+  /** Where changes are made durable before they are acknowledged (none: in memory only). */
+  journal?: RegistryJournal;
+}
+
+/** The part of the Journal the registry writes (tests substitute failing ones). */
+export interface RegistryJournal {
+  putPf(rec: PfRecord): Promise<void>;
+  removePf(dev: string): Promise<void>;
+  putVf(rec: VfRecord): Promise<void>;
+  removeVf(dev: string): Promise<void>;
+}
+
+/** What restore() did: one entry per journal record it looked at. */
+export interface RestoreReport {
+  pfs: { restored: string[]; failed: Array<{ pf: string; reason: string }> };
+  vfs: {
+    /** Session open again. */
+    restored: string[];
+    /** Registered (shown by `vf -l` with state "failed"), but the session could not open. */
+    failed: Array<{ vf: string; reason: string }>;
+    /** Not registered at all (PF missing, conflicts with another record); kept in the journal. */
+    skipped: Array<{ vf: string; reason: string }>;
+  };
 }
 
 export interface PfEntry {
@@ -60,6 +102,26 @@ export type RegistryEvent =
 
 const einval = (detail: string) => new VfeError(LinuxErrno.EINVAL, detail);
 
+/** A failed journal write as the RPC answers it: EIO, with the journal's reason. */
+function journalFailure(e: unknown): VfeError {
+  if (e instanceof VfeError) return e;
+  return new VfeError(LinuxErrno.EIO, `journal: ${(e as Error)?.message ?? String(e)}`);
+}
+
+function vfRecord(s: VfSpec): VfRecord {
+  return {
+    dev: s.dev,
+    pf: s.pf,
+    socketPath: s.socketPath,
+    mode: s.mode,
+    ...(s.uuid ? { uuid: s.uuid } : {}),
+    mac: s.mac,
+    mtu: s.mtu,
+    queuePairs: s.queuePairs,
+    devId: s.devId,
+  };
+}
+
 function canonical(dev: unknown, what: string): string {
   if (typeof dev !== "string" || dev.length === 0) throw new VfeError(what === "PF" ? VfeErr.NO_PF_NAME : VfeErr.NO_VF_NAME);
   const n = normalizePciAddr(dev);
@@ -77,6 +139,12 @@ export class Registry extends EventEmitter {
   private readonly reserved: Set<string>;
   private lock: Promise<unknown> = Promise.resolve();
   private closing = false;
+  private readonly journal: RegistryJournal | undefined;
+  /** VFs restored from the journal whose session could not be opened: dev -> why. */
+  private readonly failed = new Map<string, string>();
+  /** Journal records restore() could not register (dev -> why); `vf -r`/`mgmtpf -r` clear them. */
+  private readonly unrestoredVfs = new Map<string, string>();
+  private readonly unrestoredPfs = new Map<string, string>();
 
   constructor(private readonly opts: RegistryOptions) {
     super();
@@ -84,6 +152,7 @@ export class Registry extends EventEmitter {
     this.host = opts.host;
     this.log = opts.log;
     this.reserved = new Set(opts.reservedPaths ?? []);
+    this.journal = opts.journal;
   }
 
   /** Runs `fn` after every earlier change finished (changes never interleave). */
@@ -99,7 +168,7 @@ export class Registry extends EventEmitter {
   /* ---------------------------------- PFs ----------------------------------------- */
 
   addPf(dev: string): Promise<PfEntry> {
-    return this.serial(() => {
+    return this.serial(async () => {
       const pf = canonical(dev, "PF");
       if (this.pfs.has(pf)) throw new VfeError(VfeErr.ADD_PF_ALREADY_ADD, `${pf} is already added`);
       const info = this.inv.pf(pf);
@@ -113,6 +182,18 @@ export class Registry extends EventEmitter {
       } catch (e) {
         throw this.hostError(e, VfeErr.DEVICE_PROBE_FAIL);
       }
+      try {
+        await this.journal?.putPf({ dev: pf, type: info.type, switchId });
+      } catch (e) {
+        this.log.error({ pf, err: (e as Error).message }, `PF ${pf} not added: journal write failed`);
+        try {
+          this.host.removePf(pf, switchId, info.type);
+        } catch {
+          /* best effort: the PF was never acknowledged */
+        }
+        throw journalFailure(e);
+      }
+      this.unrestoredPfs.delete(pf);
       const entry: PfEntry = { info, switchId, vfs: new Set() };
       this.pfs.set(pf, entry);
       this.log.info({ event: "pf_added", pf, type: info.type, switchId }, `PF ${pf} added`);
@@ -122,13 +203,17 @@ export class Registry extends EventEmitter {
   }
 
   removePf(dev: string): Promise<void> {
-    return this.serial(() => {
+    return this.serial(async () => {
       const pf = canonical(dev, "PF");
       const entry = this.pfs.get(pf);
-      if (!entry) throw new VfeError(VfeErr.NO_PF_DEVICE, `${pf} is not added`);
+      if (!entry) {
+        if (this.unrestoredPfs.has(pf)) return this.forgetUnrestoredPf(pf);
+        throw new VfeError(VfeErr.NO_PF_DEVICE, `${pf} is not added`);
+      }
       if (entry.vfs.size > 0) {
         throw new VfeError(VfeErr.REMOVE_PF_WITH_VF, `${pf} has ${entry.vfs.size} VF(s): ${[...entry.vfs].slice(0, 8).join(", ")}`);
       }
+      await this.journalRemovePf(pf);
       try {
         this.host.removePf(pf, entry.switchId, entry.info.type);
       } catch (e) {
@@ -152,7 +237,7 @@ export class Registry extends EventEmitter {
   /* ---------------------------------- VFs ----------------------------------------- */
 
   addVf(req: AddVfRequest): Promise<VfSpec> {
-    return this.serial(() => {
+    return this.serial(async () => {
       const dev = canonical(req.vfdev, "VF");
       const where = this.inv.vf(dev);
       if (!where) {
@@ -229,6 +314,14 @@ export class Registry extends EventEmitter {
         this.log.warn({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} could not be opened`);
         throw this.hostError(e, VhostdErr.SESSION_START);
       }
+      try {
+        await this.journal?.putVf(vfRecord(spec));
+      } catch (e) {
+        this.log.error({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} not added: journal write failed; closing its session`);
+        await this.host.close(dev).catch(() => undefined);
+        throw journalFailure(e);
+      }
+      this.unrestoredVfs.delete(dev);
       this.vfs.set(dev, spec);
       this.sockets.set(socketPath, dev);
       pf.vfs.add(dev);
@@ -245,7 +338,17 @@ export class Registry extends EventEmitter {
     return this.serial(async () => {
       const dev = canonical(vfdev, "VF");
       const spec = this.vfs.get(dev);
-      if (!spec) throw new VfeError(VfeErr.NO_VF_DEVICE, `${dev} is not added`);
+      if (!spec) {
+        if (this.unrestoredVfs.has(dev)) return this.forgetUnrestoredVf(dev);
+        throw new VfeError(VfeErr.NO_VF_DEVICE, `${dev} is not added`);
+      }
+      try {
+        await this.journal?.removeVf(dev);
+      } catch (e) {
+        this.log.error({ vf: dev, err: (e as Error).message }, `VF ${dev} not removed: journal write failed`);
+        throw journalFailure(e);
+      }
+      this.failed.delete(dev);
       try {
         await this.host.close(dev);
       } catch (e) {
@@ -280,6 +383,8 @@ export class Registry extends EventEmitter {
   }
 
   runtime(dev: string): VfRuntime | undefined {
+    const why = this.failed.get(dev);
+    if (why !== undefined) return { state: "failed", connected: false, features: "0x0", protocolFeatures: "0x0", reconnects: 0, queues: [], lastError: why };
     try {
       return this.host.runtime(dev);
     } catch {
@@ -287,8 +392,143 @@ export class Registry extends EventEmitter {
     }
   }
 
+  /** Journal records restore() could not register, by device (VFs and PFs). */
+  unrestored(): { pfs: Map<string, string>; vfs: Map<string, string> } {
+    return { pfs: new Map(this.unrestoredPfs), vfs: new Map(this.unrestoredVfs) };
+  }
+
   allVfs(): VfSpec[] {
     return [...this.vfs.values()];
+  }
+
+  /* -------------------------------- restore --------------------------------------- */
+
+  /**
+   * Re-creates the journal's PFs, then its VFs, exactly as they were (same switchId, devId,
+   * MAC, socket, mode), before the daemon serves RPC. Writes nothing to the journal: a record
+   * that cannot be restored stays in it, because it is configuration, not runtime state.
+   *  - a VF whose session cannot open (e.g. its socket directory vanished) is registered
+   *    anyway: `vf -l`/`vf -i` show it with state "failed" and last_error, it keeps its devId,
+   *    socket and MAC, its PF cannot be removed under it, and `vf -r` removes it as usual;
+   *  - a record that cannot be registered (its PF missing or not restorable, the inventory no
+   *    longer has it, it collides with another record) is skipped and logged; `vf -r` /
+   *    `mgmtpf -r` of that device delete the record, `journal dump` shows it.
+   * No "change" events: nothing changed, the configuration merely came back.
+   */
+  restore(contents: Pick<JournalContents, "pfs" | "vfs">): Promise<RestoreReport> {
+    return this.serial(() => {
+      if (this.pfs.size > 0 || this.vfs.size > 0) throw new Error("restore needs an empty registry");
+      const report: RestoreReport = { pfs: { restored: [], failed: [] }, vfs: { restored: [], failed: [], skipped: [] } };
+      for (const rec of contents.pfs) {
+        const why = this.restorePf(rec);
+        if (why === undefined) report.pfs.restored.push(rec.dev);
+        else {
+          this.unrestoredPfs.set(rec.dev, why);
+          report.pfs.failed.push({ pf: rec.dev, reason: why });
+          this.log.error({ event: "pf_restore_failed", pf: rec.dev, switchId: rec.switchId, reason: why }, `PF ${rec.dev} not restored: ${why}`);
+        }
+      }
+      for (const rec of contents.vfs) {
+        const r = this.restoreVf(rec);
+        if (r.skipped !== undefined) {
+          this.unrestoredVfs.set(rec.dev, r.skipped);
+          report.vfs.skipped.push({ vf: rec.dev, reason: r.skipped });
+          this.log.error({ event: "vf_restore_skipped", vf: rec.dev, pf: rec.pf, socket: rec.socketPath, devId: rec.devId, reason: r.skipped }, `VF ${rec.dev} not restored: ${r.skipped}`);
+        } else if (r.failed !== undefined) {
+          report.vfs.failed.push({ vf: rec.dev, reason: r.failed });
+        } else report.vfs.restored.push(rec.dev);
+      }
+      return report;
+    });
+  }
+
+  /** Undefined when restored, else why not. */
+  private restorePf(rec: PfRecord): string | undefined {
+    const info = this.inv.pf(rec.dev);
+    if (!info) return "not a PF in the inventory (was the config changed?)";
+    if (info.type !== rec.type) return `journaled as ${rec.type}, the inventory says ${info.type}`;
+    for (const [other, e] of this.pfs) if (e.switchId === rec.switchId) return `switch id ${rec.switchId} is already used by PF ${other}`;
+    try {
+      this.host.addPf(rec.dev, rec.switchId, rec.type, info.uplink?.tap);
+    } catch (e) {
+      return `host: ${(e as Error).message}`;
+    }
+    this.pfs.set(rec.dev, { info, switchId: rec.switchId, vfs: new Set() });
+    this.log.info({ event: "pf_restored", pf: rec.dev, type: rec.type, switchId: rec.switchId }, `PF ${rec.dev} restored`);
+    return undefined;
+  }
+
+  private restoreVf(rec: VfRecord): { skipped?: string; failed?: string } {
+    const pf = this.pfs.get(rec.pf);
+    if (!pf) return { skipped: this.unrestoredPfs.has(rec.pf) ? `its PF ${rec.pf} was not restored` : `its PF ${rec.pf} is not in the journal` };
+    const where = this.inv.vf(rec.dev);
+    if (!where || where.pf.dev !== rec.pf) return { skipped: `not a VF of PF ${rec.pf} in the inventory (was the config changed?)` };
+    const info = pf.info;
+    if (rec.devId >= MAX_LIVE_VFS) return { skipped: `devId ${rec.devId} is not below ${MAX_LIVE_VFS}` };
+    for (const v of this.vfs.values()) {
+      if (v.devId === rec.devId) return { skipped: `devId ${rec.devId} is already used by VF ${v.dev}` };
+      if (info.type === "net" && v.kind === "net" && v.mac === rec.mac) return { skipped: `MAC ${rec.mac} is already used by VF ${v.dev}` };
+    }
+    const owner = this.sockets.get(rec.socketPath);
+    if (owner) return { skipped: `socket ${rec.socketPath} is already used by VF ${owner}` };
+    if (this.reserved.has(rec.socketPath)) return { skipped: `socket ${rec.socketPath} is reserved by vfe-vhostd` };
+    if (rec.queuePairs > info.maxQueuePairs) return { skipped: `queue_pairs ${rec.queuePairs} exceeds PF ${info.dev}'s limit ${info.maxQueuePairs}` };
+    const spec: VfSpec = {
+      dev: rec.dev,
+      pf: rec.pf,
+      kind: info.type,
+      devId: rec.devId,
+      switchId: pf.switchId,
+      socketPath: rec.socketPath,
+      mode: rec.mode,
+      ...(rec.uuid ? { uuid: rec.uuid } : {}),
+      mac: rec.mac,
+      mtu: rec.mtu,
+      queuePairs: rec.queuePairs,
+    };
+    let failed: string | undefined;
+    try {
+      this.host.open(spec);
+    } catch (e) {
+      failed = `restore: ${(e as Error).message}`;
+      this.failed.set(rec.dev, failed);
+    }
+    this.vfs.set(rec.dev, spec);
+    this.sockets.set(rec.socketPath, rec.dev);
+    pf.vfs.add(rec.dev);
+    const fields = { vf: rec.dev, pf: rec.pf, socket: rec.socketPath, mode: rec.mode, devId: rec.devId, switchId: pf.switchId, mac: rec.mac };
+    if (failed) this.log.warn({ event: "vf_restore_failed", ...fields, reason: failed }, `VF ${rec.dev} restored in state failed: ${failed}`);
+    else this.log.info({ event: "vf_restored", ...fields }, `VF ${rec.dev} restored on ${rec.socketPath} (${rec.mode})`);
+    return failed ? { failed } : {};
+  }
+
+  /** `mgmtpf -r` of a PF whose journal record could not be restored: delete the record. */
+  private async forgetUnrestoredPf(pf: string): Promise<void> {
+    await this.journalRemovePf(pf);
+    this.unrestoredPfs.delete(pf);
+    this.log.info({ event: "pf_removed", pf, unrestored: true }, `PF ${pf} removed from the journal (it was not restored)`);
+  }
+
+  /** `vf -r` of a VF whose journal record could not be restored: delete the record. */
+  private async forgetUnrestoredVf(dev: string): Promise<void> {
+    try {
+      await this.journal?.removeVf(dev);
+    } catch (e) {
+      throw journalFailure(e);
+    }
+    this.unrestoredVfs.delete(dev);
+    this.log.info({ event: "vf_removed", vf: dev, unrestored: true }, `VF ${dev} removed from the journal (it was not restored)`);
+  }
+
+  private async journalRemovePf(pf: string): Promise<void> {
+    try {
+      await this.journal?.removePf(pf);
+    } catch (e) {
+      // A VF record the registry does not hold (one restore skipped) still names the PF.
+      if (e instanceof JournalConflictError) throw new VfeError(VfeErr.REMOVE_PF_WITH_VF, `${e.detail}; remove it with vf -r`);
+      this.log.error({ pf, err: (e as Error).message }, `PF ${pf} not removed: journal write failed`);
+      throw journalFailure(e);
+    }
   }
 
   /** Closes every session (daemon shutdown); further changes are refused. */

@@ -1,0 +1,395 @@
+// The LMDB journal of vfe-vhostd: the source of truth for configuration (which PFs and VFs
+// exist and with which parameters), so that after both daemons die, or the host reboots,
+// every device comes back by itself with the same devId, switchId, MAC, socket and mode.
+//
+// Layout: one LMDB environment at <state-dir>/journal (a directory: data.mdb + lock.mdb),
+// string keys, values are msgpack (`new Packr({ useRecords: false })`, standard msgpack)
+// stored as binary Buffers, so the project keeps one msgpack codec (lmdb bundles its own):
+//
+//   meta/format   journal format version (number); written once, when the journal is created
+//   meta/epoch    u32, bumped and made durable at every daemon start (the keeper rejects stale ones)
+//   pf/<DEV>      PfRecord: what re-adding the PF needs
+//   vf/<DEV>      VfRecord: what re-adding the VF needs (its kind is its PF's type)
+//
+// Durability: every write awaits its LMDB commit *and* `flushed` (lmdb-js on Linux commits
+// with overlappingSync: the commit promise means "visible and safe against kill -9", the
+// flush means "safe against power loss" too). Callers acknowledge only after that.
+//
+// Invariant kept by the write transactions themselves (not only by the registry): a vf/ record
+// exists only while its PF's pf/ record exists. putVf refuses without the PF record and
+// removePf refuses while a VF record names the PF, both inside the same write transaction,
+// so no interleaving and no crash can leave a VF without its PF.
+//
+// Everything read is validated: a record that does not decode, has the wrong shape, or whose
+// key and content disagree is a JournalError naming the key. A record or journal written by
+// a newer format is a JournalFormatError: the daemon refuses to start rather than drop
+// fields it does not understand.
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { open, type Database, type RootDatabase } from "lmdb";
+import { Packr } from "msgpackr";
+import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, isUuid, normalizeMac, normalizePciAddr, socketPathProblem } from "@vhostd/proto";
+import type { SocketMode, VfKind } from "./vf_host.js";
+
+/** Format of the records this code writes and understands. */
+export const JOURNAL_FORMAT = 1;
+export const KEY_FORMAT = "meta/format";
+export const KEY_EPOCH = "meta/epoch";
+export const PF_PREFIX = "pf/";
+export const VF_PREFIX = "vf/";
+/** Largest value we decode; a record is ~200 bytes, anything far bigger is not ours. */
+export const MAX_RECORD_BYTES = 16 * 1024;
+export const EPOCH_MAX = 0xffff_ffff;
+
+export interface PfRecord {
+  dev: string;
+  type: VfKind;
+  switchId: number;
+}
+
+export interface VfRecord {
+  dev: string;
+  pf: string;
+  socketPath: string;
+  mode: SocketMode;
+  uuid?: string;
+  mac: string;
+  mtu: number;
+  queuePairs: number;
+  devId: number;
+}
+
+/** A record (or the journal) is unreadable or inconsistent; names the key. */
+export class JournalError extends Error {
+  constructor(
+    readonly key: string,
+    readonly detail: string,
+  ) {
+    super(key ? `journal record ${key}: ${detail}` : `journal: ${detail}`);
+    this.name = "JournalError";
+  }
+}
+
+/** Written by a newer (or unknown) format: refuse to use the journal at all. */
+export class JournalFormatError extends JournalError {
+  constructor(key: string, detail: string) {
+    super(key, detail);
+    this.name = "JournalFormatError";
+  }
+}
+
+/** A write would break the PF/VF invariant (VF without PF). */
+export class JournalConflictError extends JournalError {
+  constructor(key: string, detail: string) {
+    super(key, detail);
+    this.name = "JournalConflictError";
+  }
+}
+
+/** No journal exists at the path (read-only open never creates one). */
+export class JournalMissingError extends Error {
+  constructor(readonly path: string) {
+    super(`no journal at ${path} (has vfe-vhostd ever run with this state directory?)`);
+    this.name = "JournalMissingError";
+  }
+}
+
+export interface JournalContents {
+  /** The journal's format version (0 for an empty journal that was never initialised). */
+  format: number;
+  epoch: number;
+  /** Valid PF records, by address. */
+  pfs: PfRecord[];
+  /** Valid VF records, by address. */
+  vfs: VfRecord[];
+  /** Records that could not be used, one per key (never fatal). */
+  errors: Array<{ key: string; error: string }>;
+}
+
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+/** Encodes a value for the journal (one value per call: never pass `packr.pack` to map()). */
+export function encodeValue(v: unknown): Buffer {
+  return packr.pack(v);
+}
+
+/* ------------------------------------ validation ------------------------------------- */
+
+type Raw = Record<string, unknown>;
+
+function decode(key: string, buf: unknown): unknown {
+  if (!Buffer.isBuffer(buf) && !(buf instanceof Uint8Array)) throw new JournalError(key, "value is not binary");
+  if (buf.length === 0) throw new JournalError(key, "empty value");
+  if (buf.length > MAX_RECORD_BYTES) throw new JournalError(key, `value is ${buf.length} bytes, more than ${MAX_RECORD_BYTES}`);
+  try {
+    return packr.unpack(Buffer.from(buf.buffer, buf.byteOffset, buf.length));
+  } catch (e) {
+    throw new JournalError(key, `not valid msgpack: ${(e as Error).message}`);
+  }
+}
+
+/** The record's object with its version checked and exactly `fields` (+ optional ones) present. */
+function recordObject(key: string, v: unknown, required: readonly string[], optional: readonly string[]): Raw {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Map) throw new JournalError(key, "not a msgpack map");
+  const o = v as Raw;
+  const ver = o.v;
+  if (typeof ver !== "number" || !Number.isInteger(ver) || ver < 1) throw new JournalError(key, "record version v missing or not a positive integer");
+  if (ver > JOURNAL_FORMAT) throw new JournalFormatError(key, `record format ${ver} is newer than this vfe-vhostd understands (${JOURNAL_FORMAT}); refusing to guess`);
+  const allowed = new Set(["v", ...required, ...optional]);
+  for (const k of Object.keys(o)) if (!allowed.has(k)) throw new JournalError(key, `unknown field "${k.slice(0, 32)}"`);
+  for (const k of required) if (!Object.prototype.hasOwnProperty.call(o, k)) throw new JournalError(key, `field ${k} missing`);
+  return o;
+}
+
+function intField(key: string, o: Raw, name: string, min: number, max: number): number {
+  const v = o[name];
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) throw new JournalError(key, `${name} must be an integer in ${min}..${max}`);
+  return v;
+}
+
+function pciField(key: string, o: Raw, name: string): string {
+  const v = o[name];
+  const n = typeof v === "string" ? normalizePciAddr(v) : undefined;
+  if (!n || n !== v) throw new JournalError(key, `${name} is not a canonical PCI address`);
+  return n;
+}
+
+/** Validates a pf/ record; the key must name the same device. */
+export function parsePfRecord(key: string, value: unknown): PfRecord {
+  const o = recordObject(key, decode(key, value), ["dev", "type", "switchId"], []);
+  const dev = pciField(key, o, "dev");
+  if (key !== PF_PREFIX + dev) throw new JournalError(key, `holds PF ${dev}, not the PF its key names`);
+  if (o.type !== "net" && o.type !== "blk") throw new JournalError(key, 'type must be "net" or "blk"');
+  return { dev, type: o.type, switchId: intField(key, o, "switchId", 0, 0xffff) };
+}
+
+/** Validates a vf/ record; the key must name the same device. */
+export function parseVfRecord(key: string, value: unknown): VfRecord {
+  const o = recordObject(key, decode(key, value), ["dev", "pf", "socketPath", "mode", "mac", "mtu", "queuePairs", "devId"], ["uuid"]);
+  const dev = pciField(key, o, "dev");
+  if (key !== VF_PREFIX + dev) throw new JournalError(key, `holds VF ${dev}, not the VF its key names`);
+  const pf = pciField(key, o, "pf");
+  const sp = o.socketPath;
+  const problem = typeof sp === "string" ? socketPathProblem(sp) : "not a string";
+  if (problem) throw new JournalError(key, `socketPath: ${problem}`);
+  if (o.mode !== "client" && o.mode !== "server") throw new JournalError(key, 'mode must be "client" or "server"');
+  const mac = typeof o.mac === "string" ? normalizeMac(o.mac) : undefined;
+  if (!mac || mac !== o.mac) throw new JournalError(key, "mac is not a canonical unicast MAC");
+  let uuid: string | undefined;
+  if (o.uuid !== undefined) {
+    if (typeof o.uuid !== "string" || !isUuid(o.uuid) || o.uuid !== o.uuid.toLowerCase()) throw new JournalError(key, "uuid is not a lowercase UUID");
+    uuid = o.uuid;
+  }
+  return {
+    dev,
+    pf,
+    socketPath: sp as string,
+    mode: o.mode,
+    ...(uuid ? { uuid } : {}),
+    mac,
+    mtu: intField(key, o, "mtu", MTU_MIN, MTU_MAX),
+    queuePairs: intField(key, o, "queuePairs", 1, QUEUE_PAIRS_MAX),
+    devId: intField(key, o, "devId", 0, 0xffff),
+  };
+}
+
+function parseMetaInt(key: string, value: unknown, max: number): number {
+  const v = decode(key, value);
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > max) throw new JournalError(key, `must be an integer in 0..${max}`);
+  return v;
+}
+
+function pfValue(r: PfRecord): Buffer {
+  return encodeValue({ v: JOURNAL_FORMAT, dev: r.dev, type: r.type, switchId: r.switchId });
+}
+
+function vfValue(r: VfRecord): Buffer {
+  return encodeValue({
+    v: JOURNAL_FORMAT,
+    dev: r.dev,
+    pf: r.pf,
+    socketPath: r.socketPath,
+    mode: r.mode,
+    ...(r.uuid ? { uuid: r.uuid } : {}),
+    mac: r.mac,
+    mtu: r.mtu,
+    queuePairs: r.queuePairs,
+    devId: r.devId,
+  });
+}
+
+/* -------------------------------------- journal -------------------------------------- */
+
+export interface JournalOpenOptions {
+  /** Open without writing anything (journal dump, the daemon being down or up). */
+  readOnly?: boolean;
+}
+
+type Db = RootDatabase<Buffer, string>;
+
+export class Journal {
+  private epochValue = 0;
+
+  private constructor(
+    readonly path: string,
+    private readonly db: Db,
+    readonly readOnly: boolean,
+    readonly format: number,
+  ) {}
+
+  /**
+   * Opens (read-write: creates) the journal at `path` and checks its format. A read-only open
+   * never creates anything: a missing journal is a JournalMissingError. Throws
+   * JournalFormatError for a journal of a newer format, JournalError when meta/format is
+   * unreadable.
+   */
+  static open(path: string, opts: JournalOpenOptions = {}): Journal {
+    const readOnly = opts.readOnly ?? false;
+    // lmdb's read-only open would create an empty directory; check first.
+    if (readOnly && !existsSync(join(path, "data.mdb"))) throw new JournalMissingError(path);
+    if (!readOnly && !existsSync(path)) mkdirSync(path, { recursive: true, mode: 0o700 });
+    const db = open<Buffer, string>({ path, encoding: "binary", readOnly, noSubdir: false }) as Db;
+    try {
+      const raw = db.getBinary(KEY_FORMAT);
+      let format = 0;
+      if (raw !== undefined) {
+        format = parseMetaInt(KEY_FORMAT, raw, 0xffff);
+        if (format > JOURNAL_FORMAT) throw new JournalFormatError(KEY_FORMAT, `journal format ${format} is newer than this vfe-vhostd understands (${JOURNAL_FORMAT}); refusing to start`);
+        if (format < 1) throw new JournalError(KEY_FORMAT, `format ${format} is not a valid journal format`);
+      } else if (hasAnyKey(db)) {
+        throw new JournalError(KEY_FORMAT, "missing, but the journal holds records: not a vhostd journal, or damaged");
+      }
+      if (!readOnly && format === 0) {
+        // A new journal: the format key is written synchronously and durably before use.
+        db.putSync(KEY_FORMAT, encodeValue(JOURNAL_FORMAT));
+        format = JOURNAL_FORMAT;
+      }
+      const j = new Journal(path, db, readOnly, format);
+      const e = db.getBinary(KEY_EPOCH);
+      j.epochValue = e === undefined ? 0 : parseMetaInt(KEY_EPOCH, e, EPOCH_MAX);
+      return j;
+    } catch (e) {
+      void db.close();
+      throw e;
+    }
+  }
+
+  /** The epoch as last read or bumped. */
+  get epoch(): number {
+    return this.epochValue;
+  }
+
+  /** Bumps meta/epoch in one transaction and resolves once that is durable. */
+  async bumpEpoch(): Promise<number> {
+    this.writable();
+    const next = await this.commit(() => {
+      const raw = this.db.getBinary(KEY_EPOCH);
+      const cur = raw === undefined ? 0 : parseMetaInt(KEY_EPOCH, raw, EPOCH_MAX);
+      if (cur >= EPOCH_MAX) throw new JournalError(KEY_EPOCH, `epoch ${cur} cannot be bumped any further`);
+      this.db.put(KEY_EPOCH, encodeValue(cur + 1));
+      return cur + 1;
+    });
+    this.epochValue = next;
+    return next;
+  }
+
+  /** Every record, validated. Unusable records are listed in `errors`; a newer format throws. */
+  read(): JournalContents {
+    // A fresh snapshot: another process (the daemon) may have written since our last read.
+    this.db.resetReadTxn();
+    const out: JournalContents = { format: this.format, epoch: 0, pfs: [], vfs: [], errors: [] };
+    const fail = (key: string, e: unknown) => {
+      if (e instanceof JournalFormatError) throw e;
+      out.errors.push({ key, error: e instanceof JournalError ? e.detail : String((e as Error)?.message ?? e) });
+    };
+    for (const { key, value } of this.db.getRange({})) {
+      const k = typeof key === "string" ? key : String(key);
+      try {
+        if (typeof key !== "string") throw new JournalError(k, "key is not a string");
+        if (key === KEY_FORMAT) continue;
+        if (key === KEY_EPOCH) out.epoch = parseMetaInt(key, value, EPOCH_MAX);
+        else if (key.startsWith(PF_PREFIX)) out.pfs.push(parsePfRecord(key, value));
+        else if (key.startsWith(VF_PREFIX)) out.vfs.push(parseVfRecord(key, value));
+        else throw new JournalError(key, "unknown key");
+      } catch (e) {
+        fail(k.slice(0, 128), e);
+      }
+    }
+    this.epochValue = out.epoch;
+    return out;
+  }
+
+  /** True if any value is stored under vf/<dev> (valid or not). */
+  hasVfKey(dev: string): boolean {
+    return this.db.doesExist(VF_PREFIX + dev);
+  }
+
+  hasPfKey(dev: string): boolean {
+    return this.db.doesExist(PF_PREFIX + dev);
+  }
+
+  async putPf(rec: PfRecord): Promise<void> {
+    this.writable();
+    const value = pfValue(rec);
+    await this.commit(() => this.db.put(PF_PREFIX + rec.dev, value));
+  }
+
+  /** Removes pf/<dev>; refuses (JournalConflictError) while a VF record names the PF. */
+  async removePf(dev: string): Promise<void> {
+    this.writable();
+    await this.commit(() => {
+      for (const { key, value } of this.db.getRange({ start: VF_PREFIX, end: "vf0" })) {
+        let pf: string | undefined;
+        try {
+          pf = parseVfRecord(String(key), value).pf;
+        } catch {
+          continue; // an unreadable record names no PF we could check
+        }
+        if (pf === dev) throw new JournalConflictError(String(key), `VF ${String(key).slice(VF_PREFIX.length)} of PF ${dev} is still in the journal`);
+      }
+      this.db.remove(PF_PREFIX + dev);
+    });
+  }
+
+  /** Writes vf/<dev>; refuses (JournalConflictError) unless the PF's record exists. */
+  async putVf(rec: VfRecord): Promise<void> {
+    this.writable();
+    const value = vfValue(rec);
+    await this.commit(() => {
+      if (!this.db.doesExist(PF_PREFIX + rec.pf)) throw new JournalConflictError(VF_PREFIX + rec.dev, `PF ${rec.pf} is not in the journal`);
+      this.db.put(VF_PREFIX + rec.dev, value);
+    });
+  }
+
+  async removeVf(dev: string): Promise<void> {
+    this.writable();
+    await this.commit(() => this.db.remove(VF_PREFIX + dev));
+  }
+
+  /** Writes a raw value (tests: hostile and future-format records). */
+  async putRaw(key: string, value: Buffer): Promise<void> {
+    this.writable();
+    await this.commit(() => this.db.put(key, value));
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+
+  private writable(): void {
+    if (this.readOnly) throw new Error(`journal ${this.path} is open read-only`);
+  }
+
+  /** One write transaction; resolves after it is committed and flushed to disk. */
+  private async commit<T>(fn: () => T): Promise<T> {
+    const r = await this.db.transaction(fn);
+    await this.db.flushed;
+    return r;
+  }
+}
+
+function hasAnyKey(db: Database<Buffer, string>): boolean {
+  for (const _ of db.getKeys({ limit: 1 })) return true;
+  return false;
+}
