@@ -36,7 +36,19 @@ export interface GlobalOptions {
 
 export type Parsed =
   | { kind: "help"; text: string }
-  | { kind: "call"; global: GlobalOptions; method: string; action: string; params: Record<string, unknown> };
+  | { kind: "call"; global: GlobalOptions; method: string; action: string; params: Record<string, unknown> }
+  /** A command run by the CLI itself, without the daemon; `rest` follows the verb. */
+  | { kind: "local"; global: GlobalOptions; verb: string; rest: string[] };
+
+/**
+ * Commands that do not go through the RPC (so they are not in the RPC schema): the CLI runs
+ * them itself. `journal dump` reads the journal read-only, with or without the daemon.
+ */
+export const LOCAL_VERBS: ReadonlyArray<{ name: string; help: string }> = [
+  { name: "journal", help: "show the journal (read-only; no daemon needed)" },
+];
+
+const VERB_NAMES = (): string[] => [...RPC_METHODS.map((m) => m.name), ...LOCAL_VERBS.map((v) => v.name)];
 
 interface OptDef {
   /** Spellings, e.g. ["-v"] or ["-q", "--queues"]. */
@@ -203,14 +215,15 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env):
       continue;
     }
     if (!method) {
+      if (LOCAL_VERBS.some((v) => v.name === tok)) return { kind: "local", global: st.global, verb: tok, rest: argv.slice(i + 1) };
       method = methodSpec(tok);
-      if (!method) throw new UsageError(`invalid choice: "${tok}" (choose from ${RPC_METHODS.map((m) => m.name).join(", ")})`);
+      if (!method) throw new UsageError(`invalid choice: "${tok}" (choose from ${VERB_NAMES().join(", ")})`);
       opts = paramOpts(method);
       continue;
     }
     st.positional.push(tok);
   }
-  if (!method) throw new UsageError("a command is required (version, mgmtpf, vf); use -h for help");
+  if (!method) throw new UsageError(`a command is required (${VERB_NAMES().join(", ")}); use -h for help`);
   if (st.global.runDir === undefined && env.VHOSTD_RUN_DIR) st.global.runDir = env.VHOSTD_RUN_DIR;
   const verb = method.name;
 
@@ -322,13 +335,19 @@ export function verbHelp(m: MethodSpec): string {
 }
 
 export function mainUsage(): string {
-  return `usage: ${PROG} [-h] [--run-dir DIR] [--socket PATH] [-o {json,table}] [--timeout SEC] {${RPC_METHODS.map((m) => m.name).join(",")}} ...`;
+  return `usage: ${PROG} [-h] [--run-dir DIR] [--socket PATH] [-o {json,table}] [--timeout SEC] {${VERB_NAMES().join(",")}} ...`;
 }
 
 export function mainHelp(): string {
   const out = [mainUsage(), "", "vhostd RPC command line interface (NVIDIA vfe-vhost-cli compatible)", ""];
   out.push("positional arguments:");
-  out.push(table([[`{${RPC_METHODS.map((m) => m.name).join(",")}}`, "** Use -h for sub-command usage"], ...RPC_METHODS.map((m): [string, string] => [`  ${m.name}`, m.help])]));
+  out.push(
+    table([
+      [`{${VERB_NAMES().join(",")}}`, "** Use -h for sub-command usage"],
+      ...RPC_METHODS.map((m): [string, string] => [`  ${m.name}`, m.help]),
+      ...LOCAL_VERBS.map((v): [string, string] => [`  ${v.name}`, v.help]),
+    ]),
+  );
   out.push("", "optional arguments:");
   out.push(table([["-h, --help", "show this help message and exit"], ...GLOBAL_OPTS.map((o): [string, string] => [fmtOpt(o), o.help])]));
   out.push(

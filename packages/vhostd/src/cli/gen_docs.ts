@@ -16,6 +16,7 @@ import {
 } from "@vhostd/proto";
 import { DEFAULT_CONFIG } from "../config.js";
 import { mainHelp, verbHelp } from "./args.js";
+import { journalHelp } from "./journal_cmd.js";
 
 function typeText(p: ParamSpec): string {
   const t = p.type;
@@ -72,6 +73,7 @@ export function generateCliDoc(): string {
   o.push("|---|---|");
   o.push("| run dir | `--run-dir`, env `VHOSTD_RUN_DIR`, default `/run/vhostd` (created 0700) |");
   o.push("| state dir | `--state-dir`, env `VHOSTD_STATE_DIR`, default `/var/lib/vhostd` (created 0700); `scripts/start-pair.sh` logs to `<state-dir>/logs/` |");
+  o.push("| journal | `<state-dir>/journal/` (LMDB `data.mdb` + `lock.mdb`): every PF and VF, restored at start; see `journal dump` |");
   o.push(`| RPC socket | \`<run-dir>/${RPC_SOCKET_NAME}\`, mode 0600 |`);
   o.push("| pid files | `<run-dir>/vfe-vhostd.pid` (written by the daemon), `<run-dir>/vfe-vhostd-ha.pid` (the keeper) |");
   o.push("| default VF socket | `<iface><DEVICE>`; `--iface` defaults to `<run-dir>/vf-` (vfe: `/tmp/vf-<DEVICE>`) |");
@@ -145,6 +147,26 @@ export function generateCliDoc(): string {
     }
   }
   o.push("");
+  o.push("## `journal` (local command)");
+  o.push("");
+  o.push(
+    "Not an RPC method: the CLI opens the daemon's LMDB journal itself, read-only, so it answers while vfe-vhostd " +
+      "is down (what will the next start restore?) and while it runs. It needs read access to `<state-dir>/journal/` " +
+      "and write access to its `lock.mdb` (LMDB's reader table), i.e. usually the daemon's user.",
+  );
+  o.push("");
+  o.push("```");
+  o.push(journalHelp().trimEnd());
+  o.push("```");
+  o.push("");
+  o.push(
+    "Output: `{\"journal\": PATH, \"format\": N, \"epoch\": N, \"pfs\": [{pf, type, switch_id}], \"vfs\": [{vf, pf, type, " +
+      "socket_file, mode, mac, mtu, queue_pairs, dev_id, switch_id, vm_uuid}], \"errors\": [{key, error}]}` — the same names " +
+      "and formats as `mgmtpf -l` / `vf -l`. `epoch` is bumped at every daemon start. `errors` lists records that cannot be " +
+      "used (corrupt, inconsistent); the daemon logs and skips those at start. A journal written by a newer format is " +
+      "refused (exit 1), as the daemon refuses to start on it.",
+  );
+  o.push("");
   o.push("## Examples");
   o.push("");
   o.push("```");
@@ -175,6 +197,7 @@ export function generateCliDoc(): string {
   o.push("| `--mac`/`--mtu` on a blk VF | -22 Invalid argument (vhostd) |");
   o.push("| session could not start (VfHost gave no errno) | -1100 (vhostd) |");
   o.push("| daemon shutting down | -1101 (vhostd) |");
+  o.push("| the journal write of a change failed (the change is undone) | -5 Input/output error (vhostd) |");
   o.push("");
   o.push("`mgmtpf -l` with no PF added is `{\"devices\": [], \"errno\": 0}` (vfe answers -1001); `vf -l` of a PF without VFs " + "is `{\"devices\": []}` too (vfe omits `devices`).");
   o.push("");

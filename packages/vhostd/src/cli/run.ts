@@ -4,6 +4,7 @@ import { RPC_SOCKET_NAME } from "@vhostd/proto";
 import { mainUsage, parseArgs, PROG, UsageError, verbUsage } from "./args.js";
 import { call, ConnectError } from "./client.js";
 import { formatJson, formatTable } from "./format.js";
+import { journalUsage, parseJournalArgs, runJournal } from "./journal_cmd.js";
 import { methodSpec } from "@vhostd/proto";
 
 export const EXIT_OK = 0;
@@ -26,6 +27,23 @@ export async function run(argv: string[], out: (s: string) => void, err: (s: str
   if (parsed.kind === "help") {
     out(parsed.text);
     return EXIT_OK;
+  }
+  if (parsed.kind === "local") {
+    let cmd;
+    try {
+      cmd = parseJournalArgs(parsed.rest, parsed.global.output, env);
+    } catch (e) {
+      if (e instanceof UsageError) {
+        err(`${journalUsage()}\n${PROG} ${parsed.verb}: error: ${e.message}\n`);
+        return EXIT_USAGE;
+      }
+      throw e;
+    }
+    if (cmd.kind === "help") {
+      out(cmd.text);
+      return EXIT_OK;
+    }
+    return runJournal(cmd, out, err);
   }
   const g = parsed.global;
   const socketPath = g.socket ?? join(g.runDir ?? "/run/vhostd", RPC_SOCKET_NAME);
