@@ -266,8 +266,14 @@ export class Journal {
         format = JOURNAL_FORMAT;
       }
       const j = new Journal(path, db, readOnly, format);
+      // A corrupt epoch does not stop a read-only open (dump lists it under errors); bumping
+      // it throws, so the daemon refuses to start rather than reuse an epoch the keeper saw.
       const e = db.getBinary(KEY_EPOCH);
-      j.epochValue = e === undefined ? 0 : parseMetaInt(KEY_EPOCH, e, EPOCH_MAX);
+      try {
+        j.epochValue = e === undefined ? 0 : parseMetaInt(KEY_EPOCH, e, EPOCH_MAX);
+      } catch {
+        j.epochValue = -1;
+      }
       return j;
     } catch (e) {
       void db.close();
@@ -275,7 +281,7 @@ export class Journal {
     }
   }
 
-  /** The epoch as last read or bumped. */
+  /** The epoch as last read or bumped (-1 when meta/epoch is unreadable). */
   get epoch(): number {
     return this.epochValue;
   }
