@@ -12,7 +12,8 @@ options:
   -h, --help         show this help message and exit
   --run-dir DIR      runtime directory: RPC socket vfe-vhostd.sock, pid file, default VF sockets
                      (env ${ENV_RUN_DIR}, default ${DEFAULT_RUN_DIR})
-  --state-dir DIR    persistent state directory (env ${ENV_STATE_DIR}, default ${DEFAULT_STATE_DIR})
+  --state-dir DIR    persistent state directory: the journal DIR/journal, from which every PF and VF
+                     is restored at start (env ${ENV_STATE_DIR}, default ${DEFAULT_STATE_DIR})
   --config FILE      JSON inventory of PFs (default: the embedded inventory, see docs/cli.md)
   --server           new VFs default to server mode: vfe-vhostd listens on the VF socket
   --client           new VFs default to client mode: vfe-vhostd connects to the front-end (default)
