@@ -178,7 +178,7 @@ export class Registry extends EventEmitter {
       }
       const switchId = this.lowestFree(new Set([...this.pfs.values()].map((p) => p.switchId)));
       try {
-        this.host.addPf(pf, switchId, info.type, info.uplink?.tap);
+        await this.host.addPf(pf, switchId, info.type, info.uplink?.tap);
       } catch (e) {
         throw this.hostError(e, VfeErr.DEVICE_PROBE_FAIL);
       }
@@ -187,7 +187,7 @@ export class Registry extends EventEmitter {
       } catch (e) {
         this.log.error({ pf, err: (e as Error).message }, `PF ${pf} not added: journal write failed`);
         try {
-          this.host.removePf(pf, switchId, info.type);
+          await this.host.removePf(pf, switchId, info.type);
         } catch {
           /* best effort: the PF was never acknowledged */
         }
@@ -215,7 +215,7 @@ export class Registry extends EventEmitter {
       }
       await this.journalRemovePf(pf);
       try {
-        this.host.removePf(pf, entry.switchId, entry.info.type);
+        await this.host.removePf(pf, entry.switchId, entry.info.type);
       } catch (e) {
         this.log.warn({ pf, err: (e as Error).message }, "host removePf failed; PF removed anyway");
       }
@@ -309,7 +309,7 @@ export class Registry extends EventEmitter {
         queuePairs,
       };
       try {
-        this.host.open(spec);
+        await this.host.open(spec);
       } catch (e) {
         this.log.warn({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} could not be opened`);
         throw this.hostError(e, VhostdErr.SESSION_START);
@@ -416,11 +416,11 @@ export class Registry extends EventEmitter {
    * No "change" events: nothing changed, the configuration merely came back.
    */
   restore(contents: Pick<JournalContents, "pfs" | "vfs">): Promise<RestoreReport> {
-    return this.serial(() => {
+    return this.serial(async () => {
       if (this.pfs.size > 0 || this.vfs.size > 0) throw new Error("restore needs an empty registry");
       const report: RestoreReport = { pfs: { restored: [], failed: [] }, vfs: { restored: [], failed: [], skipped: [] } };
       for (const rec of contents.pfs) {
-        const why = this.restorePf(rec);
+        const why = await this.restorePf(rec);
         if (why === undefined) report.pfs.restored.push(rec.dev);
         else {
           this.unrestoredPfs.set(rec.dev, why);
@@ -429,7 +429,7 @@ export class Registry extends EventEmitter {
         }
       }
       for (const rec of contents.vfs) {
-        const r = this.restoreVf(rec);
+        const r = await this.restoreVf(rec);
         if (r.skipped !== undefined) {
           this.unrestoredVfs.set(rec.dev, r.skipped);
           report.vfs.skipped.push({ vf: rec.dev, reason: r.skipped });
@@ -443,13 +443,13 @@ export class Registry extends EventEmitter {
   }
 
   /** Undefined when restored, else why not. */
-  private restorePf(rec: PfRecord): string | undefined {
+  private async restorePf(rec: PfRecord): Promise<string | undefined> {
     const info = this.inv.pf(rec.dev);
     if (!info) return "not a PF in the inventory (was the config changed?)";
     if (info.type !== rec.type) return `journaled as ${rec.type}, the inventory says ${info.type}`;
     for (const [other, e] of this.pfs) if (e.switchId === rec.switchId) return `switch id ${rec.switchId} is already used by PF ${other}`;
     try {
-      this.host.addPf(rec.dev, rec.switchId, rec.type, info.uplink?.tap);
+      await this.host.addPf(rec.dev, rec.switchId, rec.type, info.uplink?.tap);
     } catch (e) {
       return `host: ${(e as Error).message}`;
     }
@@ -458,7 +458,7 @@ export class Registry extends EventEmitter {
     return undefined;
   }
 
-  private restoreVf(rec: VfRecord): { skipped?: string; failed?: string } {
+  private async restoreVf(rec: VfRecord): Promise<{ skipped?: string; failed?: string }> {
     const pf = this.pfs.get(rec.pf);
     if (!pf) return { skipped: this.unrestoredPfs.has(rec.pf) ? `its PF ${rec.pf} was not restored` : `its PF ${rec.pf} is not in the journal` };
     const where = this.inv.vf(rec.dev);
@@ -488,7 +488,7 @@ export class Registry extends EventEmitter {
     };
     let failed: string | undefined;
     try {
-      this.host.open(spec);
+      await this.host.open(spec);
     } catch (e) {
       failed = `restore: ${(e as Error).message}`;
       this.failed.set(rec.dev, failed);

@@ -55,15 +55,19 @@ export interface VfQueueRuntime {
   errors: number;
 }
 
+/**
+ * Standalone, the host runs sessions in-process and answers at once; in HA mode it is a proxy
+ * to the keeper, so every change may be asynchronous.
+ */
 export interface VfHost {
   /** Start serving the VF; throws (with .errno/.errstr when known) if it cannot. */
-  open(vf: VfSpec): void;
+  open(vf: VfSpec): void | Promise<void>;
   /** Tear the VF's session down and release its datapath. */
   close(dev: string): Promise<void>;
   runtime(dev: string): VfRuntime | undefined;
   /** PF lifecycle for net PFs (the L2 switch, and its TAP uplink if named); no-ops for blk. */
-  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void;
-  removePf(pf: string, switchId: number, kind: VfKind): void;
+  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void | Promise<void>;
+  removePf(pf: string, switchId: number, kind: VfKind): void | Promise<void>;
   /** Stop everything (daemon shutdown). */
   shutdown(): Promise<void>;
 }
