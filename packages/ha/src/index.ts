@@ -1,1 +1,2 @@
-export {};
+// What the keeper package offers to tests and tools.
+export * from "./sync_server.js";
