@@ -3,7 +3,7 @@
 // issue 3; until then vfe-vhostd runs the datapath itself (standalone mode).
 import fs from "node:fs";
 import { parseArgs } from "node:util";
-import { createLogger, isLogLevel, resolvePaths } from "@vhostd/vhostd";
+import { createLogger, isLogLevel, notifyReady, notifyStopping, resolvePaths, startWatchdog } from "@vhostd/vhostd";
 
 const { values } = parseArgs({
   options: {
@@ -41,10 +41,16 @@ log.info(
   "keeper up; it keeps no state or fds yet, so vfe-vhostd runs the datapath standalone",
 );
 
+// systemd (Type=notify): the keeper is up once its pid file is written; pings while the loop runs.
+const watchdog = startWatchdog({ log });
+notifyReady(`keeper up, run dir ${paths.runDir}`, log);
+
 const keepAlive = setInterval(() => {}, 1 << 30);
 for (const sig of ["SIGTERM", "SIGINT"] as const) {
   process.on(sig, () => {
     clearInterval(keepAlive);
+    notifyStopping("keeper stopping", log);
+    watchdog.stop();
     try {
       if (fs.readFileSync(pidFile, "utf8").trim() === String(process.pid)) fs.unlinkSync(pidFile);
     } catch {

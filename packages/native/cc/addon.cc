@@ -5,12 +5,14 @@ void InitSocket(Napi::Env env, Napi::Object exports);
 void InitFdWatcher(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
 void InitDriver(Napi::Env env, Napi::Object exports);
+void InitSdNotify(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSocket(env, exports);
   InitFdWatcher(env, exports);
   InitEngine(env, exports);
   InitDriver(env, exports);
+  InitSdNotify(env, exports);
   return exports;
 }
 

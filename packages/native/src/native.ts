@@ -258,6 +258,17 @@ export interface NativeModule {
   _testEventFdWrite(fd: number): void;
   _testCloseFd(fd: number): void;
 
+  /* sd_notify (cc/sd_notify.cc) */
+  /** Sends one sd_notify(3) datagram ("READY=1", "WATCHDOG=1", ...) to $NOTIFY_SOCKET (a path or
+   *  an "@abstract" name) from this process; false when $NOTIFY_SOCKET is unset or empty. Throws
+   *  (Error with .code) on a malformed $NOTIFY_SOCKET or a failed send (EAGAIN when full). */
+  sdNotify(state: string): boolean;
+  /* test support (cc/sd_notify.cc): play systemd's side of NOTIFY_SOCKET */
+  /** A non-blocking DGRAM socket bound to "/path" or "@abstract" that records senders' pids. */
+  _testNotifyListen(name: string): number;
+  /** One queued notification and the sender's pid (from the kernel), or null. */
+  _testNotifyRecv(fd: number): { data: string; pid: number } | null;
+
   /** Layout constants of the shared counter memory. */
   COUNTERS_PER_QUEUE: number;
   COUNTER_NAMES: string[];

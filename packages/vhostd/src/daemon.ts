@@ -28,6 +28,7 @@ import { Journal } from "./journal.js";
 import { Registry, type PfEntry } from "./registry.js";
 import { RpcServer, prepareSocketPath, type Handler } from "./rpc_server.js";
 import { createVfHost } from "./session/host.js";
+import { notifyReady, notifyStopping, startWatchdog, type Watchdog } from "./systemd.js";
 import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
 import type { LevelWithSilent } from "pino";
 
@@ -204,6 +205,7 @@ export class Daemon {
     readonly registry: Registry,
     readonly rpc: RpcServer,
     readonly journal: Journal,
+    private readonly watchdog: Watchdog,
   ) {}
 
   static async start(opts: DaemonOptions = {}): Promise<Daemon> {
@@ -222,6 +224,9 @@ export class Daemon {
     let registry: Registry;
     let rpc: RpcServer;
     const version = daemonVersion();
+    // systemd (Type=notify): watchdog pings from now on, READY=1 once restored and serving RPC.
+    const watchdog = startWatchdog({ log });
+    let ready = "";
     try {
       const t0 = performance.now();
       const contents = journal.read();
@@ -254,9 +259,11 @@ export class Daemon {
         `restored ${r.pfs.restored.length} PF(s) and ${r.vfs.restored.length} VF(s) from the journal` +
           ` (${r.pfs.failed.length} PF(s) and ${r.vfs.failed.length + r.vfs.skipped.length} VF(s) failed, ${contents.errors.length} unusable record(s)) in ${Math.round(performance.now() - t0)} ms, epoch ${epoch}`,
       );
+      ready = `serving RPC on ${paths.rpcSocket}; restored ${r.pfs.restored.length} PF(s), ${r.vfs.restored.length} VF(s), epoch ${epoch}`;
       rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, opts.haInfo), log: log.child({ component: "rpc" }) });
       await rpc.listen();
     } catch (e) {
+      watchdog.stop();
       await host?.shutdown().catch(() => undefined);
       await journal.close().catch(() => undefined);
       throw e;
@@ -274,13 +281,15 @@ export class Daemon {
       },
       "vfe-vhostd started",
     );
-    return new Daemon(paths, log, registry, rpc, journal);
+    notifyReady(ready, log);
+    return new Daemon(paths, log, registry, rpc, journal, watchdog);
   }
 
   /** Stops serving RPC, closes every session, removes the socket and the pid file. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info("vfe-vhostd stopping");
+      notifyStopping("vfe-vhostd stopping", this.log);
       await this.rpc.close();
       try {
         await this.registry.shutdown();
@@ -294,6 +303,7 @@ export class Daemon {
       } catch {
         /* gone */
       }
+      this.watchdog.stop();
       this.log.info("vfe-vhostd stopped");
     })();
     return this.stopping;

@@ -3,3 +3,4 @@ export * from "./paths.js";
 export * from "./log.js";
 export * from "./vf_host.js";
 export * from "./ha_client.js";
+export * from "./systemd.js";
