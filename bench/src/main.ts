@@ -1,0 +1,394 @@
+// pnpm bench [--quick] [--cases pvp,oneway,idle] [--runs N] [--sizes 64,1518] [--qps 1,2]
+//            [--window S] [--no-write]
+//
+// Net benchmarks of our engine against DPDK's vhost PMD (testpmd net_vhost) as the reference
+// back-end, with the same dpdk-testpmd front-end, interleaved A/B runs and medians. Prints a
+// table and appends a dated section to docs/benchmarks.md. See docs/benchmarks.md for the
+// method.
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Daemon, sleep, waitFor } from "../../test/dist/src/harness/daemon.js";
+import { repoRoot } from "../../test/dist/src/harness/paths.js";
+import { Pmd, killAllPmds } from "./pmd.js";
+import { cpuSeconds, hostTimes, loadavg, machine, pin, rssMiB } from "./sys.js";
+
+const PF = "0000:af:00.2";
+/** The net PF's VFs in the embedded inventory: 0000:af:04.5, 05.5, 06.5, ... */
+const VFS = Array.from({ length: 8 }, (_, i) => `0000:af:${(4 + i).toString(16).padStart(2, "0")}.5`);
+const FE_CPU = 0;
+const BE_CPU = 1;
+const FE_LCORES = `0@${FE_CPU},1@${FE_CPU}`;
+const BE_LCORES = `0@${BE_CPU},1@${BE_CPU}`;
+const mac = (i: number) => `02:00:00:00:00:${(0x10 + i).toString(16)}`;
+
+type Impl = "ours" | "dpdk";
+type NetCase = "pvp" | "oneway";
+const CASES = ["pvp", "oneway", "idle"] as const;
+
+interface Opts {
+  quick: boolean;
+  runs: number;
+  cases: Set<string>;
+  sizes: number[];
+  qps: number[];
+  warmupMs: number;
+  windowMs: number;
+  idleMs: number;
+  write: boolean;
+  argv: string[];
+}
+
+function usage(): never {
+  console.log(`usage: pnpm bench [--quick] [--cases ${CASES.join(",")}] [--runs N] [--sizes 64,1518] [--qps 1,2] [--window S] [--no-write]
+
+  pvp     testpmd front-end, two virtio-user ports in io forwarding (--tx-first) looped through
+          two VFs of one PF (ours) or through testpmd net_vhost ports in io forwarding (DPDK)
+  oneway  the same two ports in flowgen: each port generates (as txonly) and sinks (as rxonly);
+          no loop, so the rate is not bounded by the frames in flight
+  idle    CPU and RSS of the back-end with 8 connected front-end ports that send nothing
+  cost    (always) CPU seconds per million packets of each back-end, measured in pvp/oneway
+
+  --quick   one short run per case, 64 B, 1 queue pair (CI smoke)
+  --runs N  A/B pairs per variant (default 5), alternating which goes first
+  --no-write  print only; do not append to docs/benchmarks.md`);
+  process.exit(0);
+}
+
+function parseOpts(argv: string[]): Opts {
+  const o: Opts = { quick: false, runs: 5, cases: new Set(CASES), sizes: [64, 1518], qps: [1, 2], warmupMs: 2000, windowMs: 5000, idleMs: 10_000, write: true, argv };
+  let runsSet = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === "--") continue;
+    else if (a === "-h" || a === "--help") usage();
+    else if (a === "--quick") o.quick = true;
+    else if (a === "--no-write") o.write = false;
+    else if (a === "--runs") (o.runs = Number(val())), (runsSet = true);
+    else if (a === "--window") o.windowMs = Number(val()) * 1000;
+    else if (a === "--sizes") o.sizes = val().split(",").map(Number);
+    else if (a === "--qps") o.qps = val().split(",").map(Number);
+    else if (a === "--cases") {
+      const list = val().split(",").filter((c) => c !== "cost");
+      for (const c of list) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c} (cases: ${CASES.join(", ")}, cost)`);
+      o.cases = new Set(list.length ? list : ["pvp", "oneway"]);
+    } else throw new Error(`unknown option ${a} (--help)`);
+  }
+  if (o.quick) {
+    if (!runsSet) o.runs = 1;
+    o.sizes = [64];
+    o.qps = [1];
+    o.warmupMs = 1000;
+    o.windowMs = 3000;
+    o.idleMs = 3000;
+  }
+  if (!(o.runs >= 1) || o.sizes.some((s) => !(s >= 60 && s <= 9000)) || o.qps.some((q) => !(q >= 1 && q <= 8)) || !(o.windowMs >= 2000)) throw new Error("bad --runs/--sizes/--qps/--window");
+  return o;
+}
+
+interface NetResult {
+  impl: Impl;
+  mpps: number;
+  offeredMpps: number;
+  /** Back-end CPU in cores during the window. */
+  beCores: number;
+  /** Back-end CPU seconds per million packets received by the front-end. */
+  cost: number;
+  /** CPU used by processes other than the front-end and back-end, in cores. */
+  otherCores: number;
+  stealCores: number;
+  load: string;
+}
+
+interface IdleResult {
+  impl: Impl;
+  cpuPct: number;
+  rssMiB: number;
+  otherCores: number;
+  load: string;
+}
+
+const median = (xs: number[]): number => {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return NaN;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
+
+const daemons = new Set<Daemon>();
+function killAll(): void {
+  killAllPmds();
+  for (const d of daemons) if (d.proc && d.proc.exitCode === null) d.proc.kill("SIGKILL");
+}
+process.once("exit", killAll);
+for (const sig of ["SIGINT", "SIGTERM"] as const)
+  process.once(sig, () => {
+    killAll();
+    process.exit(130);
+  });
+
+async function startOurs(): Promise<Daemon> {
+  const d = await Daemon.start({ args: ["--log-level", "info"] });
+  daemons.add(d);
+  pin(d.proc!.pid!, String(BE_CPU));
+  await d.ok(["mgmtpf", "-a", PF]);
+  return d;
+}
+
+async function stopOurs(d: Daemon | undefined, keep: boolean): Promise<void> {
+  if (!d) return;
+  await d.stop();
+  daemons.delete(d);
+  if (!keep) d.cleanup();
+}
+
+async function vfsRunning(d: Daemon, vfs: string[]): Promise<boolean> {
+  for (const vf of vfs) {
+    const r = await d.cli(["vf", "-i", vf]);
+    if (r.code !== 0 || r.json?.device?.state !== "running") return false;
+  }
+  return true;
+}
+
+function feVdevs(socks: string[], qp: number): string[] {
+  return socks.map((s, i) => `net_virtio_user${i},path=${s},queues=${qp},server=1,mac=${mac(i)}`);
+}
+
+function beVdevs(socks: string[], qp: number): string[] {
+  return socks.map((s, i) => `net_vhost${i},iface=${s},queues=${qp},client=1`);
+}
+
+async function netRun(impl: Impl, kase: NetCase, size: number, qp: number, o: Opts): Promise<NetResult> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-bench-"));
+  const socks = [path.join(dir, "a.sock"), path.join(dir, "b.sock")];
+  const load = loadavg();
+  let d: Daemon | undefined;
+  let fe: Pmd | undefined;
+  let be: Pmd | undefined;
+  let ok = false;
+  try {
+    if (impl === "ours") d = await startOurs();
+    fe = await Pmd.start({
+      name: "fe", dir, lcores: FE_LCORES, vdevs: feVdevs(socks, qp), waitSockets: [socks[0]],
+      args: [
+        "--stats-period", "1", `--forward-mode=${kase === "pvp" ? "io" : "flowgen"}`, ...(kase === "pvp" ? ["--tx-first"] : []), "--auto-start",
+        "--port-topology=paired", `--txpkts=${size}`, `--rxq=${qp}`, `--txq=${qp}`, "--total-num-mbufs=32768", `--eth-peer=0,${mac(1)}`, `--eth-peer=1,${mac(0)}`,
+      ],
+    });
+    if (d) for (let i = 0; i < 2; i++) await d.ok(["vf", "-a", VFS[i], "-v", socks[i], "-q", String(qp)]);
+    else be = await Pmd.start({ name: "be", dir, lcores: BE_LCORES, vdevs: beVdevs(socks, qp), args: ["--stats-period", "3600", "--forward-mode=io", `--rxq=${qp}`, `--txq=${qp}`, "--total-num-mbufs=32768"] });
+    const f = fe;
+    await waitFor(() => f.rxTotal() > 10_000, 30_000, "frames at the front-end");
+    await sleep(o.warmupMs);
+    const bePid = d ? d.proc!.pid! : be!.pid;
+    const c0 = cpuSeconds(bePid), f0 = cpuSeconds(fe.pid), h0 = hostTimes(), t0 = performance.now();
+    await sleep(o.windowMs);
+    const c1 = cpuSeconds(bePid), f1 = cpuSeconds(fe.pid), h1 = hostTimes(), t1 = performance.now();
+    await sleep(300); // the block printed at the end of the window
+    // Each block's pps covers the second before it was printed: keep those inside the window.
+    const win = fe.samples.filter((s) => s.t > t0 + 900 && s.t <= t1 + 250);
+    const ports = [...new Set(win.map((s) => s.port))];
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const rx = ports.reduce((a, p) => a + mean(win.filter((s) => s.port === p).map((s) => s.rxPps)), 0);
+    const tx = ports.reduce((a, p) => a + mean(win.filter((s) => s.port === p).map((s) => s.txPps)), 0);
+    if (ports.length !== 2 || !(rx > 0)) throw new Error(`no rate in the window (ports ${ports.join(",")}, rx ${rx})`);
+    const wall = (t1 - t0) / 1000;
+    const beCpu = c1 - c0;
+    ok = true;
+    return {
+      impl, load,
+      mpps: rx / 1e6,
+      offeredMpps: tx / 1e6,
+      beCores: beCpu / wall,
+      cost: beCpu / ((rx * wall) / 1e6),
+      otherCores: Math.max(0, h1.busy - h0.busy - beCpu - (f1 - f0)) / wall,
+      stealCores: (h1.steal - h0.steal) / wall,
+    };
+  } finally {
+    await fe?.stop().catch(() => fe?.kill());
+    await be?.stop().catch(() => be?.kill());
+    await stopOurs(d, !ok);
+    if (ok) fs.rmSync(dir, { recursive: true, force: true });
+    else console.error(`  (logs kept in ${dir}${d ? ` and ${d.dir}` : ""})`);
+  }
+}
+
+async function idleRun(impl: Impl, n: number, o: Opts): Promise<IdleResult> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-bench-"));
+  const socks = Array.from({ length: n }, (_, i) => path.join(dir, `vf${i}.sock`));
+  const load = loadavg();
+  let d: Daemon | undefined;
+  let fe: Pmd | undefined;
+  let be: Pmd | undefined;
+  let ok = false;
+  try {
+    if (impl === "ours") d = await startOurs();
+    // Interactive and never told to start: its ports are up, nothing is sent or polled.
+    fe = await Pmd.start({ name: "fe", dir, lcores: FE_LCORES, vdevs: feVdevs(socks, 1), waitSockets: [socks[0]], interactive: true, args: ["--total-num-mbufs=32768"] });
+    if (d) {
+      const dd = d;
+      for (let i = 0; i < n; i++) await dd.ok(["vf", "-a", VFS[i], "-v", socks[i]]);
+      await waitFor(() => vfsRunning(dd, VFS.slice(0, n)), 30_000, "every VF running");
+    } else {
+      be = await Pmd.start({ name: "be", dir, lcores: BE_LCORES, vdevs: beVdevs(socks, 1), args: ["--stats-period", "3600", "--forward-mode=io", "--total-num-mbufs=32768"] });
+      await sleep(2000);
+    }
+    await sleep(1000);
+    const pid = d ? d.proc!.pid! : be!.pid;
+    const c0 = cpuSeconds(pid), f0 = cpuSeconds(fe.pid), h0 = hostTimes(), t0 = performance.now();
+    await sleep(o.idleMs);
+    const c1 = cpuSeconds(pid), f1 = cpuSeconds(fe.pid), h1 = hostTimes(), t1 = performance.now();
+    const wall = (t1 - t0) / 1000;
+    ok = true;
+    return { impl, load, cpuPct: ((c1 - c0) / wall) * 100, rssMiB: rssMiB(pid), otherCores: Math.max(0, h1.busy - h0.busy - (c1 - c0) - (f1 - f0)) / wall };
+  } finally {
+    await fe?.stop().catch(() => fe?.kill());
+    await be?.stop().catch(() => be?.kill());
+    await stopOurs(d, !ok);
+    if (ok) fs.rmSync(dir, { recursive: true, force: true });
+    else console.error(`  (logs kept in ${dir}${d ? ` and ${d.dir}` : ""})`);
+  }
+}
+
+interface Row {
+  label: string;
+  size: string;
+  qp: string;
+  ours: number[];
+  dpdk: number[];
+  oursCost: number[];
+  dpdkCost: number[];
+  unit: string;
+  extra: string;
+}
+
+const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : "–");
+const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : "–");
+
+function netTable(rows: Row[]): string {
+  const out = [
+    "| case | frame | queue pairs | ours Mpps (median) | DPDK Mpps (median) | ours/DPDK | ours CPU s/Mpkt | DPDK CPU s/Mpkt | runs ours / DPDK (Mpps) |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ];
+  for (const r of rows) {
+    const mo = median(r.ours), md = median(r.dpdk);
+    out.push(`| ${r.label} | ${r.size} | ${r.qp} | ${f2(mo)} | ${f2(md)} | **${f2(mo / md)}** | ${f3(median(r.oursCost))} | ${f3(median(r.dpdkCost))} | ${r.ours.map(f2).join(" ")} / ${r.dpdk.map(f2).join(" ")} |`);
+  }
+  return out.join("\n");
+}
+
+async function main(): Promise<void> {
+  const o = parseOpts(process.argv.slice(2));
+  try {
+    execFileSync("sh", ["-c", "command -v dpdk-testpmd"], { stdio: "ignore" });
+  } catch {
+    throw new Error("dpdk-testpmd not found: run `bash scripts/install-peers.sh` first");
+  }
+  if (os.cpus().length < 2) throw new Error("needs 2 CPUs (front-end on CPU 0, back-end on CPU 1)");
+  const m = machine(repoRoot);
+  console.log(`vhostd bench: ${m.date}, commit ${m.commit}, ${m.nproc} CPU ${m.model}, kernel ${m.kernel}, node ${m.node}, dpdk ${m.testpmd}`);
+  console.log(`front-end on CPU ${FE_CPU}, back-end on CPU ${BE_CPU}; ${o.runs} A/B pair(s) per variant, ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s warm-up\n`);
+
+  const rows: Row[] = [];
+  const allNet: NetResult[] = [];
+  const idle: IdleResult[] = [];
+  const failures: string[] = [];
+
+  const variants: Array<{ kase: NetCase; size: number; qp: number }> = [];
+  if (o.cases.has("pvp")) for (const qp of o.qps) for (const size of o.sizes) variants.push({ kase: "pvp", size, qp });
+  if (o.cases.has("oneway")) for (const size of o.sizes) variants.push({ kase: "oneway", size, qp: 1 });
+
+  for (const v of variants) {
+    const row: Row = { label: v.kase === "pvp" ? "PVP loop (io, --tx-first)" : "one-way (flowgen → sink, both ports)", size: `${v.size} B`, qp: String(v.qp), ours: [], dpdk: [], oursCost: [], dpdkCost: [], unit: "Mpps", extra: "" };
+    for (let r = 0; r < o.runs; r++) {
+      const order: Impl[] = r % 2 === 0 ? ["ours", "dpdk"] : ["dpdk", "ours"];
+      for (const impl of order) {
+        const tag = `${v.kase} ${v.size}B qp${v.qp} run ${r + 1}/${o.runs} ${impl}`;
+        try {
+          const res = await netRun(impl, v.kase, v.size, v.qp, o);
+          allNet.push(res);
+          (impl === "ours" ? row.ours : row.dpdk).push(res.mpps);
+          (impl === "ours" ? row.oursCost : row.dpdkCost).push(res.cost);
+          console.log(`${tag.padEnd(34)} ${f2(res.mpps).padStart(6)} Mpps (offered ${f2(res.offeredMpps)}), back-end ${f2(res.beCores)} cores, ${f3(res.cost)} CPU s/Mpkt, others ${f2(res.otherCores)} cores, steal ${f2(res.stealCores)}, load ${res.load}`);
+        } catch (e) {
+          failures.push(`${tag}: ${(e as Error).message.split("\n")[0]}`);
+          console.log(`${tag.padEnd(34)} FAILED: ${(e as Error).message.split("\n")[0]}`);
+        }
+      }
+    }
+    rows.push(row);
+  }
+
+  if (o.cases.has("idle")) {
+    for (let r = 0; r < o.runs; r++) {
+      const order: Impl[] = r % 2 === 0 ? ["ours", "dpdk"] : ["dpdk", "ours"];
+      for (const impl of order) {
+        const tag = `idle 8 VFs run ${r + 1}/${o.runs} ${impl}`;
+        try {
+          const res = await idleRun(impl, 8, o);
+          idle.push(res);
+          console.log(`${tag.padEnd(34)} ${f2(res.cpuPct).padStart(6)} % of a core, RSS ${res.rssMiB.toFixed(0)} MiB, others ${f2(res.otherCores)} cores, load ${res.load}`);
+        } catch (e) {
+          failures.push(`${tag}: ${(e as Error).message.split("\n")[0]}`);
+          console.log(`${tag.padEnd(34)} FAILED: ${(e as Error).message.split("\n")[0]}`);
+        }
+      }
+    }
+  }
+
+  const parts: string[] = [];
+  if (rows.length) parts.push(netTable(rows));
+  if (idle.length) {
+    const io = idle.filter((x) => x.impl === "ours"), id = idle.filter((x) => x.impl === "dpdk");
+    parts.push(
+      [
+        "| idle, 8 connected VFs, no traffic | ours | DPDK | runs ours / DPDK (% of a core) |",
+        "|---|---|---|---|",
+        `| back-end CPU, % of a core (median over ${o.idleMs / 1000} s) | ${f2(median(io.map((x) => x.cpuPct)))} | ${f2(median(id.map((x) => x.cpuPct)))} | ${io.map((x) => f2(x.cpuPct)).join(" ")} / ${id.map((x) => f2(x.cpuPct)).join(" ")} |`,
+        `| back-end RSS, MiB | ${median(io.map((x) => x.rssMiB)).toFixed(0)} | ${median(id.map((x) => x.rssMiB)).toFixed(0)} | |`,
+      ].join("\n"),
+    );
+  }
+  const others = [...allNet.map((x) => x.otherCores), ...idle.map((x) => x.otherCores)];
+  const steal = allNet.map((x) => x.stealCores);
+  const loads = [...allNet.map((x) => x.load), ...idle.map((x) => x.load)];
+  const notes = [
+    `- Pinning: front-end dpdk-testpmd \`--lcores ${FE_LCORES}\` (main and forwarding lcore on CPU ${FE_CPU}); back-end on CPU ${BE_CPU}: vfe-vhostd \`taskset -a -p -c ${BE_CPU}\` (every thread, the engine worker included), DPDK testpmd net_vhost \`--lcores ${BE_LCORES}\`.`,
+    `- Rate: sum over the front-end's two ports of testpmd's Rx-pps, averaged over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up; cost: back-end utime+stime (/proc/PID/stat, whole process) over the window ÷ packets received by the front-end in it.`,
+    `- Load (1/5/15 min loadavg) before each run: ${loads.length ? `${loads[0]} … ${loads[loads.length - 1]}` : "–"}; CPU used by other processes during the windows: median ${f2(median(others))}, max ${f2(Math.max(...others.filter(Number.isFinite), 0))} cores${steal.length ? `; steal median ${f2(median(steal))}, max ${f2(Math.max(...steal.filter(Number.isFinite), 0))} cores` : ""}.`,
+    ...(failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
+  ];
+  const table = parts.join("\n\n");
+  console.log(`\n${table}\n\n${notes.join("\n")}`);
+
+  if (o.write) {
+    const doc = path.join(repoRoot, "docs/benchmarks.md");
+    if (!fs.existsSync(doc)) fs.writeFileSync(doc, "# Benchmarks\n\nSections below are appended by `pnpm bench`.\n");
+    const section = [
+      "",
+      `### ${m.date} · commit ${m.commit}${o.quick ? " · quick" : ""}`,
+      "",
+      `\`pnpm bench${o.argv.length ? " " + o.argv.filter((a) => a !== "--").join(" ") : ""}\` — ${m.nproc} vCPU ${m.model}, kernel ${m.kernel}, Node ${m.node}, DPDK ${m.testpmd}; ${o.runs} interleaved A/B pair(s) per variant.`,
+      "",
+      table,
+      "",
+      ...notes,
+      "",
+    ].join("\n");
+    fs.appendFileSync(doc, section);
+    console.log(`\nappended to ${path.relative(process.cwd(), doc) || doc}`);
+  }
+  if (failures.length) process.exitCode = 1;
+}
+
+main().catch((e) => {
+  console.error(`bench: ${(e as Error).stack ?? e}`);
+  killAll();
+  process.exit(1);
+});
