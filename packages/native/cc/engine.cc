@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cinttypes>
 #include <cstdio>
 
 namespace vhd {
@@ -63,6 +64,9 @@ Engine::Engine(const EngineConfig& cfg) : cfg_(cfg), devs_(cfg.maxDevices, nullp
 Engine::~Engine() { close(); }
 
 std::string Engine::start() {
+  // Guest memory can shrink under a mapping (front-end ftruncate): see sigbus_guard.h.
+  std::string guardErr = sigbus::install();
+  if (!guardErr.empty()) return guardErr;
   countersBytes_ = (size_t)cfg_.maxDevices * kMaxQueues * sizeof(QueueCounters);
   void* p = mmap(nullptr, countersBytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return std::string("mmap of counters failed: ") + strerror(errno);
@@ -193,9 +197,26 @@ static void drainCommands(Worker& w) {
 
 static inline bool txActive(const Virtqueue& v) { return v.running && v.enabled && !v.broken; }
 
+// The SIGBUS guard turned part of this device's guest memory into zero pages (its front-end
+// shrank the file): stop every queue of the device (errFds written) and report it once.
+// Owner worker only; RX locks keep deliverers out while the queues change.
+static void failOnMemFault(NetDevice& d, EventSink& ev) noexcept {
+  MemFault& f = d.mem->fault();
+  uint32_t hits = f.hits.load(std::memory_order_acquire);  // the fault record is complete
+  char reason[224];
+  f.describe(reason, sizeof reason);
+  for (int q = 0; q < kMaxQueues; q += 2) d.vq[q].lock.lock();
+  f.seen = hits;
+  for (Virtqueue& v : d.vq)
+    if (v.running && !v.broken) v.markBroken();
+  for (int q = 0; q < kMaxQueues; q += 2) d.vq[q].lock.unlock();
+  ev.post(d.devId, -1, EvKind::kQueueBroken, reason);
+}
+
 int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
   int work = 0;
   for (NetDevice* d : w.devs) {
+    if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // one relaxed load per device
     for (int p = 0; p < d->maxQueuePairs; p++) {
       int q = 2 * p + 1;
       if (!txActive(d->vq[q])) continue;
@@ -389,6 +410,8 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   d->applyFeatures(0);
   d->worker = rrDev_++ % cfg_.workers;
   Worker& w = *workers_[d->worker];
+  d->mem->fault().devId = devId;
+  d->mem->fault().wakeFd.store(w.cmdFd);  // a fault wakes the owner even when it sleeps
   std::string err = run(d->worker, [&] { w.devs.push_back(d); });
   if (!err.empty()) { delete d; return err; }
   {
@@ -447,6 +470,7 @@ std::string Engine::setFeatures(int devId, uint64_t features) {
 
 std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
   std::string err = run(d->worker, [&] {
+    if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // report it against the old table
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
     std::swap(d->mem, t);  // t now holds the old table
     for (int q = 0; q < kMaxQueues; q++) {
@@ -470,7 +494,7 @@ std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
 
 std::string Engine::setMemTable(int devId, const std::vector<RegionSpec>& regions) {
   NetDevice* d = devs_[devId];
-  auto t = std::make_unique<MemTable>();
+  auto t = d->mem->emptyLike();  // keeps the device's fault record
   for (const RegionSpec& r : regions) {
     std::string err;
     auto n = t->withAdded(r, &err);
@@ -509,10 +533,16 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
   std::string err = run(d->worker, [&] {
     Virtqueue& v = d->vq[q];
     stopQueueOnWorker(w, d, q);
+    if (d->mem->fault().pending()) failOnMemFault(*d, *this);
     bool rx = (q % 2) == 0;
     if (rx) v.lock.lock();
     char reason[200];
-    if (!v.mapRings(*d->mem, qs.setup, reason, sizeof reason)) {
+    const Region* shrunk = d->mem->faultedRegion();
+    if (shrunk) {  // its rings would run on our zero pages: insist on a new memory table
+      snprintf(reason, sizeof reason, "guest memory region 0x%" PRIx64 " shrank under us earlier; send a new memory table",
+               shrunk->gpa);
+      result = std::string("queue ") + std::to_string(q) + ": " + reason;
+    } else if (!v.mapRings(*d->mem, qs.setup, reason, sizeof reason)) {
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
     } else {
       v.configured = true;

@@ -13,7 +13,14 @@
 namespace vhd {
 
 Mapping::~Mapping() {
-  if (base && base != MAP_FAILED) munmap(base, len);
+  sigbus::remove(guard);  // first: no handler may MAP_FIXED into the range once it is unmapped
+  if (base && base != MAP_FAILED) munmap(base, len);  // also drops the guard's zero pages
+}
+
+const Region* MemTable::faultedRegion() const noexcept {
+  for (const Region& r : regions_)
+    if (r.map->faulted()) return &r;
+  return nullptr;
 }
 
 static std::string hex(uint64_t v) {
@@ -63,14 +70,23 @@ std::unique_ptr<MemTable> MemTable::withAdded(const RegionSpec& s, std::string* 
   auto m = std::make_shared<Mapping>();
   m->base = p;
   m->len = (size_t)mapLen;
-  auto t = std::make_unique<MemTable>();
+  m->fault = fault_;
+  // The file can still shrink after the size check above: from here on a SIGBUS in this range
+  // becomes zero pages and a device fault instead of the death of the process.
+  m->guard = sigbus::add(p, (size_t)mapLen, static_cast<uint8_t*>(p) + lead, s.gpa, s.size, fault_.get());
+  if (m->guard < 0) {
+    *err = "region " + hex(s.gpa) + ": more than " + std::to_string(sigbus::kSlots) +
+           " guest memory mappings in this process (SIGBUS guard is full)";
+    return nullptr;  // ~Mapping unmaps
+  }
+  auto t = std::make_unique<MemTable>(fault_);
   t->regions_ = regions_;
   t->regions_.push_back(Region{s.gpa, s.size, s.uva, s.mmapOffset, static_cast<uint8_t*>(p) + lead, std::move(m)});
   return t;
 }
 
 std::unique_ptr<MemTable> MemTable::withRemoved(uint64_t gpa, uint64_t size, uint64_t uva, std::string* err) const {
-  auto t = std::make_unique<MemTable>();
+  auto t = std::make_unique<MemTable>(fault_);
   bool found = false;
   for (const Region& r : regions_) {
     if (!found && r.gpa == gpa && r.size == size && r.uva == uva) { found = true; continue; }

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "sigbus_guard.h"
+
 namespace vhd {
 
 constexpr int kMaxMemRegions = 64;
@@ -22,10 +24,15 @@ struct RegionSpec {
 };
 
 // One mmap of one fd; shared by successive tables (add/remove region keeps the others).
+// Registered with the SIGBUS guard for as long as it is mapped.
 struct Mapping {
   void* base = nullptr;
   size_t len = 0;
+  int guard = -1;                   // sigbus registry handle
+  std::shared_ptr<MemFault> fault;  // outlives the registration (the handler writes to it)
   ~Mapping();
+  // The front-end shrank the file: (part of) this mapping is anonymous zero pages now.
+  bool faulted() const noexcept { return sigbus::faulted(guard); }
 };
 
 struct Region {
@@ -41,6 +48,15 @@ struct Region {
 // destroyed (munmap of mappings no longer referenced) only once no deliverer can touch it.
 class MemTable {
  public:
+  // A device's first table creates its fault record; every table derived from it (withAdded,
+  // withRemoved, emptyLike) shares it, so the engine checks one flag per device.
+  MemTable() : fault_(std::make_shared<MemFault>()) {}
+  explicit MemTable(std::shared_ptr<MemFault> f) : fault_(std::move(f)) {}
+  std::unique_ptr<MemTable> emptyLike() const { return std::make_unique<MemTable>(fault_); }
+  MemFault& fault() const noexcept { return *fault_; }
+  // The first region whose mapping the SIGBUS guard replaced, or nullptr.
+  const Region* faultedRegion() const noexcept;
+
   // Maps spec and returns a new table = this table's regions + spec. nullptr + err on failure.
   std::unique_ptr<MemTable> withAdded(const RegionSpec& spec, std::string* err) const;
   // New table without the region matching gpa/size/uva; nullptr + err if none matches.
@@ -59,6 +75,7 @@ class MemTable {
 
  private:
   std::vector<Region> regions_;
+  std::shared_ptr<MemFault> fault_;
 };
 
 }  // namespace vhd

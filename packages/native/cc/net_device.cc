@@ -28,6 +28,7 @@ void NetDevice::applyFeatures(uint64_t f) noexcept {
 
 static void rateLimitedPost(NetDevice& d, int q, EvKind kind, WorkerCtx& ctx) noexcept {
   Virtqueue& vq = d.vq[q];
+  if (d.mem->fault().pending()) return;  // we read zero pages (sigbus_guard.h); that report says why
   if (ctx.nowNs - vq.lastEventNs < kNsPerSec && vq.lastEventNs != 0) {
     vq.suppressedEvents++;
     return;
@@ -47,7 +48,8 @@ void queueBroken(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
   Virtqueue& vq = d.vq[q];
   if (vq.broken) return;
   vq.markBroken();
-  if (ctx.events) ctx.events->post(d.devId, q, EvKind::kQueueBroken, ctx.reason);
+  // After a memory fault in this burst the ring reads as zeros: the fault report says why.
+  if (ctx.events && !d.mem->fault().pending()) ctx.events->post(d.devId, q, EvKind::kQueueBroken, ctx.reason);
 }
 
 // Copies len bytes starting `skip` bytes into the iov list to dst.
@@ -260,7 +262,9 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask) noexcept 
   int npk = __builtin_popcount(mask);
   SpinGuard g(vq.lock);
   QueueCounters& c = *vq.ctr;
-  if (!vq.running || !vq.enabled || vq.broken) {
+  // A pending memory fault (sigbus_guard.h): the owner is about to fail the device; writing
+  // into zero pages meanwhile would only produce misleading ring errors.
+  if (!vq.running || !vq.enabled || vq.broken || d.mem->fault().pending()) {
     c.add(kDrops, (uint64_t)npk);
     return;
   }
