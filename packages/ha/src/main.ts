@@ -1,9 +1,11 @@
-// vfe-vhostd-ha, the keeper. This first version only holds its place in the pair: it runs,
-// answers to its pid file and logs. State sync, fd keeping and hosting the engine come with
-// issue 3; until then vfe-vhostd runs the datapath itself (standalone mode).
+// vfe-vhostd-ha, the keeper. HA phase 1 (keeper.ts): it runs every VF's vhost-user session
+// and the datapath engine for vfe-vhostd --ha, restores them from its replica journal before
+// serving the sync socket, and outlives any vfe-vhostd crash. Without --ha, vfe-vhostd runs
+// the datapath itself (standalone) and the keeper merely holds its place.
 import fs from "node:fs";
 import { parseArgs } from "node:util";
 import { createLogger, isLogLevel, notifyReady, notifyStopping, resolvePaths, startWatchdog } from "@vhostd/vhostd";
+import { Keeper } from "./keeper.js";
 
 const { values } = parseArgs({
   options: {
@@ -35,11 +37,21 @@ const log = createLogger({ level, name: "vfe-vhostd-ha" });
 fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o700 });
 fs.mkdirSync(paths.stateDir, { recursive: true, mode: 0o700 });
 const pidFile = paths.haPidFile;
+let keeper: Keeper;
+try {
+  // Restores every VF from the replica journal before the sync socket is served.
+  keeper = await Keeper.start({ runDir: paths.runDir, stateDir: paths.stateDir, log });
+} catch (e) {
+  log.fatal({ err: (e as Error).message }, "keeper failed to start");
+  process.stderr.write(`vfe-vhostd-ha: ${(e as Error).message}\n`);
+  process.exit(1);
+}
 fs.writeFileSync(pidFile, `${process.pid}\n`);
-log.info(
-  { version: pkg.version, runDir: paths.runDir, stateDir: paths.stateDir },
-  "keeper up; it keeps no state or fds yet, so vfe-vhostd runs the datapath standalone",
-);
+log.info({ version: pkg.version, runDir: paths.runDir, stateDir: paths.stateDir, ...keeper.list() }, "keeper up: it runs the VFs of vfe-vhostd --ha");
+process.on("uncaughtException", (e) => {
+  log.fatal({ err: e.stack ?? String(e) }, "uncaught exception");
+  process.exit(1);
+});
 
 // systemd (Type=notify): the keeper is up once its pid file is written; pings while the loop runs.
 const watchdog = startWatchdog({ log });
@@ -56,7 +68,9 @@ for (const sig of ["SIGTERM", "SIGINT"] as const) {
     } catch {
       // already gone
     }
-    log.info({ signal: sig }, "keeper stopped");
-    process.exit(0);
+    void keeper.stop().finally(() => {
+      log.info({ signal: sig }, "keeper stopped");
+      process.exit(0);
+    });
   });
 }

@@ -28,6 +28,7 @@ import { Journal } from "./journal.js";
 import { Registry, type PfEntry } from "./registry.js";
 import { RpcServer, prepareSocketPath, type Handler } from "./rpc_server.js";
 import { createVfHost } from "./session/host.js";
+import { KeeperVfHost } from "./keeper_host.js";
 import { notifyReady, notifyStopping, startWatchdog, type Watchdog } from "./systemd.js";
 import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
 import type { LevelWithSilent } from "pino";
@@ -46,6 +47,8 @@ export interface DaemonOptions {
   hostFactory?: (opts: { log: Logger; runDir: string }) => VfHost;
   /** Keeper versions for `version` (undefined when no keeper is connected). */
   haInfo?: () => { version: string; buildTime: string } | undefined;
+  /** HA phase 1 (vfe-vhostd --ha): the keeper runs every VF; vhostd only decides. */
+  ha?: boolean;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -178,16 +181,16 @@ export function createHandlers(
             mac: str(values.mac),
             mtu: num(values.mtu),
           });
-          return { device: vfDeviceResult(spec, registry.runtime(spec.dev)), ...ok() };
+          return { device: vfDeviceResult(spec, await registry.runtimeAsync(spec.dev)), ...ok() };
         }
         case "remove":
           await registry.removeVf(str(values.vfdev)!);
           return { ...ok() };
         case "list":
-          return { devices: registry.listVfs(str(values.mgmtpf)!).map((s) => vfDeviceResult(s, registry.runtime(s.dev))), ...ok() };
+          return { devices: await Promise.all(registry.listVfs(str(values.mgmtpf)!).map(async (s) => vfDeviceResult(s, await registry.runtimeAsync(s.dev)))), ...ok() };
         default: {
           const spec = registry.getVf(str(values.vfdev)!);
-          return { device: vfInfoResult(spec, registry.runtime(spec.dev)), ...ok() };
+          return { device: vfInfoResult(spec, await registry.runtimeAsync(spec.dev)), ...ok() };
         }
       }
     },
@@ -221,6 +224,7 @@ export class Daemon {
 
     const journal = Journal.open(paths.journalDir);
     let host: VfHost | undefined;
+    let haInfo = opts.haInfo;
     let registry: Registry;
     let rpc: RpcServer;
     const version = daemonVersion();
@@ -232,7 +236,17 @@ export class Daemon {
       const contents = journal.read();
       for (const { key, error } of contents.errors) log.error({ event: "journal_record_unusable", key, err: error }, `journal record ${key} ignored: ${error}`);
       const epoch = await journal.bumpEpoch();
-      host = (opts.hostFactory ?? createVfHost)({ log: log.child({ component: "host" }), runDir: paths.runDir });
+      let keeper: KeeperVfHost | undefined;
+      if (opts.ha && !opts.hostFactory) {
+        // HA phase 1: the keeper runs sessions and engine; a newer vhostd fencing us means exit.
+        keeper = new KeeperVfHost({ runDir: paths.runDir, log: log.child({ component: "keeper" }), epoch, version: version.version.slice(0, 64) });
+        keeper.on("fenced", () => {
+          log.fatal({ event: "fenced", epoch }, "a newer vfe-vhostd took over the keeper: exiting");
+          process.exit(1);
+        });
+        host = keeper;
+        haInfo = opts.haInfo ?? (() => keeper!.keeperInfo());
+      } else host = (opts.hostFactory ?? createVfHost)({ log: log.child({ component: "host" }), runDir: paths.runDir });
       registry = new Registry({
         inventory,
         host,
@@ -243,6 +257,7 @@ export class Daemon {
         journal,
       });
       const r = await registry.restore(contents);
+      await keeper?.start();
       log.info(
         {
           event: "restore_done",
@@ -260,7 +275,7 @@ export class Daemon {
           ` (${r.pfs.failed.length} PF(s) and ${r.vfs.failed.length + r.vfs.skipped.length} VF(s) failed, ${contents.errors.length} unusable record(s)) in ${Math.round(performance.now() - t0)} ms, epoch ${epoch}`,
       );
       ready = `serving RPC on ${paths.rpcSocket}; restored ${r.pfs.restored.length} PF(s), ${r.vfs.restored.length} VF(s), epoch ${epoch}`;
-      rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, opts.haInfo), log: log.child({ component: "rpc" }) });
+      rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, haInfo), log: log.child({ component: "rpc" }) });
       await rpc.listen();
     } catch (e) {
       watchdog.stop();
@@ -278,6 +293,7 @@ export class Daemon {
         config: opts.configFile ?? "(default)",
         pfs: inventory.allPfs().map((p) => `${p.dev} ${p.type} first VF ${p.firstVf} x${p.numVfs}`),
         defaultMode,
+        ha: opts.ha === true,
       },
       "vfe-vhostd started",
     );

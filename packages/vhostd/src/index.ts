@@ -4,3 +4,6 @@ export * from "./log.js";
 export * from "./vf_host.js";
 export * from "./ha_client.js";
 export * from "./systemd.js";
+export * from "./keeper_host.js";
+export { createVfHost, EngineVfHost, type VfHostOptions } from "./session/host.js";
+export { Journal } from "./journal.js";

@@ -4,7 +4,7 @@ import { isLogLevel, LOG_LEVELS } from "./log.js";
 import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, ENV_RUN_DIR, ENV_STATE_DIR } from "./paths.js";
 
 const USAGE = `usage: vfe-vhostd [-h] [--run-dir DIR] [--state-dir DIR] [--config FILE] [--server | --client]
-                  [--iface PREFIX] [--log-level LEVEL] [--version]
+                  [--iface PREFIX] [--ha | --standalone] [--log-level LEVEL] [--version]
 
 vhost-user back-end daemon (vfe-vhostd compatible).
 
@@ -18,12 +18,17 @@ options:
   --server           new VFs default to server mode: vfe-vhostd listens on the VF socket
   --client           new VFs default to client mode: vfe-vhostd connects to the front-end (default)
   --iface PREFIX     default VF socket is PREFIX<DEVICE> (default <run-dir>/vf-)
+  --ha               HA mode: the keeper vfe-vhostd-ha (same run dir) runs every VF's vhost-user
+                     session and datapath, so vfe-vhostd can restart or die without a VM noticing
+                     (env VHOSTD_HA=1)
+  --standalone       run every VF in this process (default)
   --log-level LEVEL  ${LOG_LEVELS.join("|")} (env VHOSTD_LOG_LEVEL, default info)
   --version          print the version and exit
 `;
 
 export function parseDaemonArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): DaemonOptions | "help" | "version" {
   const opts: DaemonOptions = {};
+  if (env.VHOSTD_HA === "1" || env.VHOSTD_HA === "true") opts.ha = true;
   const lvl = env.VHOSTD_LOG_LEVEL;
   if (lvl) {
     if (!isLogLevel(lvl)) throw new Error(`VHOSTD_LOG_LEVEL: unknown level "${lvl}"`);
@@ -65,6 +70,12 @@ export function parseDaemonArgs(argv: string[], env: NodeJS.ProcessEnv = process
         break;
       case "--iface":
         opts.iface = value();
+        break;
+      case "--ha":
+        opts.ha = true;
+        break;
+      case "--standalone":
+        opts.ha = false;
         break;
       case "--log-level": {
         const v = value();

@@ -382,11 +382,23 @@ export class Registry extends EventEmitter {
     return spec;
   }
 
+  /** The VF's runtime when the host answers synchronously (standalone); see runtimeAsync. */
   runtime(dev: string): VfRuntime | undefined {
     const why = this.failed.get(dev);
     if (why !== undefined) return { state: "failed", connected: false, features: "0x0", protocolFeatures: "0x0", reconnects: 0, queues: [], lastError: why };
     try {
-      return this.host.runtime(dev);
+      const rt = this.host.runtime(dev);
+      return rt instanceof Promise ? undefined : rt;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The VF's runtime from any host (HA: asked from the keeper); undefined when unknown. */
+  async runtimeAsync(dev: string): Promise<VfRuntime | undefined> {
+    if (this.failed.has(dev)) return this.runtime(dev);
+    try {
+      return await this.host.runtime(dev);
     } catch {
       return undefined;
     }

@@ -64,7 +64,8 @@ export interface VfHost {
   open(vf: VfSpec): void | Promise<void>;
   /** Tear the VF's session down and release its datapath. */
   close(dev: string): Promise<void>;
-  runtime(dev: string): VfRuntime | undefined;
+  /** In HA mode the keeper runs the session, so the answer may come asynchronously. */
+  runtime(dev: string): VfRuntime | undefined | Promise<VfRuntime | undefined>;
   /** PF lifecycle for net PFs (the L2 switch, and its TAP uplink if named); no-ops for blk. */
   addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void | Promise<void>;
   removePf(pf: string, switchId: number, kind: VfKind): void | Promise<void>;

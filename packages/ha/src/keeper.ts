@@ -1,0 +1,452 @@
+// vfe-vhostd-ha, HA phase 1: the keeper runs every VF's vhost-user session and the datapath
+// engine (the same EngineVfHost vfe-vhostd runs in-process when standalone); vfe-vhostd only
+// decides. Because vhostd never touches a vhost-user connection, killing it at any moment is
+// invisible to the front-ends.
+//
+// Start order: refuse if another keeper serves this run dir -> open the replica journal ->
+// bring back every PF and VF it holds -> only then serve the sync socket (and the local
+// inspection socket). So the keeper alone restores every VF after its own restart or a reboot.
+//
+// Deltas (table "devices": pf/<DEV> -> addPf/removePf, vf/<DEV> -> open/close): validated as a
+// whole, made durable in the replica, applied, and only then acknowledged. Idempotent: a put
+// identical to what runs changes nothing (a restarted vhostd re-sending its state is
+// harmless); a different spec for a running VF is close + open. A put that cannot be applied
+// is taken out of the replica again and nacked with "[errno N] reason" so vfe-vhostd answers
+// the RPC with the host's errno, exactly as standalone.
+//
+// Snapshots (vhostd's whole desired state, pushed at every vhostd start and keeper
+// reappearance): reconcile — close what is not in it, open what is missing, leave identical
+// ones untouched. A VF that cannot open stays desired and is shown "failed" by its runtime.
+import { chmodSync, existsSync, readFileSync, statSync, unlinkSync } from "node:fs";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Logger } from "pino";
+import { emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type SnapshotMsg } from "@vhostd/proto";
+import {
+  KEEPER_MAX_LINE_BYTES,
+  createVfHost,
+  keeperSocketPath,
+  type PfDeviceValue,
+  type VfHost,
+  type VfRuntime,
+  type VfSpec,
+} from "@vhostd/vhostd";
+import { parseDeviceEntry, sameValue, type DeviceEntry } from "./devices.js";
+import { ReplicaJournal } from "./replica.js";
+import { SyncServer } from "./sync_server.js";
+
+export const REPLICA_DIR_NAME = "keeper-journal";
+
+export interface KeeperOptions {
+  runDir: string;
+  stateDir: string;
+  log: Logger;
+  /** Tests inject a fake host; default the engine host of @vhostd/vhostd. */
+  host?: VfHost;
+  heartbeatMs?: number;
+  peerTimeoutMs?: number;
+}
+
+export function keeperVersion(): { version: string; buildTime: string } {
+  let version = "0.0.0";
+  try {
+    version = (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string }).version ?? version;
+  } catch {
+    /* default */
+  }
+  let buildTime = "unknown";
+  try {
+    buildTime = statSync(fileURLToPath(import.meta.url)).mtime.toISOString();
+  } catch {
+    /* default */
+  }
+  return { version: `vfe-vhostd-ha ${version}`, buildTime };
+}
+
+class KeeperError extends Error {
+  constructor(
+    message: string,
+    readonly errno: number,
+  ) {
+    super(message);
+  }
+}
+
+function errnoOf(e: unknown): number {
+  const n = (e as { errno?: unknown })?.errno;
+  return typeof n === "number" && n !== 0 ? -Math.abs(n) : -5;
+}
+
+export class Keeper {
+  /** What runs now. */
+  private readonly pfs = new Map<string, PfDeviceValue>();
+  private readonly vfs = new Map<string, VfSpec>();
+  /** Desired VFs the host could not open: dev -> why. */
+  private readonly failed = new Map<string, string>();
+  /** The replica in memory (what getSnapshot hands out). */
+  private state: HaState = emptyState();
+  private sync!: SyncServer;
+  private inspect!: InspectServer;
+  private stopped: Promise<void> | undefined;
+  readonly version = keeperVersion();
+
+  private constructor(
+    private readonly opts: KeeperOptions,
+    readonly host: VfHost,
+    private readonly replica: ReplicaJournal,
+    private readonly log: Logger,
+  ) {}
+
+  static async start(opts: KeeperOptions): Promise<Keeper> {
+    const log = opts.log;
+    const sockPath = keeperSocketPath(opts.runDir);
+    // A second keeper must neither open the replica nor touch anybody's VF sockets.
+    if (await answers(sockPath)) throw new Error(`another vfe-vhostd-ha serves ${opts.runDir} (${sockPath} answers)`);
+    const t0 = performance.now();
+    const replica = ReplicaJournal.open(join(opts.stateDir, REPLICA_DIR_NAME));
+    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir });
+    const k = new Keeper(opts, host, replica, log);
+    try {
+      const contents = replica.read();
+      for (const e of contents.errors) log.error({ event: "replica_record_unusable", key: e.key, err: e.error }, `replica record ${e.key} ignored: ${e.error}`);
+      const desired = k.validState(contents.state, "replica", true);
+      k.state = desired.state;
+      const r = await k.reconcile(desired.entries);
+      log.info(
+        { event: "keeper_restore_done", epoch: contents.epoch, seq: contents.seq, pfs: k.pfs.size, vfs: k.vfs.size, failed: k.failed.size, ...r, ms: Math.round(performance.now() - t0) },
+        `restored ${k.pfs.size} PF(s) and ${k.vfs.size} VF(s) from the replica journal (${k.failed.size} failed) in ${Math.round(performance.now() - t0)} ms`,
+      );
+      k.inspect = new InspectServer(sockPath, log, (req) => k.answer(req));
+      await k.inspect.listen();
+      k.sync = new SyncServer({
+        endpoint: haSyncEndpoint(opts.runDir),
+        log: log.child({ component: "sync" }),
+        version: k.version.version.slice(0, 64),
+        initial: { epoch: contents.epoch, seq: contents.seq },
+        hasState: () => Object.keys(k.state.devices).length > 0,
+        onDelta: (d) => k.onDelta(d),
+        onSnapshot: (s) => k.onSnapshot(s),
+        getSnapshot: () => ({ devices: { ...k.state.devices }, sessions: {}, fds: {} }),
+        heartbeatMs: opts.heartbeatMs,
+        peerTimeoutMs: opts.peerTimeoutMs,
+      });
+      await k.sync.start();
+    } catch (e) {
+      k.inspect?.close();
+      await host.shutdown().catch(() => undefined);
+      await replica.close().catch(() => undefined);
+      throw e;
+    }
+    return k;
+  }
+
+  /** Running VFs and PFs (tests, inspection). */
+  list(): { pfs: string[]; vfs: string[]; failed: string[] } {
+    return { pfs: [...this.pfs.keys()], vfs: [...this.vfs.keys()], failed: [...this.failed.keys()] };
+  }
+
+  async runtime(dev: string): Promise<VfRuntime | undefined> {
+    const why = this.failed.get(dev);
+    if (why !== undefined) return { state: "failed", connected: false, features: "0x0", protocolFeatures: "0x0", reconnects: 0, queues: [], lastError: why };
+    if (!this.vfs.has(dev)) return undefined;
+    return await this.host.runtime(dev);
+  }
+
+  /** Stops serving; with `closeSessions` (SIGTERM) every session and the engine go down too. */
+  stop(): Promise<void> {
+    this.stopped ??= (async () => {
+      this.sync?.close();
+      this.inspect?.close();
+      await this.host.shutdown().catch((e: Error) => this.log.error({ err: e.message }, "host shutdown failed"));
+      await this.replica.close().catch(() => undefined);
+    })();
+    return this.stopped;
+  }
+
+  /* ------------------------------------------------------------------------ sync */
+
+  private async onDelta(d: DeltaMsg): Promise<void> {
+    // Validate the whole delta first: a bad op changes nothing.
+    const entries: Array<{ op: HaOp; entry?: DeviceEntry; kind: "pf" | "vf"; dev: string }> = d.ops.map((op) => {
+      if (op.table !== "devices") throw new KeeperError(`[errno -22] table ${op.table} is not used by this keeper (HA phase 1)`, -22);
+      if (op.op === "put") {
+        const entry = this.validEntry(op.key, op.value);
+        return { op, entry, kind: entry.kind, dev: entry.dev };
+      }
+      const m = /^(pf|vf)\/(.+)$/.exec(op.key);
+      const dev = m ? normalizePciAddr(m[2]!) : undefined;
+      if (!m || !dev || dev !== m[2]) throw new KeeperError(`[errno -22] ${op.key.slice(0, 64)}: not a pf/ or vf/ key`, -22);
+      return { op, kind: m[1] as "pf" | "vf", dev };
+    });
+    await this.replica.apply(d.epoch, d.seq, d.ops);
+    for (const { op, entry, kind, dev } of entries) {
+      try {
+        if (kind === "pf") await this.applyPf(dev, entry?.kind === "pf" ? entry.value : undefined, "delta");
+        else await this.applyVf(dev, entry?.kind === "vf" ? entry.value : undefined, "delta");
+        if (op.op === "put") this.state.devices[op.key] = op.value;
+        else delete this.state.devices[op.key];
+      } catch (e) {
+        // The replica must describe what runs: the old value if it still runs, else nothing.
+        const still: unknown = kind === "pf" ? this.pfs.get(dev) : this.vfs.get(dev);
+        if (still !== undefined) this.state.devices[op.key] = still;
+        else delete this.state.devices[op.key];
+        await this.replica
+          .set("devices", op.key, still)
+          .catch((err: Error) => this.log.error({ key: op.key, err: err.message }, "replica: taking back a failed change failed"));
+        const msg = (e as Error).message;
+        throw new KeeperError(/\[errno -?\d+\]/.test(msg) ? msg : `[errno ${errnoOf(e)}] ${msg}`, errnoOf(e));
+      }
+    }
+  }
+
+  private async onSnapshot(s: SnapshotMsg): Promise<void> {
+    const desired = this.validState(s.state, "snapshot", false);
+    await this.replica.replace(s.epoch, s.seq, desired.state);
+    this.state = desired.state;
+    const t0 = performance.now();
+    const r = await this.reconcile(desired.entries);
+    this.log.info({ event: "keeper_reconciled", epoch: s.epoch, seq: s.seq, ...r, vfs: this.vfs.size, failed: this.failed.size, ms: Math.round(performance.now() - t0) }, "snapshot from vfe-vhostd reconciled");
+  }
+
+  /** Validates a whole state; `lenient` (the replica) logs and skips bad entries, else throws. */
+  private validState(state: HaState, from: string, lenient: boolean): { state: HaState; entries: DeviceEntry[] } {
+    const out = emptyState();
+    const entries: DeviceEntry[] = [];
+    for (const table of ["sessions", "fds"] as const) {
+      if (Object.keys(state[table]).length > 0) {
+        const why = `table ${table} is not used by this keeper (HA phase 1)`;
+        if (!lenient) throw new Error(why);
+        this.log.error({ from, table }, `${from}: ${why}; ignored`);
+      }
+    }
+    for (const [key, value] of Object.entries(state.devices)) {
+      try {
+        entries.push(this.validEntry(key, value));
+        out.devices[key] = value;
+      } catch (e) {
+        if (!lenient) throw e;
+        this.log.error({ event: "replica_record_unusable", key: key.slice(0, 128), err: (e as Error).message }, `${from}: ${key.slice(0, 64)} ignored`);
+      }
+    }
+    return { state: out, entries };
+  }
+
+  private validEntry(key: string, value: unknown): DeviceEntry {
+    try {
+      return parseDeviceEntry(key, value);
+    } catch (e) {
+      throw new KeeperError(`[errno -22] ${(e as Error).message}`, -22);
+    }
+  }
+
+  /** Makes what runs equal to `entries`; identical devices are not touched. */
+  private async reconcile(entries: DeviceEntry[]): Promise<{ opened: number; closed: number; unchanged: number }> {
+    const wantPf = new Map<string, PfDeviceValue>();
+    const wantVf = new Map<string, VfSpec>();
+    for (const e of entries) {
+      if (e.kind === "pf") wantPf.set(e.dev, e.value);
+      else wantVf.set(e.dev, e.value);
+    }
+    const pfChanging = new Set([...this.pfs].filter(([dev, v]) => !sameValue(wantPf.get(dev), v)).map(([dev]) => dev));
+    let opened = 0;
+    let closed = 0;
+    let unchanged = 0;
+    for (const [dev, spec] of [...this.vfs]) {
+      const want = wantVf.get(dev);
+      if (want && sameValue(want, spec) && !pfChanging.has(spec.pf)) continue;
+      await this.applyVf(dev, undefined, "snapshot");
+      closed++;
+    }
+    for (const dev of [...this.failed.keys()]) if (!wantVf.has(dev)) this.failed.delete(dev);
+    for (const dev of pfChanging) await this.applyPf(dev, undefined, "snapshot").catch((e: Error) => this.log.error({ pf: dev, err: e.message }, "removing PF failed"));
+    for (const [dev, v] of wantPf) {
+      if (this.pfs.has(dev)) continue;
+      await this.applyPf(dev, v, "snapshot").catch((e: Error) => this.log.error({ event: "pf_failed", pf: dev, err: e.message }, `PF ${dev} could not be added: ${e.message}`));
+    }
+    for (const [dev, spec] of wantVf) {
+      if (this.vfs.has(dev)) {
+        unchanged++;
+        continue;
+      }
+      try {
+        await this.applyVf(dev, spec, "snapshot");
+        opened++;
+      } catch (e) {
+        const why = (e as Error).message;
+        this.failed.set(dev, why);
+        this.log.error({ event: "vf_failed", vf: dev, socket: spec.socketPath, err: why }, `VF ${dev} on ${spec.socketPath} could not be opened: ${why}`);
+      }
+    }
+    return { opened, closed, unchanged };
+  }
+
+  private async applyPf(dev: string, want: PfDeviceValue | undefined, why: string): Promise<void> {
+    const cur = this.pfs.get(dev);
+    if (want && cur && sameValue(want, cur)) return;
+    if (cur) {
+      const vfs = [...this.vfs.values()].filter((v) => v.pf === dev);
+      if (vfs.length > 0) throw new KeeperError(`[errno -16] PF ${dev} still has ${vfs.length} VF(s) running`, -16);
+      await this.host.removePf(dev, cur.switchId, cur.kind);
+      this.pfs.delete(dev);
+      this.log.info({ event: "keeper_pf_removed", pf: dev, switchId: cur.switchId, why }, `PF ${dev} removed`);
+    }
+    if (want) {
+      await this.host.addPf(dev, want.switchId, want.kind, want.uplinkTap);
+      this.pfs.set(dev, want);
+      this.log.info({ event: "keeper_pf_added", pf: dev, switchId: want.switchId, kind: want.kind, uplink: want.uplinkTap, why }, `PF ${dev} added`);
+    }
+  }
+
+  private async applyVf(dev: string, want: VfSpec | undefined, why: string): Promise<void> {
+    const cur = this.vfs.get(dev);
+    if (want && cur && sameValue(want, cur)) return;
+    if (cur) {
+      await this.host.close(dev);
+      this.vfs.delete(dev);
+      this.log.info({ event: "keeper_vf_closed", vf: dev, socket: cur.socketPath, why }, `VF ${dev} closed (${cur.socketPath})`);
+    }
+    this.failed.delete(dev);
+    if (want) {
+      const pf = this.pfs.get(want.pf);
+      if (!pf) throw new KeeperError(`[errno -19] PF ${want.pf} of VF ${dev} is not added at the keeper`, -19);
+      if (pf.switchId !== want.switchId) throw new KeeperError(`[errno -22] VF ${dev} names switch ${want.switchId}, its PF has ${pf.switchId}`, -22);
+      for (const v of this.vfs.values()) {
+        if (v.devId === want.devId) throw new KeeperError(`[errno -17] devId ${want.devId} is used by VF ${v.dev}`, -17);
+        if (v.socketPath === want.socketPath) throw new KeeperError(`[errno -17] socket ${want.socketPath} is used by VF ${v.dev}`, -17);
+      }
+      await this.host.open(want);
+      this.vfs.set(dev, want);
+      this.log.info({ event: "keeper_vf_opened", vf: dev, socket: want.socketPath, mode: want.mode, devId: want.devId, why }, `VF ${dev} serving ${want.socketPath} (${want.mode})`);
+    }
+  }
+
+  /* ------------------------------------------------------------------ inspection */
+
+  private async answer(req: { method: string; dev?: string }): Promise<unknown> {
+    switch (req.method) {
+      case "runtime":
+        return (await this.runtime(req.dev!)) ?? null;
+      case "version":
+        return this.version;
+      case "list":
+        return { ...this.list(), epoch: this.sync?.epoch ?? 0, seq: this.sync?.lastSeq ?? 0, peer: this.sync?.peer ?? null };
+      default:
+        throw new Error("unknown method");
+    }
+  }
+}
+
+/** True if something accepts connections on the unix socket at `path`. */
+function answers(path: string): Promise<boolean> {
+  if (!existsSync(path)) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const s = createConnection(path);
+    const done = (v: boolean) => {
+      s.destroy();
+      resolve(v);
+    };
+    s.once("connect", () => done(true));
+    s.once("error", () => done(false));
+    setTimeout(() => done(false), 1000).unref();
+  });
+}
+
+const INSPECT_MAX_CONNECTIONS = 16;
+const INSPECT_MAX_PENDING_WRITE = 4 << 20;
+
+/**
+ * <run-dir>/vfe-vhostd-ha.sock (0600): newline-delimited JSON, `{"id":N,"method":"runtime","dev":D}`
+ * → `{"id":N,"result":VfRuntime|null}`; also "version" and "list". Untrusted input: lines over
+ * 1 MiB, non-JSON, wrong fields and unknown methods get an error or the connection closed;
+ * connections are capped; a client that does not read is dropped.
+ */
+class InspectServer {
+  private server: Server | undefined;
+  private readonly conns = new Set<Socket>();
+
+  constructor(
+    readonly path: string,
+    private readonly log: Logger,
+    private readonly handler: (req: { method: string; dev?: string }) => Promise<unknown>,
+  ) {}
+
+  async listen(): Promise<void> {
+    if (existsSync(this.path)) unlinkSync(this.path); // stale: answers() said nobody serves it
+    const server = createServer((s) => this.onConnection(s));
+    server.maxConnections = INSPECT_MAX_CONNECTIONS;
+    const old = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(this.path, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+    } finally {
+      process.umask(old);
+    }
+    chmodSync(this.path, 0o600);
+    this.server = server;
+  }
+
+  close(): void {
+    for (const c of this.conns) c.destroy();
+    this.server?.close();
+    try {
+      unlinkSync(this.path);
+    } catch {
+      /* gone */
+    }
+  }
+
+  private onConnection(s: Socket): void {
+    this.conns.add(s);
+    s.on("close", () => this.conns.delete(s));
+    s.on("error", () => undefined);
+    s.setEncoding("utf8");
+    let buf = "";
+    s.on("data", (d: string) => {
+      buf += d;
+      if (buf.length > KEEPER_MAX_LINE_BYTES) {
+        this.log.warn({ bytes: buf.length }, "inspection socket: request too long; connection closed");
+        s.destroy();
+        return;
+      }
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        void this.onLine(s, line);
+      }
+    });
+  }
+
+  private async onLine(s: Socket, line: string): Promise<void> {
+    let id: number | null = null;
+    let reply: Record<string, unknown>;
+    try {
+      const req = JSON.parse(line) as unknown;
+      if (typeof req !== "object" || req === null || Array.isArray(req)) throw new Error("request is not an object");
+      const r = req as Record<string, unknown>;
+      if (typeof r.id === "number" && Number.isSafeInteger(r.id)) id = r.id;
+      else throw new Error("id must be an integer");
+      if (typeof r.method !== "string" || !["runtime", "version", "list"].includes(r.method)) throw new Error("unknown method");
+      let dev: string | undefined;
+      if (r.method === "runtime") {
+        dev = typeof r.dev === "string" ? normalizePciAddr(r.dev) : undefined;
+        if (!dev) throw new Error("dev must be a PCI address");
+      }
+      reply = { id, result: await this.handler({ method: r.method, ...(dev ? { dev } : {}) }) };
+    } catch (e) {
+      reply = { id, error: (e as Error).message.slice(0, 200) };
+    }
+    if (s.destroyed) return;
+    if (s.writableLength > INSPECT_MAX_PENDING_WRITE) {
+      s.destroy();
+      return;
+    }
+    s.write(JSON.stringify(reply) + "\n");
+  }
+}

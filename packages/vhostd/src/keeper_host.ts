@@ -1,0 +1,368 @@
+// vfe-vhostd --ha: the VfHost that asks the keeper (vfe-vhostd-ha) to run every VF.
+//
+// HA phase 1 (docs/architecture.md, "HA phase 1 as built"): the keeper runs the vhost-user
+// sessions and the engine; vhostd only decides. Every change the registry makes is one
+// delta on the HA state channel (HaClient), table "devices":
+//   pf/<DEV>  {pf, switchId, kind, uplinkTap?}   addPf / removePf
+//   vf/<DEV>  the VfSpec                         open / close
+// and resolves once the keeper made it durable in its replica journal and applied it.
+//
+// Restore: while the registry restores from vhostd's own journal, nothing is sent; the
+// desired state is only collected. start() then pushes it as one snapshot and the keeper
+// reconciles (VFs it already runs with the same spec are left untouched, so a vhostd
+// restart is invisible to front-ends; VFs vhostd never acknowledged are closed). The same
+// snapshot is pushed again whenever the keeper (re)appears.
+//
+// Keeper down: changes fail at once with EAGAIN "keeper unavailable" (never hang); removals
+// are recorded and reach the keeper with the next snapshot. Runtime (vf -i / vf -l) is asked
+// from the keeper over its local socket (<run-dir>/vfe-vhostd-ha.sock, newline-delimited
+// JSON), bounded by a short timeout; unknown while the keeper restarts.
+import { EventEmitter } from "node:events";
+import { createConnection, type Socket } from "node:net";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, type HaOp, type HaState, type WelcomeMsg } from "@vhostd/proto";
+import { HaClient, HaSyncError } from "./ha_client.js";
+import type { VfHost, VfKind, VfRuntime, VfSpec } from "./vf_host.js";
+
+/** The keeper's local inspection socket inside the run dir (0600). */
+export const KEEPER_SOCKET_NAME = "vfe-vhostd-ha.sock";
+/** Largest request or reply line on the keeper socket. */
+export const KEEPER_MAX_LINE_BYTES = 1 << 20;
+
+export function keeperSocketPath(runDir: string): string {
+  return join(runDir, KEEPER_SOCKET_NAME);
+}
+
+/** Value of devices["pf/<DEV>"]. */
+export interface PfDeviceValue {
+  pf: string;
+  switchId: number;
+  kind: VfKind;
+  uplinkTap?: string;
+}
+
+export function pfKey(dev: string): string {
+  return `pf/${dev}`;
+}
+export function vfKey(dev: string): string {
+  return `vf/${dev}`;
+}
+
+/** A VfSpec as the sync channel carries it (no undefined fields). */
+export function vfValue(s: VfSpec): Record<string, unknown> {
+  return {
+    dev: s.dev,
+    pf: s.pf,
+    kind: s.kind,
+    devId: s.devId,
+    switchId: s.switchId,
+    socketPath: s.socketPath,
+    mode: s.mode,
+    ...(s.uuid ? { uuid: s.uuid } : {}),
+    mac: s.mac,
+    mtu: s.mtu,
+    queuePairs: s.queuePairs,
+  };
+}
+
+export function pfValue(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): PfDeviceValue {
+  return { pf, switchId, kind, ...(uplinkTap ? { uplinkTap } : {}) };
+}
+
+/** The keeper's errors carry the host's errno as "[errno N] ..." in the nack reason. */
+function keeperError(e: unknown): Error {
+  if (e instanceof HaSyncError) {
+    if (e.code === "apply_failed") {
+      const m = /\[errno (-?\d+)\]/.exec(e.message);
+      const err = new Error(`keeper: ${e.message.replace(/^delta \d+ not applied: /, "")}`) as Error & { errno?: number };
+      if (m) err.errno = Number(m[1]);
+      return err;
+    }
+    if (e.code === "timeout") return new VfeError(LinuxErrno.ETIMEDOUT, `keeper did not answer: ${e.message}`);
+    return new VfeError(LinuxErrno.EAGAIN, `keeper unavailable: ${e.message}`);
+  }
+  return e as Error;
+}
+
+export interface KeeperVfHostOptions {
+  runDir: string;
+  log: Logger;
+  /** vhostd's epoch (its journal's, bumped at this start). */
+  epoch: number;
+  version?: string;
+  /** A change not acknowledged in this long fails (ETIMEDOUT). Default 4000 (the RPC server gives up on a connection after 10 s). */
+  requestTimeoutMs?: number;
+  /** How long start() waits for the keeper before serving without it. Default 3000. */
+  startWaitMs?: number;
+  /** A runtime question not answered in this long is "unknown". Default 1000. */
+  runtimeTimeoutMs?: number;
+  heartbeatMs?: number;
+  peerTimeoutMs?: number;
+}
+
+/**
+ * Events: "fenced" (a newer vhostd took over the keeper: this process must stop),
+ * "keeper_up" / "keeper_down".
+ */
+export class KeeperVfHost extends EventEmitter implements VfHost {
+  private readonly client: HaClient;
+  private readonly log: Logger;
+  /** What vhostd wants the keeper to run: the "devices" table. */
+  private readonly desired: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+  private restoring = true;
+  /** The keeper may differ from `desired` (a change failed or timed out, keeper restarted). */
+  private needSync = true;
+  private chain: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  private readonly runtimes: RuntimeClient;
+  private keeperVersion: { version: string; buildTime: string } | undefined;
+
+  constructor(private readonly opts: KeeperVfHostOptions) {
+    super();
+    this.log = opts.log;
+    this.client = new HaClient({
+      endpoint: haSyncEndpoint(opts.runDir),
+      log: opts.log.child({ component: "ha" }),
+      epoch: opts.epoch,
+      version: opts.version,
+      requestTimeoutMs: opts.requestTimeoutMs ?? 4000,
+      heartbeatMs: opts.heartbeatMs,
+      peerTimeoutMs: opts.peerTimeoutMs,
+      getState: () => this.state(),
+    });
+    this.runtimes = new RuntimeClient(keeperSocketPath(opts.runDir), opts.runtimeTimeoutMs ?? 1000);
+    this.client.on("keeper_up", (w: WelcomeMsg) => {
+      this.needSync = true;
+      this.keeperVersion = { version: w.version, buildTime: "unknown" };
+      void this.runtimes.call({ method: "version" }).then((v) => {
+        const o = v as { version?: unknown; buildTime?: unknown } | undefined;
+        if (o && typeof o.version === "string" && typeof o.buildTime === "string") this.keeperVersion = { version: o.version, buildTime: o.buildTime };
+      }, () => undefined);
+      if (!this.restoring) void this.serial(() => this.sync("keeper up")).catch(() => undefined);
+      this.emit("keeper_up", w);
+    });
+    this.client.on("keeper_down", (e) => {
+      this.needSync = true;
+      this.keeperVersion = undefined;
+      this.emit("keeper_down", e);
+    });
+    this.client.on("fenced", (e) => this.emit("fenced", e));
+  }
+
+  get keeperUp(): boolean {
+    return this.client.keeperUp;
+  }
+
+  /** The keeper's version for `version` (undefined while disconnected). */
+  keeperInfo(): { version: string; buildTime: string } | undefined {
+    return this.client.keeperUp ? this.keeperVersion : undefined;
+  }
+
+  /** The whole desired state (what a snapshot carries). */
+  state(): HaState {
+    return { ...emptyState(), devices: { ...this.desired } };
+  }
+
+  /**
+   * Ends the restore phase: connects, waits (bounded) for the keeper and pushes the desired
+   * state as a snapshot. Without a keeper it returns anyway; the snapshot goes out when the
+   * keeper appears.
+   */
+  async start(): Promise<void> {
+    this.restoring = false;
+    await this.client.connect();
+    const t0 = performance.now();
+    try {
+      await withTimeout(this.client.hello(), this.opts.startWaitMs ?? 3000, "keeper did not welcome us");
+    } catch (e) {
+      this.log.warn({ event: "keeper_unavailable", err: (e as Error).message }, "keeper unavailable at start; changes fail until it is up, the state follows when it comes");
+      return;
+    }
+    try {
+      await this.serial(() => this.sync("start"));
+      this.log.info({ event: "keeper_synced", devices: Object.keys(this.desired).length, ms: Math.round(performance.now() - t0) }, "keeper runs the journaled state");
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, "snapshot to the keeper failed; retried when the keeper is up again");
+    }
+  }
+
+  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): Promise<void> {
+    return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfValue(pf, switchId, kind, uplinkTap) }, true);
+  }
+
+  removePf(pf: string): Promise<void> {
+    return this.change({ op: "del", table: "devices", key: pfKey(pf) }, false);
+  }
+
+  open(vf: VfSpec): Promise<void> {
+    return this.change({ op: "put", table: "devices", key: vfKey(vf.dev), value: vfValue(vf) }, true);
+  }
+
+  close(dev: string): Promise<void> {
+    return this.change({ op: "del", table: "devices", key: vfKey(dev) }, false);
+  }
+
+  async runtime(dev: string): Promise<VfRuntime | undefined> {
+    if (this.closed) return undefined;
+    try {
+      const r = await this.runtimes.call({ method: "runtime", dev });
+      return r === null || r === undefined ? undefined : (r as VfRuntime);
+    } catch {
+      return undefined; // keeper restarting: runtime unknown for a moment
+    }
+  }
+
+  /** vhostd stops; the keeper keeps running every VF (that is the point). */
+  async shutdown(): Promise<void> {
+    this.closed = true;
+    await this.chain.catch(() => undefined);
+    this.client.close();
+    this.runtimes.close();
+  }
+
+  /* ---------------------------------------------------------------------- internals */
+
+  /**
+   * Applies one op to the desired state and to the keeper. A put that fails is taken back
+   * (the registry will not journal it); a del stays (the registry removes anyway) and reaches
+   * the keeper with the next snapshot.
+   */
+  private change(op: HaOp, revertOnFailure: boolean): Promise<void> {
+    return this.serial(async () => {
+      const had = Object.hasOwn(this.desired, op.key);
+      const prev = this.desired[op.key];
+      if (op.op === "put") this.desired[op.key] = op.value;
+      else delete this.desired[op.key];
+      if (this.restoring) return;
+      const revert = () => {
+        if (!revertOnFailure) return;
+        if (had) this.desired[op.key] = prev;
+        else delete this.desired[op.key];
+      };
+      if (this.closed || !this.client.keeperUp) {
+        revert();
+        this.needSync = true;
+        throw new VfeError(LinuxErrno.EAGAIN, "keeper unavailable: vfe-vhostd-ha is not connected (is it running?)");
+      }
+      try {
+        if (this.needSync) await this.sync("before a change");
+        await this.client.send([op]);
+      } catch (e) {
+        revert();
+        this.needSync = true;
+        // The keeper answered (it refused): bring it back in step with the desired state now.
+        // A keeper that did not answer gets the snapshot when it is up again (keeper_up), so
+        // the RPC's answer is never delayed by a second timeout.
+        if (e instanceof HaSyncError && e.code === "apply_failed") await this.sync("after a refused change").catch(() => undefined);
+        throw keeperError(e);
+      }
+    });
+  }
+
+  private async sync(why: string): Promise<void> {
+    if (this.closed || this.client.fenced) return;
+    if (!this.needSync) return;
+    await this.client.sendSnapshot(this.state());
+    this.needSync = false;
+    this.log.debug({ why, devices: Object.keys(this.desired).length }, "desired state pushed to the keeper");
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
+    p.then(
+      (v) => (clearTimeout(t), resolve(v)),
+      (e) => (clearTimeout(t), reject(e)),
+    );
+  });
+}
+
+/** One persistent connection to the keeper socket; requests pipelined, matched by id. */
+class RuntimeClient {
+  private sock: Socket | null = null;
+  private buf = "";
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void; timer: NodeJS.Timeout }>();
+  private closed = false;
+
+  constructor(
+    private readonly path: string,
+    private readonly timeoutMs: number,
+  ) {}
+
+  call(req: Record<string, unknown>): Promise<unknown> {
+    if (this.closed) return Promise.reject(new Error("closed"));
+    const id = this.nextId++;
+    const sock = this.connection();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`keeper socket: no answer in ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      sock.write(JSON.stringify({ id, ...req }) + "\n");
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.drop(new Error("closed"));
+  }
+
+  private connection(): Socket {
+    if (this.sock) return this.sock;
+    const s = createConnection(this.path);
+    s.setEncoding("utf8");
+    s.unref();
+    s.on("data", (d: string) => this.onData(d));
+    s.on("error", (e) => this.drop(e));
+    s.on("close", () => this.drop(new Error("keeper socket closed")));
+    this.sock = s;
+    return s;
+  }
+
+  private onData(d: string): void {
+    this.buf += d;
+    if (this.buf.length > KEEPER_MAX_LINE_BYTES) {
+      this.drop(new Error("keeper socket: reply too long"));
+      return;
+    }
+    let nl: number;
+    while ((nl = this.buf.indexOf("\n")) >= 0) {
+      const line = this.buf.slice(0, nl);
+      this.buf = this.buf.slice(nl + 1);
+      let msg: { id?: unknown; result?: unknown; error?: unknown };
+      try {
+        msg = JSON.parse(line) as typeof msg;
+      } catch {
+        continue;
+      }
+      const w = typeof msg.id === "number" ? this.pending.get(msg.id) : undefined;
+      if (!w) continue;
+      this.pending.delete(msg.id as number);
+      clearTimeout(w.timer);
+      if (typeof msg.error === "string") w.reject(new Error(msg.error));
+      else w.resolve(msg.result);
+    }
+  }
+
+  private drop(err: Error): void {
+    const s = this.sock;
+    this.sock = null;
+    this.buf = "";
+    if (s && !s.destroyed) s.destroy();
+    for (const [id, w] of this.pending) {
+      this.pending.delete(id);
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+  }
+}
