@@ -256,17 +256,22 @@ async function idleRun(impl: Impl, n: number, o: Opts): Promise<IdleResult> {
   }
 }
 
+/**
+ * A run during which processes other than the front-end and back-end used more than this
+ * many cores (other people's tests on a shared 2-CPU machine) is marked contended and left
+ * out of the medians when the variant has clean runs.
+ */
+const CONTENDED_CORES = 0.25;
+
 interface Row {
   label: string;
   size: string;
   qp: string;
-  ours: number[];
-  dpdk: number[];
-  oursCost: number[];
-  dpdkCost: number[];
-  unit: string;
-  extra: string;
+  ours: NetResult[];
+  dpdk: NetResult[];
 }
+
+const isClean = (r: NetResult) => !(r.otherCores > CONTENDED_CORES);
 
 const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : "–");
 const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : "–");
@@ -277,8 +282,12 @@ function netTable(rows: Row[]): string {
     "|---|---|---|---|---|---|---|---|---|",
   ];
   for (const r of rows) {
-    const mo = median(r.ours), md = median(r.dpdk);
-    out.push(`| ${r.label} | ${r.size} | ${r.qp} | ${f2(mo)} | ${f2(md)} | **${f2(mo / md)}** | ${f3(median(r.oursCost))} | ${f3(median(r.dpdkCost))} | ${r.ours.map(f2).join(" ")} / ${r.dpdk.map(f2).join(" ")} |`);
+    // Medians of the uncontended runs; a side with none makes the comparison void.
+    const co = r.ours.filter(isClean), cd = r.dpdk.filter(isClean);
+    const valid = co.length > 0 && cd.length > 0;
+    const mo = median(co.map((x) => x.mpps)), md = median(cd.map((x) => x.mpps));
+    const raw = (rs: NetResult[]) => rs.map((x) => f2(x.mpps) + (x.otherCores > CONTENDED_CORES ? "\\*" : "")).join(" ");
+    out.push(`| ${r.label} | ${r.size} | ${r.qp} | ${f2(mo)} | ${f2(md)} | ${valid ? `**${f2(mo / md)}**` : "– (contended)"} | ${f3(median(co.map((x) => x.cost)))} | ${f3(median(cd.map((x) => x.cost)))} | ${raw(r.ours)} / ${raw(r.dpdk)} |`);
   }
   return out.join("\n");
 }
@@ -305,7 +314,7 @@ async function main(): Promise<void> {
   if (o.cases.has("oneway")) for (const size of o.sizes) variants.push({ kase: "oneway", size, qp: 1 });
 
   for (const v of variants) {
-    const row: Row = { label: v.kase === "pvp" ? "PVP loop (io, --tx-first)" : "one-way (flowgen → sink, both ports)", size: `${v.size} B`, qp: String(v.qp), ours: [], dpdk: [], oursCost: [], dpdkCost: [], unit: "Mpps", extra: "" };
+    const row: Row = { label: v.kase === "pvp" ? "PVP loop (io, --tx-first)" : "one-way (flowgen → sink, both ports)", size: `${v.size} B`, qp: String(v.qp), ours: [], dpdk: [] };
     for (let r = 0; r < o.runs; r++) {
       const order: Impl[] = r % 2 === 0 ? ["ours", "dpdk"] : ["dpdk", "ours"];
       for (const impl of order) {
@@ -313,8 +322,7 @@ async function main(): Promise<void> {
         try {
           const res = await netRun(impl, v.kase, v.size, v.qp, o);
           allNet.push(res);
-          (impl === "ours" ? row.ours : row.dpdk).push(res.mpps);
-          (impl === "ours" ? row.oursCost : row.dpdkCost).push(res.cost);
+          (impl === "ours" ? row.ours : row.dpdk).push(res);
           console.log(`${tag.padEnd(34)} ${f2(res.mpps).padStart(6)} Mpps (offered ${f2(res.offeredMpps)}), back-end ${f2(res.beCores)} cores, ${f3(res.cost)} CPU s/Mpkt, others ${f2(res.otherCores)} cores, steal ${f2(res.stealCores)}, load ${res.load}`);
         } catch (e) {
           failures.push(`${tag}: ${(e as Error).message.split("\n")[0]}`);
@@ -351,7 +359,7 @@ async function main(): Promise<void> {
         "| idle, 8 connected VFs, no traffic | ours | DPDK | runs ours / DPDK (% of a core) |",
         "|---|---|---|---|",
         `| back-end CPU, % of a core (median over ${o.idleMs / 1000} s) | ${f2(median(io.map((x) => x.cpuPct)))} | ${f2(median(id.map((x) => x.cpuPct)))} | ${io.map((x) => f2(x.cpuPct)).join(" ")} / ${id.map((x) => f2(x.cpuPct)).join(" ")} |`,
-        `| back-end RSS, MiB | ${median(io.map((x) => x.rssMiB)).toFixed(0)} | ${median(id.map((x) => x.rssMiB)).toFixed(0)} | |`,
+        `| back-end RSS, MiB (both include front-end memory they touched or mapped populated) | ${median(io.map((x) => x.rssMiB)).toFixed(0)} | ${median(id.map((x) => x.rssMiB)).toFixed(0)} | |`,
       ].join("\n"),
     );
   }
@@ -360,6 +368,7 @@ async function main(): Promise<void> {
   const loads = [...allNet.map((x) => x.load), ...idle.map((x) => x.load)];
   const notes = [
     `- Pinning: front-end dpdk-testpmd \`--lcores ${FE_LCORES}\` (main and forwarding lcore on CPU ${FE_CPU}); back-end on CPU ${BE_CPU}: vfe-vhostd \`taskset -a -p -c ${BE_CPU}\` (every thread, the engine worker included), DPDK testpmd net_vhost \`--lcores ${BE_LCORES}\`.`,
+    `- \\* = contended run: other processes used more than ${CONTENDED_CORES} cores during its window; left out of the medians; a variant with no uncontended run on either side gets no ratio.`,
     `- Rate: sum over the front-end's two ports of testpmd's Rx-pps, averaged over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up; cost: back-end utime+stime (/proc/PID/stat, whole process) over the window ÷ packets received by the front-end in it.`,
     `- Load (1/5/15 min loadavg) before each run: ${loads.length ? `${loads[0]} … ${loads[loads.length - 1]}` : "–"}; CPU used by other processes during the windows: median ${f2(median(others))}, max ${f2(Math.max(...others.filter(Number.isFinite), 0))} cores${steal.length ? `; steal median ${f2(median(steal))}, max ${f2(Math.max(...steal.filter(Number.isFinite), 0))} cores` : ""}.`,
     ...(failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
