@@ -1,9 +1,10 @@
 // Starts vfe-vhostd in a private run/state dir and drives it through the real CLI.
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { cliBin, vhostdBin } from "./paths.js";
+import { cliBin, keeperBin, vhostdBin } from "./paths.js";
 import { Testpmd } from "./testpmd.js";
 import { sleep } from "./wait.js";
 
@@ -21,11 +22,17 @@ export interface DaemonOptions {
   server?: boolean;
   env?: NodeJS.ProcessEnv;
   args?: string[];
+  /** HA phase 1: start the keeper (vfe-vhostd-ha) first in the same run/state dirs, and vfe-vhostd --ha. */
+  ha?: boolean;
 }
 
 export class Daemon {
   proc: ChildProcess | null = null;
+  /** The keeper, when started with { ha: true }. */
+  keeper: ChildProcess | null = null;
   readonly logFile: string;
+  readonly keeperLogFile: string;
+  private lastOpts: DaemonOptions = {};
 
   private constructor(
     readonly dir: string,
@@ -33,12 +40,19 @@ export class Daemon {
     readonly stateDir: string,
   ) {
     this.logFile = path.join(dir, "vhostd.log");
+    this.keeperLogFile = path.join(dir, "keeper.log");
   }
 
   static async start(opts: DaemonOptions = {}): Promise<Daemon> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-test-"));
     const d = new Daemon(dir, path.join(dir, "run"), path.join(dir, "state"));
-    await d.launch(opts);
+    if (opts.ha) await d.startKeeper(opts.env);
+    try {
+      await d.launch(opts);
+    } catch (e) {
+      await d.stopKeeper();
+      throw e;
+    }
     return d;
   }
 
@@ -47,8 +61,77 @@ export class Daemon {
     return path.join(this.dir, `${name}.sock`);
   }
 
+  /** Starts the keeper and waits until its inspection socket answers (it restored its replica by then). */
+  async startKeeper(env?: NodeJS.ProcessEnv): Promise<void> {
+    const out = fs.openSync(this.keeperLogFile, "a");
+    const k = spawn(process.execPath, [keeperBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug"], { stdio: ["ignore", out, out], env: { ...process.env, ...env } });
+    fs.closeSync(out);
+    this.keeper = k;
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline) {
+      if (k.exitCode !== null) throw new Error(`vfe-vhostd-ha exited with ${k.exitCode}:\n${this.keeperLog()}`);
+      if (await this.keeperCall({ method: "version" }).catch(() => null)) return;
+      await sleep(50);
+    }
+    throw new Error(`vfe-vhostd-ha did not answer within 15 s:\n${this.keeperLog()}`);
+  }
+
+  /** One request on the keeper's inspection socket (<run-dir>/vfe-vhostd-ha.sock). */
+  keeperCall(req: Record<string, unknown>, timeoutMs = 2000): Promise<any> {
+    return new Promise((resolve, reject) => {
+      const s = net.createConnection(path.join(this.runDir, "vfe-vhostd-ha.sock"));
+      let buf = "";
+      const t = setTimeout(() => (s.destroy(), reject(new Error("keeper socket: timeout"))), timeoutMs);
+      s.setEncoding("utf8");
+      s.on("error", (e) => (clearTimeout(t), reject(e)));
+      s.on("connect", () => s.write(JSON.stringify({ id: 1, ...req }) + "\n"));
+      s.on("data", (d: string) => {
+        buf += d;
+        const nl = buf.indexOf("\n");
+        if (nl < 0) return;
+        clearTimeout(t);
+        s.destroy();
+        const msg = JSON.parse(buf.slice(0, nl));
+        if (msg.error) reject(new Error(msg.error));
+        else resolve(msg.result);
+      });
+    });
+  }
+
+  keeperLog(): string {
+    try {
+      return fs.readFileSync(this.keeperLogFile, "utf8");
+    } catch {
+      return "";
+    }
+  }
+
+  /** kill -9 vfe-vhostd and wait until it is gone. */
+  async killVhostd(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise((r) => p.once("exit", r));
+    p.kill("SIGKILL");
+    await exited;
+  }
+
+  /** kill -9 the keeper and wait until it is gone. */
+  async killKeeper(): Promise<void> {
+    const p = this.keeper;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise((r) => p.once("exit", r));
+    p.kill("SIGKILL");
+    await exited;
+  }
+
+  /** Starts vfe-vhostd again with the options it was first started with; resolves once it answers RPC. */
+  restartVhostd(): Promise<void> {
+    return this.launch(this.lastOpts);
+  }
+
   async launch(opts: DaemonOptions = {}): Promise<void> {
-    const args = [vhostdBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug", ...(opts.server ? ["--server"] : []), ...(opts.args ?? [])];
+    this.lastOpts = opts;
+    const args = [vhostdBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug", ...(opts.server ? ["--server"] : []), ...(opts.ha ? ["--ha"] : []), ...(opts.args ?? [])];
     const out = fs.openSync(this.logFile, "a");
     this.proc = spawn(process.execPath, args, { stdio: ["ignore", out, out], env: { ...process.env, ...opts.env } });
     fs.closeSync(out);
@@ -119,11 +202,28 @@ export class Daemon {
   /** Stops the daemon and any peer the test left running. */
   async stop(): Promise<void> {
     Testpmd.killAll();
+    await this.stopVhostd();
+    await this.stopKeeper();
+  }
+
+  /** SIGTERM vfe-vhostd (in HA mode the keeper keeps running every VF). */
+  async stopVhostd(): Promise<void> {
     const p = this.proc;
-    if (!p || p.exitCode !== null) return;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const exited = new Promise((r) => p.once("exit", r));
     p.kill("SIGTERM");
     const t = setTimeout(() => p.kill("SIGKILL"), 5000);
+    await exited;
+    clearTimeout(t);
+  }
+
+  /** SIGTERM the keeper, if there is one (it closes every session it runs). */
+  async stopKeeper(): Promise<void> {
+    const k = this.keeper;
+    if (!k || k.exitCode !== null || k.signalCode !== null) return;
+    const exited = new Promise((r) => k.once("exit", r));
+    k.kill("SIGTERM");
+    const t = setTimeout(() => k.kill("SIGKILL"), 5000);
     await exited;
     clearTimeout(t);
   }
