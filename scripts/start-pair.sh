@@ -28,20 +28,30 @@ if alive "$RUN_DIR/vfe-vhostd.pid"; then
   exit 1
 fi
 
-# The keeper first: vfe-vhostd hands it fds and state once it is up.
+# The keeper first: it restores every VF from its replica journal, then vfe-vhostd --ha
+# tells it what to run (HA phase 1: the keeper runs every session and the datapath).
+HA_ARGS=()
 if [ -f "$ROOT/packages/ha/dist/src/main.js" ]; then
+  HA_ARGS=(--ha)
   if alive "$RUN_DIR/vfe-vhostd-ha.pid"; then
     echo "vfe-vhostd-ha already running (pid $(cat "$RUN_DIR/vfe-vhostd-ha.pid"))"
   else
     nohup node "$KEEPER" --run-dir "$RUN_DIR" --state-dir "$STATE_DIR" >>"$LOG_DIR/vfe-vhostd-ha.log" 2>&1 </dev/null &
-    echo $! >"$RUN_DIR/vfe-vhostd-ha.pid"
-    echo "vfe-vhostd-ha started (pid $!)"
+    kpid=$!
+    echo $kpid >"$RUN_DIR/vfe-vhostd-ha.pid"
+    # Wait until it serves (its inspection socket appears once its VFs are restored).
+    for _ in $(seq 1 100); do
+      [ -S "$RUN_DIR/vfe-vhostd-ha.sock" ] && break
+      kill -0 "$kpid" 2>/dev/null || { echo "vfe-vhostd-ha exited during start-up; see $LOG_DIR/vfe-vhostd-ha.log" >&2; tail -n 20 "$LOG_DIR/vfe-vhostd-ha.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    echo "vfe-vhostd-ha started (pid $kpid)"
   fi
 else
   echo "vfe-vhostd-ha (the keeper) is not built yet (no packages/ha/dist/src/main.js): starting vfe-vhostd alone"
 fi
 
-nohup node "$VHOSTD" --run-dir "$RUN_DIR" --state-dir "$STATE_DIR" "$@" >>"$LOG_DIR/vfe-vhostd.log" 2>&1 </dev/null &
+nohup node "$VHOSTD" --run-dir "$RUN_DIR" --state-dir "$STATE_DIR" "${HA_ARGS[@]}" "$@" >>"$LOG_DIR/vfe-vhostd.log" 2>&1 </dev/null &
 pid=$!
 
 for _ in $(seq 1 100); do
