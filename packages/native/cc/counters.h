@@ -4,6 +4,7 @@
 // deliverer holding the RX queue lock), so an update is load + store, not a locked add.
 #pragma once
 #include <cstdint>
+#include <climits>
 
 namespace vhd {
 
@@ -19,11 +20,13 @@ enum Counter : int {
   kCalls = 4,
   kErrors = 5,
   kWakeups = 6,
-  kReserved = 7,
+  // Not a counter: a TX queue's burst in progress (TxProgress below), in the same shared
+  // memory so that the process that takes the queue over after a crash can read it.
+  kProgress = 7,
 };
 
 constexpr const char* kCounterNames[kCountersPerQueue] = {
-    "packets", "bytes", "drops", "kicks", "calls", "errors", "wakeups", "reserved"};
+    "packets", "bytes", "drops", "kicks", "calls", "errors", "wakeups", "progress"};
 
 struct alignas(64) QueueCounters {
   uint64_t v[kCountersPerQueue];
@@ -43,5 +46,25 @@ struct alignas(64) QueueCounters {
   }
 };
 static_assert(sizeof(QueueCounters) == 64, "one cache line per queue");
+
+// A TX burst between taking frames from the front-end and publishing their used entries:
+// which avail positions [start, start+n) are done (delivered to every destination, or needing
+// no delivery). A process killed mid-burst leaves it set; its successor, resuming the ring at
+// used->idx == start, completes the done positions without delivering them again and delivers
+// the rest: no frame is lost and none is sent twice (a flood to several ports excepted, whose
+// earlier ports may see it again). Bits: 0-15 start, 16-23 n, 24-55 done mask, 63 active.
+struct TxProgress {
+  uint16_t start;
+  uint8_t n;
+  uint32_t done;
+  bool active;
+
+  static TxProgress decode(uint64_t v) noexcept {
+    return TxProgress{(uint16_t)v, (uint8_t)(v >> 16), (uint32_t)(v >> 24), (v >> 63) != 0};
+  }
+  uint64_t encode() const noexcept {
+    return (uint64_t)start | ((uint64_t)n << 16) | ((uint64_t)done << 24) | ((uint64_t)(active ? 1 : 0) << 63);
+  }
+};
 
 }  // namespace vhd

@@ -7,6 +7,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,7 +69,16 @@ std::string Engine::start() {
   std::string guardErr = sigbus::install();
   if (!guardErr.empty()) return guardErr;
   countersBytes_ = (size_t)cfg_.maxDevices * kMaxQueues * sizeof(QueueCounters);
-  void* p = mmap(nullptr, countersBytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* p;
+  if (cfg_.sharedFd >= 0) {
+    struct stat st {};
+    if (fstat(cfg_.sharedFd, &st) != 0) return std::string("fstat of the shared counters file: ") + strerror(errno);
+    if ((size_t)st.st_size < countersBytes_ && ftruncate(cfg_.sharedFd, (off_t)countersBytes_) != 0)
+      return std::string("ftruncate of the shared counters file: ") + strerror(errno);
+    p = mmap(nullptr, countersBytes_, PROT_READ | PROT_WRITE, MAP_SHARED, cfg_.sharedFd, 0);
+  } else {
+    p = mmap(nullptr, countersBytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  }
   if (p == MAP_FAILED) return std::string("mmap of counters failed: ") + strerror(errno);
   counters_ = static_cast<uint64_t*>(p);
   for (int i = 0; i < cfg_.workers; i++) {
@@ -224,6 +234,7 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
       if (c) {
         work += c;
         d->sw->forward(d->devId, p, ctx, d, q);
+        netTxFinish(*d, q);
       }
     }
   }
@@ -246,6 +257,11 @@ void Engine::workerMain(Worker& w) {
   struct epoll_event evs[64];
   while (!w.stop.load(std::memory_order_relaxed)) {
     drainCommands(w);
+    if (held_.load(std::memory_order_acquire)) {
+      usleep(20);
+      lastWork = monoNs();
+      continue;
+    }
     ctx.nowNs = monoNs();
     if (pollOnce(w, ctx)) {
       lastWork = ctx.nowNs;
@@ -389,7 +405,7 @@ std::string Engine::uplinkStats(int id, UplinkStats* out) {
 
 // ---------------------------------------------------------------------------- devices
 
-std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs) {
+std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs, bool keepCounters) {
   if (devs_[devId]) return "device " + std::to_string(devId) + " already exists";
   auto it = switches_.find(switchId);
   if (it == switches_.end()) return "switch " + std::to_string(switchId) + " does not exist";
@@ -403,7 +419,7 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   d->mem = std::make_unique<MemTable>();
   d->ctr = reinterpret_cast<QueueCounters*>(counters_) + (size_t)devId * kMaxQueues;
   for (int q = 0; q < kMaxQueues; q++) {
-    d->ctr[q].reset();
+    if (!keepCounters) d->ctr[q].reset();  // kept: a takeover continues the dead runner's counts
     d->vq[q].ctr = &d->ctr[q];
     d->vq[q].pollSrc = PollSource{PollSource::kKick, d, q};
   }
@@ -615,7 +631,10 @@ std::string Engine::kickAll(int devId) {
     ctx.nowNs = monoNs();
     for (int p = 0; p < d->maxQueuePairs; p++) {
       int q = 2 * p + 1;
-      if (txActive(d->vq[q]) && netTxBurst(*d, q, ctx)) d->sw->forward(d->devId, p, ctx, d, q);
+      if (txActive(d->vq[q]) && netTxBurst(*d, q, ctx)) {
+        d->sw->forward(d->devId, p, ctx, d, q);
+        netTxFinish(*d, q);
+      }
     }
     for (int q = 0; q < 2 * d->maxQueuePairs; q++) {
       Virtqueue& v = d->vq[q];

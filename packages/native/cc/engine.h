@@ -27,6 +27,9 @@ struct EngineConfig {
   int workers = 1;
   int maxDevices = 1024;
   int pollUs = 200;
+  // A file (on tmpfs) holding the counters and TX progress records, shared by every process
+  // that may run these devices (the HA pair); -1: private memory.
+  int sharedFd = -1;
 };
 
 struct EventRec {
@@ -116,7 +119,7 @@ class Engine : public EventSink {
   std::string fdb(int id, std::vector<L2Switch::Entry>* out);
   std::string uplinkStats(int id, UplinkStats* out);
 
-  std::string addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs);
+  std::string addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs, bool keepCounters = false);
   std::string removeDevice(int devId);
   std::string setFeatures(int devId, uint64_t features);
   std::string setMemTable(int devId, const std::vector<RegionSpec>& regions);
@@ -127,6 +130,9 @@ class Engine : public EventSink {
   std::string setQueueEnabled(int devId, int q, bool en);
   std::string setQueueCall(int devId, int q, int callFd);
   std::string kickAll(int devId);
+  // While held, workers run commands but poll no queue and yield the CPU: an HA adoption starts
+  // every ring of every VF in one go (commands would otherwise queue behind a backlog burst).
+  void hold(bool on) noexcept { held_.store(on, std::memory_order_release); }
 
  private:
   // Runs fn on worker w between bursts and waits for it (bounded wait while not started).
@@ -143,6 +149,7 @@ class Engine : public EventSink {
   uint64_t* counters_ = nullptr;
   size_t countersBytes_ = 0;
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::atomic<bool> held_{false};
   std::vector<NetDevice*> devs_;
   std::map<int, std::unique_ptr<L2Switch>> switches_;
   int rrDev_ = 0, rrSwitch_ = 0;

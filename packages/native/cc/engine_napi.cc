@@ -150,6 +150,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("setQueueEnabled", &EngineWrap::SetQueueEnabled),
                            InstanceMethod("setQueueCall", &EngineWrap::SetQueueCall),
                            InstanceMethod("kickAll", &EngineWrap::KickAll),
+                           InstanceMethod("hold", &EngineWrap::Hold),
                            InstanceMethod("close", &EngineWrap::Close),
                            InstanceAccessor("counters", &EngineWrap::Counters, nullptr),
                            InstanceAccessor("maxDevices", &EngineWrap::MaxDevices, nullptr),
@@ -166,6 +167,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       if (!o.Get("maxDevices").IsUndefined())
         cfg.maxDevices = (int)getInt(env, o.Get("maxDevices"), "opts.maxDevices", 1, 65536);
       if (!o.Get("pollUs").IsUndefined()) cfg.pollUs = (int)getInt(env, o.Get("pollUs"), "opts.pollUs", 0, 10000000);
+      if (!o.Get("sharedFd").IsUndefined()) cfg.sharedFd = (int)getInt(env, o.Get("sharedFd"), "opts.sharedFd", 0, INT32_MAX);
     }
     if (info.Length() < 2 || !info[1].IsFunction()) throwType(env, "onEvent must be a function");
     engine_ = std::make_unique<Engine>(cfg);
@@ -296,7 +298,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     int qp = (int)getInt(env, o.Get("maxQueuePairs"), "opts.maxQueuePairs", 1, kMaxQueuePairs);
     if (e.hasDevice(id)) throwError(env, "device " + std::to_string(id) + " already exists");
     if (!e.hasSwitch(sw)) throwError(env, "switch " + std::to_string(sw) + " does not exist");
-    check(env, e.addNetDevice(id, sw, mac, mtu, qp));
+    bool keep = o.Get("keepCounters").IsBoolean() && o.Get("keepCounters").As<Napi::Boolean>().Value();
+    check(env, e.addNetDevice(id, sw, mac, mtu, qp, keep));
     return env.Undefined();
   }
   Napi::Value RemoveDevice(const Napi::CallbackInfo& info) {
@@ -375,6 +378,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     int q = queueArg(info, 1, id);
     int fd = (int)getInt(info.Env(), info[2], "callFd", -1, INT32_MAX);
     check(info.Env(), engine_->setQueueCall(id, q, fd));
+    return info.Env().Undefined();
+  }
+  Napi::Value Hold(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsBoolean()) throwType(info.Env(), "hold(on) needs a boolean");
+    live(info.Env()).hold(info[0].As<Napi::Boolean>().Value());
     return info.Env().Undefined();
   }
   Napi::Value KickAll(const Napi::CallbackInfo& info) {

@@ -134,11 +134,23 @@ void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev,
       if (static_cast<NetDevice*>(ctx.dstPtr[s])->devId != srcPort) ctx.dstMask[s] |= flood;
     if (srcPort != kUplinkPort) upMask |= flood;
   }
-  for (int s = 0; s < m; s++)
-    if (ctx.dstMask[s]) netDeliver(*static_cast<NetDevice*>(ctx.dstPtr[s]), pair, ctx, ctx.dstMask[s]);
+  // Progress of the source's burst (TxProgress): a frame is done once its last destination has
+  // it; frames going nowhere are done at once.
+  Virtqueue* src = srcDev ? &srcDev->vq[srcQueue] : nullptr;
+  const uint32_t all = ctx.n >= 32 ? ~0u : ((1u << ctx.n) - 1);
+  uint32_t later = up ? upMask : 0;
+  for (int s = 0; s < m; s++) later |= ctx.dstMask[s];
+  if (src) netTxDelivered(*src, ctx, all & ~later);
+  for (int s = 0; s < m; s++) {
+    if (!ctx.dstMask[s]) continue;
+    uint32_t rest = up ? upMask : 0;
+    for (int r = s + 1; r < m; r++) rest |= ctx.dstMask[r];
+    netDeliver(*static_cast<NetDevice*>(ctx.dstPtr[s]), pair, ctx, ctx.dstMask[s], src, ctx.dstMask[s] & ~rest);
+  }
   if (up && upMask) {
     uint64_t drops = tapTxBurst(*up, ctx, upMask);
     if (drops && srcDev) srcDev->vq[srcQueue].ctr->add(kDrops, drops);
+    if (src) netTxDelivered(*src, ctx, upMask);
   }
 }
 

@@ -83,14 +83,27 @@ int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
   const uint32_t hl = (uint32_t)d.hdrLen;
   uint64_t bytes = 0, errs = 0;
   int consumed = 0;
+  const uint16_t start = vq.lastAvail;
+  uint32_t done = 0;  // positions that need no delivery
   for (int i = 0; i < pend; i++) {
     uint16_t head;
     if (vq.headAt(vq.lastAvail, &head, ctx.reason, sizeof ctx.reason) == Pop::kBroken) {
       queueBroken(d, q, ctx);
       break;
     }
+    const uint16_t skipPos = (uint16_t)(vq.lastAvail - vq.skipStart);
     vq.lastAvail++;
     consumed++;
+    if (vq.skipN) {
+      if (skipPos < vq.skipN && ((vq.skipMask >> skipPos) & 1)) {
+        // Delivered by the process that ran this queue before it died: complete it only.
+        vq.pushUsed(head, 0);
+        done |= 1u << i;
+        if (skipPos + 1u >= vq.skipN) vq.skipN = 0;
+        continue;
+      }
+      if (skipPos + 1u >= vq.skipN) vq.skipN = 0;
+    }
     Chain c{};
     c.iovStart = 0;
     bool tooMany = false;
@@ -107,10 +120,12 @@ int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
     }
     if (!ok) {
       vq.pushUsed(head, 0);
+      done |= 1u << i;
       errs++;
       chainError(d, q, ctx);
       continue;
     }
+    ctx.pos[ctx.n] = (uint8_t)i;
     Pkt& p = ctx.pkts[ctx.n];
     p.data = ctx.bufs + (size_t)ctx.n * kFrameStride;
     memset(p.hdr, 0, sizeof p.hdr);
@@ -124,13 +139,41 @@ int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
     vq.pushUsed(head, 0);
   }
   if (consumed) {
-    vq.publishUsed();
-    vq.signalIfNeeded();
+    // Used entries are written but not published until every frame is delivered
+    // (netTxFinish): a process killed in between leaves this record to its successor.
+    vq.burst = TxProgress{start, (uint8_t)consumed, done, true};
+    __atomic_store_n(&vq.ctr->v[kProgress], vq.burst.encode(), __ATOMIC_SEQ_CST);
   }
-  vq.ctr->add(kPackets, (uint64_t)ctx.n);
-  vq.ctr->add(kBytes, bytes);
-  vq.ctr->add(kErrors, errs);
+  // Counted when the burst is finished: a burst a killed process never finished is counted
+  // once, by the process that finishes it.
+  vq.burstPkts = (uint32_t)ctx.n;
+  vq.burstBytes = bytes;
+  vq.burstErrs = (uint32_t)errs;
   return consumed;
+}
+
+void netTxDelivered(Virtqueue& vq, const WorkerCtx& ctx, uint32_t pktMask) noexcept {
+  if (!vq.burst.active || !pktMask) return;
+  uint32_t pos = 0;
+  while (pktMask) {
+    int k = __builtin_ctz(pktMask);
+    pktMask &= pktMask - 1;
+    pos |= 1u << ctx.pos[k];
+  }
+  vq.burst.done |= pos;
+  vq.storeProgress();  // release: after the destination's used index
+}
+
+void netTxFinish(NetDevice& d, int q) noexcept {
+  Virtqueue& vq = d.vq[q];
+  if (!vq.burst.active) return;
+  vq.ctr->add(kPackets, vq.burstPkts);
+  vq.ctr->add(kBytes, vq.burstBytes);
+  vq.ctr->add(kErrors, vq.burstErrs);
+  vq.publishUsed();
+  vq.signalIfNeeded();
+  vq.burst.active = false;
+  vq.storeProgress();
 }
 
 // ---- checksum -------------------------------------------------------------------------
@@ -256,7 +299,7 @@ static void scatter(NetDevice& d, Virtqueue& vq, WorkerCtx& ctx, int nch, const 
   }
 }
 
-void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask) noexcept {
+void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* src, uint32_t srcDone) noexcept {
   int q = pickRxQueue(d, pair);
   Virtqueue& vq = d.vq[q];
   int npk = __builtin_popcount(mask);
@@ -266,6 +309,7 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask) noexcept 
   // into zero pages meanwhile would only produce misleading ring errors.
   if (!vq.running || !vq.enabled || vq.broken || d.mem->fault().pending()) {
     c.add(kDrops, (uint64_t)npk);
+    if (src) netTxDelivered(*src, ctx, srcDone);
     return;
   }
   const MemTable& mem = *d.mem;
@@ -343,10 +387,11 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask) noexcept 
     pk++;
     by += p.len;
   }
-  if (vq.usedIdx != usedBefore) {
-    vq.publishUsed();
-    vq.signalIfNeeded();
-  }
+  if (vq.usedIdx != usedBefore) vq.publishUsed();
+  // The source's progress record before the signal: a process killed in that syscall must
+  // not deliver these frames again after a takeover.
+  if (src) netTxDelivered(*src, ctx, srcDone);
+  if (vq.usedIdx != usedBefore) vq.signalIfNeeded();
   c.add(kPackets, pk);
   c.add(kBytes, by);
   c.add(kDrops, dr);

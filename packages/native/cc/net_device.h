@@ -67,6 +67,7 @@ struct Pkt {
 struct WorkerCtx {
   Pkt pkts[kBurst];
   int n = 0;
+  uint8_t pos[kBurst];  // TX: avail position (within the burst) of each pkt
   uint8_t* bufs = nullptr;  // kBurst * kFrameStride
   struct iovec iov[kMaxIov];
   Chain chains[kMaxRxChains];
@@ -111,9 +112,15 @@ void queueBroken(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
 // Pops up to kBurst chains from TX queue q into ctx.pkts (ctx.n good frames), returns the
 // chains to the used ring and signals. Returns the number of chains consumed (work done).
 int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
+// The frames in pktMask (ctx.pkts indices) of queue vq's burst reached their last destination.
+void netTxDelivered(Virtqueue& vq, const WorkerCtx& ctx, uint32_t pktMask) noexcept;
+// Publishes the burst's used entries once it is forwarded, and clears its progress record.
+void netTxFinish(NetDevice& d, int q) noexcept;
 // Delivers the frames of ctx.pkts selected by mask into d's RX queue for `pair`.
 // skipOffloads: the source is not a virtio device (no header checks needed beyond this).
-void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask) noexcept;
+// Delivers the frames in mask to d's RX queue of `pair`; then marks srcDone done in the source
+// TX queue's progress record (src may be null), before any notification syscall.
+void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* src = nullptr, uint32_t srcDone = 0) noexcept;
 
 // Completes a NEEDS_CSUM packet in software; false when csum_start/offset do not fit.
 bool softwareChecksum(Pkt& p) noexcept;

@@ -243,6 +243,27 @@ Napi::Value RecvWithFds(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// Copies up to maxBytes of what is queued on a socket without consuming it and without
+// taking any fds (no control buffer: the kernel installs none). Lets a reader consume a
+// whole vhost-user message with one recvmsg() once all of it has arrived, so a process
+// killed between two reads never leaves half a message on a connection another process
+// takes over. Returns null on EAGAIN.
+Napi::Value PeekBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "peekBytes");
+  size_t maxBytes = static_cast<size_t>(IntArg(info, 1, "peekBytes", "maxBytes", 1, kMaxRecvBytes));
+  std::unique_ptr<char[]> buf(new char[maxBytes]);
+  ssize_t n;
+  do {
+    n = recv(fd, buf.get(), maxBytes, MSG_PEEK | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Null();
+    ThrowErrno(env, errno, "recv(MSG_PEEK)");
+  }
+  return Napi::Buffer<char>::Copy(env, buf.get(), static_cast<size_t>(n));
+}
+
 // Sends all of data: vhost-user messages must never be cut in half, so partial writes
 // loop, and a full socket buffer is waited out (up to kSendStallMs per stall). The fds
 // go in one SCM_RIGHTS with the first chunk. On a stall timeout part of the message
@@ -363,6 +384,31 @@ Napi::Value DupFd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, nfd);
 }
 
+// An open-file-description lock on a whole file: the kernel releases it when the last fd of
+// that description closes, so a process killed with -9 never leaves it behind. HA uses one
+// per VF so that exactly one process runs a VF's queues at any instant. Non-blocking: true
+// when taken (or already ours), false when another description holds it.
+Napi::Value OfdTryLock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "ofdTryLock");
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0) return Napi::Boolean::New(env, true);
+  if (errno == EAGAIN || errno == EACCES) return Napi::Boolean::New(env, false);
+  ThrowErrno(env, errno, "fcntl(F_OFD_SETLK)");
+}
+
+Napi::Value OfdUnlock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "ofdUnlock");
+  struct flock fl {};
+  fl.l_type = F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  if (fcntl(fd, F_OFD_SETLK, &fl) != 0) ThrowErrno(env, errno, "fcntl(F_OFD_SETLK, F_UNLCK)");
+  return env.Undefined();
+}
+
 Napi::Value EventFd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   unsigned initial = static_cast<unsigned>(IntArg(info, 0, "eventFd", "initial", 0, UINT_MAX));
@@ -420,6 +466,9 @@ void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
   exports.Set("unixAccept", Napi::Function::New(env, UnixAccept, "unixAccept"));
   exports.Set("recvWithFds", Napi::Function::New(env, RecvWithFds, "recvWithFds"));
+  exports.Set("ofdTryLock", Napi::Function::New(env, OfdTryLock, "ofdTryLock"));
+  exports.Set("ofdUnlock", Napi::Function::New(env, OfdUnlock, "ofdUnlock"));
+  exports.Set("peekBytes", Napi::Function::New(env, PeekBytes, "peekBytes"));
   exports.Set("sendWithFds", Napi::Function::New(env, SendWithFds, "sendWithFds"));
   exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));

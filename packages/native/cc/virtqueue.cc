@@ -39,6 +39,18 @@ bool Virtqueue::mapRings(const MemTable& mem, const QueueSetup& s, char* reason,
   if (u_idx != lastAvail) lastAvail = u_idx;
   usedIdx = lastAvail;
   signalledUsed = usedIdx;
+  // A burst the previous runner of this queue (maybe another process) left unfinished at
+  // exactly this position: skip what it delivered already (TxProgress).
+  burst = TxProgress{};
+  skipN = 0;
+  if (ctr) {
+    TxProgress left = TxProgress::decode(__atomic_load_n(&ctr->v[kProgress], __ATOMIC_ACQUIRE));
+    if (left.active && left.start == lastAvail && left.n > 0 && left.n <= 32) {
+      skipStart = left.start;
+      skipN = left.n;
+      skipMask = left.done;
+    }
+  }
   return true;
 }
 

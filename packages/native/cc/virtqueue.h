@@ -90,6 +90,15 @@ class Virtqueue {
   PollSource pollSrc{PollSource::kKick, nullptr, 0};
   bool inEpoll = false;
   QueueCounters* ctr = nullptr;
+  // TX: the burst being forwarded (mirrored to ctr->v[kProgress]) and, after a takeover, the
+  // positions of the dead process's last burst that were done already (see TxProgress).
+  TxProgress burst{};
+  uint16_t skipStart = 0;
+  uint8_t skipN = 0;
+  uint32_t skipMask = 0;
+  uint32_t burstPkts = 0, burstErrs = 0;
+  uint64_t burstBytes = 0;
+  void storeProgress() noexcept { __atomic_store_n(&ctr->v[kProgress], burst.encode(), __ATOMIC_RELEASE); }
   Spinlock lock;  // RX queues: taken by every deliverer; TX queues: unused
 
   // ---- ring state ----

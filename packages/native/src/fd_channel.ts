@@ -13,14 +13,14 @@ import {
   FD_CHANNEL_MAX_FDS_PER_FRAME,
   FD_CHANNEL_MAX_FRAME_BYTES,
   FD_CHANNEL_MAX_IDS,
-  SyncError,
   decodeFdFrameBody,
   encodeFdFrameBody,
   fdFrameFdCount,
   type FdFrame,
 } from "@vhostd/proto";
-import { native, type PeerCred, type RecvResult } from "./native.js";
+import { native, type PeerCred } from "./native.js";
 import { closeFds, connectUnix, listenUnix } from "./unix_socket.js";
+import { FramedFdConnection, type FrameCodec, type FrameEvents } from "./framed_conn.js";
 
 /** The subset of a pino Logger this file uses (native does not depend on pino). */
 export interface FdChannelLog {
@@ -29,9 +29,6 @@ export interface FdChannelLog {
   debug(obj: object, msg: string): void;
 }
 
-const HEADER_BYTES = 4;
-/** Frames handled per readable event before yielding to the event loop. */
-const MAX_FRAMES_PER_WAKE = 64;
 
 /** Why a peer may not use the channel, or null when it may: only our own effective uid. */
 export function checkPeerCred(cred: PeerCred, euid: number): string | null {
@@ -39,126 +36,20 @@ export function checkPeerCred(cred: PeerCred, euid: number): string | null {
   return null;
 }
 
-/* ----------------------------------------------------------------------- one connection */
+/** The fd channel's frames on a FramedFdConnection. */
+const FD_FRAME_CODEC: FrameCodec<FdFrame> = {
+  name: "fd channel",
+  encode: encodeFdFrameBody,
+  decode: decodeFdFrameBody,
+  fdCount: fdFrameFdCount,
+  describe: (f) => f.op,
+  maxBytes: FD_CHANNEL_MAX_FRAME_BYTES,
+  maxFds: FD_CHANNEL_MAX_FDS_PER_FRAME,
+};
 
-interface ConnEvents {
-  onFrame(frame: FdFrame, fds: number[]): void;
-  onClose(reason: string, violation: boolean): void;
-}
-
-/** Framing and fd accounting for one connected socket (both ends use it). */
-class FrameConn {
-  private watcher: InstanceType<typeof native.FdWatcher> | null;
-  private header: Buffer = Buffer.alloc(0);
-  private body: Buffer = Buffer.alloc(0);
-  private bodyLen = -1;
-  private fds: number[] = [];
-  private closed = false;
-
-  constructor(
-    readonly fd: number,
-    private readonly events: ConnEvents,
-  ) {
-    this.watcher = new native.FdWatcher(fd, () => this.onReadable());
-  }
-
-  get isOpen(): boolean {
-    return !this.closed;
-  }
-
-  /** Sends one frame and its fds (the kernel duplicates them; the caller keeps its own). */
-  send(frame: FdFrame, fds: readonly number[] = []): void {
-    if (this.closed) throw new Error("fd channel connection is closed");
-    if (fds.length !== fdFrameFdCount(frame)) throw new Error(`frame ${frame.op} names ${fdFrameFdCount(frame)} fds, ${fds.length} given`);
-    const body = encodeFdFrameBody(frame);
-    const buf = Buffer.allocUnsafe(HEADER_BYTES + body.length);
-    buf.writeUInt32LE(body.length, 0);
-    body.copy(buf, HEADER_BYTES);
-    try {
-      native.sendWithFds(this.fd, buf, [...fds]);
-    } catch (err) {
-      this.close(`send failed: ${(err as Error).message}`, false);
-      throw err;
-    }
-  }
-
-  close(reason: string, violation: boolean): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.watcher?.stop();
-    this.watcher = null;
-    closeFds(this.fds);
-    this.fds = [];
-    native.closeFd(this.fd);
-    this.events.onClose(reason, violation);
-  }
-
-  private onReadable(): void {
-    let frames = 0;
-    while (!this.closed && frames < MAX_FRAMES_PER_WAKE) {
-      const need = this.bodyLen < 0 ? HEADER_BYTES - this.header.length : this.bodyLen - this.body.length;
-      if (need === 0) {
-        frames++;
-        this.finishFrame();
-        continue;
-      }
-      let r: RecvResult | null;
-      try {
-        r = native.recvWithFds(this.fd, need, FD_CHANNEL_MAX_FDS_PER_FRAME);
-      } catch (err) {
-        this.close(`recv failed: ${(err as Error).message}`, false);
-        return;
-      }
-      if (r === null) return;
-      this.fds.push(...r.fds);
-      if (r.data.length === 0) {
-        const partial = this.header.length > 0 || this.fds.length > 0 ? " in the middle of a frame" : "";
-        this.close(`peer closed the connection${partial}`, partial !== "");
-        return;
-      }
-      if (r.fdsTruncated || this.fds.length > FD_CHANNEL_MAX_FDS_PER_FRAME) {
-        this.close(`a frame carried more than ${FD_CHANNEL_MAX_FDS_PER_FRAME} fds`, true);
-        return;
-      }
-      if (this.bodyLen < 0) {
-        this.header = Buffer.concat([this.header, r.data]);
-        if (this.header.length === HEADER_BYTES) {
-          const len = this.header.readUInt32LE(0);
-          if (len === 0 || len > FD_CHANNEL_MAX_FRAME_BYTES) {
-            this.close(`frame length ${len} outside 1..${FD_CHANNEL_MAX_FRAME_BYTES}`, true);
-            return;
-          }
-          this.bodyLen = len;
-        }
-      } else {
-        this.body = this.body.length === 0 ? r.data : Buffer.concat([this.body, r.data]);
-      }
-    }
-    if (!this.closed) setImmediate(() => this.onReadable());
-  }
-
-  private finishFrame(): void {
-    const body = this.body;
-    const fds = this.fds;
-    this.header = Buffer.alloc(0);
-    this.body = Buffer.alloc(0);
-    this.bodyLen = -1;
-    this.fds = [];
-    let frame: FdFrame;
-    try {
-      frame = decodeFdFrameBody(body);
-    } catch (err) {
-      closeFds(fds);
-      this.close(`bad frame: ${err instanceof SyncError ? err.message : String(err)}`, true);
-      return;
-    }
-    const want = fdFrameFdCount(frame);
-    if (fds.length !== want) {
-      closeFds(fds);
-      this.close(`fd count mismatch: ${frame.op} frame names ${want} fds, ${fds.length} arrived`, true);
-      return;
-    }
-    this.events.onFrame(frame, fds);
+class FrameConn extends FramedFdConnection<FdFrame> {
+  constructor(fd: number, events: FrameEvents<FdFrame>) {
+    super(fd, FD_FRAME_CODEC, events);
   }
 }
 

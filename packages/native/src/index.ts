@@ -10,3 +10,4 @@ export * from "./fd_channel.js";
 export function counterIndex(maxQueues: number, devId: number, queue: number, field: number): number {
   return (devId * maxQueues + queue) * native.COUNTERS_PER_QUEUE + field;
 }
+export * from "./framed_conn.js";

@@ -61,6 +61,8 @@ export interface NetDeviceOptions {
   mtu: number;
   /** Queue pairs the device offers (queue 2i is RX of pair i, 2i+1 its TX). */
   maxQueuePairs: number;
+  /** HA takeover: continue the counters (and TX progress) the previous runner left in shared memory. */
+  keepCounters?: boolean;
 }
 
 /** Something the datapath noticed that an operator must see (rate-limited by the engine). */
@@ -79,6 +81,11 @@ export interface EngineOptions {
   maxDevices?: number;
   /** Busy-poll this long after the last work before sleeping on kick fds (default 200 µs). */
   pollUs?: number;
+  /**
+   * A file holding counters and TX progress records, shared by the processes that may run these
+   * devices (grown to size; the engine maps it, the caller may close its fd). Default: private.
+   */
+  sharedFd?: number;
 }
 
 export interface FdbEntry {
@@ -115,6 +122,8 @@ export interface NativeEngine {
   setQueueCall(devId: number, queue: number, callFd: number): void;
   /** Process every running queue of the device once and signal each call fd once (after a restart). */
   kickAll(devId: number): void;
+  /** While held, workers run commands but poll no queue (an HA adoption starts every ring at once). */
+  hold(on: boolean): void;
   /** Shared counter memory: see COUNTERS_PER_QUEUE / counterIndex() in index.ts. */
   readonly counters: BigUint64Array;
   readonly maxDevices: number;
@@ -220,6 +229,11 @@ export interface NativeModule {
   unixAccept(listenFd: number): number;
   /** Returns null when nothing is available (EAGAIN). Throws an Error with .code on failure. */
   recvWithFds(fd: number, maxBytes: number, maxFds: number): RecvResult | null;
+  /** Copies up to maxBytes queued on a socket without consuming them (no fds); null on EAGAIN. */
+  peekBytes(fd: number, maxBytes: number): Buffer | null;
+  /** Takes an OFD write lock on the whole file (released by the kernel with its last fd); false if held elsewhere. */
+  ofdTryLock(fd: number): boolean;
+  ofdUnlock(fd: number): void;
   /** Sends all of data (fds ride on the first byte); throws on EAGAIN or error. */
   sendWithFds(fd: number, data: Buffer, fds: number[]): number;
   socketPair(): [number, number];

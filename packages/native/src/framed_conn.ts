@@ -1,0 +1,154 @@
+// One connected unix stream socket carrying length-prefixed frames with SCM_RIGHTS fds: the
+// transport of both HA fd-carrying channels (fd channel, session mirror). Frame: u32 LE body
+// length + body (the codec's); a frame that names `n` fds carries exactly that many, sent with
+// its bytes in one sendmsg(). Reads never cross the end of the current frame, so fds land on the
+// frame they were sent with. Everything received is hostile: a bad frame closes this connection
+// and every fd that came with it; nothing else is disturbed.
+import { SyncError } from "@vhostd/proto";
+import { native, type RecvResult } from "./native.js";
+import { closeFds } from "./unix_socket.js";
+
+export interface FrameCodec<T> {
+  /** For messages: "fd channel", "mirror". */
+  name: string;
+  encode(f: T): Buffer;
+  /** Throws (SyncError) on anything it does not accept. */
+  decode(body: Uint8Array): T;
+  fdCount(f: T): number;
+  describe(f: T): string;
+  maxBytes: number;
+  maxFds: number;
+}
+
+const HEADER_BYTES = 4;
+/** Frames handled per readable event before yielding to the event loop. */
+const MAX_FRAMES_PER_WAKE = 64;
+
+export interface FrameEvents<T> {
+  onFrame(frame: T, fds: number[]): void;
+  onClose(reason: string, violation: boolean): void;
+}
+
+/** Framing and fd accounting for one connected socket (both ends use it). */
+export class FramedFdConnection<T> {
+  private watcher: InstanceType<typeof native.FdWatcher> | null;
+  private header: Buffer = Buffer.alloc(0);
+  private body: Buffer = Buffer.alloc(0);
+  private bodyLen = -1;
+  private fds: number[] = [];
+  private closed = false;
+
+  constructor(
+    readonly fd: number,
+    private readonly codec: FrameCodec<T>,
+    private events: FrameEvents<T>,
+  ) {
+    this.watcher = new native.FdWatcher(fd, () => this.onReadable());
+  }
+
+  /** Hands the connection to another owner (a take-back connection becomes the mirror). */
+  setEvents(events: FrameEvents<T>): void {
+    this.events = events;
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** Sends one frame and its fds (the kernel duplicates them; the caller keeps its own). */
+  send(frame: T, fds: readonly number[] = []): void {
+    if (this.closed) throw new Error(`${this.codec.name} connection is closed`);
+    const want = this.codec.fdCount(frame);
+    if (fds.length !== want) throw new Error(`frame ${this.codec.describe(frame)} names ${want} fds, ${fds.length} given`);
+    const body = this.codec.encode(frame);
+    const buf = Buffer.allocUnsafe(HEADER_BYTES + body.length);
+    buf.writeUInt32LE(body.length, 0);
+    body.copy(buf, HEADER_BYTES);
+    try {
+      native.sendWithFds(this.fd, buf, [...fds]);
+    } catch (err) {
+      this.close(`send failed: ${(err as Error).message}`, false);
+      throw err;
+    }
+  }
+
+  close(reason: string, violation: boolean): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.watcher?.stop();
+    this.watcher = null;
+    closeFds(this.fds);
+    this.fds = [];
+    native.closeFd(this.fd);
+    this.events.onClose(reason, violation);
+  }
+
+  private onReadable(): void {
+    let frames = 0;
+    while (!this.closed && frames < MAX_FRAMES_PER_WAKE) {
+      const need = this.bodyLen < 0 ? HEADER_BYTES - this.header.length : this.bodyLen - this.body.length;
+      if (need === 0) {
+        frames++;
+        this.finishFrame();
+        continue;
+      }
+      let r: RecvResult | null;
+      try {
+        r = native.recvWithFds(this.fd, need, this.codec.maxFds);
+      } catch (err) {
+        this.close(`recv failed: ${(err as Error).message}`, false);
+        return;
+      }
+      if (r === null) return;
+      this.fds.push(...r.fds);
+      if (r.data.length === 0) {
+        const partial = this.header.length > 0 || this.fds.length > 0 ? " in the middle of a frame" : "";
+        this.close(`peer closed the connection${partial}`, partial !== "");
+        return;
+      }
+      if (r.fdsTruncated || this.fds.length > this.codec.maxFds) {
+        this.close(`a frame carried more than ${this.codec.maxFds} fds`, true);
+        return;
+      }
+      if (this.bodyLen < 0) {
+        this.header = Buffer.concat([this.header, r.data]);
+        if (this.header.length === HEADER_BYTES) {
+          const len = this.header.readUInt32LE(0);
+          if (len === 0 || len > this.codec.maxBytes) {
+            this.close(`frame length ${len} outside 1..${this.codec.maxBytes}`, true);
+            return;
+          }
+          this.bodyLen = len;
+        }
+      } else {
+        this.body = this.body.length === 0 ? r.data : Buffer.concat([this.body, r.data]);
+      }
+    }
+    if (!this.closed) setImmediate(() => this.onReadable());
+  }
+
+  private finishFrame(): void {
+    const body = this.body;
+    const fds = this.fds;
+    this.header = Buffer.alloc(0);
+    this.body = Buffer.alloc(0);
+    this.bodyLen = -1;
+    this.fds = [];
+    let frame: T;
+    try {
+      frame = this.codec.decode(body);
+    } catch (err) {
+      closeFds(fds);
+      this.close(`bad frame: ${err instanceof SyncError ? err.message : String(err)}`, true);
+      return;
+    }
+    const want = this.codec.fdCount(frame);
+    if (fds.length !== want) {
+      closeFds(fds);
+      this.close(`fd count mismatch: ${this.codec.describe(frame)} frame names ${want} fds, ${fds.length} arrived`, true);
+      return;
+    }
+    this.events.onFrame(frame, fds);
+  }
+}
+
