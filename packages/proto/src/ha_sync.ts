@@ -7,6 +7,7 @@
 // Every decoder here treats its input as hostile: it validates everything and throws
 // SyncError, and only SyncError, for anything it does not accept.
 import { Packr } from "msgpackr";
+import { describe, fail, fields, int, isPlainObject, oneOf, str, type Body } from "./body_check.js";
 
 /* ------------------------------------------------------------------------- constants */
 
@@ -24,8 +25,6 @@ export const HA_SYNC_MAX_KEY_LENGTH = 256;
 export const HA_SYNC_MAX_REASON_LENGTH = 1024;
 /** Nesting depth of the generic values carried in ops and state. */
 export const HA_SYNC_MAX_VALUE_DEPTH = 32;
-/** Largest safe integer: epochs and sequence numbers stay exact JS numbers. */
-const MAX_U53 = Number.MAX_SAFE_INTEGER;
 
 /** File names inside the run directory (mode 0600, the directory 0700). */
 export const HA_SYNC_SOCKET_NAME = "ha-sync.ipc";
@@ -215,57 +214,6 @@ function unpackOne(buf: Uint8Array): unknown {
   if (!Array.isArray(values) || values.length !== 1)
     throw new SyncError("malformed", `expected one msgpack value, got ${Array.isArray(values) ? values.length : "none"}`);
   return values[0];
-}
-
-function describe(v: unknown): string {
-  if (typeof v === "string") return JSON.stringify(v.length > 32 ? v.slice(0, 32) + "…" : v);
-  if (typeof v === "number" || typeof v === "boolean" || v === null || v === undefined) return String(v);
-  if (typeof v === "bigint") return `${v}n`;
-  return Array.isArray(v) ? "an array" : typeof v;
-}
-
-/* ------------------------------------------------------------------------ validation */
-
-type Body = Record<string, unknown>;
-
-function isPlainObject(v: unknown): v is Body {
-  if (typeof v !== "object" || v === null || Array.isArray(v)) return false;
-  const proto = Object.getPrototypeOf(v);
-  return proto === Object.prototype || proto === null;
-}
-
-function fail(type: string, field: string, what: string): never {
-  throw new SyncError("invalid", `${type}.${field} ${what}`);
-}
-
-/** Checks that a body has exactly these fields (unknown fields are a version mismatch waiting to happen). */
-function fields(type: string, body: unknown, required: readonly string[], optional: readonly string[] = []): Body {
-  if (!isPlainObject(body)) throw new SyncError("invalid", `${type} body is not a map`);
-  for (const k of required) if (!Object.hasOwn(body, k)) fail(type, k, "is missing");
-  for (const k of Object.keys(body))
-    if (!required.includes(k) && !optional.includes(k)) fail(type, k, "is not a field of this message");
-  return body;
-}
-
-function int(type: string, body: Body, field: string, min: number, max = MAX_U53): number {
-  const v = body[field];
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
-    fail(type, field, `must be an integer in [${min}, ${max}], got ${describe(v)}`);
-  return v;
-}
-
-function str(type: string, body: Body, field: string, maxLen: number, minLen = 0): string {
-  const v = body[field];
-  if (typeof v !== "string" || v.length < minLen || v.length > maxLen)
-    fail(type, field, `must be a string of ${minLen}..${maxLen} characters`);
-  return v;
-}
-
-function oneOf<T extends string>(type: string, body: Body, field: string, allowed: readonly T[]): T {
-  const v = body[field];
-  if (typeof v !== "string" || !(allowed as readonly string[]).includes(v))
-    fail(type, field, `must be one of ${allowed.join(", ")}, got ${describe(v)}`);
-  return v as T;
 }
 
 /**

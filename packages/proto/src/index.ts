@@ -4,3 +4,4 @@ export * from "./virtio.js";
 export * from "./rpc.js";
 export * from "./errors.js";
 export * from "./ha_sync.js";
+export * from "./ha_mirror.js";

@@ -1,0 +1,237 @@
+// The HA session mirror: whichever daemon runs a VF's vhost-user session and queues (the keeper
+// normally) keeps the other one (vfe-vhostd) holding duplicates of every fd that keeps the VM's
+// I/O alive, plus the session state those fds mean. When the runner dies, the holder adopts the
+// session in place: the front-end never sees a disconnect.
+//
+// Transport: a unix stream socket <run-dir>/ha-mirror.sock (0600, peer uid checked) served by
+// vfe-vhostd; frames are u32 LE length + msgpack body, the fds a frame names ride on its bytes.
+//
+//   runner -> holder   vf     {dev, rec, count}     + count fds: replaces the holder's copy
+//   runner -> holder   pf     {dev, switchId, count} + 0|1 fd (the PF's TAP uplink)
+//   runner -> holder   drop   {dev}                  the VF/PF is gone: close the copies
+//   runner -> holder   handover {}                   graceful stop: take everything over now
+//   keeper -> vhostd   take   {req}                  keeper (re)started: give back what you run
+//   vhostd -> keeper   vf / pf (as above, live state; rings still running, messages no longer read)
+//   vhostd -> keeper   offered {req, devs}           end of the offer; the keeper prepares them
+//   keeper -> vhostd   ready  {req}                  prepared: stop your rings now
+//   vhostd -> keeper   released {req}                rings stopped, locks dropped: start yours
+// The datapath pause of a hand-back is only the last two steps.
+//
+// Everything received is hostile: the record is validated field by field here, fd indices must
+// name fds that came with the frame, and the receiver still checks every address against the
+// memory it maps (the same checks as for a front-end's own messages).
+import { Packr } from "msgpackr";
+import { SyncError } from "./ha_sync.js";
+import { fail, fields, int, isPlainObject, oneOf, str, type Body } from "./body_check.js";
+
+export const MIRROR_SOCKET_NAME = "ha-mirror.sock";
+/** Linux's SCM_MAX_FD; one VF needs at most 2 + 32 regions + 3 × 32 rings = 130. */
+export const MIRROR_MAX_FDS_PER_FRAME = 253;
+export const MIRROR_MAX_FRAME_BYTES = 256 * 1024;
+const MAX_RINGS = 64;
+const MAX_REGIONS = 32;
+const MAX_DEVS = 4096;
+
+/** 64-bit values travel as 0x-hex strings: exact, and trivially validated. */
+export type Hex64 = string;
+
+export interface MirrorRegion {
+  guestAddr: Hex64;
+  size: Hex64;
+  userAddr: Hex64;
+  mmapOffset: Hex64;
+  /** Index into the frame's fds. */
+  fd: number;
+}
+
+export interface MirrorVring {
+  index: number;
+  num: number;
+  /** null until SET_VRING_ADDR. */
+  addr: { flags: number; desc: Hex64; used: Hex64; avail: Hex64; log: Hex64 } | null;
+  base: number;
+  /** Fd indices, -1 = none. */
+  kick: number;
+  call: number;
+  err: number;
+  kicked: boolean;
+  enabled: boolean;
+  started: boolean;
+}
+
+export interface MirrorSession {
+  features: Hex64;
+  protocolFeatures: Hex64;
+  status: number;
+  owner: boolean;
+  regions: MirrorRegion[];
+  vrings: MirrorVring[];
+}
+
+/** One VF as its runner sees it. */
+export interface MirrorVf {
+  /** Fd index of the live vhost-user connection, -1 when none. */
+  conn: number;
+  /** Fd index of the listening socket (server mode), -1 otherwise. */
+  listen: number;
+  reconnects: number;
+  session: MirrorSession;
+}
+
+export type MirrorFrame =
+  | { op: "vf"; dev: string; rec: MirrorVf; count: number }
+  | { op: "pf"; dev: string; switchId: number; count: number }
+  | { op: "drop"; dev: string }
+  | { op: "handover" }
+  | { op: "take"; req: number }
+  | { op: "offered"; req: number; devs: string[] }
+  | { op: "ready"; req: number }
+  | { op: "released"; req: number };
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+
+export function encodeMirrorFrame(f: MirrorFrame): Buffer {
+  const buf = packr.pack(validateMirrorFrame(f));
+  if (buf.length > MIRROR_MAX_FRAME_BYTES) throw new SyncError("too_large", `mirror frame of ${buf.length} bytes`);
+  return buf;
+}
+
+export function decodeMirrorFrame(buf: Uint8Array): MirrorFrame {
+  if (buf.length === 0 || buf.length > MIRROR_MAX_FRAME_BYTES) throw new SyncError("malformed", `mirror frame of ${buf.length} bytes`);
+  let v: unknown;
+  try {
+    v = packr.unpack(buf);
+  } catch (e) {
+    throw new SyncError("malformed", `mirror frame is not msgpack: ${(e as Error).message}`);
+  }
+  return validateMirrorFrame(v);
+}
+
+/** How many fds ride on a frame. */
+export function mirrorFrameFdCount(f: MirrorFrame): number {
+  return f.op === "vf" || f.op === "pf" ? f.count : 0;
+}
+
+/** Every fd index the record uses (each must be < count, and used once). */
+export function mirrorVfFdIndices(rec: MirrorVf): number[] {
+  const out = [rec.conn, rec.listen, ...rec.session.regions.map((r) => r.fd)];
+  for (const v of rec.session.vrings) out.push(v.kick, v.call, v.err);
+  return out.filter((i) => i >= 0);
+}
+
+/* ------------------------------------------------------------------------ validation */
+
+const DEV_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+
+function dev(t: string, b: Body): string {
+  const d = str(t, b, "dev", 12, 12);
+  if (!DEV_RE.test(d)) fail(t, "dev", "must be a PCI address like 0000:af:04.5");
+  return d;
+}
+
+function hex64(t: string, b: Body, field: string): Hex64 {
+  const v = str(t, b, field, 18, 3);
+  if (!/^0x[0-9a-f]{1,16}$/.test(v)) fail(t, field, "must be a 0x-hex 64-bit value");
+  return v;
+}
+
+function bool(t: string, b: Body, field: string): boolean {
+  const v = b[field];
+  if (typeof v !== "boolean") fail(t, field, "must be a boolean");
+  return v;
+}
+
+function list(t: string, b: Body, field: string, max: number): unknown[] {
+  const v = b[field];
+  if (!Array.isArray(v) || v.length > max) fail(t, field, `must be an array of at most ${max}`);
+  return v;
+}
+
+function fdIndex(t: string, b: Body, field: string, count: number): number {
+  return int(t, b, field, -1, count - 1);
+}
+
+function validateVring(v: unknown, i: number, count: number): MirrorVring {
+  const t = `vring[${i}]`;
+  const b = fields(t, v, ["index", "num", "addr", "base", "kick", "call", "err", "kicked", "enabled", "started"]);
+  let addr: MirrorVring["addr"] = null;
+  if (b.addr !== null) {
+    const a = fields(`${t}.addr`, b.addr, ["flags", "desc", "used", "avail", "log"]);
+    addr = { flags: int(`${t}.addr`, a, "flags", 0, 0xffffffff), desc: hex64(t, a, "desc"), used: hex64(t, a, "used"), avail: hex64(t, a, "avail"), log: hex64(t, a, "log") };
+  }
+  const index = int(t, b, "index", 0, MAX_RINGS - 1);
+  if (index !== i) fail(t, "index", `must be ${i}`);
+  return {
+    index,
+    num: int(t, b, "num", 0, 32768),
+    addr,
+    base: int(t, b, "base", 0, 0xffff),
+    kick: fdIndex(t, b, "kick", count),
+    call: fdIndex(t, b, "call", count),
+    err: fdIndex(t, b, "err", count),
+    kicked: bool(t, b, "kicked"),
+    enabled: bool(t, b, "enabled"),
+    started: bool(t, b, "started"),
+  };
+}
+
+function validateRec(v: unknown, count: number): MirrorVf {
+  const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"]);
+  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"]);
+  const t = "vf.rec.session";
+  const rec: MirrorVf = {
+    conn: fdIndex("vf.rec", r, "conn", count),
+    listen: fdIndex("vf.rec", r, "listen", count),
+    reconnects: int("vf.rec", r, "reconnects", 0),
+    session: {
+      features: hex64(t, s, "features"),
+      protocolFeatures: hex64(t, s, "protocolFeatures"),
+      status: int(t, s, "status", 0, 0xff),
+      owner: bool(t, s, "owner"),
+      regions: list(t, s, "regions", MAX_REGIONS).map((x, i) => {
+        const rb = fields(`region[${i}]`, x, ["guestAddr", "size", "userAddr", "mmapOffset", "fd"]);
+        const w = `region[${i}]`;
+        return { guestAddr: hex64(w, rb, "guestAddr"), size: hex64(w, rb, "size"), userAddr: hex64(w, rb, "userAddr"), mmapOffset: hex64(w, rb, "mmapOffset"), fd: int(w, rb, "fd", 0, count - 1) };
+      }),
+      vrings: list(t, s, "vrings", MAX_RINGS).map((x, i) => validateVring(x, i, count)),
+    },
+  };
+  const used = mirrorVfFdIndices(rec);
+  if (new Set(used).size !== used.length) fail("vf.rec", "fds", "names one fd twice");
+  if (used.length !== count) fail("vf.rec", "fds", `uses ${used.length} fds but the frame carries ${count}`);
+  return rec;
+}
+
+function validateMirrorFrame(v: unknown): MirrorFrame {
+  if (!isPlainObject(v)) throw new SyncError("malformed", "mirror frame is not a map");
+  const op = oneOf("mirror frame", v, "op", ["vf", "pf", "drop", "handover", "take", "offered", "ready", "released"] as const);
+  switch (op) {
+    case "vf": {
+      const b = fields("vf", v, ["op", "dev", "rec", "count"]);
+      const count = int("vf", b, "count", 0, MIRROR_MAX_FDS_PER_FRAME);
+      return { op, dev: dev("vf", b), rec: validateRec(b.rec, count), count };
+    }
+    case "pf": {
+      const b = fields("pf", v, ["op", "dev", "switchId", "count"]);
+      return { op, dev: dev("pf", b), switchId: int("pf", b, "switchId", 0, 0xffff), count: int("pf", b, "count", 0, 1) };
+    }
+    case "drop": {
+      const b = fields("drop", v, ["op", "dev"]);
+      return { op, dev: dev("drop", b) };
+    }
+    case "handover":
+      fields("handover", v, ["op"]);
+      return { op };
+    case "take":
+    case "ready":
+    case "released": {
+      const b = fields(op, v, ["op", "req"]);
+      return { op, req: int(op, b, "req", 0, 0xffffffff) };
+    }
+    case "offered": {
+      const b = fields("offered", v, ["op", "req", "devs"]);
+      const devs = list("offered", b, "devs", MAX_DEVS).map((d, i) => dev(`offered.devs[${i}]`, { dev: d }));
+      return { op, req: int("offered", b, "req", 0, 0xffffffff), devs };
+    }
+  }
+}

@@ -1,0 +1,88 @@
+// HA session mirror frames: round trips, and hostile input (only SyncError ever escapes; an fd
+// index that no fd of the frame backs, or one fd named twice, is refused).
+import test from "ava";
+import { Packr } from "msgpackr";
+import {
+  MIRROR_MAX_FDS_PER_FRAME,
+  MIRROR_MAX_FRAME_BYTES,
+  SyncError,
+  decodeMirrorFrame,
+  encodeMirrorFrame,
+  mirrorFrameFdCount,
+  mirrorVfFdIndices,
+  type MirrorFrame,
+  type MirrorVf,
+} from "../src/index.js";
+
+const std = new Packr({ useRecords: false });
+
+function rec(): MirrorVf {
+  return {
+    conn: 0,
+    listen: -1,
+    reconnects: 2,
+    session: {
+      features: "0x150000000",
+      protocolFeatures: "0x8000",
+      status: 15,
+      owner: true,
+      regions: [{ guestAddr: "0x0", size: "0x40000000", userAddr: "0x7f0000000000", mmapOffset: "0x0", fd: 1 }],
+      vrings: [
+        { index: 0, num: 256, addr: { flags: 0, desc: "0x1000", used: "0x3000", avail: "0x2000", log: "0x0" }, base: 7, kick: 2, call: 3, err: -1, kicked: true, enabled: true, started: true },
+        { index: 1, num: 0, addr: null, base: 0, kick: -1, call: -1, err: -1, kicked: false, enabled: false, started: false },
+      ],
+    },
+  };
+}
+
+const samples: MirrorFrame[] = [
+  { op: "vf", dev: "0000:af:04.5", rec: rec(), count: 4 },
+  { op: "pf", dev: "0000:af:00.2", switchId: 3, count: 1 },
+  { op: "pf", dev: "0000:af:00.2", switchId: 3, count: 0 },
+  { op: "drop", dev: "0000:af:04.5" },
+  { op: "handover" },
+  { op: "take", req: 1 },
+  { op: "offered", req: 1, devs: ["0000:af:04.5", "0000:af:05.5"] },
+  { op: "ready", req: 1 },
+  { op: "released", req: 1 },
+];
+
+test("every frame round-trips and names its fds", (t) => {
+  for (const f of samples) t.deepEqual(decodeMirrorFrame(encodeMirrorFrame(f)), f, f.op);
+  t.is(mirrorFrameFdCount(samples[0]!), 4);
+  t.deepEqual(mirrorVfFdIndices(rec()).sort(), [0, 1, 2, 3]);
+});
+
+function refused(t: import("ava").ExecutionContext, body: unknown, why: RegExp): void {
+  const err = t.throws(() => decodeMirrorFrame(std.pack(body)), { instanceOf: SyncError });
+  t.regex(err!.message, why);
+}
+
+test("hostile vf records are refused with the field named", (t) => {
+  const base = { op: "vf", dev: "0000:af:04.5", rec: rec(), count: 4 };
+  refused(t, { ...base, count: 3 }, /call must be an integer in \[-1, 2\]/);
+  refused(t, { ...base, count: 5 }, /uses 4 fds but the frame carries 5/);
+  refused(t, { ...base, count: MIRROR_MAX_FDS_PER_FRAME + 1 }, /count/);
+  const twice = rec();
+  twice.session.vrings[0]!.call = 2;
+  refused(t, { ...base, rec: twice, count: 3 }, /twice/);
+  const badHex = rec();
+  badHex.session.features = "12";
+  refused(t, { ...base, rec: badHex }, /features/);
+  const bigRing = rec();
+  bigRing.session.vrings[0]!.num = 65536;
+  refused(t, { ...base, rec: bigRing }, /num/);
+  const wrongIndex = rec();
+  wrongIndex.session.vrings[1]!.index = 5;
+  refused(t, { ...base, rec: wrongIndex }, /index/);
+  refused(t, { ...base, dev: "../../etc" }, /dev/);
+  refused(t, { ...base, extra: 1 }, /extra/);
+  const proto = JSON.parse('{"op":"vf","dev":"0000:af:04.5","count":4,"__proto__":{"x":1}}') as Record<string, unknown>;
+  refused(t, { ...proto, rec: rec() }, /./);
+});
+
+test("garbage never escapes as anything but SyncError", (t) => {
+  for (const junk of [Buffer.alloc(0), Buffer.from([0xc1]), Buffer.alloc(MIRROR_MAX_FRAME_BYTES + 1), std.pack([1, 2]), std.pack({ op: "nope" }), std.pack({ op: "take", req: -1 }), std.pack({ op: "offered", req: 1, devs: ["x"] })]) {
+    t.throws(() => decodeMirrorFrame(junk), { instanceOf: SyncError });
+  }
+});
