@@ -22,17 +22,22 @@ import { createConnection, createServer, type Server, type Socket } from "node:n
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
+import { closeFds } from "@vhostd/native";
 import { emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type SnapshotMsg } from "@vhostd/proto";
 import {
   KEEPER_MAX_LINE_BYTES,
+  EngineVfHost,
   createVfHost,
   keeperSocketPath,
+  mirrorLockDir,
+  mirrorSharedPath,
   type PfDeviceValue,
   type VfHost,
   type VfRuntime,
   type VfSpec,
 } from "@vhostd/vhostd";
 import { parseDeviceEntry, sameValue, type DeviceEntry } from "./devices.js";
+import { MirrorSender } from "./mirror_sender.js";
 import { ReplicaJournal } from "./replica.js";
 import { SyncServer } from "./sync_server.js";
 
@@ -89,6 +94,8 @@ export class Keeper {
   private sync!: SyncServer;
   private inspect!: InspectServer;
   private stopped: Promise<void> | undefined;
+  /** Mirrors every session to vfe-vhostd (its hot standby); absent with an injected host. */
+  private mirror: MirrorSender | undefined;
   readonly version = keeperVersion();
 
   private constructor(
@@ -105,14 +112,21 @@ export class Keeper {
     if (await answers(sockPath)) throw new Error(`another vfe-vhostd-ha serves ${opts.runDir} (${sockPath} answers)`);
     const t0 = performance.now();
     const replica = ReplicaJournal.open(join(opts.stateDir, REPLICA_DIR_NAME));
-    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir });
+    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir, lockDir: mirrorLockDir(opts.runDir), sharedPath: mirrorSharedPath(opts.runDir) });
     const k = new Keeper(opts, host, replica, log);
     try {
       const contents = replica.read();
       for (const e of contents.errors) log.error({ event: "replica_record_unusable", key: e.key, err: e.error }, `replica record ${e.key} ignored: ${e.error}`);
       const desired = k.validState(contents.state, "replica", true);
       k.state = desired.state;
+      if (host instanceof EngineVfHost) {
+        // Sessions vfe-vhostd took over while we were down come back first, in place; only
+        // then is anything else opened (reconcile leaves the adopted ones untouched).
+        k.mirror = new MirrorSender(opts.runDir, log.child({ component: "mirror" }));
+        await k.adoptTakenBack(host, desired.entries);
+      }
       const r = await k.reconcile(desired.entries);
+      if (host instanceof EngineVfHost) k.mirror!.start(host);
       log.info(
         { event: "keeper_restore_done", epoch: contents.epoch, seq: contents.seq, pfs: k.pfs.size, vfs: k.vfs.size, failed: k.failed.size, ...r, ms: Math.round(performance.now() - t0) },
         `restored ${k.pfs.size} PF(s) and ${k.vfs.size} VF(s) from the replica journal (${k.failed.size} failed) in ${Math.round(performance.now() - t0)} ms`,
@@ -141,6 +155,55 @@ export class Keeper {
     return k;
   }
 
+  /**
+   * Takes back the sessions vfe-vhostd ran while we were down: prepare all of them while its
+   * rings still run, let it stop, start ours. The datapath pauses only for that last exchange.
+   */
+  private async adoptTakenBack(host: EngineVfHost, entries: DeviceEntry[]): Promise<void> {
+    const back = await this.mirror!.takeBack(2000);
+    if (back.vfs.length === 0 && back.pfs.length === 0) return;
+    const t0 = performance.now();
+    const want = new Map(entries.map((e) => [e.dev, e]));
+    for (const p of back.pfs) {
+      const e = want.get(p.dev);
+      if (e?.kind !== "pf" || e.value.switchId !== p.switchId || this.pfs.has(p.dev)) {
+        if (p.fd >= 0) closeFds([p.fd]);
+        continue;
+      }
+      host.adoptPf(p.dev, p.switchId, p.fd, true);
+      this.pfs.set(p.dev, e.value);
+    }
+    const adopted: VfSpec[] = [];
+    for (const v of back.vfs) {
+      const e = want.get(v.dev);
+      if (e?.kind !== "vf" || !this.pfs.has(e.value.pf)) {
+        closeFds(v.fds); // not ours any more: closing our copies lets vfe-vhostd's be the last
+        continue;
+      }
+      try {
+        host.adopt(e.value, v.rec, v.fds);
+        adopted.push(e.value);
+      } catch (err) {
+        this.log.error({ vf: v.dev, err: (err as Error).message }, "taking a VF back failed; it is opened afresh");
+      }
+    }
+    const t1 = performance.now();
+    const released = await this.mirror!.release(2000);
+    const t2 = performance.now();
+    // If vfe-vhostd went away meanwhile, its locks go with it: resumeAdopted waits for them.
+    const failed = new Set(await host.resumeAdopted(released ? 500 : 3000));
+    for (const spec of adopted) if (!failed.has(spec.dev)) this.vfs.set(spec.dev, spec);
+    this.log.info(
+      { event: "takeback_done", vfs: adopted.length - failed.size, failed: failed.size, prepareMs: Math.round(t1 - t0), pauseMs: Math.round((performance.now() - t2 + (t2 - t1)) * 10) / 10 },
+      `took ${adopted.length - failed.size} running session(s) back from vfe-vhostd in place`,
+    );
+  }
+
+  /** Graceful stop with vfe-vhostd present: it takes every VF over; false when it cannot. */
+  handover(): boolean {
+    return this.mirror?.handover() ?? false;
+  }
+
   /** Running VFs and PFs (tests, inspection). */
   list(): { pfs: string[]; vfs: string[]; failed: string[] } {
     return { pfs: [...this.pfs.keys()], vfs: [...this.vfs.keys()], failed: [...this.failed.keys()] };
@@ -156,6 +219,7 @@ export class Keeper {
   /** Stops serving; with `closeSessions` (SIGTERM) every session and the engine go down too. */
   stop(): Promise<void> {
     this.stopped ??= (async () => {
+      this.mirror?.close();
       this.sync?.close();
       this.inspect?.close();
       await this.host.shutdown().catch((e: Error) => this.log.error({ err: e.message }, "host shutdown failed"));

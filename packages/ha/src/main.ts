@@ -68,6 +68,12 @@ for (const sig of ["SIGTERM", "SIGINT"] as const) {
     } catch {
       // already gone
     }
+    // With vfe-vhostd there, it takes every VF over in place (an upgrade or restart of the keeper
+    // never disconnects a VM); exiting releases our locks and fds, which is its signal to go.
+    if (keeper.handover()) {
+      log.info({ signal: sig, event: "handover" }, "keeper stopped: vfe-vhostd runs the VFs until it is back");
+      process.exit(0);
+    }
     void keeper.stop().finally(() => {
       log.info({ signal: sig }, "keeper stopped");
       process.exit(0);

@@ -23,6 +23,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, type HaOp, type HaState, type WelcomeMsg } from "@vhostd/proto";
 import { HaClient, HaSyncError } from "./ha_client.js";
+import { MirrorHolder } from "./ha/mirror_holder.js";
 import type { VfHost, VfKind, VfRuntime, VfSpec } from "./vf_host.js";
 
 /** The keeper's local inspection socket inside the run dir (0600). */
@@ -117,6 +118,8 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
   private closed = false;
   private readonly runtimes: RuntimeClient;
   private keeperVersion: { version: string; buildTime: string } | undefined;
+  /** Hot standby for keeper crashes: holds the keeper's session copies, adopts them if it dies. */
+  readonly mirror: MirrorHolder;
 
   constructor(private readonly opts: KeeperVfHostOptions) {
     super();
@@ -132,6 +135,11 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       getState: () => this.state(),
     });
     this.runtimes = new RuntimeClient(keeperSocketPath(opts.runDir), opts.runtimeTimeoutMs ?? 1000);
+    this.mirror = new MirrorHolder({
+      runDir: opts.runDir,
+      log: opts.log.child({ component: "mirror" }),
+      specOf: (dev) => this.desired[vfKey(dev)] as VfSpec | undefined,
+    });
     this.client.on("keeper_up", (w: WelcomeMsg) => {
       this.needSync = true;
       this.keeperVersion = { version: w.version, buildTime: "unknown" };
@@ -171,6 +179,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
    */
   async start(): Promise<void> {
     this.restoring = false;
+    this.mirror.listen();
     await this.client.connect();
     const t0 = performance.now();
     try {
@@ -205,6 +214,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
 
   async runtime(dev: string): Promise<VfRuntime | undefined> {
     if (this.closed) return undefined;
+    if (this.mirror.runs(dev)) return this.mirror.runtime(dev); // we took over from a dead keeper
     try {
       const r = await this.runtimes.call({ method: "runtime", dev });
       return r === null || r === undefined ? undefined : (r as VfRuntime);
@@ -219,6 +229,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     await this.chain.catch(() => undefined);
     this.client.close();
     this.runtimes.close();
+    await this.mirror.close();
   }
 
   /* ---------------------------------------------------------------------- internals */

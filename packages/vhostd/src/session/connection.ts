@@ -50,6 +50,22 @@ export class VhostUserConnection {
     }
   }
 
+  /** True when no message is half-read (a mirror copy of the connection is then exact). */
+  get atMessageBoundary(): boolean {
+    return this.buf.length === 0 && this.fds.length === 0;
+  }
+
+  /** Stops reading without closing the fd: it now belongs to the peer daemon's mirror copy. */
+  detach(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.watcher?.stop();
+    this.watcher = null;
+    closeAll(this.fds);
+    this.fds = [];
+    this.buf = Buffer.alloc(0);
+  }
+
   close(reason: string, violation: boolean): void {
     if (this.closed) return;
     this.closed = true;
@@ -70,8 +86,9 @@ export class VhostUserConnection {
   private onReadable(): void {
     let handled = 0;
     while (!this.closed && handled < MAX_MESSAGES_PER_WAKE) {
-      const need = this.bytesNeeded();
+      let need = this.bytesNeeded();
       if (need < 0) return; // violation: already closed
+      if (this.buf.length === 0) need = this.wholeMessageBytes() ?? need;
       if (need === 0) {
         handled++;
         this.emit();
@@ -100,6 +117,25 @@ export class VhostUserConnection {
     }
     // The flood cap was hit: continue on the next turn so other VFs get the event loop too.
     if (!this.closed) setImmediate(() => this.onReadable());
+  }
+
+  /**
+   * When a whole message is already queued, its size, so one recvmsg() consumes it with its
+   * fds: a process killed between two reads would leave half a message on the connection, and
+   * with HA the connection outlives the process that reads it (the peer process adopts it).
+   * Undefined when the message has not fully arrived yet (then it is read piecewise).
+   */
+  private wholeMessageBytes(): number | undefined {
+    try {
+      const head = native.peekBytes(this.fd, HEADER_SIZE);
+      if (!head || head.length < HEADER_SIZE) return undefined;
+      const { size } = decodeHeader(head);
+      if (size > MAX_PAYLOAD) return undefined; // the piecewise path reports the violation
+      const whole = native.peekBytes(this.fd, HEADER_SIZE + size);
+      return whole && whole.length === HEADER_SIZE + size ? whole.length : undefined;
+    } catch {
+      return undefined; // the recvmsg() that follows reports the error
+    }
   }
 
   /** Bytes still missing from the current message; 0 when whole; -1 after a violation. */

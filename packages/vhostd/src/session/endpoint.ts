@@ -105,6 +105,25 @@ export class ServerEndpoint implements Endpoint {
     }
   }
 
+  /** The listening fd (-1 when not listening), for the HA mirror. */
+  get fd(): number {
+    return this.listenFd;
+  }
+
+  /** Takes over a listening socket another daemon created; `busy` when a front-end is connected. */
+  adopt(listenFd: number, busy: boolean): void {
+    this.listenFd = listenFd;
+    if (busy) this.busy = true;
+    else this.start();
+  }
+
+  /** Stops watching without closing or unlinking: the socket now belongs to a mirror copy. */
+  detach(): void {
+    this.watcher?.stop();
+    this.watcher = null;
+    this.listenFd = -1;
+  }
+
   private accept(): void {
     if (this.busy || this.listenFd < 0) return;
     const fd = native.unixAccept(this.listenFd);

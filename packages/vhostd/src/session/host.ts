@@ -1,8 +1,12 @@
 // The VfHost that runs VFs for real: one native engine for the daemon, and per VF an
 // endpoint (client or server), the live connection and its vhost-user session.
+import fs from "node:fs";
 import type { Logger } from "pino";
 import { counterIndex, native, type EngineEvent, type NativeEngine } from "@vhostd/native";
+import { mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
 import type { VfHost, VfKind, VfRuntime, VfSpec } from "../vf_host.js";
+import { closeAll } from "./connection.js";
+import { VfLock } from "./vf_lock.js";
 import { VhostUserConnection } from "./connection.js";
 import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";
 import { NetModel } from "./net_model.js";
@@ -13,6 +17,20 @@ export interface VfHostOptions {
   runDir: string;
   /** Datapath worker threads (default 1, or VHOSTD_WORKERS). */
   workers?: number;
+  /** HA: hold <lockDir>/<dev>.lock while running a VF's queues (exactly one process runs them). */
+  lockDir?: string;
+  /** HA: counters and TX progress in this file (tmpfs), shared with the peer daemon. */
+  sharedPath?: string;
+}
+
+/**
+ * Where the HA session mirror goes (the keeper pushes to vfe-vhostd). The fds are the host's
+ * own: the sink sends duplicates and keeps nothing. Called after every change, synchronously.
+ */
+export interface MirrorSink {
+  vf(dev: string, rec: MirrorVf, fds: number[]): void;
+  pf(dev: string, switchId: number, tapFd: number): void;
+  drop(dev: string): void;
 }
 
 class HostError extends Error {
@@ -39,6 +57,7 @@ class VfSession {
     readonly spec: VfSpec,
     private readonly engine: NativeEngine,
     parentLog: Logger,
+    private readonly onChange: () => void,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
     const model = new NetModel(spec.mac, spec.mtu, spec.queuePairs);
@@ -59,15 +78,119 @@ class VfSession {
   private connected(fd: number): void {
     if (this.everConnected) this.reconnects++;
     this.everConnected = true;
-    this.state = "negotiating";
     this.log.info({ reconnects: this.reconnects }, "front-end connected");
+    this.attach(fd);
+    this.onChange();
+  }
+
+  private attach(fd: number): void {
+    this.state = "negotiating";
     this.conn = new VhostUserConnection(fd, {
       onMessage: (msg) => {
         this.session.handle(msg);
-        if (this.state === "negotiating" && this.session.vrings.some((v) => v.started)) this.state = "running";
+        this.updateState();
+        this.onChange();
       },
       onClose: (reason, violation) => this.disconnected(reason, violation),
     });
+  }
+
+  private updateState(): void {
+    if (this.state === "negotiating" && this.session.vrings.some((v) => v.started)) this.state = "running";
+  }
+
+  /** This VF for the HA mirror: the record and the fds it names (still ours). */
+  exportMirror(): { rec: MirrorVf; fds: number[] } {
+    const fds: number[] = [];
+    const connFd = this.conn?.isOpen ? this.conn.fd : this.pendingConn;
+    const conn = connFd >= 0 ? fds.push(connFd) - 1 : -1;
+    const listenFd = this.endpoint instanceof ServerEndpoint ? this.endpoint.fd : -1;
+    const listen = listenFd >= 0 ? fds.push(listenFd) - 1 : -1;
+    const session = this.session.exportMirror(fds);
+    return { rec: { conn, listen, reconnects: this.reconnects, session }, fds };
+  }
+
+  /** An adopted connection not read yet (resume starts reading it). */
+  private pendingConn = -1;
+
+  /**
+   * Takes over a session the peer daemon ran, in place (no reconnect). Owns `fds` from now on.
+   * Nothing runs yet: rings start and the connection is read only at resume(), once every VF
+   * is adopted and this process holds the VF's lock.
+   */
+  adopt(rec: MirrorVf, fds: readonly number[]): void {
+    this.reconnects = rec.reconnects;
+    const conn = rec.conn >= 0 ? fds[rec.conn]! : -1;
+    if (this.endpoint instanceof ServerEndpoint && rec.listen >= 0) this.endpoint.adopt(fds[rec.listen]!, conn >= 0);
+    else if (rec.listen >= 0) closeAll([fds[rec.listen]!]);
+    if (conn < 0) {
+      // A session without a connection is empty; a record that says otherwise leaks nothing.
+      closeAll(mirrorVfFdIndices(rec).filter((i) => i !== rec.listen).map((i) => fds[i]!));
+      if (!(this.endpoint instanceof ServerEndpoint && rec.listen >= 0)) this.start();
+      else this.state = "waiting";
+      return;
+    }
+    this.everConnected = true;
+    this.pendingConn = conn;
+    this.state = "negotiating";
+    try {
+      this.session.adoptMirror(rec.session, fds, false);
+    } catch (err) {
+      this.attach(conn);
+      this.pendingConn = -1;
+      this.conn?.close(`adopting the session failed: ${(err as Error).message}`, true);
+    }
+  }
+
+  /** Starts what an adoption left stopped: receive rings, then transmit rings, then the connection. */
+  resume(which: "rx" | "tx" | "conn"): void {
+    if (which !== "conn") {
+      this.session.resumeAdopted(which);
+      return;
+    }
+    if (this.pendingConn < 0) return;
+    this.attach(this.pendingConn);
+    this.pendingConn = -1;
+    this.updateState();
+    this.log.info({ state: this.state, queues: this.session.vrings.filter((v) => v.started).length }, "session adopted in place");
+  }
+
+  /** Hand-back, step 1: stop reading vhost-user messages (they wait in the socket for the peer). */
+  pauseMessages(): void {
+    const conn = this.conn;
+    if (!conn?.isOpen) return;
+    conn.detach();
+    this.conn = null;
+    this.pendingConn = conn.fd;
+  }
+
+  /** A hand-back that did not happen: read messages again. */
+  resumeMessages(): void {
+    this.resume("conn");
+  }
+
+  /** The adoption cannot run (the peer still holds the VF's lock): close our copies only. */
+  abandon(): void {
+    this.state = "stopped";
+    if (this.pendingConn >= 0) closeAll([this.pendingConn]);
+    this.pendingConn = -1;
+    if (this.endpoint instanceof ServerEndpoint) {
+      const fd = this.endpoint.fd;
+      this.endpoint.detach();
+      if (fd >= 0) closeAll([fd]);
+    } else this.endpoint.stop();
+    this.session.reset();
+  }
+
+  /** Stops the rings and lets go of every fd without closing any (a mirror copy owns them now). */
+  detach(): void {
+    this.state = "stopped";
+    this.conn?.detach();
+    this.conn = null;
+    this.pendingConn = -1;
+    if (this.endpoint instanceof ServerEndpoint) this.endpoint.detach();
+    else this.endpoint.stop();
+    this.session.disown();
   }
 
   private disconnected(reason: string, violation: boolean): void {
@@ -78,6 +201,7 @@ class VfSession {
     if (this.state === "stopped") return;
     this.state = this.spec.mode === "server" ? "waiting" : "connecting";
     this.endpoint.start();
+    this.onChange();
   }
 
   stop(): void {
@@ -112,66 +236,283 @@ export class EngineVfHost implements VfHost {
   readonly engine: NativeEngine;
   private readonly vfs = new Map<string, VfSession>();
   private readonly byDevId = new Map<number, VfSession>();
-  /** TAP uplink fd per switch, owned here. */
+  /** TAP uplink fd per switch, owned here, and the PF it belongs to. */
   private readonly taps = new Map<number, number>();
+  private readonly pfOfSwitch = new Map<number, string>();
+  private readonly locks = new Map<string, VfLock>();
+  /** Adopted VFs and TAP uplinks waiting for resumeAdopted(). */
+  private readonly adopting = new Set<string>();
+  private readonly pendingUplinks = new Map<number, number>();
   private readonly log: Logger;
+  private mirror: MirrorSink | undefined;
 
-  constructor(opts: VfHostOptions) {
+  constructor(private readonly opts: VfHostOptions) {
     this.log = opts.log;
     const workers = opts.workers ?? (Number(process.env.VHOSTD_WORKERS) || 1);
-    this.engine = new native.Engine({ workers }, (ev) => this.onEngineEvent(ev));
+    let sharedFd: number | undefined;
+    if (opts.sharedPath) sharedFd = fs.openSync(opts.sharedPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    try {
+      this.engine = new native.Engine({ workers, ...(sharedFd !== undefined ? { sharedFd } : {}) }, (ev) => this.onEngineEvent(ev));
+    } finally {
+      if (sharedFd !== undefined) fs.closeSync(sharedFd); // the engine keeps its mapping
+    }
+  }
+
+  /** HA: from now on every change is mirrored to `sink` (undefined: stop mirroring). */
+  setMirror(sink: MirrorSink | undefined): void {
+    this.mirror = sink;
+  }
+
+  /** Sends the whole state to the mirror (a new mirror connection). */
+  mirrorAll(): void {
+    for (const [switchId, pf] of this.pfOfSwitch) this.mirror?.pf(pf, switchId, this.taps.get(switchId) ?? -1);
+    for (const dev of this.vfs.keys()) this.mirrorVf(dev);
+  }
+
+  private mirrorVf(dev: string): void {
+    const vf = this.vfs.get(dev);
+    if (!vf || !this.mirror) return;
+    const { rec, fds } = vf.exportMirror();
+    this.mirror.vf(dev, rec, fds);
   }
 
   addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void {
     if (kind !== "net") return;
-    this.engine.addSwitch(switchId);
+    let fd = -1;
     if (uplinkTap) {
-      let fd: number;
       try {
         fd = native.openTap(uplinkTap);
-        this.engine.setSwitchUplink(switchId, fd);
       } catch (err) {
-        this.engine.removeSwitch(switchId);
         throw new HostError(`uplink ${uplinkTap}: ${(err as Error).message}`, -19 /* ENODEV */);
       }
-      this.taps.set(switchId, fd);
     }
+    this.adoptPf(pf, switchId, fd);
     this.log.info({ pf, switchId, kind, uplink: uplinkTap }, "PF datapath ready");
+  }
+
+  /**
+   * A PF's switch with an already open TAP uplink fd (-1: none); the fd is ours from now on.
+   * `deferUplink` (adoption): the TAP is read only from resumeAdopted() on, as the peer may
+   * still be reading it.
+   */
+  adoptPf(pf: string, switchId: number, tapFd: number, deferUplink = false): void {
+    this.engine.addSwitch(switchId);
+    this.pfOfSwitch.set(switchId, pf);
+    if (tapFd >= 0 && deferUplink) {
+      this.taps.set(switchId, tapFd);
+      this.pendingUplinks.set(switchId, tapFd);
+      return;
+    }
+    if (tapFd < 0) {
+      this.mirror?.pf(pf, switchId, -1);
+      return;
+    }
+    try {
+      this.engine.setSwitchUplink(switchId, tapFd);
+    } catch (err) {
+      this.engine.removeSwitch(switchId);
+      native.closeFd(tapFd);
+      throw new HostError(`uplink of ${pf}: ${(err as Error).message}`, -19);
+    }
+    this.taps.set(switchId, tapFd);
+    this.mirror?.pf(pf, switchId, tapFd);
   }
 
   removePf(pf: string, switchId: number, kind: VfKind): void {
     if (kind !== "net") return;
-    const tap = this.taps.get(switchId);
-    if (tap !== undefined) {
-      this.engine.setSwitchUplink(switchId, -1);
-      native.closeFd(tap); // the engine keeps no copy after detaching; the TAP device goes away
+    const tap = this.releasePf(switchId);
+    if (tap >= 0) native.closeFd(tap); // the engine keeps no copy after detaching; the TAP device goes away
+    this.mirror?.drop(pf);
+  }
+
+  /** Takes the PF's switch down and hands its TAP fd (or -1) to the caller, open. */
+  releasePf(switchId: number): number {
+    const tap = this.taps.get(switchId) ?? -1;
+    if (tap >= 0) {
+      if (!this.pendingUplinks.delete(switchId)) this.engine.setSwitchUplink(switchId, -1); // idempotent
       this.taps.delete(switchId);
     }
+    this.pfOfSwitch.delete(switchId);
     this.engine.removeSwitch(switchId);
+    return tap;
+  }
+
+  /** The TAP uplink fd of a switch (-1: none); still ours. */
+  tapFd(switchId: number): number {
+    return this.taps.get(switchId) ?? -1;
+  }
+
+  /** PFs this host runs: dev -> switch id. */
+  pfList(): Map<string, number> {
+    return new Map([...this.pfOfSwitch].map(([sw, pf]) => [pf, sw]));
   }
 
   open(spec: VfSpec): void {
-    if (spec.kind !== "net") throw new HostError(`${spec.kind} VFs are not implemented yet`, -95 /* EOPNOTSUPP */);
-    if (this.vfs.has(spec.dev)) throw new HostError(`VF ${spec.dev} is already open`, -17);
-    this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs });
-    const vf = new VfSession(spec, this.engine, this.log);
+    const vf = this.create(spec);
     try {
       vf.start();
     } catch (err) {
-      this.engine.removeDevice(spec.devId);
+      this.destroy(vf);
       throw new HostError(`cannot serve ${spec.socketPath}: ${(err as Error).message}`, -5);
     }
+    this.mirrorVf(spec.dev);
+  }
+
+  /**
+   * HA: prepares a VF whose session another daemon runs or ran (it died, or hands it over): the
+   * session is rebuilt from the record, nothing runs until resumeAdopted(). Owns `fds` from the
+   * call on. The VF's lock is not taken here: the peer may still hold it.
+   */
+  adopt(spec: VfSpec, rec: MirrorVf, fds: number[]): void {
+    let vf: VfSession;
+    try {
+      vf = this.create(spec, null, true);
+    } catch (err) {
+      closeAll(fds);
+      throw err;
+    }
+    vf.adopt(rec, fds);
+    this.adopting.add(spec.dev);
+  }
+
+  /**
+   * Runs every adopted VF: takes each one's lock (waiting up to `lockWaitMs` for a dying peer to
+   * drop it), sets deferred TAP uplinks, starts every receive ring, then every transmit ring (no
+   * frame is forwarded to a port that does not run yet), kicks and signals each once, and only
+   * then reads the connections. Returns the VFs whose lock stayed held (abandoned here).
+   */
+  async resumeAdopted(lockWaitMs: number): Promise<string[]> {
+    const devs = [...this.adopting];
+    this.adopting.clear();
+    const failed: string[] = [];
+    await Promise.all(
+      devs.map(async (dev) => {
+        const vf = this.vfs.get(dev);
+        if (!vf || !this.opts.lockDir) return;
+        const lock = await VfLock.take(this.opts.lockDir, dev, lockWaitMs);
+        if (lock) this.locks.set(dev, lock);
+        else {
+          failed.push(dev);
+          vf.abandon();
+          this.destroy(vf);
+          this.log.error({ vf: dev, socket: vf.spec.socketPath }, "adoption abandoned: another process still runs this VF's queues");
+        }
+      }),
+    );
+    for (const [switchId, fd] of this.pendingUplinks) this.engine.setSwitchUplink(switchId, fd);
+    this.pendingUplinks.clear();
+    const live = devs.map((d) => this.vfs.get(d)).filter((v): v is VfSession => v !== undefined);
+    this.engine.hold(true);
+    try {
+      for (const vf of live) vf.resume("rx");
+      for (const vf of live) vf.resume("tx");
+    } finally {
+      this.engine.hold(false);
+    }
+    for (const vf of live) {
+      vf.resume("conn");
+      this.mirrorVf(vf.spec.dev);
+    }
+    return failed;
+  }
+
+  /**
+   * HA hand-back, step 1 (traffic keeps flowing): stop reading vhost-user messages and return
+   * every VF's record and fds (still ours and in use) for the peer to prepare.
+   */
+  offerAll(): Array<{ dev: string; rec: MirrorVf; fds: number[] }> {
+    for (const vf of this.vfs.values()) vf.pauseMessages();
+    return [...this.vfs].map(([dev, vf]) => ({ dev, ...vf.exportMirror() }));
+  }
+
+  /** The hand-back did not happen: read messages again. */
+  cancelOffer(): void {
+    for (const vf of this.vfs.values()) vf.resumeMessages();
+  }
+
+  /**
+   * Hand-back, step 2 (the pause): every ring stops before any VF goes, then every VF and PF is
+   * dropped without closing its fds (the caller's copies from offerAll stay open). Returns the
+   * PFs' TAP fds, open, now the caller's.
+   */
+  releaseAll(): Array<{ dev: string; switchId: number; fd: number }> {
+    this.stopAndUnlockAll();
+    return this.dropAll();
+  }
+
+  /**
+   * The part of a hand-back the peer waits for: every ring stopped, every TAP uplink detached,
+   * every VF lock dropped. dropAll() does the rest after the peer was told.
+   */
+  stopAndUnlockAll(): void {
+    this.engine.hold(true);
+    try {
+      for (const vf of this.vfs.values()) vf.session.stopRings();
+      for (const [switchId] of this.taps) if (!this.pendingUplinks.has(switchId)) this.engine.setSwitchUplink(switchId, -1);
+    } finally {
+      this.engine.hold(false);
+    }
+    for (const lock of this.locks.values()) lock.release();
+    this.locks.clear();
+  }
+
+  /** Drops every VF and PF without closing their fds; returns the TAP fds (open, the caller's). */
+  dropAll(): Array<{ dev: string; switchId: number; fd: number }> {
+    for (const vf of [...this.vfs.values()]) {
+      vf.detach();
+      this.destroy(vf);
+    }
+    return [...this.pfList()].map(([dev, switchId]) => ({ dev, switchId, fd: this.releasePf(switchId) }));
+  }
+
+  /** HA hand-back of one VF: stops its rings and gives its record and fds (open, now the caller's). */
+  release(dev: string): { rec: MirrorVf; fds: number[] } | undefined {
+    const vf = this.vfs.get(dev);
+    if (!vf) return undefined;
+    vf.pauseMessages();
+    const out = vf.exportMirror();
+    vf.session.stopRings();
+    vf.detach();
+    this.destroy(vf);
+    this.log.info({ vf: dev, socket: vf.spec.socketPath }, "VF handed over (session kept open for the peer daemon)");
+    return out;
+  }
+
+  /** `lock` null: adoption, taken at resumeAdopted. */
+  private create(spec: VfSpec, lock?: VfLock | null, keepCounters = false): VfSession {
+    if (spec.kind !== "net") throw new HostError(`${spec.kind} VFs are not implemented yet`, -95 /* EOPNOTSUPP */);
+    if (this.vfs.has(spec.dev)) throw new HostError(`VF ${spec.dev} is already open`, -17);
+    if (this.opts.lockDir && lock === undefined) {
+      lock = VfLock.tryTake(this.opts.lockDir, spec.dev) ?? undefined;
+      if (!lock) throw new HostError(`another process runs the queues of ${spec.dev} (${VfLock.file(this.opts.lockDir, spec.dev)} is locked)`, -16);
+    }
+    try {
+      this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs, keepCounters });
+    } catch (err) {
+      lock?.release();
+      throw err;
+    }
+    const vf = new VfSession(spec, this.engine, this.log, () => this.mirrorVf(spec.dev));
     this.vfs.set(spec.dev, vf);
     this.byDevId.set(spec.devId, vf);
+    if (lock) this.locks.set(spec.dev, lock);
+    return vf;
+  }
+
+  private destroy(vf: VfSession): void {
+    this.engine.removeDevice(vf.spec.devId);
+    this.vfs.delete(vf.spec.dev);
+    this.byDevId.delete(vf.spec.devId);
+    this.locks.get(vf.spec.dev)?.release();
+    this.locks.delete(vf.spec.dev);
   }
 
   async close(dev: string): Promise<void> {
     const vf = this.vfs.get(dev);
     if (!vf) return;
     vf.stop();
-    this.engine.removeDevice(vf.spec.devId);
-    this.vfs.delete(dev);
-    this.byDevId.delete(vf.spec.devId);
+    this.destroy(vf);
+    this.mirror?.drop(dev);
     this.log.info({ vf: dev, socket: vf.spec.socketPath }, "VF datapath released");
   }
 
@@ -179,11 +520,20 @@ export class EngineVfHost implements VfHost {
     return this.vfs.get(dev)?.runtime();
   }
 
+  has(dev: string): boolean {
+    return this.vfs.has(dev);
+  }
+
+  devs(): string[] {
+    return [...this.vfs.keys()];
+  }
+
   session(dev: string): VhostSession | undefined {
     return this.vfs.get(dev)?.session;
   }
 
   async shutdown(): Promise<void> {
+    this.mirror = undefined; // a shutdown is not a change the peer should copy
     for (const dev of [...this.vfs.keys()]) await this.close(dev);
     this.engine.close();
   }

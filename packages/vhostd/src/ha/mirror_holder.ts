@@ -1,0 +1,293 @@
+// vfe-vhostd's half of the HA session mirror: the hot standby for keeper crashes.
+//
+// While the keeper runs the VFs, it pushes every session (record + duplicated fds) here; we
+// hold the copies and run nothing. When the keeper's connection ends (killed, crashed) or it
+// says "handover" (graceful stop, upgrade), we adopt every session in place: each VF's lock is
+// waited for (the kernel drops the dead keeper's), the engine resumes every ring from guest
+// memory, every queue is kicked and every call fd signalled once. The front-ends see a pause,
+// never a disconnect. When the keeper comes back it asks "take"; we stop our rings, give every
+// session back (and keep the fds as copies again), and the keeper resumes them.
+import fs from "node:fs";
+import type { Logger } from "pino";
+import { FramedFdConnection, checkPeerCred, closeFds, native, type PeerCred } from "@vhostd/native";
+import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
+import type { VfRuntime, VfSpec } from "../vf_host.js";
+import { createVfHost, type EngineVfHost } from "../session/host.js";
+import { MIRROR_CODEC, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./mirror_codec.js";
+
+export interface MirrorHolderOptions {
+  runDir: string;
+  log: Logger;
+  /** The VF's spec as vfe-vhostd's registry has it (undefined: not ours, drop the copy). */
+  specOf(dev: string): VfSpec | undefined;
+  /** How long a takeover waits for the dead runner's lock on each VF. */
+  lockWaitMs?: number;
+}
+
+interface VfCopy {
+  rec: MirrorVf;
+  fds: number[];
+}
+
+export class MirrorHolder {
+  private listenFd = -1;
+  private watcher: InstanceType<typeof native.FdWatcher> | null = null;
+  private conn: FramedFdConnection<MirrorFrame> | null = null;
+  private peer: PeerCred | null = null;
+  private readonly vfCopies = new Map<string, VfCopy>();
+  private readonly pfCopies = new Map<string, { switchId: number; fd: number }>();
+  /** Runs the VFs after a takeover; created on the first one (worker threads cost nothing until then). */
+  private host: EngineVfHost | undefined;
+  private busy: Promise<void> = Promise.resolve();
+  /** A hand-back offered to the keeper and not yet confirmed. */
+  private offer: { req: number; t0: number } | undefined;
+  readonly path: string;
+  /** For `ha status` and tests. */
+  takeovers = 0;
+  lastTakeover: { at: string; why: string; vfs: number; failed: number; ms: number } | undefined;
+
+  constructor(private readonly opts: MirrorHolderOptions) {
+    this.path = mirrorSocketPath(opts.runDir);
+  }
+
+  listen(): void {
+    try {
+      fs.unlinkSync(this.path); // only one vfe-vhostd serves a run dir (checked at its start)
+    } catch {
+      /* none */
+    }
+    this.listenFd = native.unixListen(this.path, 4);
+    fs.chmodSync(this.path, 0o600);
+    this.watcher = new native.FdWatcher(this.listenFd, () => this.accept());
+    this.opts.log.info({ path: this.path }, "HA mirror listening");
+  }
+
+  /** Copies held (VFs) and fds in them, and whether we run VFs now. */
+  status(): { connected: boolean; keeperPid: number | null; copies: number; fdsHeld: number; running: string[]; takeovers: number; lastTakeover?: MirrorHolder["lastTakeover"] } {
+    let fdsHeld = 0;
+    for (const c of this.vfCopies.values()) fdsHeld += c.fds.length;
+    for (const p of this.pfCopies.values()) if (p.fd >= 0) fdsHeld++;
+    return {
+      connected: this.conn?.isOpen ?? false,
+      keeperPid: this.conn?.isOpen ? (this.peer?.pid ?? null) : null,
+      copies: this.vfCopies.size,
+      fdsHeld,
+      running: this.host?.devs() ?? [],
+      takeovers: this.takeovers,
+      ...(this.lastTakeover ? { lastTakeover: this.lastTakeover } : {}),
+    };
+  }
+
+  runs(dev: string): boolean {
+    return this.host?.has(dev) ?? false;
+  }
+
+  runtime(dev: string): VfRuntime | undefined {
+    return this.host?.runtime(dev);
+  }
+
+  /** vfe-vhostd stops: sessions we run stop with us; copies are just closed. */
+  async close(): Promise<void> {
+    this.watcher?.stop();
+    this.watcher = null;
+    if (this.listenFd >= 0) native.closeFd(this.listenFd);
+    this.listenFd = -1;
+    this.conn?.close("vfe-vhostd stopping", false);
+    this.dropCopies();
+    await this.host?.shutdown();
+    this.host = undefined;
+  }
+
+  private accept(): void {
+    for (;;) {
+      const fd = native.unixAccept(this.listenFd);
+      if (fd < 0) return;
+      let cred: PeerCred;
+      try {
+        cred = native.peerCred(fd);
+      } catch {
+        native.closeFd(fd);
+        continue;
+      }
+      const refusal = checkPeerCred(cred, process.geteuid!());
+      if (refusal !== null || this.conn?.isOpen) {
+        native.closeFd(fd);
+        this.opts.log.warn({ pid: cred.pid }, `HA mirror: connection refused: ${refusal ?? "a keeper is already connected"}`);
+        continue;
+      }
+      this.peer = cred;
+      const conn: FramedFdConnection<MirrorFrame> = new FramedFdConnection(fd, MIRROR_CODEC, {
+        onFrame: (f, fds) => this.onFrame(conn, f, fds),
+        onClose: (reason, violation) => this.onClose(conn, reason, violation),
+      });
+      this.conn = conn;
+      this.opts.log.info({ event: "mirror_connected", pid: cred.pid }, "HA mirror: keeper connected");
+    }
+  }
+
+  private onFrame(conn: FramedFdConnection<MirrorFrame>, f: MirrorFrame, fds: number[]): void {
+    switch (f.op) {
+      case "vf":
+        this.dropCopy(f.dev);
+        this.vfCopies.set(f.dev, { rec: f.rec, fds });
+        return;
+      case "pf": {
+        const old = this.pfCopies.get(f.dev);
+        if (old && old.fd >= 0) closeFds([old.fd]);
+        this.pfCopies.set(f.dev, { switchId: f.switchId, fd: fds[0] ?? -1 });
+        return;
+      }
+      case "drop":
+        this.dropCopy(f.dev);
+        return;
+      case "handover":
+        this.opts.log.info({ event: "mirror_handover" }, "HA mirror: the keeper hands its VFs over (graceful stop)");
+        this.serial(() => this.takeover("keeper handed over"));
+        return;
+      case "take":
+        this.serial(() => this.giveBack(conn, f.req));
+        return;
+      case "ready":
+        this.serial(async () => this.onReady(conn, f.req));
+        return;
+      default:
+        closeFds(fds);
+        conn.close(`unexpected ${f.op} frame from the keeper`, true);
+    }
+  }
+
+  private onClose(conn: FramedFdConnection<MirrorFrame>, reason: string, violation: boolean): void {
+    if (this.conn === conn) this.conn = null;
+    if (this.offer) {
+      this.offer = undefined;
+      this.host?.cancelOffer(); // the keeper went away mid hand-back: we keep running
+    }
+    (violation ? this.opts.log.warn : this.opts.log.info).call(this.opts.log, { event: "mirror_closed", violation }, `HA mirror: keeper connection closed: ${reason}`);
+    if (this.vfCopies.size > 0 || this.pfCopies.size > 0) this.serial(() => this.takeover(`keeper connection lost (${reason})`));
+  }
+
+  private serial(fn: () => Promise<void>): void {
+    this.busy = this.busy.then(fn).catch((e: Error) => this.opts.log.error({ err: e.stack ?? e.message }, "HA mirror step failed"));
+  }
+
+  /** Runs every VF we hold a copy of, in place. */
+  private async takeover(why: string): Promise<void> {
+    if (this.vfCopies.size === 0 && this.pfCopies.size === 0) return;
+    const t0 = performance.now();
+    const log = this.opts.log;
+    this.host ??= createVfHost({
+      log: log.child({ component: "standby-host" }),
+      runDir: this.opts.runDir,
+      lockDir: mirrorLockDir(this.opts.runDir),
+      sharedPath: mirrorSharedPath(this.opts.runDir),
+    });
+    const host = this.host;
+    const running = host.pfList();
+    for (const [dev, p] of this.pfCopies) {
+      if (running.has(dev)) {
+        if (p.fd >= 0) closeFds([p.fd]);
+        continue;
+      }
+      try {
+        host.adoptPf(dev, p.switchId, p.fd, true);
+      } catch (e) {
+        log.error({ pf: dev, err: (e as Error).message }, "takeover: PF could not be adopted");
+      }
+    }
+    this.pfCopies.clear();
+    const copies = [...this.vfCopies];
+    this.vfCopies.clear();
+    let failed = 0;
+    for (const [dev, c] of copies) {
+      const spec = this.opts.specOf(dev);
+      if (!spec || host.has(dev)) {
+        closeFds(c.fds);
+        continue;
+      }
+      try {
+        host.adopt(spec, c.rec, c.fds);
+      } catch (e) {
+        failed++;
+        log.error({ event: "takeover_failed", vf: dev, socket: spec.socketPath, err: (e as Error).message }, `takeover of ${dev} failed: ${(e as Error).message}`);
+      }
+    }
+    // The dead keeper's locks go as the kernel tears it down: wait for them, then run.
+    failed += (await host.resumeAdopted(this.opts.lockWaitMs ?? 3000)).length;
+    const ms = Math.round((performance.now() - t0) * 10) / 10;
+    this.takeovers++;
+    this.lastTakeover = { at: new Date().toISOString(), why, vfs: copies.length - failed, failed, ms };
+    log.info({ event: "takeover_done", why, vfs: copies.length - failed, failed, ms }, `took over ${copies.length - failed} VF(s) in place in ${ms} ms (${why})`);
+  }
+
+  /**
+   * The keeper is back and asks for what we run. Step 1 (traffic flows): stop reading messages,
+   * send every record and fd, "offered". The keeper prepares and says "ready"; step 2 (the pause)
+   * is in onReady().
+   */
+  private async giveBack(conn: FramedFdConnection<MirrorFrame>, req: number): Promise<void> {
+    const host = this.host;
+    const devs: string[] = [];
+    try {
+      if (host) {
+        for (const { dev, rec, fds } of host.offerAll()) {
+          conn.send({ op: "vf", dev, rec, count: fds.length }, fds);
+          devs.push(dev);
+        }
+        for (const [dev, switchId] of host.pfList()) {
+          const fd = host.tapFd(switchId);
+          conn.send({ op: "pf", dev, switchId, count: fd >= 0 ? 1 : 0 }, fd >= 0 ? [fd] : []);
+        }
+      }
+      conn.send({ op: "offered", req, devs });
+      this.offer = { req, t0: performance.now() };
+    } catch (e) {
+      host?.cancelOffer();
+      this.opts.log.error({ err: (e as Error).message }, "hand-back offer to the keeper failed; we keep running the VFs");
+    }
+  }
+
+  /** Step 2 of the hand-back: stop our rings, drop our locks (keep the fds as copies), "released". */
+  private onReady(conn: FramedFdConnection<MirrorFrame>, req: number): void {
+    const offer = this.offer;
+    this.offer = undefined;
+    if (!offer || offer.req !== req) {
+      conn.close(`ready ${req} without an offer`, true);
+      return;
+    }
+    const host = this.host;
+    const t1 = performance.now();
+    const offered = host?.offerAll() ?? []; // the same fds, exported again as the pause begins
+    host?.stopAndUnlockAll();
+    let sent = true;
+    try {
+      conn.send({ op: "released", req }); // the keeper starts its rings now; we tidy up meanwhile
+    } catch {
+      sent = false; // the connection's loss makes us take over again from the copies
+    }
+    for (const pf of host?.dropAll() ?? []) this.pfCopies.set(pf.dev, { switchId: pf.switchId, fd: pf.fd });
+    for (const { dev, rec, fds } of offered) this.vfCopies.set(dev, { rec, fds });
+    const vfs = offered.length;
+    if (!sent) return;
+    this.opts.log.info(
+      { event: "handback_done", vfs, offerMs: Math.round(t1 - offer.t0), pauseMs: Math.round((performance.now() - t1) * 10) / 10 },
+      `handed ${vfs} VF(s) back to the keeper`,
+    );
+  }
+
+  private dropCopy(dev: string): void {
+    const c = this.vfCopies.get(dev);
+    if (c) {
+      closeFds(c.fds);
+      this.vfCopies.delete(dev);
+    }
+    const p = this.pfCopies.get(dev);
+    if (p) {
+      if (p.fd >= 0) closeFds([p.fd]);
+      this.pfCopies.delete(dev);
+    }
+  }
+
+  private dropCopies(): void {
+    for (const dev of [...this.vfCopies.keys(), ...this.pfCopies.keys()]) this.dropCopy(dev);
+  }
+}
