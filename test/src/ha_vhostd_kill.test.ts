@@ -5,7 +5,8 @@
 //  - a server-mode VF with dpdk-testpmd virtio-user in its DEFAULT CLIENT mode (it can never
 //    reconnect) in txonly, and a VF with testpmd server=1 in rxonly, on a second PF;
 //  - vfe-vhostd killed ≥ 20 times at seeded random moments, some of them during a `vf -a` /
-//    `vf -r` of an extra VF issued right before the kill, and restarted each time.
+//    `vf -r` of an extra VF issued right before the kill, some inside a vhost-user handshake
+//    (a driver connecting to a server-mode VF and negotiating), and restarted each time.
 import test from "ava";
 import fs from "node:fs";
 import { execFileSync } from "node:child_process";
@@ -19,6 +20,7 @@ const PF2 = "0000:b0:00.2"; // testpmd pair (its own switch: txonly floods only 
 const VF_A = "0000:af:04.5";
 const VF_B = "0000:af:05.5";
 const VF_X = "0000:af:06.5"; // the extra VF added and removed around kills
+const VF_H = "0000:af:07.5"; // server mode: a driver connects and negotiates while vfe-vhostd is killed
 const VF_T = "0000:b0:04.5"; // server mode, testpmd default client, txonly
 const VF_R = "0000:b0:05.5"; // client mode, testpmd server=1, rxonly
 
@@ -94,6 +96,8 @@ test.serial("kill -9 vfe-vhostd ≥ 20 times under traffic: no front-end notices
     const tx = await Testpmd.start({ socket: d.sock("t"), server: false, mode: "txonly", logFile: `${d.dir}/testpmd-tx.log`, txpkts: 64 });
     nice(rx);
     nice(tx);
+    await d.ok(["vf", "-a", VF_H, "-v", d.sock("h"), "--server"]);
+    let handshakes = 0;
     await tx.waitForTraffic("txPackets", 1000);
     await rx.waitForTraffic("rxPackets", 1000);
 
@@ -126,11 +130,27 @@ test.serial("kill -9 vfe-vhostd ≥ 20 times under traffic: no front-end notices
       } else {
         await sleep(50 + Math.floor(rand() * 450));
       }
+      let handshake: Promise<FrontendDriver> | undefined;
+      if (i % 3 === 2) {
+        // Kill inside a vhost-user handshake: a driver connects and negotiates; 0-20 ms later
+        // vfe-vhostd dies. The keeper runs the session, so the handshake must complete anyway.
+        handshake = FrontendDriver.connect(d.sock("h"), { connectTimeoutMs: 5000 }).then(async (h) => {
+          await h.handshake();
+          return h;
+        });
+        await sleep(Math.floor(rand() * 20));
+      }
       await d.killVhostd();
       const r = change ? await change : undefined;
       const t0 = Date.now();
       await d.restartVhostd();
       restartMs.push(Date.now() - t0);
+      if (handshake) {
+        const h = await handshake;
+        handshakes++;
+        await waitFor(async () => (await d.ok(["vf", "-i", VF_H])).device.state === "running", 5000, `kill ${i}: the session negotiated across the kill runs`);
+        h.close();
+      }
       const list = await vfList(d);
       const present = list.some((v) => v.vf === VF_X);
       if (r) {
@@ -189,6 +209,7 @@ test.serial("kill -9 vfe-vhostd ≥ 20 times under traffic: no front-end notices
     t.log({
       kills: KILLS,
       killsDuringChange,
+      killsDuringHandshake: handshakes,
       seed: SEED,
       outcomes,
       restartMs: { min: Math.min(...restartMs), median: restartMs.sort((x, y) => x - y)[restartMs.length >> 1], max: Math.max(...restartMs) },
@@ -199,6 +220,7 @@ test.serial("kill -9 vfe-vhostd ≥ 20 times under traffic: no front-end notices
       reconnects,
     });
     t.true(KILLS >= 20);
+    t.true(handshakes >= 6, "several kills landed inside a vhost-user handshake");
     for (const [what, s, drops, peerSent] of [["A->B", sb, dropsB, sentA], ["B->A", sa, dropsA, sentB]] as const) {
       t.is(s.rxLost, drops, `${what}: every lost frame is an engine-counted drop`);
       t.is(drops, 0, `${what}: the engine dropped nothing`);

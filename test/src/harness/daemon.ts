@@ -229,6 +229,11 @@ export class Daemon {
   }
 
   cleanup(): void {
+    // VHOSTD_KEEP_LOGS=1 keeps the run dir (daemon and keeper logs) for a post-mortem.
+    if (process.env.VHOSTD_KEEP_LOGS === "1") {
+      process.stderr.write(`kept ${this.dir}\n`);
+      return;
+    }
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
