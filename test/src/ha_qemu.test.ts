@@ -72,18 +72,19 @@ test.serial("a QEMU guest keeps pinging through keeper kills, keeper restarts an
     const echoed = (await d.ok(["vf", "-i", VF_ECHO])).device.queues[1].packets as number;
     await waitFor(async () => (await d.ok(["vf", "-i", VF_ECHO])).device.queues[1].packets > echoed + 5, 30_000, "pings flow again after both died");
     const outageMs = Date.now() - t0;
+    const resumed = await d.ok(["vf", "-i", VF_GUEST]);
     const run = await guest.wait();
     await echo.stop();
     const ping = run.results.find((r) => r.test === "ping");
     const after = await d.ok(["vf", "-l", PF]);
     const info = await d.ok(["vf", "-i", VF_GUEST]);
-    t.log({ events, ping, outageMs, reconnects: info.device.reconnects });
+    t.log({ events, ping, outageMs, stateAfterBoth: resumed.device.state, reconnects: info.device.reconnects });
     t.truthy(ping, "the guest's ping ran to its end");
     const lost = Number(ping!.sent) - Number(ping!.received);
     const allowed = Math.ceil(outageMs / 1000 / INTERVAL_S) + events.length;
     t.true(lost <= allowed, `lost ${lost} pings; the outage after both died explains at most ${allowed}`);
     // The restarted keeper opened the VF afresh from its replica: a new session on a new connection.
-    t.is(info.device.state, "running", "after both died the VF connected to QEMU again by itself and runs");
+    t.is(resumed.device.state, "running", "after both died the VF connected to QEMU again by itself and runs");
     t.deepEqual(after, before, "vf -l identical after every kind of kill");
   } finally {
     guest?.kill();

@@ -201,7 +201,12 @@ export class Keeper {
 
   /** Graceful stop with vfe-vhostd present: it takes every VF over; false when it cannot. */
   handover(): boolean {
-    return this.mirror?.handover() ?? false;
+    if (!this.mirror?.handover()) return false;
+    // Close the channels but not the sessions; an open ZeroMQ socket would hold the process
+    // (and with it every VF lock vfe-vhostd waits for) at exit.
+    this.sync?.close();
+    this.inspect?.close();
+    return true;
   }
 
   /** Running VFs and PFs (tests, inspection). */

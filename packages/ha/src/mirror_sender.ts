@@ -140,6 +140,10 @@ export class MirrorSender implements MirrorSink {
     this.send({ op: "pf", dev, switchId, count: tapFd >= 0 ? 1 : 0 }, tapFd >= 0 ? [tapFd] : []);
   }
 
+  replied(dev: string): void {
+    this.send({ op: "replied", dev });
+  }
+
   drop(dev: string): void {
     this.send({ op: "drop", dev });
   }

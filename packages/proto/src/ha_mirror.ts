@@ -9,6 +9,7 @@
 //   runner -> holder   vf     {dev, rec, count}     + count fds: replaces the holder's copy
 //   runner -> holder   pf     {dev, switchId, count} + 0|1 fd (the PF's TAP uplink)
 //   runner -> holder   drop   {dev}                  the VF/PF is gone: close the copies
+//   runner -> holder   replied {dev}                 the reply in the VF's record was written
 //   runner -> holder   handover {}                   graceful stop: take everything over now
 //   keeper -> vhostd   take   {req}                  keeper (re)started: give back what you run
 //   vhostd -> keeper   vf / pf (as above, live state; rings still running, messages no longer read)
@@ -31,6 +32,8 @@ export const MIRROR_MAX_FRAME_BYTES = 256 * 1024;
 const MAX_RINGS = 64;
 const MAX_REGIONS = 32;
 const MAX_DEVS = 4096;
+/** A few replies' worth of bytes (GET_CONFIG is the largest), hex. */
+const MAX_REPLY_HEX = 2 * 8192;
 
 /** 64-bit values travel as 0x-hex strings: exact, and trivially validated. */
 export type Hex64 = string;
@@ -76,12 +79,19 @@ export interface MirrorVf {
   listen: number;
   reconnects: number;
   session: MirrorSession;
+  /**
+   * The reply (whole vhost-user message bytes, hex) to the message just handled, pushed before
+   * it is written and cleared by a "replied" frame after: an adopter holding it cannot know
+   * whether the dead runner wrote it, and sends it (a missing reply would freeze the VM).
+   */
+  reply?: string;
 }
 
 export type MirrorFrame =
   | { op: "vf"; dev: string; rec: MirrorVf; count: number }
   | { op: "pf"; dev: string; switchId: number; count: number }
   | { op: "drop"; dev: string }
+  | { op: "replied"; dev: string }
   | { op: "handover" }
   | { op: "take"; req: number }
   | { op: "offered"; req: number; devs: string[] }
@@ -176,7 +186,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
 }
 
 function validateRec(v: unknown, count: number): MirrorVf {
-  const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"]);
+  const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply"]);
   const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"]);
   const t = "vf.rec.session";
   const rec: MirrorVf = {
@@ -196,6 +206,11 @@ function validateRec(v: unknown, count: number): MirrorVf {
       vrings: list(t, s, "vrings", MAX_RINGS).map((x, i) => validateVring(x, i, count)),
     },
   };
+  if (r.reply !== undefined) {
+    const reply = str("vf.rec", r, "reply", MAX_REPLY_HEX, 24);
+    if (!/^(?:[0-9a-f]{2})+$/.test(reply)) fail("vf.rec", "reply", "must be hex bytes");
+    rec.reply = reply;
+  }
   const used = mirrorVfFdIndices(rec);
   if (new Set(used).size !== used.length) fail("vf.rec", "fds", "names one fd twice");
   if (used.length !== count) fail("vf.rec", "fds", `uses ${used.length} fds but the frame carries ${count}`);
@@ -204,7 +219,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
 
 function validateMirrorFrame(v: unknown): MirrorFrame {
   if (!isPlainObject(v)) throw new SyncError("malformed", "mirror frame is not a map");
-  const op = oneOf("mirror frame", v, "op", ["vf", "pf", "drop", "handover", "take", "offered", "ready", "released"] as const);
+  const op = oneOf("mirror frame", v, "op", ["vf", "pf", "drop", "replied", "handover", "take", "offered", "ready", "released"] as const);
   switch (op) {
     case "vf": {
       const b = fields("vf", v, ["op", "dev", "rec", "count"]);
@@ -215,9 +230,10 @@ function validateMirrorFrame(v: unknown): MirrorFrame {
       const b = fields("pf", v, ["op", "dev", "switchId", "count"]);
       return { op, dev: dev("pf", b), switchId: int("pf", b, "switchId", 0, 0xffff), count: int("pf", b, "count", 0, 1) };
     }
-    case "drop": {
-      const b = fields("drop", v, ["op", "dev"]);
-      return { op, dev: dev("drop", b) };
+    case "drop":
+    case "replied": {
+      const b = fields(op, v, ["op", "dev"]);
+      return { op, dev: dev(op, b) };
     }
     case "handover":
       fields("handover", v, ["op"]);

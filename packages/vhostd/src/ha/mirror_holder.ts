@@ -140,6 +140,11 @@ export class MirrorHolder {
       case "drop":
         this.dropCopy(f.dev);
         return;
+      case "replied": {
+        const c = this.vfCopies.get(f.dev);
+        if (c) delete c.rec.reply;
+        return;
+      }
       case "handover":
         this.opts.log.info({ event: "mirror_handover" }, "HA mirror: the keeper hands its VFs over (graceful stop)");
         this.serial(() => this.takeover("keeper handed over"));

@@ -10,7 +10,7 @@ import { VfLock } from "./vf_lock.js";
 import { VhostUserConnection } from "./connection.js";
 import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";
 import { NetModel } from "./net_model.js";
-import { VhostSession } from "./session.js";
+import { VhostSession, encodeReply } from "./session.js";
 
 export interface VfHostOptions {
   log: Logger;
@@ -29,6 +29,8 @@ export interface VfHostOptions {
  */
 export interface MirrorSink {
   vf(dev: string, rec: MirrorVf, fds: number[]): void;
+  /** The reply in the VF's last record was written. */
+  replied(dev: string): void;
   pf(dev: string, switchId: number, tapFd: number): void;
   drop(dev: string): void;
 }
@@ -58,11 +60,15 @@ class VfSession {
     private readonly engine: NativeEngine,
     parentLog: Logger,
     private readonly onChange: () => void,
+    private readonly onReplied: () => void = () => undefined,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
     const model = new NetModel(spec.mac, spec.mtu, spec.queuePairs);
     this.session = new VhostSession(spec.devId, model, engine, this.log, {
-      reply: (req, payload) => this.conn?.reply(req, payload),
+      reply: (req, payload) => {
+        if (this.replies) this.replies.push(encodeReply(req, payload));
+        else this.conn?.reply(req, payload);
+      },
       fail: (reason) => this.conn?.close(reason, true),
     });
     const onConnected = (fd: number) => this.connected(fd);
@@ -87,9 +93,20 @@ class VfSession {
     this.state = "negotiating";
     this.conn = new VhostUserConnection(fd, {
       onMessage: (msg) => {
+        // The message's effect reaches the mirror before its reply reaches the front-end; the
+        // record carries the reply until "replied" says it was written (see MirrorVf.reply).
+        this.replies = [];
         this.session.handle(msg);
         this.updateState();
+        const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
+        this.replies = null;
+        this.pendingReply = out;
         this.onChange();
+        if (out) {
+          this.conn?.send(out, []);
+          this.pendingReply = null;
+          this.onReplied();
+        }
       },
       onClose: (reason, violation) => this.disconnected(reason, violation),
     });
@@ -107,11 +124,18 @@ class VfSession {
     const listenFd = this.endpoint instanceof ServerEndpoint ? this.endpoint.fd : -1;
     const listen = listenFd >= 0 ? fds.push(listenFd) - 1 : -1;
     const session = this.session.exportMirror(fds);
-    return { rec: { conn, listen, reconnects: this.reconnects, session }, fds };
+    const rec: MirrorVf = { conn, listen, reconnects: this.reconnects, session };
+    if (this.pendingReply) rec.reply = this.pendingReply.toString("hex");
+    return { rec, fds };
   }
 
   /** An adopted connection not read yet (resume starts reading it). */
   private pendingConn = -1;
+  /** Replies produced while a message is handled (sent after the mirror has its effect). */
+  private replies: Buffer[] | null = null;
+  private pendingReply: Buffer | null = null;
+  /** Adoption: the dead runner's last reply, maybe never written; sent at resume. */
+  private resendReply: Buffer | null = null;
 
   /**
    * Takes over a session the peer daemon ran, in place (no reconnect). Owns `fds` from now on.
@@ -132,6 +156,7 @@ class VfSession {
     }
     this.everConnected = true;
     this.pendingConn = conn;
+    this.resendReply = rec.reply ? Buffer.from(rec.reply, "hex") : null;
     this.state = "negotiating";
     try {
       this.session.adoptMirror(rec.session, fds, false);
@@ -151,6 +176,12 @@ class VfSession {
     if (this.pendingConn < 0) return;
     this.attach(this.pendingConn);
     this.pendingConn = -1;
+    if (this.resendReply) {
+      // A missing reply freezes the front-end; a duplicate fails one of its requests.
+      this.log.warn({ bytes: this.resendReply.length }, "resent the reply to the last message the dead runner handled (it may have written it already)");
+      this.conn?.send(this.resendReply, []);
+      this.resendReply = null;
+    }
     this.updateState();
     this.log.info({ state: this.state, queues: this.session.vrings.filter((v) => v.started).length }, "session adopted in place");
   }
@@ -492,7 +523,13 @@ export class EngineVfHost implements VfHost {
       lock?.release();
       throw err;
     }
-    const vf = new VfSession(spec, this.engine, this.log, () => this.mirrorVf(spec.dev));
+    const vf = new VfSession(
+      spec,
+      this.engine,
+      this.log,
+      () => this.mirrorVf(spec.dev),
+      () => this.mirror?.replied(spec.dev),
+    );
     this.vfs.set(spec.dev, vf);
     this.byDevId.set(spec.devId, vf);
     if (lock) this.locks.set(spec.dev, lock);
