@@ -73,10 +73,10 @@ test.serial("a QEMU guest keeps pinging through keeper kills, keeper restarts an
     await waitFor(async () => (await d.ok(["vf", "-i", VF_ECHO])).device.queues[1].packets > echoed + 5, 30_000, "pings flow again after both died");
     const outageMs = Date.now() - t0;
     const resumed = await d.ok(["vf", "-i", VF_GUEST]);
+    const after = await d.ok(["vf", "-l", PF]); // while the guest still runs
     const run = await guest.wait();
     await echo.stop();
     const ping = run.results.find((r) => r.test === "ping");
-    const after = await d.ok(["vf", "-l", PF]);
     const info = await d.ok(["vf", "-i", VF_GUEST]);
     t.log({ events, ping, outageMs, stateAfterBoth: resumed.device.state, reconnects: info.device.reconnects });
     t.truthy(ping, "the guest's ping ran to its end");
