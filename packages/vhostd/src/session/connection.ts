@@ -57,25 +57,25 @@ export class VhostUserConnection {
 
   /** Stops reading without closing the fd: it now belongs to the peer daemon's mirror copy. */
   detach(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.watcher?.stop();
-    this.watcher = null;
-    closeAll(this.fds);
-    this.fds = [];
-    this.buf = Buffer.alloc(0);
+    this.stopReading();
   }
 
   close(reason: string, violation: boolean): void {
-    if (this.closed) return;
+    if (!this.stopReading()) return;
+    native.closeFd(this.fd);
+    this.events.onClose(reason, violation);
+  }
+
+  /** False when already stopped. Drops a half-assembled message and its fds. */
+  private stopReading(): boolean {
+    if (this.closed) return false;
     this.closed = true;
     this.watcher?.stop();
     this.watcher = null;
     closeAll(this.fds);
     this.fds = [];
     this.buf = Buffer.alloc(0);
-    native.closeFd(this.fd);
-    this.events.onClose(reason, violation);
+    return true;
   }
 
   /**
