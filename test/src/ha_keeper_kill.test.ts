@@ -21,18 +21,18 @@ const KILLS = Number(process.env.VHOSTD_HA_KILLS ?? 24);
 const RESTARTS = Number(process.env.VHOSTD_HA_RESTARTS ?? 4);
 const SEED = Number(process.env.VHOSTD_HA_SEED ?? 20261122);
 
-/** How long vfe-vhostd's n-th takeover took (its log line), in ms. */
-async function lastTakeoverMs(d: Daemon, n: number): Promise<number> {
+/** How long vfe-vhostd's first takeover logged after `from` (a log offset) took, in ms. */
+async function takeoverMsAfter(d: Daemon, from: number): Promise<number> {
   let ms = NaN;
   await waitFor(
     () => {
-      const lines = d.log().split("\n").filter((l) => l.includes('"takeover_done"'));
-      if (lines.length < n) return false;
-      ms = (JSON.parse(lines[n - 1]!) as { ms: number }).ms;
+      const line = d.log().slice(from).split("\n").find((l) => l.includes('"takeover_done"'));
+      if (!line) return false;
+      ms = (JSON.parse(line) as { ms: number }).ms;
       return true;
     },
     5000,
-    `takeover ${n} logged`,
+    "takeover logged",
   );
   return ms;
 }
@@ -45,6 +45,7 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
     const before = await vfList(d);
     const rand = rng(SEED);
     const adoptMs: number[] = [];
+    let killsDuringTakeBack = 0;
     const txSamples: number[] = [tx.nicStats().txPackets];
     const framesAt = () => traffic.framesReceived();
     const drops = async () => (await queueSum(d, VF_A, "rx", "drops")) + (await queueSum(d, VF_B, "rx", "drops"));
@@ -69,14 +70,27 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
     for (let i = 0; i < KILLS; i++) {
       await sleep(50 + Math.floor(rand() * 450));
       marks.push(`kill ${i} at ${Date.now() - t00}`);
+      const logAt = d.log().length;
       await d.killKeeper();
       // vfe-vhostd adopts every session: traffic flows with the keeper dead.
       const f0 = framesAt();
       await waitFor(() => framesAt() > f0 + 200, 5000, `kill ${i}: traffic flows on vfe-vhostd`);
       const st = await d.ok(["vf", "-i", VF_A]);
       t.is(st.device.reconnects, 0, `kill ${i}: no reconnect after the takeover`);
-      adoptMs.push(await lastTakeoverMs(d, i + 1));
+      adoptMs.push(await takeoverMsAfter(d, logAt));
       const dropsAfterTakeover = await drops();
+      if (i % 4 === 3) {
+        // A keeper killed while it takes the sessions back (before, inside or after the offer):
+        // vfe-vhostd keeps running them, or takes them over again.
+        const starting = d.startKeeper().catch(() => undefined);
+        await sleep(150 + Math.floor(rand() * 350));
+        marks.push(`kill during take-back ${i} at ${Date.now() - t00}`);
+        await d.killKeeper();
+        await starting;
+        killsDuringTakeBack++;
+        const f2 = framesAt();
+        await waitFor(() => framesAt() > f2 + 200, 5000, `kill ${i}: traffic flows after a keeper died taking back`);
+      }
       // Restart at once or after a while (seeded).
       await sleep(Math.floor(rand() * 400));
       marks.push(`restart ${i} at ${Date.now() - t00}`);
@@ -110,6 +124,7 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
 
     t.log({
       kills: KILLS,
+      killsDuringTakeBack,
       seed: SEED,
       stalls,
       ...(stalls.length > 0 ? { marks, marksFrom: new Date(t00).toISOString() } : {}),
