@@ -200,7 +200,8 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfValue(pf, switchId, kind, uplinkTap) }, true);
   }
 
-  removePf(pf: string): Promise<void> {
+  async removePf(pf: string): Promise<void> {
+    await this.mirror.removePf(pf); // if we run it since a takeover, it goes now, not at hand-back
     return this.change({ op: "del", table: "devices", key: pfKey(pf) }, false);
   }
 
@@ -208,7 +209,8 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     return this.change({ op: "put", table: "devices", key: vfKey(vf.dev), value: vfValue(vf) }, true);
   }
 
-  close(dev: string): Promise<void> {
+  async close(dev: string): Promise<void> {
+    await this.mirror.closeVf(dev); // if we run it since a takeover, the session ends now
     return this.change({ op: "del", table: "devices", key: vfKey(dev) }, false);
   }
 

@@ -133,3 +133,27 @@ test.serial("an invalid record, a second connection and another uid are refused;
     t.is(out.trim(), "EACCES", "a process of another uid is refused at connect");
   }
 });
+
+test.serial("a VF removed while vfe-vhostd runs it since a takeover ends at once: its front-end sees the connection close", async (t) => {
+  const { holder, dir, lines } = setup(t);
+  const conn = new FramedFdConnection<MirrorFrame>(raw(dir), MIRROR_CODEC, { onFrame: () => undefined, onClose: () => undefined });
+  await tick();
+  const [ours, frontEnd] = native.socketPair();
+  // A session that has negotiated nothing yet: just the connection.
+  const rec: MirrorVf = { conn: 0, listen: -1, reconnects: 3, session: { features: "0x0", protocolFeatures: "0x0", status: 0, owner: true, regions: [], vrings: [] } };
+  conn.send({ op: "pf", dev: "0000:af:00.2", switchId: 0, count: 0 });
+  conn.send({ op: "vf", dev: "0000:af:04.5", rec, count: 1 }, [ours]);
+  native.closeFd(ours);
+  await tick();
+  conn.close("keeper killed", false);
+  await tick(300);
+  t.true(holder.runs("0000:af:04.5"), "adopted in place");
+  t.is(holder.runtime("0000:af:04.5")?.reconnects, 3, "the reconnect count carried over");
+  t.is(native.recvWithFds(frontEnd, 16, 0), null, "the front-end's connection is open and quiet");
+  await holder.closeVf("0000:af:04.5");
+  t.false(holder.runs("0000:af:04.5"));
+  const r = native.recvWithFds(frontEnd, 16, 0);
+  t.is(r?.data.length, 0, "the front-end sees EOF");
+  t.true(lines.some((l) => l.msg === "VF datapath released"));
+  native.closeFd(frontEnd);
+});

@@ -86,6 +86,19 @@ export class MirrorHolder {
     return this.host?.runtime(dev);
   }
 
+  /** `vf -r` of a VF we run (since a takeover) or hold a copy of: it ends here and now. */
+  async closeVf(dev: string): Promise<void> {
+    this.dropCopy(dev);
+    if (this.host?.has(dev)) await this.host.close(dev);
+  }
+
+  /** `mgmtpf -r` of a PF we run or hold a copy of. */
+  async removePf(dev: string): Promise<void> {
+    this.dropCopy(dev);
+    const sw = this.host?.pfList().get(dev);
+    if (sw !== undefined) this.host!.removePf(dev, sw, "net");
+  }
+
   /** vfe-vhostd stops: sessions we run stop with us; copies are just closed. */
   async close(): Promise<void> {
     this.watcher?.stop();
