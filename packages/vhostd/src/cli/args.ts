@@ -46,6 +46,7 @@ export type Parsed =
  */
 export const LOCAL_VERBS: ReadonlyArray<{ name: string; help: string }> = [
   { name: "journal", help: "show the journal (read-only; no daemon needed)" },
+  { name: "drill", help: "crash-recovery drill: SIGKILL the daemons under traffic and check the recovery promises" },
 ];
 
 const VERB_NAMES = (): string[] => [...RPC_METHODS.map((m) => m.name), ...LOCAL_VERBS.map((v) => v.name)];

@@ -29,6 +29,7 @@ export async function run(argv: string[], out: (s: string) => void, err: (s: str
     return EXIT_OK;
   }
   if (parsed.kind === "local") {
+    if (parsed.verb === "drill") return (await import("../drill/main.js")).runDrillCommand(parsed.rest, parsed.global, out, err, env);
     let cmd;
     try {
       cmd = parseJournalArgs(parsed.rest, parsed.global.output, env);
