@@ -9,7 +9,7 @@
 // every other pair the partner is server mode (vhostd listens, the driver connects), so both
 // kinds of socket are drilled.
 import { cpus } from "node:os";
-import { rpc, waitControlPlane } from "./rpc.js";
+import { VF_RUNTIME_FIELDS, rpc, waitControlPlane } from "./rpc.js";
 import { Pair, type Daemon } from "./pair.js";
 import { Link, drain, waitFlowing, type LinkSpec } from "./traffic.js";
 import { judge } from "./promises.js";
@@ -24,8 +24,6 @@ const QUEUE_SIZE = 1024;
 const TAIL_MS = 300;
 /** Longest wait for the control plane / the traffic to come back before calling it broken. */
 const RECOVERY_LIMIT_MS = 30_000;
-/** `vf -l` fields that move with the front-end, not with the configuration. */
-const RUNTIME_FIELDS = new Set(["state", "connected", "reconnects", "configured", "last_error", "queue_size"]);
 
 function hex2(n: number): string {
   return n.toString(16).padStart(2, "0");
@@ -65,7 +63,24 @@ async function vfList(runDir: string, specs: LinkSpec[]): Promise<VfRow[]> {
 }
 
 function configOnly(rows: VfRow[]): VfRow[] {
-  return rows.map((r) => Object.fromEntries(Object.entries(r).filter(([k]) => !RUNTIME_FIELDS.has(k))));
+  return rows.map((r) => Object.fromEntries(Object.entries(r).filter(([k]) => !VF_RUNTIME_FIELDS.has(k))));
+}
+
+/**
+ * Frames the engine dropped at the VFs' RX queues (no buffer posted, queue stopped), summed;
+ * undefined when unknown (the keeper is down, or restarted and counts from zero again).
+ */
+async function engineRxDrops(runDir: string, specs: LinkSpec[]): Promise<number | undefined> {
+  let n = 0;
+  for (const s of specs) {
+    for (const vf of [s.a.vf, s.b.vf]) {
+      const r = await rpc(runDir, ["vf", "-i", vf], 2000).catch(() => undefined);
+      const qs = r?.device?.queues as Array<{ index: number; drops: number }> | undefined;
+      if (!qs || r.device.state === "unknown") return undefined;
+      n += qs.filter((q) => q.index % 2 === 0).reduce((x, q) => x + q.drops, 0);
+    }
+  }
+  return n;
 }
 
 export interface FreshHooks {
@@ -105,6 +120,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
     const atMs = o.intervalMs[0] + Math.floor(rand() * (o.intervalMs[1] - o.intervalMs[0] + 1));
     const before = await vfList(pair.runDir, specs);
     const reconnects0 = links.reduce((s, l) => s + l.reconnects, 0);
+    const drops0 = await engineRxDrops(pair.runDir, specs);
     for (const l of links) l.startWindow(i, o.ratePps, o.frameSize);
     await sleep(atMs);
 
@@ -122,6 +138,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
 
     const streams = links.flatMap((l) => l.result());
     const after = await vfList(pair.runDir, specs).catch(() => [] as VfRow[]);
+    const drops1 = await engineRxDrops(pair.runDir, specs);
     const sum = (f: (s: (typeof streams)[number]) => number) => streams.reduce((n, s) => n + f(s), 0);
     const m = {
       kind,
@@ -137,6 +154,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
       configSame: JSON.stringify(configOnly(after)) === JSON.stringify(configOnly(before)),
       listSame: JSON.stringify(after) === JSON.stringify(before),
       inFlightBound: streams.length * 2 * QUEUE_SIZE,
+      engineDrops: drops0 !== undefined && drops1 !== undefined && drops1 >= drops0 ? drops1 - drops0 : null,
     };
     const j = judge(m, { standalone: o.standalone, maxGapMs: o.maxGapMs });
     const rec: EventRecord = { index: i, atMs, reconnectMs: Math.max(...links.map((l) => l.lastReconnectMs)), ...m, row: j.row, broken: j.broken };

@@ -23,6 +23,8 @@ export interface EventMeasure {
   configSame: boolean;
   /** All of `vf -l` identical, runtime fields (state, connected, reconnects) included. */
   listSame: boolean;
+  /** Of the lost frames, those the engine counted as RX drops (null: unknown, e.g. keeper restarted). */
+  engineDrops: number | null;
   /** Frames that may legitimately be in flight (ring capacity), the bound for "loss bounded". */
   inFlightBound: number;
 }

@@ -52,7 +52,7 @@ const ms = (v: number | undefined) => (v === undefined ? "never" : String(v));
 export function progressLine(e: EventRecord, total: number): string {
   return (
     `drill: event ${e.index + 1}/${total} kill ${e.kind} after ${e.atMs} ms: ` +
-    `sent ${e.sent} recv ${e.received} lost ${e.lost} dup ${e.duplicated} corrupt ${e.corrupted} ` +
+    `sent ${e.sent} recv ${e.received} lost ${e.lost}${e.lost && e.engineDrops !== null ? ` (engine drops ${e.engineDrops})` : ""} dup ${e.duplicated} corrupt ${e.corrupted} ` +
     `gap ${e.maxGapMs} ms, rpc ${ms(e.rpcMs)} ms, traffic ${ms(e.trafficMs)} ms, reconnects ${e.reconnects}, ` +
     `vf -l ${e.listSame ? "identical" : e.configSame ? "config identical" : "CHANGED"} -> ${e.broken.length ? "BROKEN: " + e.broken.join("; ") : "ok"}\n`
   );

@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { HA_PID_FILE_NAME, PID_FILE_NAME } from "../paths.js";
 import { keeperSocketPath } from "../keeper_host.js";
-import { rpc, rpcSocket, socketOwnerPid, waitControlPlane } from "./rpc.js";
+import { VF_RUNTIME_FIELDS, rpc, rpcSocket, socketOwnerPid, waitControlPlane } from "./rpc.js";
 import { renderTable } from "./report.js";
 import { rng, type DrillOptions, type EventKind } from "./options.js";
 import type { FreshHooks } from "./fresh.js";
@@ -119,8 +119,7 @@ async function vfView(runDir: string, vf: string): Promise<VfView> {
 async function vfConfig(runDir: string, vf: string, pf: string): Promise<string> {
   const r = await rpc(runDir, ["vf", "-l", pf], 2000);
   const row = (r.devices as Array<Record<string, unknown>>).find((x) => x.vf === vf) ?? {};
-  const skip = new Set(["state", "connected", "reconnects", "configured", "last_error", "queue_size"]);
-  return JSON.stringify(Object.entries(row).filter(([k]) => !skip.has(k)));
+  return JSON.stringify(Object.entries(row).filter(([k]) => !VF_RUNTIME_FIELDS.has(k)));
 }
 
 /** Starts a daemon again as it was started (same argv and cwd; the drill's environment). */
@@ -143,7 +142,10 @@ export async function runTarget(o: DrillOptions, h: FreshHooks): Promise<TargetR
     async () => undefined,
     () => undefined,
   ); // nothing of ours to clean: the system's daemons stay as they are
-  if (!findPid(runDir, "vhostd")) throw new Error(`no vfe-vhostd serves ${rpcSocket(runDir)} (wrong --run-dir?)`);
+  // A daemon restarting right now (its supervisor at work) is given a moment to come back.
+  const deadline = Date.now() + 3000;
+  while (!findPid(runDir, "vhostd") && Date.now() < deadline) await sleep(50);
+  if (!findPid(runDir, "vhostd")) throw new Error(`no vfe-vhostd serves ${rpcSocket(runDir)} and ${join(runDir, PID_FILE_NAME)} names no live vfe-vhostd (wrong --run-dir?)`);
   const ha = findPid(runDir, "keeper") !== undefined;
   if (!ha && o.kill !== "vhostd") throw new Error(`no keeper serves ${keeperSocketPath(runDir)}: nothing to --kill ${o.kill}`);
   const info = await rpc(runDir, ["vf", "-i", vf], 2000).catch((e) => {
