@@ -22,6 +22,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const QUEUE_SIZE = 1024;
 /** Traffic kept flowing after recovery before the window closes (shows it really resumed). */
 const TAIL_MS = 300;
+/** Between starting the receivers and the senders of a window (see Link.startRx). */
+const RX_READY_MS = 50;
 /** Longest wait for the control plane / the traffic to come back before calling it broken. */
 const RECOVERY_LIMIT_MS = 30_000;
 
@@ -121,7 +123,9 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
     const before = await vfList(pair.runDir, specs);
     const reconnects0 = links.reduce((s, l) => s + l.reconnects, 0);
     const drops0 = await engineRxDrops(pair.runDir, specs);
-    for (const l of links) l.startWindow(i, o.ratePps, o.frameSize);
+    for (const l of links) l.startRx(i);
+    await sleep(RX_READY_MS);
+    for (const l of links) l.startTx(o.ratePps, o.frameSize);
     await sleep(atMs);
 
     // The event: SIGKILL, then restart what died the way systemd would (keeper first).

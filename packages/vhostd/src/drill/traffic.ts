@@ -147,18 +147,29 @@ export class Link {
     return [b.fe.device.stats(0).rxPackets, a.fe.device.stats(0).rxPackets];
   }
 
-  /** Starts window `id`: fresh receivers, fresh stream ids, senders at `ratePps` until stopWindow(). */
-  startWindow(id: number, ratePps: number, frameSize: number): void {
+  /**
+   * Window `id`, first half: fresh receivers. Called for every link, then (after a moment)
+   * startTx(): the driver posts its RX buffers from its own thread, and a frame the engine
+   * forwards before they are posted is dropped (virtio-net has no back-pressure) - a loss
+   * of the drill's own making, not of the event's.
+   */
+  startRx(id: number): void {
     const [a, b] = this.e;
     b.fe.device.startRx(0);
     a.fe.device.startRx(0);
-    const txBase: [number, number] = [a.fe.device.stats(0).txPackets, b.fe.device.stats(0).txPackets];
+    this.window = { id, txBase: [a.fe.device.stats(0).txPackets, b.fe.device.stats(0).txPackets] };
+  }
+
+  /** Window second half: senders at `ratePps` until stopTx(). */
+  startTx(ratePps: number, frameSize: number): void {
+    const [a, b] = this.e;
+    const w = this.window!;
+    w.txBase = [a.fe.device.stats(0).txPackets, b.fe.device.stats(0).txPackets];
     // Stream ids are unique per window and direction: a receiver whose tracking restarted must
     // see its stream start at seq 0 (the driver keeps a sequence per stream id forever).
-    const sid = (dir: number) => (id * 64 + this.spec.index) * 2 + dir + 1;
+    const sid = (dir: number) => (w.id * 64 + this.spec.index) * 2 + dir + 1;
     a.fe.device.startTx(0, { dstMac: b.fe.mac, srcMac: a.fe.mac, frameSize, count: 0, ratePps, streamId: sid(0) });
     b.fe.device.startTx(0, { dstMac: a.fe.mac, srcMac: b.fe.mac, frameSize, count: 0, ratePps, streamId: sid(1) });
-    this.window = { id, txBase };
   }
 
   stopTx(): void {
