@@ -158,7 +158,8 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
       configSame: JSON.stringify(configOnly(after)) === JSON.stringify(configOnly(before)),
       listSame: JSON.stringify(after) === JSON.stringify(before),
       inFlightBound: streams.length * 2 * QUEUE_SIZE,
-      engineDrops: drops0 !== undefined && drops1 !== undefined && drops1 >= drops0 ? drops1 - drops0 : null,
+      // The engine's counters survive only a vfe-vhostd kill with a keeper (the keeper runs the engine).
+      engineDrops: pair.ha && kind === "vhostd" && drops0 !== undefined && drops1 !== undefined && drops1 >= drops0 ? drops1 - drops0 : null,
     };
     const j = judge(m, { standalone: o.standalone, maxGapMs: o.maxGapMs });
     const rec: EventRecord = { index: i, atMs, reconnectMs: Math.max(...links.map((l) => l.lastReconnectMs)), ...m, row: j.row, broken: j.broken };

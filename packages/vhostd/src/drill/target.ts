@@ -44,8 +44,11 @@ export interface TargetEvent {
   rpcMs: number | undefined;
   before: VfView;
   after: VfView | null;
-  /** The VF's session survived (same connection: counters only grew, no reconnect). */
-  sessionKept: boolean;
+  /**
+   * The VF's session survived (its counters only grew, no reconnect); null when the VF moved
+   * no frame before the kill, so a rebuilt session would look the same (nothing to judge by).
+   */
+  sessionKept: boolean | null;
   /** Reconnects the VF counted across the event (when the session was kept), else null. */
   reconnects: number | null;
   packets: number | null;
@@ -198,7 +201,9 @@ export async function runTarget(o: DrillOptions, h: FreshHooks): Promise<TargetR
         const n = a.queues.find((x) => x.index === q.index);
         return !!n && n.packets >= q.packets && n.drops >= q.drops && n.errors >= q.errors;
       });
+    const observable = before.queues.some((q) => q.packets > 0);
     const kept = !!after && after.connected === before.connected && grew(after);
+    const sessionKept = observable ? kept : null;
     const delta = (f: keyof Omit<QueueCounters, "index">) => (kept ? after!.queues.reduce((s, q) => s + q[f], 0) - before.queues.reduce((s, q) => s + q[f], 0) : null);
     const reconnects = kept ? after!.reconnects - before.reconnects : null;
     const broken: string[] = [];
@@ -207,21 +212,21 @@ export async function runTarget(o: DrillOptions, h: FreshHooks): Promise<TargetR
     let row: string;
     if (kind === "vhostd" && ha) {
       row = "vfe-vhostd killed";
-      if (!kept) broken.push("the VF's session did not survive");
+      if (sessionKept === false) broken.push("the VF's session did not survive");
       else if (reconnects) broken.push(`${reconnects} front-end reconnect(s)`);
     } else if (kind === "keeper") {
       row = "vfe-vhostd-ha killed";
-      if (!kept) broken.push("the VF's session was rebuilt (front-end reconnected)");
+      if (sessionKept === false) broken.push("the VF's session was rebuilt (front-end reconnected)");
       else if (reconnects) broken.push(`${reconnects} front-end reconnect(s)`);
     } else {
       row = ha ? "both killed" : "vfe-vhostd killed (standalone: whole back-end)";
       if (before.connected && !after?.connected) broken.push("the front-end did not reconnect (yet)");
     }
     if ((delta("errors") ?? 0) > 0) broken.push(`${delta("errors")} malformed descriptor chain(s)`);
-    const ev: TargetEvent = { index: i, kind, atMs, pids, rpcMs, before, after, sessionKept: kept, reconnects, packets: delta("packets"), drops: delta("drops"), errors: delta("errors"), configSame, row, broken };
+    const ev: TargetEvent = { index: i, kind, atMs, pids, rpcMs, before, after, sessionKept, reconnects, packets: delta("packets"), drops: delta("drops"), errors: delta("errors"), configSame, row, broken };
     events.push(ev);
     h.err(
-      `drill: event ${i + 1}/${o.events} kill ${kind} (${found.map((f) => `${f.d} ${f.pid}`).join(", ")}): rpc ${rpcMs ?? "never"} ms, session ${kept ? "kept" : "rebuilt"}, ` +
+      `drill: event ${i + 1}/${o.events} kill ${kind} (${found.map((f) => `${f.d} ${f.pid}`).join(", ")}): rpc ${rpcMs ?? "never"} ms, session ${sessionKept === null ? "not observable (the VF moved no frame before)" : kept ? "kept" : "rebuilt"}, ` +
         `${kept ? `reconnects +${reconnects}, packets +${ev.packets}, drops +${ev.drops}` : `state ${after?.state ?? "?"}`} -> ${broken.length ? "BROKEN: " + broken.join("; ") : "ok"}\n`,
     );
   }
@@ -245,7 +250,7 @@ export function renderTargetTable(r: TargetReport): string {
       .map(([d, p]) => `${d} ${p!.old}->${p!.new ?? "?"}`)
       .join(", "),
     rpc_ms: e.rpcMs ?? "never",
-    session: e.sessionKept ? "kept" : "rebuilt",
+    session: e.sessionKept === null ? "n/a (idle)" : e.sessionKept ? "kept" : "rebuilt",
     reconn: e.reconnects ?? "",
     packets: e.packets ?? "",
     drops: e.drops ?? "",
