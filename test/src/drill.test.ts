@@ -94,6 +94,24 @@ test.serial("drill --kill keeper: reports HA phase 1 honestly — front-ends rec
   }
 });
 
+test.serial("drill --kill both, and --standalone: devices come back from the journals, front-ends reconnect, traffic resumes (exit 0)", async (t) => {
+  for (const args of [
+    ["--kill", "both", "--events", "2", "--seed", "3", "--vfs", "2"],
+    ["--standalone", "--events", "2", "--seed", "3", "--vfs", "2"],
+  ]) {
+    const r = await drill(args);
+    t.log(r.stderr.trim());
+    t.is(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+    for (const e of r.report.events) {
+      t.true(e.reconnects > 0, "the front-ends reconnected (expected: the whole back-end died)");
+      t.true(e.configSame, "every VF back as it was");
+      t.true(typeof e.trafficMs === "number" && typeof e.rpcMs === "number");
+      t.is(e.duplicated + e.corrupted, 0);
+      t.true(e.received > 0);
+    }
+  }
+});
+
 /** Plays systemd (Restart=always) for the harness's pair: whatever dies is started again. */
 function supervise(d: Daemon): { stop(): Promise<void>; restarts: number } {
   let stopped = false;
