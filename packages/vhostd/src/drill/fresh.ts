@@ -135,7 +135,27 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
     await Promise.all(victims.map((d) => pair.kill(d)));
     const rpcP = waitControlPlane(pair.runDir, pair.ha, specs[0]!.a.vf, t0, RECOVERY_LIMIT_MS);
     const trafficP = waitFlowing(links, base, t0, RECOVERY_LIMIT_MS);
-    for (const d of victims) await pair.startDaemon(d);
+    let restartError: string | undefined;
+    for (const d of victims) {
+      try {
+        await pair.startDaemon(d);
+      } catch (e) {
+        restartError = (e as Error).message;
+        break;
+      }
+    }
+    if (restartError !== undefined) {
+      // A daemon that does not come back is the worst broken promise there is; nothing more
+      // can be measured after it.
+      for (const l of links) l.stopTx();
+      const rec: EventRecord = {
+        index: i, kind, atMs, sent: 0, received: 0, lost: 0, duplicated: 0, corrupted: 0, maxGapMs: 0, rpcMs: undefined, trafficMs: undefined,
+        reconnects: 0, configSame: false, listSame: false, inFlightBound: 0, engineDrops: null, reconnectMs: 0, row: kind, broken: [`restart failed: ${restartError}`],
+      };
+      events.push(rec);
+      h.err(progressLine(rec, o.events));
+      break;
+    }
     const [rpcMs, trafficMs] = await Promise.all([rpcP, trafficP]);
     await sleep(TAIL_MS);
     await drain(links);
@@ -177,6 +197,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
     events,
     totals: t,
     ok: events.length === o.events && t.broken === 0,
+    ...(events.length < o.events ? { stopped: `after ${events.length} of ${o.events} event(s)` } : {}),
     ...(o.keep ? { dir: pair.dir } : {}),
   };
 }

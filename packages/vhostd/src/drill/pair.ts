@@ -51,11 +51,12 @@ export class Pair {
   private cleaned = false;
 
   constructor(private readonly opts: PairOptions) {
+    if (!opts.standalone && !this.bins.keeper) throw new Error("the keeper (vfe-vhostd-ha) is not built or not found: build it, set VHOSTD_KEEPER_BIN, or drill --standalone");
+    if (!existsSync(this.bins.vhostd) || !existsSync(join(vhostdPkg, "dist", "src", "main.js"))) throw new Error(`vfe-vhostd is not built (${this.bins.vhostd}): run pnpm run build`);
     this.dir = mkdtempSync(join(tmpdir(), "vhostd-drill-"));
     this.runDir = join(this.dir, "run");
     this.stateDir = join(this.dir, "state");
     writeFileSync(join(this.dir, "config.json"), JSON.stringify(opts.config, null, 2));
-    if (!opts.standalone && !this.bins.keeper) throw new Error("the keeper (vfe-vhostd-ha) is not built or not found: build it, set VHOSTD_KEEPER_BIN, or drill --standalone");
   }
 
   get ha(): boolean {

@@ -34,6 +34,8 @@ export interface FreshReport {
     broken: number;
   };
   ok: boolean;
+  /** Set when the drill stopped early (a daemon did not come back, or SIGINT). */
+  stopped?: string;
   /** Kept directory with the daemons' logs (--keep). */
   dir?: string;
 }
@@ -114,5 +116,5 @@ export function renderFreshTable(r: FreshReport): string {
     `vhostd drill ${r.date}: ${o.standalone ? "vfe-vhostd standalone" : "keeper + vfe-vhostd --ha"}, kill ${o.kill}, ${o.events} event(s), seed ${o.seed}, ` +
     `${o.vfs} VFs (${r.topology.length} PF(s)), ${o.ratePps} pps x ${o.frameSize} B per direction, interval ${o.intervalMs[0]}-${o.intervalMs[1]} ms, ${r.host.cpus} CPU(s)\n`;
   const foot = "rpc_ms of the totals row: min/median/max; gap_ms: longest gap between received frames in any stream's window.\n";
-  return head + renderTable(rows) + foot;
+  return head + renderTable(rows) + foot + (r.stopped ? `drill stopped ${r.stopped}\n` : "");
 }
