@@ -148,9 +148,19 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
       // A daemon that does not come back is the worst broken promise there is; nothing more
       // can be measured after it.
       for (const l of links) l.stopTx();
+      const none = { sent: 0, received: 0, lost: 0, duplicated: 0, corrupted: 0, maxGapMs: 0, reconnects: 0, inFlightBound: 0, reconnectMs: 0 };
       const rec: EventRecord = {
-        index: i, kind, atMs, sent: 0, received: 0, lost: 0, duplicated: 0, corrupted: 0, maxGapMs: 0, rpcMs: undefined, trafficMs: undefined,
-        reconnects: 0, configSame: false, listSame: false, inFlightBound: 0, engineDrops: null, reconnectMs: 0, row: kind, broken: [`restart failed: ${restartError}`],
+        index: i,
+        kind,
+        atMs,
+        ...none,
+        rpcMs: undefined,
+        trafficMs: undefined,
+        configSame: false,
+        listSame: false,
+        engineDrops: null,
+        row: kind,
+        broken: [`restart failed: ${restartError}`],
       };
       events.push(rec);
       h.err(progressLine(rec, o.events));
@@ -182,7 +192,8 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
       engineDrops: pair.ha && kind === "vhostd" && drops0 !== undefined && drops1 !== undefined && drops1 >= drops0 ? drops1 - drops0 : null,
     };
     const j = judge(m, { standalone: o.standalone, maxGapMs: o.maxGapMs });
-    const rec: EventRecord = { index: i, atMs, reconnectMs: Math.max(...links.map((l) => l.lastReconnectMs)), ...m, row: j.row, broken: j.broken };
+    const reconnectMs = m.reconnects ? Math.max(...links.map((l) => l.lastReconnectMs)) : 0;
+    const rec: EventRecord = { index: i, atMs, reconnectMs, ...m, row: j.row, broken: j.broken };
     events.push(rec);
     h.err(progressLine(rec, o.events));
   }
