@@ -87,6 +87,7 @@ test("keeper kill: reconnects and long pauses break it, bounded loss does not", 
   t.deepEqual(judge({ ...k, lost: 9000 }, J).broken, ["9000 lost > 8192 that can be in flight"]);
   t.deepEqual(judge({ ...k, reconnects: 4, maxGapMs: 300 }, J).broken, ["4 front-end reconnect(s)", "datapath gap 300 ms > 250 ms"]);
   t.is(judge(k, J).row, "vfe-vhostd-ha killed");
+  t.deepEqual(judge({ ...k, listSame: false }, J).broken, ["vf -l changed (runtime fields)"]);
 });
 
 test("both killed, and standalone vhostd: reconnects and in-flight loss expected, config must come back", (t) => {

@@ -1,7 +1,7 @@
 // The recovery promises (../shared/ARCHITECTURE.md "Recovery promises", docs/recovery.md) as
-// checks on one drill event's measurements. The promises are the product's, not today's
-// implementation's: when the implementation falls short (HA phase 1 drops every connection when
-// the keeper dies) the drill says so and fails, rather than being taught to expect less.
+// checks on one drill event's measurements. The promises are the product's, not an
+// implementation's: when the implementation falls short (HA phase 1 dropped every connection
+// when the keeper died) the drill says so and fails, rather than being taught to expect less.
 import type { EventKind } from "./options.js";
 
 /** What one event measured (fresh-pair drill). */
@@ -65,7 +65,7 @@ export function judge(m: EventMeasure, opts: { standalone: boolean; maxGapMs: nu
     if (m.reconnects) broken.push(`${m.reconnects} front-end reconnect(s)`);
     if (m.maxGapMs > opts.maxGapMs) broken.push(`datapath gap ${m.maxGapMs} ms > ${opts.maxGapMs} ms`);
     if (m.lost > m.inFlightBound) broken.push(`${m.lost} lost > ${m.inFlightBound} that can be in flight`);
-    if (!m.configSame) broken.push("configuration changed");
+    if (!m.listSame) broken.push(m.configSame ? "vf -l changed (runtime fields)" : "configuration changed");
     return { row: "vfe-vhostd-ha killed", broken };
   }
   // both (or standalone vhostd): front-ends reconnect, every device back, traffic resumes.
