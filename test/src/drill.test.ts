@@ -198,5 +198,6 @@ test.serial("drill --target: kills a running pair by pid and watches a busy VF's
     b?.close();
     await d.stop();
     d.cleanup();
+    fs.rmSync("/tmp/vhostd-drill-restarted-vhostd.log", { force: true }); // the --restart'ed daemon's output
   }
 });

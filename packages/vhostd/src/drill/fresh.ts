@@ -133,8 +133,9 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
     const base = links.map((l) => l.rxCounts());
     const t0 = Date.now();
     await Promise.all(victims.map((d) => pair.kill(d)));
-    const rpcP = waitControlPlane(pair.runDir, pair.ha, specs[0]!.a.vf, t0, RECOVERY_LIMIT_MS);
-    const trafficP = waitFlowing(links, base, t0, RECOVERY_LIMIT_MS);
+    const abort = { aborted: false };
+    const rpcP = waitControlPlane(pair.runDir, pair.ha, specs[0]!.a.vf, t0, RECOVERY_LIMIT_MS, abort);
+    const trafficP = waitFlowing(links, base, t0, RECOVERY_LIMIT_MS, abort);
     let restartError: string | undefined;
     for (const d of victims) {
       try {
@@ -147,6 +148,8 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
     if (restartError !== undefined) {
       // A daemon that does not come back is the worst broken promise there is; nothing more
       // can be measured after it.
+      abort.aborted = true;
+      await Promise.all([rpcP, trafficP]);
       for (const l of links) l.stopTx();
       const none = { sent: 0, received: 0, lost: 0, duplicated: 0, corrupted: 0, maxGapMs: 0, reconnects: 0, inFlightBound: 0, reconnectMs: 0 };
       const rec: EventRecord = {

@@ -3,7 +3,7 @@
 // then vfe-vhostd, which waits for nothing but finds the keeper's sockets ready). Every child is
 // tracked so that cleanup() - also on SIGINT - leaves no process and no directory behind.
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -100,7 +100,11 @@ export class Pair {
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline) {
       if (this.cleaned) throw new Error("drill interrupted");
-      if (p.exitCode !== null || p.signalCode !== null) throw new Error(`${d === "keeper" ? "vfe-vhostd-ha" : "vfe-vhostd"} exited during start-up (${p.exitCode ?? p.signalCode}); see ${this.logFile(d)}`);
+      if (p.exitCode !== null || p.signalCode !== null) {
+        // The directory may be gone by the time anyone reads the message: quote the log's end.
+        const tail = readFileSync(this.logFile(d), "utf8").trimEnd().split("\n").slice(-3).join(" | ");
+        throw new Error(`${d === "keeper" ? "vfe-vhostd-ha" : "vfe-vhostd"} exited during start-up (${p.exitCode ?? p.signalCode}): ${tail}`);
+      }
       const up = d === "keeper" ? await keeperCall(this.runDir, { method: "version" }).then(() => true, () => false) : await controlPlaneUp(this.runDir, false);
       if (up) return;
       await sleep(25);

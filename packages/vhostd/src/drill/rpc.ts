@@ -65,8 +65,8 @@ export async function controlPlaneUp(runDir: string, haExpected: boolean): Promi
  * the VF's runtime from it: right after a keeper kill vfe-vhostd may not have noticed yet
  * (heartbeat timeout), and a stale "connected" must not count as recovered.
  */
-export async function waitControlPlane(runDir: string, ha: boolean, probeVf: string, t0: number, limitMs: number): Promise<number | undefined> {
-  while (Date.now() - t0 < limitMs) {
+export async function waitControlPlane(runDir: string, ha: boolean, probeVf: string, t0: number, limitMs: number, abort?: { aborted: boolean }): Promise<number | undefined> {
+  while (Date.now() - t0 < limitMs && !abort?.aborted) {
     if (await controlPlaneUp(runDir, ha)) {
       if (!ha) return Date.now() - t0;
       const r = await rpc(runDir, ["vf", "-i", probeVf], 1000).catch(() => undefined);

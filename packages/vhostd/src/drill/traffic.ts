@@ -249,9 +249,9 @@ export async function drain(links: Link[], quietMs = 300, maxMs = 5000): Promise
  * Resolves with the time (ms since `t0`) at which every link was connected and every stream
  * had delivered at least `frames` more frames than at `base`; undefined after `timeoutMs`.
  */
-export async function waitFlowing(links: Link[], base: Array<[number, number]>, t0: number, timeoutMs: number, frames = 10): Promise<number | undefined> {
+export async function waitFlowing(links: Link[], base: Array<[number, number]>, t0: number, timeoutMs: number, abort?: { aborted: boolean }, frames = 10): Promise<number | undefined> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
+  while (Date.now() < deadline && !abort?.aborted) {
     const ok = links.every((l, i) => {
       if (!l.up) return false;
       const c = l.rxCounts();
