@@ -42,6 +42,8 @@ export interface TargetEvent {
   atMs: number;
   pids: Partial<Record<Daemon, { old: number; new: number | null }>>;
   rpcMs: number | undefined;
+  /** Kill to: every killed daemon serves its socket again (a new pid). */
+  backMs: number | undefined;
   before: VfView;
   after: VfView | null;
   /**
@@ -189,8 +191,22 @@ export async function runTarget(o: DrillOptions, h: FreshHooks): Promise<TargetR
       }
     }
     const rpcMs = await waitControlPlane(runDir, ha, vf, t0, o.waitS * 1000);
+    // Every killed daemon must be back (a new pid serving its socket) before the VF is judged:
+    // with a keeper, RPC may answer long before the keeper is back (vfe-vhostd adopted its VFs).
     const pids: TargetEvent["pids"] = {};
-    for (const f of found) pids[f.d] = { old: f.pid!, new: findPid(runDir, f.d) ?? null };
+    let backMs: number | undefined;
+    for (;;) {
+      for (const f of found) {
+        const now = findPid(runDir, f.d);
+        pids[f.d] = { old: f.pid!, new: now !== undefined && now !== f.pid ? now : null };
+      }
+      if (found.every((f) => pids[f.d]!.new !== null)) {
+        backMs = Date.now() - t0;
+        break;
+      }
+      if (Date.now() - t0 > o.waitS * 1000) break;
+      await sleep(20);
+    }
     // Let the session settle (a rebuilt one renegotiates) before reading its counters.
     await sleep(300);
     const after = await vfView(runDir, vf).catch(() => null);
@@ -208,6 +224,7 @@ export async function runTarget(o: DrillOptions, h: FreshHooks): Promise<TargetR
     const reconnects = kept ? after!.reconnects - before.reconnects : null;
     const broken: string[] = [];
     if (rpcMs === undefined) broken.push("control plane did not answer again");
+    for (const f of found) if (pids[f.d]!.new === null) broken.push(`${f.d} not back within ${o.waitS} s`);
     if (!configSame) broken.push("configuration changed");
     let row: string;
     if (kind === "vhostd" && ha) {
@@ -223,10 +240,10 @@ export async function runTarget(o: DrillOptions, h: FreshHooks): Promise<TargetR
       if (before.connected && !after?.connected) broken.push("the front-end did not reconnect (yet)");
     }
     if ((delta("errors") ?? 0) > 0) broken.push(`${delta("errors")} malformed descriptor chain(s)`);
-    const ev: TargetEvent = { index: i, kind, atMs, pids, rpcMs, before, after, sessionKept, reconnects, packets: delta("packets"), drops: delta("drops"), errors: delta("errors"), configSame, row, broken };
+    const ev: TargetEvent = { index: i, kind, atMs, pids, rpcMs, backMs, before, after, sessionKept, reconnects, packets: delta("packets"), drops: delta("drops"), errors: delta("errors"), configSame, row, broken };
     events.push(ev);
     h.err(
-      `drill: event ${i + 1}/${o.events} kill ${kind} (${found.map((f) => `${f.d} ${f.pid}`).join(", ")}): rpc ${rpcMs ?? "never"} ms, session ${sessionKept === null ? "not observable (the VF moved no frame before)" : kept ? "kept" : "rebuilt"}, ` +
+      `drill: event ${i + 1}/${o.events} kill ${kind} (${found.map((f) => `${f.d} ${f.pid}`).join(", ")}): rpc ${rpcMs ?? "never"} ms, back ${backMs ?? "never"} ms, session ${sessionKept === null ? "not observable (the VF moved no frame before)" : kept ? "kept" : "rebuilt"}, ` +
         `${kept ? `reconnects +${reconnects}, packets +${ev.packets}, drops +${ev.drops}` : `state ${after?.state ?? "?"}`} -> ${broken.length ? "BROKEN: " + broken.join("; ") : "ok"}\n`,
     );
   }
@@ -250,6 +267,7 @@ export function renderTargetTable(r: TargetReport): string {
       .map(([d, p]) => `${d} ${p!.old}->${p!.new ?? "?"}`)
       .join(", "),
     rpc_ms: e.rpcMs ?? "never",
+    back_ms: e.backMs ?? "never",
     session: e.sessionKept === null ? "n/a (idle)" : e.sessionKept ? "kept" : "rebuilt",
     reconn: e.reconnects ?? "",
     packets: e.packets ?? "",
