@@ -145,6 +145,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
         break;
       }
     }
+    const backMs = Date.now() - t0;
     if (restartError !== undefined) {
       // A daemon that does not come back is the worst broken promise there is; nothing more
       // can be measured after it.
@@ -156,6 +157,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
         index: i,
         kind,
         atMs,
+        backMs: undefined,
         ...none,
         rpcMs: undefined,
         trafficMs: undefined,
@@ -196,7 +198,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
     };
     const j = judge(m, { standalone: o.standalone, maxGapMs: o.maxGapMs });
     const reconnectMs = m.reconnects ? Math.max(...links.map((l) => l.lastReconnectMs)) : 0;
-    const rec: EventRecord = { index: i, atMs, reconnectMs, ...m, row: j.row, broken: j.broken };
+    const rec: EventRecord = { index: i, atMs, backMs, reconnectMs, ...m, row: j.row, broken: j.broken };
     events.push(rec);
     h.err(progressLine(rec, o.events));
   }

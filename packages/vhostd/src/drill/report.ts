@@ -8,6 +8,8 @@ export interface EventRecord extends EventMeasure {
   index: number;
   /** Traffic time before the kill, ms (the seeded random moment). */
   atMs: number;
+  /** Kill to: every killed daemon restarted and serving (keeper: inspection socket; vfe-vhostd: RPC). */
+  backMs: number | undefined;
   /** Front-end reconnect time (drop to renegotiated), longest of the event, ms. */
   reconnectMs: number;
   row: string;
@@ -55,7 +57,7 @@ export function progressLine(e: EventRecord, total: number): string {
   return (
     `drill: event ${e.index + 1}/${total} kill ${e.kind} after ${e.atMs} ms: ` +
     `sent ${e.sent} recv ${e.received} lost ${e.lost}${e.lost && e.engineDrops !== null ? ` (engine drops ${e.engineDrops})` : ""} dup ${e.duplicated} corrupt ${e.corrupted} ` +
-    `gap ${e.maxGapMs} ms, rpc ${ms(e.rpcMs)} ms, traffic ${ms(e.trafficMs)} ms, reconnects ${e.reconnects}, ` +
+    `gap ${e.maxGapMs} ms, rpc ${ms(e.rpcMs)} ms, daemons back ${ms(e.backMs)} ms, traffic ${ms(e.trafficMs)} ms, reconnects ${e.reconnects}, ` +
     `vf -l ${e.listSame ? "identical" : e.configSame ? "config identical" : "CHANGED"} -> ${e.broken.length ? "BROKEN: " + e.broken.join("; ") : "ok"}\n`
   );
 }
