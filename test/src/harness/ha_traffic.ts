@@ -99,7 +99,10 @@ export class HaTraffic {
     try {
       await d.ok(["mgmtpf", "-a", PF1]);
       await d.ok(["mgmtpf", "-a", PF2]);
-      const fo = { connectTimeoutMs: 10_000, queueSize: 1024 };
+      // 4096-entry rings absorb 200 ms of stream: on 2 vCPUs shared with two busy-polling
+      // testpmds and node start-ups, a receiving driver thread is sometimes not scheduled for
+      // ~100 ms, and that starvation (not a kill) must not overflow its ring.
+      const fo = { connectTimeoutMs: 10_000, queueSize: 4096, memSize: 96 << 20 };
       const aP = FrontendDriver.listen(d.sock("a"), fo);
       const bP = FrontendDriver.listen(d.sock("b"), fo);
       await d.ok(["vf", "-a", VF_A, "-v", d.sock("a")]);
@@ -118,6 +121,9 @@ export class HaTraffic {
       const count = PPS * 600;
       a.device.startRx(0);
       b.device.startRx(0);
+      // The driver posts its receive buffers from its own thread once RX is active: frames sent
+      // at once could find an empty ring.
+      await sleep(50);
       a.device.startTx(0, { dstMac: b.mac, srcMac: a.mac, frameSize: FRAME, count, ratePps: PPS, streamId: 1 });
       b.device.startTx(0, { dstMac: a.mac, srcMac: b.mac, frameSize: FRAME, count, ratePps: PPS, streamId: 2 });
       await waitFor(() => a.device.stats(0).rxPackets > 2000 && b.device.stats(0).rxPackets > 2000, 10_000, "streams flowing");
