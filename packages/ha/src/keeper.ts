@@ -112,7 +112,7 @@ export class Keeper {
     if (await answers(sockPath)) throw new Error(`another vfe-vhostd-ha serves ${opts.runDir} (${sockPath} answers)`);
     const t0 = performance.now();
     const replica = ReplicaJournal.open(join(opts.stateDir, REPLICA_DIR_NAME));
-    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir, lockDir: mirrorLockDir(opts.runDir), sharedPath: mirrorSharedPath(opts.runDir) });
+    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir, lockDir: mirrorLockDir(opts.runDir), sharedPath: mirrorSharedPath(opts.runDir), owner: "vfe-vhostd-ha" });
     const k = new Keeper(opts, host, replica, log);
     try {
       const contents = replica.read();
@@ -399,7 +399,7 @@ export class Keeper {
       case "version":
         return this.version;
       case "list":
-        return { ...this.list(), epoch: this.sync?.epoch ?? 0, seq: this.sync?.lastSeq ?? 0, peer: this.sync?.peer ?? null };
+        return { ...this.list(), epoch: this.sync?.epoch ?? 0, seq: this.sync?.lastSeq ?? 0, peer: this.sync?.peer ?? null, pid: process.pid };
       default:
         throw new Error("unknown method");
     }

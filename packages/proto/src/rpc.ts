@@ -210,6 +210,10 @@ export interface MethodSpec {
   result?: readonly ResultField[];
   positionalMetavar?: string;
   positionalHelp?: string;
+  /** CLI: the action used when no action flag is given (`state` alone shows everything). */
+  defaultAction?: string;
+  /** CLI: an action may also be spelled as a word after the verb (`ha status`). */
+  actionWords?: boolean;
 }
 
 const ERRNO_FIELDS: readonly ResultField[] = [
@@ -284,6 +288,89 @@ const VF_INFO_FIELDS: readonly ResultField[] = [
 
 const DEVICE_HELP =
   'Device specified as PCI "domain:bus:slot.func" syntax or "bus:slot.func" syntax (domain 0000).';
+
+const VF_STATE_FIELDS: readonly ResultField[] = [
+  { name: "vf", type: "string", help: "VF address", vfe: false },
+  { name: "pf", type: "string", help: "its PF", vfe: false },
+  { name: "type", type: "string", help: '"net" or "blk"', vfe: false },
+  { name: "socket_file", type: "string", help: "vhost-user socket", vfe: false },
+  { name: "mode", type: "string", help: '"client" or "server"', vfe: false },
+  { name: "owner", type: "string", help: 'process running the session and queues: "vfe-vhostd-ha", "vfe-vhostd", or "" when unknown', vfe: false },
+  { name: "state", type: "string", help: "waiting, connecting, negotiating, running, stopped, failed or unknown", vfe: false },
+  { name: "connected", type: "boolean", help: "a front-end is connected", vfe: false },
+  { name: "reconnects", type: "number", help: "front-end connections after the first", vfe: false },
+  { name: "features", type: "string", help: "negotiated virtio features (hex)", vfe: false },
+  { name: "protocol_features", type: "string", help: "negotiated vhost-user protocol features (hex)", vfe: false },
+  {
+    name: "memory_regions",
+    type: "array",
+    help: "guest memory the session maps",
+    vfe: false,
+    fields: [
+      { name: "guest_addr", type: "string", help: "guest physical address (hex)", vfe: false },
+      { name: "size", type: "string", help: "bytes (hex)", vfe: false },
+      { name: "user_addr", type: "string", help: "front-end virtual address (hex)", vfe: false },
+      { name: "mmap_offset", type: "string", help: "offset in the fd (hex)", vfe: false },
+    ],
+  },
+  {
+    name: "vrings",
+    type: "array",
+    help: "every virtqueue the front-end configured",
+    vfe: false,
+    fields: [
+      { name: "index", type: "number", help: "virtqueue index", vfe: false },
+      { name: "size", type: "number", help: "ring size", vfe: false },
+      { name: "enabled", type: "boolean", help: "SET_VRING_ENABLE state", vfe: false },
+      { name: "started", type: "boolean", help: "the datapath runs it", vfe: false },
+      { name: "desc", type: "string", help: "descriptor table address (hex)", optional: true, vfe: false },
+      { name: "avail", type: "string", help: "available ring address (hex)", optional: true, vfe: false },
+      { name: "used", type: "string", help: "used ring address (hex)", optional: true, vfe: false },
+      { name: "last_avail_idx", type: "number", help: "base: the index the ring resumes at", vfe: false },
+      { name: "owner", type: "string", help: "process running this queue", vfe: false },
+      { name: "packets", type: "number", help: "frames taken or given", vfe: false },
+      { name: "drops", type: "number", help: "frames lost at this queue", vfe: false },
+    ],
+  },
+  { name: "last_error", type: "string", help: "why the session last failed", optional: true, vfe: false },
+];
+
+const HA_STATUS_FIELDS: readonly ResultField[] = [
+  { name: "mode", type: "string", help: '"ha" (with a keeper) or "standalone"', vfe: false },
+  {
+    name: "keeper",
+    type: "object",
+    help: "vfe-vhostd-ha as vfe-vhostd sees it (ha mode)",
+    optional: true,
+    vfe: false,
+    fields: [
+      { name: "connected", type: "boolean", help: "the sync channel is up (hello answered, heartbeats flowing)", vfe: false },
+      { name: "version", type: "string", help: "its version", optional: true, vfe: false },
+      { name: "pid", type: "number", help: "its process id", optional: true, vfe: false },
+      { name: "epoch", type: "number", help: "vfe-vhostd's epoch (bumped at every start)", vfe: false },
+      { name: "last_seq", type: "number", help: "last state delta sequence number sent", vfe: false },
+      { name: "heartbeat_age_ms", type: "number", help: "time since the keeper was last heard from", optional: true, vfe: false },
+      { name: "vfs", type: "number", help: "VFs the keeper runs", optional: true, vfe: false },
+    ],
+  },
+  {
+    name: "mirror",
+    type: "object",
+    help: "the session mirror vfe-vhostd holds as the keeper's hot standby (ha mode)",
+    optional: true,
+    vfe: false,
+    fields: [
+      { name: "connected", type: "boolean", help: "the keeper is connected to the mirror socket", vfe: false },
+      { name: "keeper_pid", type: "number", help: "pid of the connected keeper", optional: true, vfe: false },
+      { name: "copies", type: "number", help: "VF sessions held as copies", vfe: false },
+      { name: "fds_held", type: "number", help: "fds in those copies", vfe: false },
+      { name: "fds_per_vf", type: "object", help: "VF -> fds held", vfe: false },
+      { name: "running", type: "array", help: "VFs vfe-vhostd runs itself since a takeover", vfe: false },
+      { name: "takeovers", type: "number", help: "takeovers since vfe-vhostd started", vfe: false },
+      { name: "last_takeover", type: "object", help: "when, why, VFs adopted, failed, ms", optional: true, vfe: false },
+    ],
+  },
+];
 
 export const RPC_METHODS: readonly MethodSpec[] = [
   {
@@ -430,6 +517,51 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         required: ["vfdev"],
         optional: [],
         result: [{ name: "device", type: "object", help: "the VF", fields: VF_INFO_FIELDS, optional: true, vfe: true }, ...ERRNO_FIELDS],
+      },
+    ],
+  },
+  {
+    name: "state",
+    help: "live state of VFs: sessions, features, memory, rings and who runs them",
+    description:
+      "What runs now, VF by VF: the vhost-user session (negotiated features, memory regions), every virtqueue " +
+      "(addresses, indices, counters) and the process that runs it: vfe-vhostd-ha normally, vfe-vhostd after it took " +
+      "over from a dead keeper, or vfe-vhostd in standalone mode.",
+    positionalMetavar: "DEVICE",
+    positionalHelp: "VF address (all VFs if omitted)",
+    defaultAction: "show",
+    params: {
+      dev: { type: { kind: "pci" }, help: "VF address", vfe: false },
+    },
+    actions: [
+      {
+        name: "show",
+        cli: { short: "-i", long: "--info" },
+        help: "show the live state (the default)",
+        positional: { param: "dev", required: false },
+        required: [],
+        optional: ["dev"],
+        result: [{ name: "devices", type: "array", help: "one entry per VF (just DEVICE's if given)", fields: VF_STATE_FIELDS, vfe: false }, ...ERRNO_FIELDS],
+      },
+    ],
+  },
+  {
+    name: "ha",
+    help: "the HA pair: keeper, sync channel, session mirror",
+    description:
+      "Whether vfe-vhostd runs with a keeper, the keeper's version, pid and sync position (epoch, last sequence, " +
+      "heartbeat age), and the session mirror: the copies vfe-vhostd holds (fds per VF), what it runs itself since " +
+      "a takeover, and the last takeover.",
+    actionWords: true,
+    params: {},
+    actions: [
+      {
+        name: "status",
+        cli: { short: "-S", long: "--status" },
+        help: "show the HA status (also: `ha status`)",
+        required: [],
+        optional: [],
+        result: [...HA_STATUS_FIELDS, ...ERRNO_FIELDS],
       },
     ],
   },

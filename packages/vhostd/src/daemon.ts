@@ -139,6 +139,7 @@ export function createHandlers(
   registry: Registry,
   version: VersionInfo,
   haInfo?: () => { version: string; buildTime: string } | undefined,
+  haStatus: () => Promise<Record<string, unknown>> = async () => ({ mode: "standalone" }),
 ): Record<string, Handler> {
   const str = (v: unknown) => (typeof v === "string" ? v : undefined);
   const num = (v: unknown) => (typeof v === "number" ? v : undefined);
@@ -194,6 +195,45 @@ export function createHandlers(
         }
       }
     },
+    state: async ({ values }) => {
+      const dev = str(values.dev);
+      const specs = dev ? [registry.getVf(dev)] : registry.allVfs();
+      return { devices: await Promise.all(specs.map(async (s) => vfStateResult(s, await registry.runtimeAsync(s.dev)))), ...ok() };
+    },
+    ha: async () => ({ ...(await haStatus()), ...ok() }),
+  };
+}
+
+/** One VF for `state`: its spec and the live session as its runner reports it. */
+export function vfStateResult(spec: VfSpec, rt: VfRuntime | undefined): Record<string, unknown> {
+  const owner = rt?.owner ?? "";
+  return {
+    vf: spec.dev,
+    pf: spec.pf,
+    type: spec.kind,
+    socket_file: spec.socketPath,
+    mode: spec.mode,
+    owner,
+    state: rt?.state ?? "unknown",
+    connected: rt?.connected ?? false,
+    reconnects: rt?.reconnects ?? 0,
+    features: rt?.features ?? "0x0",
+    protocol_features: rt?.protocolFeatures ?? "0x0",
+    memory_regions: (rt?.regions ?? []).map((r) => ({ guest_addr: r.guestAddr, size: r.size, user_addr: r.userAddr, mmap_offset: r.mmapOffset })),
+    vrings: (rt?.queues ?? [])
+      .filter((q) => q.size > 0)
+      .map((q) => ({
+        index: q.index,
+        size: q.size,
+        enabled: q.enabled,
+        started: q.started,
+        ...(q.desc ? { desc: q.desc, avail: q.avail, used: q.used } : {}),
+        last_avail_idx: q.lastAvailIdx,
+        owner: q.started ? owner : "",
+        packets: q.packets,
+        drops: q.drops,
+      })),
+    ...(rt?.lastError ? { last_error: rt.lastError } : {}),
   };
 }
 
@@ -225,6 +265,7 @@ export class Daemon {
     const journal = Journal.open(paths.journalDir);
     let host: VfHost | undefined;
     let haInfo = opts.haInfo;
+    let keeperHost: KeeperVfHost | undefined;
     let registry: Registry;
     let rpc: RpcServer;
     const version = daemonVersion();
@@ -245,6 +286,7 @@ export class Daemon {
           process.exit(1);
         });
         host = keeper;
+        keeperHost = keeper;
         haInfo = opts.haInfo ?? (() => keeper!.keeperInfo());
       } else host = (opts.hostFactory ?? createVfHost)({ log: log.child({ component: "host" }), runDir: paths.runDir });
       registry = new Registry({
@@ -275,7 +317,7 @@ export class Daemon {
           ` (${r.pfs.failed.length} PF(s) and ${r.vfs.failed.length + r.vfs.skipped.length} VF(s) failed, ${contents.errors.length} unusable record(s)) in ${Math.round(performance.now() - t0)} ms, epoch ${epoch}`,
       );
       ready = `serving RPC on ${paths.rpcSocket}; restored ${r.pfs.restored.length} PF(s), ${r.vfs.restored.length} VF(s), epoch ${epoch}`;
-      rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, haInfo), log: log.child({ component: "rpc" }) });
+      rpc = new RpcServer({ path: paths.rpcSocket, handlers: createHandlers(registry, version, haInfo, keeperHost ? () => keeperHost!.haStatus() : undefined), log: log.child({ component: "rpc" }) });
       await rpc.listen();
     } catch (e) {
       watchdog.stop();

@@ -167,6 +167,36 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     return this.client.keeperUp ? this.keeperVersion : undefined;
   }
 
+  /** `ha status`: the keeper as we see it, and the session mirror we hold. */
+  async haStatus(): Promise<Record<string, unknown>> {
+    const age = this.client.heartbeatAgeMs;
+    let list: { vfs?: unknown; pid?: unknown } | undefined;
+    if (this.client.keeperUp) list = (await this.runtimes.call({ method: "list" }).catch(() => undefined)) as typeof list;
+    const m = this.mirror.status();
+    return {
+      mode: "ha",
+      keeper: {
+        connected: this.client.keeperUp,
+        ...(this.keeperInfo() ? { version: this.keeperInfo()!.version } : {}),
+        ...(typeof list?.pid === "number" ? { pid: list.pid } : {}),
+        epoch: this.client.epoch,
+        last_seq: this.client.lastAcked,
+        ...(Number.isFinite(age) ? { heartbeat_age_ms: Math.round(age) } : {}),
+        ...(Array.isArray(list?.vfs) ? { vfs: list.vfs.length } : {}),
+      },
+      mirror: {
+        connected: m.connected,
+        ...(m.keeperPid !== null ? { keeper_pid: m.keeperPid } : {}),
+        copies: m.copies,
+        fds_held: m.fdsHeld,
+        fds_per_vf: m.fdsPerVf,
+        running: m.running,
+        takeovers: m.takeovers,
+        ...(m.lastTakeover ? { last_takeover: m.lastTakeover } : {}),
+      },
+    };
+  }
+
   /** The whole desired state (what a snapshot carries). */
   state(): HaState {
     return { ...emptyState(), devices: { ...this.desired } };

@@ -35,6 +35,10 @@ export interface VfRuntime {
   reconnects: number;
   queues: VfQueueRuntime[];
   lastError?: string;
+  /** The process running the session and its queues ("vfe-vhostd-ha", "vfe-vhostd"). */
+  owner?: string;
+  /** Guest memory the session maps (hex strings). */
+  regions?: Array<{ guestAddr: string; size: string; userAddr: string; mmapOffset: string }>;
 }
 
 /** One virtqueue as the session and the engine's shared counters see it. */
@@ -44,6 +48,10 @@ export interface VfQueueRuntime {
   enabled: boolean;
   started: boolean;
   lastAvailIdx: number;
+  /** Ring addresses in the front-end's address space (hex), once SET_VRING_ADDR came. */
+  desc?: string;
+  avail?: string;
+  used?: string;
   /** Frames the device took from (TX) or gave to (RX) the front-end. */
   packets: number;
   bytes: number;

@@ -228,7 +228,9 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env):
   if (st.global.runDir === undefined && env.VHOSTD_RUN_DIR) st.global.runDir = env.VHOSTD_RUN_DIR;
   const verb = method.name;
 
-  // Action (vfe: mutually exclusive group).
+  // Action (vfe: mutually exclusive group); some verbs also take it as a word or by default.
+  if (method.actionWords && st.positional.length > 0 && method.actions.some((a) => a.name === st.positional[0])) st.actions.push(st.positional.shift()!);
+  if (st.actions.length === 0 && method.defaultAction) st.actions.push(method.defaultAction);
   const uniq = [...new Set(st.actions)];
   if (method.actions.length > 0 && uniq.length === 0) throw new UsageError(`invalid action: one of ${method.actions.map((a) => a.cli.short).join(" ")} is required`, verb);
   if (uniq.length > 1) {

@@ -2,6 +2,7 @@
 
 /** Columns shown by `-o table` for device lists (others stay in JSON). */
 const VF_COLUMNS = ["vf", "type", "state", "connected", "mode", "socket_file", "mac", "mtu", "queue_pairs", "dev_id", "vm_uuid"];
+const STATE_COLUMNS = ["vf", "owner", "state", "connected", "reconnects", "features", "mode", "socket_file"];
 const PF_COLUMNS = ["pf", "type", "switch_id", "vfs", "num_vfs", "first_vf", "vf_stride", "first_vf_offset", "mtu", "queue_pairs", "max_queue_pairs"];
 
 export function formatJson(v: unknown): string {
@@ -48,8 +49,14 @@ export function formatTable(result: Record<string, unknown>): string {
   let out = "";
   if (Array.isArray(rest.devices)) {
     const rows = rest.devices as Array<Record<string, unknown>>;
-    const cols = rows.length > 0 && "vf" in rows[0]! ? VF_COLUMNS : PF_COLUMNS;
+    const isState = rows.length > 0 && "owner" in rows[0]!;
+    const cols = isState ? STATE_COLUMNS : rows.length > 0 && "vf" in rows[0]! ? VF_COLUMNS : PF_COLUMNS;
     out += renderTable(rows, cols);
+    // `state`: each VF's rings under the summary.
+    for (const r of isState ? rows : []) {
+      const rings = r.vrings as Array<Record<string, unknown>> | undefined;
+      if (rings && rings.length > 0) out += `\n${String(r.vf)} vrings:\n` + renderTable(rings);
+    }
   } else if (rest.device && typeof rest.device === "object") {
     const dev = rest.device as Record<string, unknown>;
     out += renderKv(dev);

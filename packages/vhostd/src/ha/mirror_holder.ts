@@ -63,15 +63,29 @@ export class MirrorHolder {
   }
 
   /** Copies held (VFs) and fds in them, and whether we run VFs now. */
-  status(): { connected: boolean; keeperPid: number | null; copies: number; fdsHeld: number; running: string[]; takeovers: number; lastTakeover?: MirrorHolder["lastTakeover"] } {
+  status(): {
+    connected: boolean;
+    keeperPid: number | null;
+    copies: number;
+    fdsHeld: number;
+    fdsPerVf: Record<string, number>;
+    running: string[];
+    takeovers: number;
+    lastTakeover?: MirrorHolder["lastTakeover"];
+  } {
     let fdsHeld = 0;
-    for (const c of this.vfCopies.values()) fdsHeld += c.fds.length;
+    const fdsPerVf: Record<string, number> = {};
+    for (const [dev, c] of this.vfCopies) {
+      fdsHeld += c.fds.length;
+      fdsPerVf[dev] = c.fds.length;
+    }
     for (const p of this.pfCopies.values()) if (p.fd >= 0) fdsHeld++;
     return {
       connected: this.conn?.isOpen ?? false,
       keeperPid: this.conn?.isOpen ? (this.peer?.pid ?? null) : null,
       copies: this.vfCopies.size,
       fdsHeld,
+      fdsPerVf,
       running: this.host?.devs() ?? [],
       takeovers: this.takeovers,
       ...(this.lastTakeover ? { lastTakeover: this.lastTakeover } : {}),

@@ -21,6 +21,8 @@ export interface VfHostOptions {
   lockDir?: string;
   /** HA: counters and TX progress in this file (tmpfs), shared with the peer daemon. */
   sharedPath?: string;
+  /** Reported as the owner of every session and queue (default "vfe-vhostd"). */
+  owner?: string;
 }
 
 /**
@@ -249,18 +251,30 @@ class VfSession {
     return { packets: at(0), bytes: at(1), drops: at(2), kicks: at(3), calls: at(4), errors: at(5) };
   }
 
-  runtime(): VfRuntime {
+  runtime(owner: string): VfRuntime {
     const s = this.session;
+    const hex = (v: bigint) => `0x${v.toString(16)}`;
     return {
       state: this.state,
-      connected: this.conn !== null,
+      connected: this.conn !== null || this.pendingConn >= 0,
       features: `0x${s.features.toString(16)}`,
       protocolFeatures: `0x${s.protocolFeatures.toString(16)}`,
       reconnects: this.reconnects,
-      queues: s.vrings.map((v) => ({ index: v.index, size: v.num, enabled: v.enabled, started: v.started, lastAvailIdx: v.base, ...this.counters(v.index) })),
+      owner,
+      regions: s.memoryRegions.map((r) => ({ guestAddr: hex(r.guestAddr), size: hex(r.size), userAddr: hex(r.userAddr), mmapOffset: hex(r.mmapOffset) })),
+      queues: s.vrings.map((v) => ({
+        index: v.index,
+        size: v.num,
+        enabled: v.enabled,
+        started: v.started,
+        lastAvailIdx: v.base,
+        ...(v.addr ? { desc: hex(v.addr.desc), avail: hex(v.addr.avail), used: hex(v.addr.used) } : {}),
+        ...this.counters(v.index),
+      })),
       ...(this.lastError ? { lastError: this.lastError } : {}),
     };
   }
+
 }
 
 export class EngineVfHost implements VfHost {
@@ -554,7 +568,7 @@ export class EngineVfHost implements VfHost {
   }
 
   runtime(dev: string): VfRuntime | undefined {
-    return this.vfs.get(dev)?.runtime();
+    return this.vfs.get(dev)?.runtime(this.opts.owner ?? "vfe-vhostd");
   }
 
   has(dev: string): boolean {
