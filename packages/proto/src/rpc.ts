@@ -335,6 +335,33 @@ const VF_STATE_FIELDS: readonly ResultField[] = [
   { name: "last_error", type: "string", help: "why the session last failed", optional: true, vfe: false },
 ];
 
+const STATS_QUEUE_FIELDS: readonly ResultField[] = [
+  { name: "index", type: "number", help: "virtqueue index", vfe: false },
+  { name: "dir", type: "string", help: '"rx" (to the front-end) or "tx" (from it)', vfe: false },
+  { name: "packets", type: "number", help: "frames", vfe: false },
+  { name: "bytes", type: "number", help: "bytes", vfe: false },
+  { name: "drops", type: "number", help: "frames lost at this queue", vfe: false },
+  { name: "kicks", type: "number", help: "notifications from the front-end", vfe: false },
+  { name: "calls", type: "number", help: "interrupts to the front-end", vfe: false },
+  { name: "errors", type: "number", help: "malformed chains", vfe: false },
+  { name: "pps", type: "number", help: "packets per second (with --interval)", optional: true, vfe: false },
+  { name: "bps", type: "number", help: "bits per second (with --interval)", optional: true, vfe: false },
+];
+
+const VF_STATS_FIELDS: readonly ResultField[] = [
+  { name: "vf", type: "string", help: "VF address", vfe: false },
+  { name: "state", type: "string", help: "session state", vfe: false },
+  { name: "rx_packets", type: "number", help: "frames given to the front-end", vfe: false },
+  { name: "tx_packets", type: "number", help: "frames taken from the front-end", vfe: false },
+  { name: "rx_bytes", type: "number", help: "their bytes", vfe: false },
+  { name: "tx_bytes", type: "number", help: "their bytes", vfe: false },
+  { name: "drops", type: "number", help: "frames lost at the VF's queues", vfe: false },
+  { name: "errors", type: "number", help: "malformed chains", vfe: false },
+  { name: "rx_pps", type: "number", help: "with --interval", optional: true, vfe: false },
+  { name: "tx_pps", type: "number", help: "with --interval", optional: true, vfe: false },
+  { name: "queues", type: "array", help: "per queue", fields: STATS_QUEUE_FIELDS, vfe: false },
+];
+
 const HA_STATUS_FIELDS: readonly ResultField[] = [
   { name: "mode", type: "string", help: '"ha" (with a keeper) or "standalone"', vfe: false },
   {
@@ -542,6 +569,42 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         required: [],
         optional: ["dev"],
         result: [{ name: "devices", type: "array", help: "one entry per VF (just DEVICE's if given)", fields: VF_STATE_FIELDS, vfe: false }, ...ERRNO_FIELDS],
+      },
+    ],
+  },
+  {
+    name: "stats",
+    help: "per-queue counters of VFs, with rates",
+    description:
+      "Counters of every queue of every VF (or just DEVICE): packets, bytes, drops, kicks, calls and malformed chains, " +
+      "with per-direction totals. With --interval MS vfe-vhostd samples twice, MS apart, and adds rates per second. " +
+      "The counters live in shared memory and survive a takeover by the other daemon.",
+    positionalMetavar: "DEVICE",
+    positionalHelp: "VF address (all VFs if omitted)",
+    defaultAction: "show",
+    params: {
+      dev: { type: { kind: "pci" }, help: "VF address", vfe: false },
+      interval: {
+        type: { kind: "int", min: 0, max: 10_000 },
+        help: "sample twice this many ms apart and report rates (0: no rates)",
+        cli: { short: "-t", long: "--interval", metavar: "MS" },
+        default: "0",
+        vfe: false,
+      },
+    },
+    actions: [
+      {
+        name: "show",
+        cli: { short: "-i", long: "--info" },
+        help: "show the counters (the default)",
+        positional: { param: "dev", required: false },
+        required: [],
+        optional: ["dev", "interval"],
+        result: [
+          { name: "interval_ms", type: "number", help: "the sampling interval (0: no rates)", vfe: false },
+          { name: "devices", type: "array", help: "one entry per VF", fields: VF_STATS_FIELDS, vfe: false },
+          ...ERRNO_FIELDS,
+        ],
       },
     ],
   },

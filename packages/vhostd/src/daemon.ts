@@ -29,6 +29,7 @@ import { Registry, type PfEntry } from "./registry.js";
 import { RpcServer, prepareSocketPath, type Handler } from "./rpc_server.js";
 import { createVfHost } from "./session/host.js";
 import { KeeperVfHost } from "./keeper_host.js";
+import { MetricsServer, parseMetricsAddress } from "./metrics.js";
 import { notifyReady, notifyStopping, startWatchdog, type Watchdog } from "./systemd.js";
 import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
 import type { LevelWithSilent } from "pino";
@@ -49,6 +50,8 @@ export interface DaemonOptions {
   haInfo?: () => { version: string; buildTime: string } | undefined;
   /** HA phase 1 (vfe-vhostd --ha): the keeper runs every VF; vhostd only decides. */
   ha?: boolean;
+  /** Serve OpenMetrics text here (vfe-vhostd --metrics); off when absent. */
+  metrics?: string;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -201,6 +204,41 @@ export function createHandlers(
       return { devices: await Promise.all(specs.map(async (s) => vfStateResult(s, await registry.runtimeAsync(s.dev)))), ...ok() };
     },
     ha: async () => ({ ...(await haStatus()), ...ok() }),
+    stats: async ({ values }) => {
+      const dev = str(values.dev);
+      const interval = num(values.interval) ?? 0;
+      const specs = dev ? [registry.getVf(dev)] : registry.allVfs();
+      const sample = () => Promise.all(specs.map(async (s) => [s.dev, await registry.runtimeAsync(s.dev)] as const));
+      const first = await sample();
+      if (interval === 0) return { interval_ms: 0, devices: first.map(([d, rt]) => vfStatsResult(d, rt)), ...ok() };
+      const t0 = performance.now();
+      await new Promise((r) => setTimeout(r, interval));
+      const second = await sample();
+      const dt = (performance.now() - t0) / 1000;
+      return { interval_ms: interval, devices: second.map(([d, rt], i) => vfStatsResult(d, rt, first[i]![1], dt)), ...ok() };
+    },
+  };
+}
+
+/** One VF for `stats`; with an earlier sample and the seconds between, rates too. */
+export function vfStatsResult(dev: string, rt: VfRuntime | undefined, before?: VfRuntime, dt?: number): Record<string, unknown> {
+  const queues = (rt?.queues ?? []).map((q) => {
+    const b = before?.queues.find((x) => x.index === q.index);
+    const rates = b && dt ? { pps: Math.round(Math.max(0, q.packets - b.packets) / dt), bps: Math.round((8 * Math.max(0, q.bytes - b.bytes)) / dt) } : {};
+    return { index: q.index, dir: q.index % 2 === 0 ? "rx" : "tx", packets: q.packets, bytes: q.bytes, drops: q.drops, kicks: q.kicks, calls: q.calls, errors: q.errors, ...rates };
+  });
+  const sum = (dir: string, f: "packets" | "bytes" | "pps") => queues.filter((q) => q.dir === dir).reduce((s, q) => s + ((q as Record<string, number | string>)[f] as number ?? 0), 0);
+  return {
+    vf: dev,
+    state: rt?.state ?? "unknown",
+    rx_packets: sum("rx", "packets"),
+    tx_packets: sum("tx", "packets"),
+    rx_bytes: sum("rx", "bytes"),
+    tx_bytes: sum("tx", "bytes"),
+    drops: queues.reduce((s, q) => s + q.drops, 0),
+    errors: queues.reduce((s, q) => s + q.errors, 0),
+    ...(before && dt ? { rx_pps: sum("rx", "pps"), tx_pps: sum("tx", "pps") } : {}),
+    queues,
   };
 }
 
@@ -249,10 +287,12 @@ export class Daemon {
     readonly rpc: RpcServer,
     readonly journal: Journal,
     private readonly watchdog: Watchdog,
+    private readonly metrics?: MetricsServer,
   ) {}
 
   static async start(opts: DaemonOptions = {}): Promise<Daemon> {
     const paths = resolvePaths({ runDir: opts.runDir, stateDir: opts.stateDir }, opts.env ?? process.env);
+    const metricsAddr = opts.metrics ? parseMetricsAddress(opts.metrics) : undefined; // refuse a bad address before anything starts
     const log = opts.log ?? createLogger({ level: opts.logLevel ?? "info" });
     makeDir(paths.runDir);
     makeDir(paths.stateDir);
@@ -266,6 +306,8 @@ export class Daemon {
     let host: VfHost | undefined;
     let haInfo = opts.haInfo;
     let keeperHost: KeeperVfHost | undefined;
+    let metricsEpoch = 0;
+    let restoredVfs = 0;
     let registry: Registry;
     let rpc: RpcServer;
     const version = daemonVersion();
@@ -277,6 +319,7 @@ export class Daemon {
       const contents = journal.read();
       for (const { key, error } of contents.errors) log.error({ event: "journal_record_unusable", key, err: error }, `journal record ${key} ignored: ${error}`);
       const epoch = await journal.bumpEpoch();
+      metricsEpoch = epoch;
       let keeper: KeeperVfHost | undefined;
       if (opts.ha && !opts.hostFactory) {
         // HA phase 1: the keeper runs sessions and engine; a newer vhostd fencing us means exit.
@@ -299,6 +342,7 @@ export class Daemon {
         journal,
       });
       const r = await registry.restore(contents);
+      restoredVfs = r.vfs.restored.length;
       await keeper?.start();
       log.info(
         {
@@ -339,8 +383,32 @@ export class Daemon {
       },
       "vfe-vhostd started",
     );
+    let metrics: MetricsServer | undefined;
+    if (opts.metrics) {
+      metrics = new MetricsServer(
+        metricsAddr!,
+        {
+          version: version.version,
+          mode: keeperHost ? "ha" : "standalone",
+          epoch: metricsEpoch,
+          pfs: () => registry.listPfs().length,
+          vfs: () => registry.allVfs(),
+          runtime: (dev) => registry.runtimeAsync(dev),
+          ...(keeperHost ? { ha: () => keeperHost!.haStatus() } : {}),
+          restoredVfs,
+          startedAt: Date.now(),
+        },
+        log.child({ component: "metrics" }),
+      );
+      try {
+        await metrics.listen();
+      } catch (e) {
+        await rpc.close();
+        throw new Error(`metrics: ${(e as Error).message}`);
+      }
+    }
     notifyReady(ready, log);
-    return new Daemon(paths, log, registry, rpc, journal, watchdog);
+    return new Daemon(paths, log, registry, rpc, journal, watchdog, metrics);
   }
 
   /** Stops serving RPC, closes every session, removes the socket and the pid file. */
@@ -348,6 +416,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       this.log.info("vfe-vhostd stopping");
       notifyStopping("vfe-vhostd stopping", this.log);
+      this.metrics?.close();
       await this.rpc.close();
       try {
         await this.registry.shutdown();

@@ -4,7 +4,7 @@ import { isLogLevel, LOG_LEVELS } from "./log.js";
 import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, ENV_RUN_DIR, ENV_STATE_DIR } from "./paths.js";
 
 const USAGE = `usage: vfe-vhostd [-h] [--run-dir DIR] [--state-dir DIR] [--config FILE] [--server | --client]
-                  [--iface PREFIX] [--ha | --standalone] [--log-level LEVEL] [--version]
+                  [--iface PREFIX] [--ha | --standalone] [--metrics ADDR] [--log-level LEVEL] [--version]
 
 vhost-user back-end daemon (vfe-vhostd compatible).
 
@@ -22,6 +22,8 @@ options:
                      session and datapath, so vfe-vhostd can restart or die without a VM noticing
                      (env VHOSTD_HA=1)
   --standalone       run every VF in this process (default)
+  --metrics ADDR     serve OpenMetrics text on GET /metrics: 127.0.0.1:PORT, [::1]:PORT,
+                     localhost:PORT or unix:/path (off by default; env VHOSTD_METRICS)
   --log-level LEVEL  ${LOG_LEVELS.join("|")} (env VHOSTD_LOG_LEVEL, default info)
   --version          print the version and exit
 `;
@@ -29,6 +31,7 @@ options:
 export function parseDaemonArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): DaemonOptions | "help" | "version" {
   const opts: DaemonOptions = {};
   if (env.VHOSTD_HA === "1" || env.VHOSTD_HA === "true") opts.ha = true;
+  if (env.VHOSTD_METRICS) opts.metrics = env.VHOSTD_METRICS;
   const lvl = env.VHOSTD_LOG_LEVEL;
   if (lvl) {
     if (!isLogLevel(lvl)) throw new Error(`VHOSTD_LOG_LEVEL: unknown level "${lvl}"`);
@@ -76,6 +79,9 @@ export function parseDaemonArgs(argv: string[], env: NodeJS.ProcessEnv = process
         break;
       case "--standalone":
         opts.ha = false;
+        break;
+      case "--metrics":
+        opts.metrics = value();
         break;
       case "--log-level": {
         const v = value();

@@ -47,6 +47,8 @@ export type Parsed =
 export const LOCAL_VERBS: ReadonlyArray<{ name: string; help: string }> = [
   { name: "journal", help: "show the journal (read-only; no daemon needed)" },
   { name: "drill", help: "crash-recovery drill: SIGKILL the daemons under traffic and check the recovery promises" },
+  { name: "config", help: "config save [-f FILE] | config load FILE: the live PFs/VFs as replayable JSON" },
+  { name: "completion", help: "completion bash: print a bash completion script" },
 ];
 
 const VERB_NAMES = (): string[] => [...RPC_METHODS.map((m) => m.name), ...LOCAL_VERBS.map((v) => v.name)];

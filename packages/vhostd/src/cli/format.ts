@@ -2,6 +2,7 @@
 
 /** Columns shown by `-o table` for device lists (others stay in JSON). */
 const VF_COLUMNS = ["vf", "type", "state", "connected", "mode", "socket_file", "mac", "mtu", "queue_pairs", "dev_id", "vm_uuid"];
+const STATS_COLUMNS = ["vf", "state", "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_pps", "tx_pps", "drops", "errors"];
 const STATE_COLUMNS = ["vf", "owner", "state", "connected", "reconnects", "features", "mode", "socket_file"];
 const PF_COLUMNS = ["pf", "type", "switch_id", "vfs", "num_vfs", "first_vf", "vf_stride", "first_vf_offset", "mtu", "queue_pairs", "max_queue_pairs"];
 
@@ -50,7 +51,8 @@ export function formatTable(result: Record<string, unknown>): string {
   if (Array.isArray(rest.devices)) {
     const rows = rest.devices as Array<Record<string, unknown>>;
     const isState = rows.length > 0 && "owner" in rows[0]!;
-    const cols = isState ? STATE_COLUMNS : rows.length > 0 && "vf" in rows[0]! ? VF_COLUMNS : PF_COLUMNS;
+    const isStats = rows.length > 0 && "rx_packets" in rows[0]!;
+    const cols = isStats ? STATS_COLUMNS : isState ? STATE_COLUMNS : rows.length > 0 && "vf" in rows[0]! ? VF_COLUMNS : PF_COLUMNS;
     out += renderTable(rows, cols);
     // `state`: each VF's rings under the summary.
     for (const r of isState ? rows : []) {

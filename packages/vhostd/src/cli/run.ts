@@ -30,6 +30,16 @@ export async function run(argv: string[], out: (s: string) => void, err: (s: str
   }
   if (parsed.kind === "local") {
     if (parsed.verb === "drill") return (await import("../drill/main.js")).runDrillCommand(parsed.rest, parsed.global, out, err, env);
+    if (parsed.verb === "config") return (await import("./config_cmd.js")).runConfig(parsed.rest, parsed.global, out, err);
+    if (parsed.verb === "completion") {
+      if (parsed.rest.length !== 1 || parsed.rest[0] !== "bash") {
+        err(`usage: ${PROG} completion bash
+`);
+        return parsed.rest[0] === "-h" || parsed.rest[0] === "--help" ? EXIT_OK : EXIT_USAGE;
+      }
+      out((await import("./completion.js")).bashCompletion());
+      return EXIT_OK;
+    }
     let cmd;
     try {
       cmd = parseJournalArgs(parsed.rest, parsed.global.output, env);
