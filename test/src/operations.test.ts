@@ -140,3 +140,66 @@ test.serial("stats with rates, OpenMetrics, config save/load, completion, script
     await d.stop();
   }
 });
+
+test.serial("every verb against a running pair: results match the schema's shapes, -o table works, every rule's errno and exit status", async (t) => {
+  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-ops-cfg-"));
+  const cfg = path.join(cfgDir, "config.json");
+  fs.writeFileSync(cfg, JSON.stringify({ pfs: [{ dev: PF, type: "net", firstVfOffset: 35, numVfs: 8, maxQueuePairs: 2 }] }));
+  const d = await Daemon.start({ ha: true, args: ["--config", cfg] });
+  const { checkResultShape, methodSpec, resultFields } = await import("@vhostd/proto");
+  try {
+    const ok = async (args: string[], method: string, action: string) => {
+      const r = await d.cli(args);
+      t.is(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+      t.deepEqual(checkResultShape(resultFields(methodSpec(method)!, action), r.json), [], `${args.join(" ")} matches the schema`);
+      if (!["add", "remove"].includes(action)) {
+        const tbl = await d.cli([...args, "-o", "table"]); // read-only verbs run again as a table
+        t.is(tbl.code, 0, `${args.join(" ")} -o table`);
+        t.true(tbl.stdout.length > 0);
+      }
+      return r.json;
+    };
+    const fails = async (args: string[], errno: number) => {
+      const r = await d.cli(args);
+      t.is(r.code, 1, `${args.join(" ")} exits 1`);
+      t.is(r.json?.errno, errno, `${args.join(" ")} -> errno ${errno}: ${r.stdout}`);
+      const tbl = await d.cli([...args, "-o", "table"]);
+      t.is(tbl.code, 1);
+      t.regex(tbl.stderr, new RegExp(`errno ${errno}`), "the table mode says the errno on stderr");
+    };
+    await ok(["version"], "version", "");
+    await ok(["mgmtpf", "-a", PF], "mgmtpf", "add");
+    await ok(["mgmtpf", "-l"], "mgmtpf", "list");
+    await ok(["mgmtpf", "-l", PF, "-d"], "mgmtpf", "list");
+    await ok(["vf", "-a", VF_A, "-v", d.sock("a"), "--server"], "vf", "add");
+    await ok(["vf", "-l", PF], "vf", "list");
+    await ok(["vf", "-i", VF_A], "vf", "info");
+    await ok(["state"], "state", "show");
+    await ok(["state", VF_A], "state", "show");
+    await ok(["stats"], "stats", "show");
+    await ok(["stats", VF_A, "-t", "50"], "stats", "show");
+    await ok(["ha", "status"], "ha", "status");
+
+    await fails(["mgmtpf", "-a", PF], -1008);
+    await fails(["mgmtpf", "-a", VF_A], -19);
+    await fails(["vf", "-a", "0000:ff:00.1", "-v", d.sock("x")], -19);
+    await fails(["vf", "-a", VF_A, "-v", d.sock("a2")], -1014);
+    await fails(["vf", "-a", VF_B, "-v", d.sock("a")], -1038);
+    const mac = (await d.ok(["vf", "-i", VF_A])).device.mac as string;
+    await fails(["vf", "-a", VF_B, "-v", d.sock("b"), "--mac", mac.toLowerCase()], -17);
+    await fails(["vf", "-a", VF_B, "-v", d.sock("b"), "-q", "4"], -1005);
+    await fails(["mgmtpf", "-r", PF], -1013);
+    await fails(["vf", "-r", VF_B], -1003);
+    await fails(["vf", "-l", "0000:b0:00.2"], -1001);
+    await fails(["state", VF_B], -1003);
+    // Schema violations are refused before the daemon is asked: usage error, exit 2.
+    for (const args of [["vf", "-a", VF_B, "--mtu", "20"], ["vf", "-a", VF_B, "-u", "not-a-uuid"], ["stats", "-t", "-1"], ["ha", "bogus"]]) {
+      t.is((await d.cli(args)).code, 2, `${args.join(" ")} is a usage error`);
+    }
+    await ok(["vf", "-r", VF_A], "vf", "remove");
+    await ok(["mgmtpf", "-r", PF], "mgmtpf", "remove");
+  } finally {
+    await d.stop();
+    fs.rmSync(cfgDir, { recursive: true, force: true });
+  }
+});
