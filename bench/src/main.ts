@@ -12,6 +12,7 @@ import path from "node:path";
 import { Daemon, sleep, waitFor } from "../../test/dist/src/harness/daemon.js";
 import { repoRoot } from "../../test/dist/src/harness/paths.js";
 import { Pmd, killAllPmds } from "./pmd.js";
+import { controlRun, controlTable, type ControlResult } from "./control.js";
 import { cpuSeconds, hostTimes, loadavg, machine, pin, rssMiB } from "./sys.js";
 
 const PF = "0000:af:00.2";
@@ -25,7 +26,7 @@ const mac = (i: number) => `02:00:00:00:00:${(0x10 + i).toString(16)}`;
 
 type Impl = "ours" | "dpdk";
 type NetCase = "pvp" | "oneway";
-const CASES = ["pvp", "oneway", "idle"] as const;
+const CASES = ["pvp", "oneway", "idle", "control"] as const;
 
 interface Opts {
   quick: boolean;
@@ -48,6 +49,8 @@ function usage(): never {
   oneway  the same two ports in flowgen: each port generates (as txonly) and sinks (as rxonly);
           no loop, so the rate is not bounded by the frames in flight
   idle    CPU and RSS of the back-end with 8 connected front-end ports that send nothing
+  control the HA pair with 512 VFs (64 with --quick): add time, restore after kill -9 of
+          vfe-vhostd, takeover after kill -9 of the keeper, keeper restart, idle CPU, RSS, journal
   cost    (always) CPU seconds per million packets of each back-end, measured in pvp/oneway
 
   --quick   one short run per case, 64 B, 1 queue pair (CI smoke)
@@ -350,8 +353,24 @@ async function main(): Promise<void> {
     }
   }
 
+  const control: ControlResult[] = [];
+  if (o.cases.has("control")) {
+    const n = o.quick ? 64 : 512;
+    for (let r = 0; r < (o.quick ? 1 : Math.min(o.runs, 3)); r++) {
+      try {
+        const res = await controlRun(n, o.quick ? 2000 : 10_000);
+        control.push(res);
+        console.log(`control ${n} VFs run ${r + 1}: add ${(res.addMs / 1000).toFixed(2)} s, restore ${(res.restoreMs / 1000).toFixed(2)} s, takeover ${res.takeoverMs} ms, keeper restart ${(res.keeperRestartMs / 1000).toFixed(2)} s, idle ${res.idleCpuPct.toFixed(2)} %`);
+      } catch (e) {
+        failures.push(`control run ${r + 1}: ${(e as Error).message.split("\n")[0]}`);
+        console.log(`control run ${r + 1} FAILED: ${(e as Error).message.split("\n")[0]}`);
+      }
+    }
+  }
+
   const parts: string[] = [];
   if (rows.length) parts.push(netTable(rows));
+  if (control.length) parts.push(controlTable(control));
   if (idle.length) {
     const io = idle.filter((x) => x.impl === "ours"), id = idle.filter((x) => x.impl === "dpdk");
     parts.push(
@@ -366,13 +385,18 @@ async function main(): Promise<void> {
   const others = [...allNet.map((x) => x.otherCores), ...idle.map((x) => x.otherCores)];
   const steal = allNet.map((x) => x.stealCores);
   const loads = [...allNet.map((x) => x.load), ...idle.map((x) => x.load)];
+  const netNotes = rows.length > 0 || idle.length > 0;
   const notes = [
+    ...(control.length ? [`- Control plane: \`Daemon.start({ ha: true })\` (keeper + vfe-vhostd --ha, debug logging), ${control[0]!.vfs} server-mode VFs without front-ends added by sequential RPC calls; idle CPU is both daemons' utime+stime over ${o.quick ? 2 : 10} s; restore and take-back times include starting the process.`] : []),
+    ...(netNotes ? [] : failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
+  ];
+  if (netNotes) notes.push(
     `- Pinning: front-end dpdk-testpmd \`--lcores ${FE_LCORES}\` (main and forwarding lcore on CPU ${FE_CPU}); back-end on CPU ${BE_CPU}: vfe-vhostd \`taskset -a -p -c ${BE_CPU}\` (every thread, the engine worker included), DPDK testpmd net_vhost \`--lcores ${BE_LCORES}\`.`,
     `- \\* = contended run: other processes used more than ${CONTENDED_CORES} cores during its window; left out of the medians; a variant with no uncontended run on either side gets no ratio.`,
     `- Rate: sum over the front-end's two ports of testpmd's Rx-pps, averaged over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up; cost: back-end utime+stime (/proc/PID/stat, whole process) over the window ÷ packets received by the front-end in it.`,
     `- Load (1/5/15 min loadavg) before each run: ${loads.length ? `${loads[0]} … ${loads[loads.length - 1]}` : "–"}; CPU used by other processes during the windows: median ${f2(median(others))}, max ${f2(Math.max(...others.filter(Number.isFinite), 0))} cores${steal.length ? `; steal median ${f2(median(steal))}, max ${f2(Math.max(...steal.filter(Number.isFinite), 0))} cores` : ""}.`,
     ...(failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
-  ];
+  );
   const table = parts.join("\n\n");
   console.log(`\n${table}\n\n${notes.join("\n")}`);
 
