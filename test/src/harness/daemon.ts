@@ -1,9 +1,9 @@
 // Starts vfe-vhostd in a private run/state dir and drives it through the real CLI.
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { keeperCall } from "@vhostd/vhostd";
 import { cliBin, keeperBin, vhostdBin } from "./paths.js";
 import { Testpmd } from "./testpmd.js";
 import { sleep } from "./wait.js";
@@ -77,26 +77,11 @@ export class Daemon {
   }
 
   /** One request on the keeper's inspection socket (<run-dir>/vfe-vhostd-ha.sock). */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   keeperCall(req: Record<string, unknown>, timeoutMs = 2000): Promise<any> {
-    return new Promise((resolve, reject) => {
-      const s = net.createConnection(path.join(this.runDir, "vfe-vhostd-ha.sock"));
-      let buf = "";
-      const t = setTimeout(() => (s.destroy(), reject(new Error("keeper socket: timeout"))), timeoutMs);
-      s.setEncoding("utf8");
-      s.on("error", (e) => (clearTimeout(t), reject(e)));
-      s.on("connect", () => s.write(JSON.stringify({ id: 1, ...req }) + "\n"));
-      s.on("data", (d: string) => {
-        buf += d;
-        const nl = buf.indexOf("\n");
-        if (nl < 0) return;
-        clearTimeout(t);
-        s.destroy();
-        const msg = JSON.parse(buf.slice(0, nl));
-        if (msg.error) reject(new Error(msg.error));
-        else resolve(msg.result);
-      });
-    });
+    return keeperCall(this.runDir, req, timeoutMs);
   }
+
 
   keeperLog(): string {
     try {

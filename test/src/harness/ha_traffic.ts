@@ -20,17 +20,8 @@ export const VF_R = "0000:b0:05.5"; // client mode, testpmd server=1, rxonly
 const PPS = 20_000;
 const FRAME = 512;
 
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded PRNG (the drill's), so a failing run can be replayed. */
+export { rng } from "@vhostd/vhostd";
 
 export async function queueSum(d: Daemon, vf: string, dir: "rx" | "tx", field: "packets" | "drops" | "errors"): Promise<number> {
   const info = await d.ok(["vf", "-i", vf]);
