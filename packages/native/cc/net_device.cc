@@ -52,6 +52,16 @@ void queueBroken(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
   if (ctx.events && !d.mem->fault().pending()) ctx.events->post(d.devId, q, EvKind::kQueueBroken, ctx.reason);
 }
 
+// The frame's bytes [skip, skip+len) when they lie in one segment of the iov list, else null.
+static uint8_t* contiguous(const struct iovec* iov, int n, size_t skip, size_t len) noexcept {
+  for (int i = 0; i < n; i++) {
+    size_t l = iov[i].iov_len;
+    if (skip >= l) { skip -= l; continue; }
+    return l - skip >= len ? static_cast<uint8_t*>(iov[i].iov_base) + skip : nullptr;
+  }
+  return nullptr;
+}
+
 // Copies len bytes starting `skip` bytes into the iov list to dst.
 static void gather(const struct iovec* iov, int n, size_t skip, uint8_t* dst, size_t len) noexcept {
   for (int i = 0; i < n && len; i++) {
@@ -127,12 +137,18 @@ int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
     }
     ctx.pos[ctx.n] = (uint8_t)i;
     Pkt& p = ctx.pkts[ctx.n];
-    p.data = ctx.bufs + (size_t)ctx.n * kFrameStride;
     memset(p.hdr, 0, sizeof p.hdr);
     gather(ctx.iov + c.iovStart, c.iovCount, 0, p.hdr, hl);
     p.hdr[10] = p.hdr[11] = 0;  // num_buffers is meaningless on TX
     p.len = (uint32_t)(c.len - hl);
-    gather(ctx.iov + c.iovStart, c.iovCount, hl, p.data, p.len);
+    // One copy instead of two: a frame in one segment is delivered straight from the sender's
+    // buffer, which stays ours until this burst's used entries are published (netTxFinish).
+    // Not when a checksum may be finalized in place: the device never writes a TX buffer.
+    p.data = (p.hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? nullptr : contiguous(ctx.iov + c.iovStart, c.iovCount, hl, p.len);
+    if (!p.data) {
+      p.data = ctx.bufs + (size_t)ctx.n * kFrameStride;
+      gather(ctx.iov + c.iovStart, c.iovCount, hl, p.data, p.len);
+    }
     p.csumDone = false;
     bytes += p.len;
     ctx.n++;
