@@ -394,6 +394,8 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue
       dr++;
       continue;
     }
+    // The next frame's buffer loads while this one is copied (only if another frame follows).
+    if (mask && cur != end) vq.prefetchBuffer(mem, cur);
     if (hl == 12) {
       uint16_t nb = d.mrg ? (uint16_t)nch : 1;
       memcpy(hdr + 10, &nb, 2);

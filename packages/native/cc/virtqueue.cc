@@ -75,6 +75,17 @@ Pop Virtqueue::headAt(uint16_t cursor, uint16_t* head, char* reason, size_t rlen
   return Pop::kOk;
 }
 
+void Virtqueue::prefetchBuffer(const MemTable& mem, uint16_t cursor) const noexcept {
+  uint16_t h = avail[2 + (cursor & mask)];
+  if (h >= size) return;
+  const volatile VringDesc& d = desc[h];
+  if (d.flags & VRING_DESC_F_INDIRECT) return;
+  const uint8_t* p = mem.gpaToHost(d.addr, 128);
+  if (!p) return;
+  __builtin_prefetch(p, 1, 3);
+  __builtin_prefetch(p + 64, 1, 3);
+}
+
 static inline VringDesc readDesc(const volatile VringDesc* d) noexcept {
   VringDesc v;
   v.addr = d->addr;

@@ -129,6 +129,10 @@ class Virtqueue {
   }
   // Reads the head at slot `cursor` (does not advance lastAvail).
   Pop headAt(uint16_t cursor, uint16_t* head, char* reason, size_t rlen) const noexcept;
+  // Starts loading the first buffer of the chain at avail slot `cursor` into the cache (for
+  // writing) while the current frame is copied: a cold receive buffer is most of the RX cost.
+  // Only a hint: nothing is validated beyond what makes the address safe to compute.
+  void prefetchBuffer(const MemTable& mem, uint16_t cursor) const noexcept;
 
   // Walks the chain from head into iov[*iovUsed...maxIov). All descriptors must be writable
   // (deviceWrites) or all read-only. Returns true, or false with a reason (chain error).
