@@ -568,7 +568,7 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         positional: { param: "dev", required: false },
         required: [],
         optional: ["dev"],
-        result: [{ name: "devices", type: "array", help: "one entry per VF (just DEVICE's if given)", fields: VF_STATE_FIELDS, vfe: false }, ...ERRNO_FIELDS],
+        result: [{ name: "devices", type: "array", help: "one entry per VF in dev_id order (just DEVICE's if given)", fields: VF_STATE_FIELDS, vfe: false }, ...ERRNO_FIELDS],
       },
     ],
   },
@@ -602,7 +602,7 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         optional: ["dev", "interval"],
         result: [
           { name: "interval_ms", type: "number", help: "the sampling interval (0: no rates)", vfe: false },
-          { name: "devices", type: "array", help: "one entry per VF", fields: VF_STATS_FIELDS, vfe: false },
+          { name: "devices", type: "array", help: "one entry per VF, in dev_id order", fields: VF_STATS_FIELDS, vfe: false },
           ...ERRNO_FIELDS,
         ],
       },

@@ -200,14 +200,15 @@ export function createHandlers(
     },
     state: async ({ values }) => {
       const dev = str(values.dev);
-      const specs = dev ? [registry.getVf(dev)] : registry.allVfs();
+      // dev_id order: stable across restarts and config load (insertion order is not).
+      const specs = dev ? [registry.getVf(dev)] : registry.allVfs().sort((a, b) => a.devId - b.devId);
       return { devices: await Promise.all(specs.map(async (s) => vfStateResult(s, await registry.runtimeAsync(s.dev)))), ...ok() };
     },
     ha: async () => ({ ...(await haStatus()), ...ok() }),
     stats: async ({ values }) => {
       const dev = str(values.dev);
       const interval = num(values.interval) ?? 0;
-      const specs = dev ? [registry.getVf(dev)] : registry.allVfs();
+      const specs = dev ? [registry.getVf(dev)] : registry.allVfs().sort((a, b) => a.devId - b.devId);
       const sample = () => Promise.all(specs.map(async (s) => [s.dev, await registry.runtimeAsync(s.dev)] as const));
       const first = await sample();
       if (interval === 0) return { interval_ms: 0, devices: first.map(([d, rt]) => vfStatsResult(d, rt)), ...ok() };

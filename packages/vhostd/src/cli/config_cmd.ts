@@ -4,29 +4,23 @@
 //
 // File format (version 1):
 //   { "vhostd_config": 1,
-//     "pfs": [ { "dev": "0000:af:00.2" } ],
+//     "pfs": [ { "dev": "0000:af:00.2" } ],                      (by switch id)
 //     "vfs": [ { "vfdev": "0000:af:04.5", "socket_file": "...", "mode": "client",
 //                "queue_pairs": 1, "mac": "52:54:00:...", "mtu": 1500, "uuid": "..." } ] }
-// Load adds PFs first, then VFs. An entry identical to what runs is left alone (so loading
+// Each VF object is the params of `vf -a` (by device id; mac/mtu for net VFs only). Load adds
+// PFs first, then VFs. An entry identical to what runs is left alone (so loading
 // the same file twice changes nothing); a different one is reported as an error, never replaced.
 import fs from "node:fs";
 import { join } from "node:path";
-import { RPC_SOCKET_NAME, type JsonRpcResponse } from "@vhostd/proto";
+import { RPC_SOCKET_NAME, methodSpec, type JsonRpcResponse } from "@vhostd/proto";
 import { UsageError, type GlobalOptions } from "./args.js";
 import { call, ConnectError } from "./client.js";
 import { formatJson, renderTable } from "./format.js";
 
 export const CONFIG_FORMAT_VERSION = 1;
 
-interface SavedVf {
-  vfdev: string;
-  socket_file: string;
-  mode: string;
-  queue_pairs: number;
-  mac: string;
-  mtu: number;
-  uuid?: string;
-}
+/** A VF as the params of `vf` add (vfdev, socket_file, mode, queue_pairs, mac, mtu, uuid, ...). */
+type SavedVf = { vfdev: string; socket_file: string } & Record<string, unknown>;
 
 export interface SavedConfig {
   vhostd_config: number;
@@ -56,25 +50,39 @@ async function rpc(g: GlobalOptions, method: string, params: Record<string, unkn
   return r;
 }
 
-/** The live configuration, in load order. */
-export async function saveConfig(g: GlobalOptions): Promise<SavedConfig> {
-  const pfs = ((await rpc(g, "mgmtpf", { list: true })).devices as Array<{ pf: string }>).map((p) => ({ dev: p.pf }));
-  const vfs: SavedVf[] = [];
-  for (const pf of pfs) {
-    const list = (await rpc(g, "vf", { list: true, mgmtpf: pf.dev })).devices as Array<Record<string, unknown>>;
-    for (const v of list) {
-      vfs.push({
-        vfdev: String(v.vf),
-        socket_file: String(v.socket_file),
-        mode: String(v.mode),
-        queue_pairs: Number(v.queue_pairs),
-        mac: String(v.mac).toLowerCase(),
-        mtu: Number(v.mtu),
-        ...(v.vm_uuid ? { uuid: String(v.vm_uuid) } : {}),
-      });
-    }
+/** Result fields of `vf -l` whose `vf -a` param has another name. */
+const PARAM_FROM_FIELD: Readonly<Record<string, string>> = { vfdev: "vf", uuid: "vm_uuid" };
+/** Params that only net VFs take (a blk VF refuses them, so saving them would break load). */
+const NET_ONLY = new Set(["mac", "mtu"]);
+
+/**
+ * One VF as `vf -a` params, from its `vf -l` entry: every param of the schema's vf add whose
+ * value the entry shows (same name, or PARAM_FROM_FIELD), so an option added to `vf -a` later
+ * (the blk device's backing file, ...) is saved as soon as `vf -l` reports it under its name.
+ */
+export function vfParams(dev: Record<string, unknown>): SavedVf {
+  const add = methodSpec("vf")!.actions.find((a) => a.name === "add")!;
+  const out: Record<string, unknown> = {};
+  for (const p of [...add.required, ...add.optional]) {
+    if (dev.type !== "net" && NET_ONLY.has(p)) continue;
+    const v = dev[PARAM_FROM_FIELD[p] ?? p];
+    if (v === undefined || v === null || v === "") continue;
+    out[p] = p === "mac" ? String(v).toLowerCase() : v;
   }
-  return { vhostd_config: CONFIG_FORMAT_VERSION, pfs, vfs };
+  return out as SavedVf;
+}
+
+/**
+ * The live configuration, in load order: PFs by switch id, VFs by device id. A fresh daemon
+ * gives the lowest free ids in the order of the adds, so it ends up with the same ids (and
+ * `state` compares equal) even when devices were added in another order or some were removed.
+ */
+export async function saveConfig(g: GlobalOptions): Promise<SavedConfig> {
+  const pfList = ((await rpc(g, "mgmtpf", { list: true })).devices as Array<{ pf: string; switch_id: number }>).sort((a, b) => a.switch_id - b.switch_id);
+  const devs: Array<Record<string, unknown>> = [];
+  for (const pf of pfList) devs.push(...((await rpc(g, "vf", { list: true, mgmtpf: pf.pf })).devices as Array<Record<string, unknown>>));
+  devs.sort((a, b) => Number(a.dev_id) - Number(b.dev_id));
+  return { vhostd_config: CONFIG_FORMAT_VERSION, pfs: pfList.map((p) => ({ dev: p.pf })), vfs: devs.map(vfParams) };
 }
 
 /** Checks a file's contents before anything is applied. */
@@ -124,13 +132,14 @@ export async function loadConfig(g: GlobalOptions, cfg: SavedConfig, progress: (
     const have = haveVf.get(v.vfdev);
     if (have) {
       // Fields the file leaves out mean "whatever runs".
-      const key = (x: SavedVf) => JSON.stringify([x.socket_file, x.mode, x.queue_pairs, x.mac.toLowerCase(), x.mtu, x.uuid ?? ""]);
-      const same = key(have) === key({ ...have, ...v });
+      const norm = (x: Record<string, unknown>) => JSON.stringify(Object.keys(v).sort().map((k) => (k === "mac" && typeof x[k] === "string" ? (x[k] as string).toLowerCase() : x[k] ?? null)));
+      const same = norm(have) === norm(v);
       out.push(same ? { item: `vf ${v.vfdev}`, result: "unchanged" } : { item: `vf ${v.vfdev}`, result: "error", errno: -17, reason: "already added with a different configuration (not replaced)" });
       continue;
     }
     try {
-      await rpc(g, "vf", { add: true, vfdev: v.vfdev, socket_file: v.socket_file, mode: v.mode, queue_pairs: v.queue_pairs, mac: v.mac, mtu: v.mtu, ...(v.uuid ? { uuid: v.uuid } : {}) });
+      // Every param the entry gives, as given: the daemon validates them against the schema.
+      await rpc(g, "vf", { ...v, add: true });
       out.push({ item: `vf ${v.vfdev}`, result: "added" });
     } catch (e) {
       out.push({ item: `vf ${v.vfdev}`, result: "error", errno: (e as RpcFailure).errno ?? -5, reason: (e as Error).message });
@@ -143,7 +152,9 @@ export async function loadConfig(g: GlobalOptions, cfg: SavedConfig, progress: (
 export async function runConfig(rest: string[], g: GlobalOptions, out: (s: string) => void, err: (s: string) => void): Promise<number> {
   try {
     const [sub, ...args] = rest;
-    if (sub === "-h" || sub === "--help" || sub === undefined) {
+    // --help anywhere (config save --help, config load -h) is help, not a file name.
+    const wantsHelp = args.includes("-h") || args.includes("--help");
+    if (sub === "-h" || sub === "--help" || sub === undefined || wantsHelp) {
       (sub === undefined ? err : out)(`${configUsage()}\n\nsave: print (or write with -f FILE) the live PFs and VFs as replayable JSON.\nload FILE: add what FILE lists; identical entries are left alone, different ones are errors.\n`);
       return sub === undefined ? 2 : 0;
     }
