@@ -123,12 +123,18 @@ export class MetricsServer {
 
   async listen(): Promise<void> {
     const server = createServer((req, res) => {
-      if (req.method !== "GET" || (req.url !== "/metrics" && req.url !== "/")) {
+      // Scrapers only GET; anything else is refused by name (405), not as a missing page.
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { allow: "GET, HEAD", "content-type": "text/plain" }).end("GET /metrics\n");
+        return;
+      }
+      const path = (req.url ?? "").split("?")[0];
+      if (path !== "/metrics" && path !== "/") {
         res.writeHead(404, { "content-type": "text/plain" }).end("GET /metrics\n");
         return;
       }
       renderMetrics(this.src).then(
-        (text) => res.writeHead(200, { "content-type": OPENMETRICS_CONTENT_TYPE }).end(text),
+        (text) => res.writeHead(200, { "content-type": OPENMETRICS_CONTENT_TYPE, "content-length": Buffer.byteLength(text) }).end(req.method === "HEAD" ? undefined : text),
         (e: Error) => {
           this.log.error({ err: e.message }, "metrics rendering failed");
           res.writeHead(500, { "content-type": "text/plain" }).end("error\n");

@@ -180,6 +180,23 @@ function findOpt(opts: OptDef[], tok: string): OptDef | undefined {
   return opts.find((o) => o.names.includes(tok));
 }
 
+/**
+ * True when argv names no command: only global options (and their values). Script mode
+ * (main.ts) then reads the commands from stdin and prefixes each with these options, so
+ * `vfe-vhost-cli --run-dir DIR -o table < cmds.txt` works as well as the bare form.
+ */
+export function onlyGlobalOptions(argv: string[]): boolean {
+  for (let i = 0; i < argv.length; i++) {
+    const tok = argv[i]!;
+    if (tok === "-h" || tok === "--help") return false;
+    const name = tok.startsWith("--") && tok.includes("=") ? tok.slice(0, tok.indexOf("=")) : tok;
+    const o = findOpt(GLOBAL_OPTS, name);
+    if (!o) return false;
+    if (o.takesValue && name === tok) i++;
+  }
+  return true;
+}
+
 /** Parses argv (without node and script). Throws UsageError. */
 export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): Parsed {
   const st: VerbState = { actions: [], params: {}, positional: [], global: { output: "json", timeoutS: DEFAULT_TIMEOUT_S } };
@@ -359,6 +376,10 @@ export function mainHelp(): string {
     "",
     "exit status: 0 success; 1 the daemon answered with errno != 0 or a JSON-RPC error;",
     "             2 usage error; 3 the daemon could not be reached or did not answer.",
+    "",
+    "script mode: without a command and with stdin not a terminal, each line of stdin is one",
+    "command, run after the global options given (blank lines and # comments skipped); every",
+    "line runs, the exit status is the worst line's.",
   );
   return out.join("\n") + "\n";
 }

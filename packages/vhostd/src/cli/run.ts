@@ -33,9 +33,9 @@ export async function run(argv: string[], out: (s: string) => void, err: (s: str
     if (parsed.verb === "config") return (await import("./config_cmd.js")).runConfig(parsed.rest, parsed.global, out, err);
     if (parsed.verb === "completion") {
       if (parsed.rest.length !== 1 || parsed.rest[0] !== "bash") {
-        err(`usage: ${PROG} completion bash
-`);
-        return parsed.rest[0] === "-h" || parsed.rest[0] === "--help" ? EXIT_OK : EXIT_USAGE;
+        const help = parsed.rest[0] === "-h" || parsed.rest[0] === "--help";
+        (help ? out : err)(`usage: ${PROG} completion bash\n${help ? "\nPrints a bash completion script generated from the RPC schema: source <(vfe-vhost-cli completion bash)\n" : ""}`);
+        return help ? EXIT_OK : EXIT_USAGE;
       }
       out((await import("./completion.js")).bashCompletion());
       return EXIT_OK;

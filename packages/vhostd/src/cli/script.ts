@@ -1,4 +1,4 @@
-// Script mode: `vfe-vhost-cli < commands.txt` (no arguments, stdin not a terminal) runs one
+// Script mode: `vfe-vhost-cli [GLOBAL OPTIONS] < commands.txt` (no command, stdin not a terminal) runs one
 // command per line, in order, as if each were given on the command line. Blank lines and
 // lines starting with # are skipped; words split on blanks, with '...' and "..." quoting.
 // The exit status is the worst of all lines'; a line's errors do not stop the next ones.
@@ -28,7 +28,8 @@ export function splitWords(line: string): string[] {
   return out;
 }
 
-export async function runScript(text: string, out: (s: string) => void, err: (s: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+/** `globals`: the global options given on the command line, put before every line's words. */
+export async function runScript(text: string, out: (s: string) => void, err: (s: string) => void, env: NodeJS.ProcessEnv = process.env, globals: string[] = []): Promise<number> {
   let worst = 0;
   let ran = 0;
   const lines = text.split("\n");
@@ -44,7 +45,7 @@ export async function runScript(text: string, out: (s: string) => void, err: (s:
       continue;
     }
     ran++;
-    worst = Math.max(worst, await run(argv, out, err, env));
+    worst = Math.max(worst, await run([...globals, ...argv], out, err, env));
   }
-  return ran === 0 ? run([], out, err, env) : worst; // nothing to run: the usual usage error
+  return ran === 0 ? run(globals, out, err, env) : worst; // nothing to run: the usual usage error
 }
