@@ -14,40 +14,94 @@ const PF = "0000:af:00.2";
 const VF_A = "0000:af:04.5";
 const VF_B = "0000:af:05.5";
 
-/** A strict OpenMetrics text parser: families declared once, samples of declared families only. */
+/**
+ * A strict parser of OpenMetrics 1.0 text: `# EOF` last; TYPE once per family and before its
+ * samples; families neither interleaved nor repeated; names, label names and label-value
+ * escapes well-formed; no duplicate label sets; counter samples `_total` (or `_created`) and
+ * non-negative; info samples `_info` with value 1; gauge samples named as their family.
+ * Returns the samples by sample name; throws on the first problem.
+ */
 function parseOpenMetrics(text: string): Map<string, Array<{ labels: Record<string, string>; value: number }>> {
-  const lines = text.split("\n");
-  if (lines.pop() !== "" || lines.pop() !== "# EOF") throw new Error("must end with '# EOF\\n'");
+  const TYPES = new Set(["counter", "gauge", "info", "stateset", "histogram", "gaugehistogram", "summary", "unknown"]);
+  if (!text.endsWith("# EOF\n")) throw new Error("must end with '# EOF\\n'");
+  const lines = text.slice(0, -"# EOF\n".length).split("\n");
+  if (lines[lines.length - 1] === "") lines.pop();
   const types = new Map<string, string>();
+  const done = new Set<string>();
   const samples = new Map<string, Array<{ labels: Record<string, string>; value: number }>>();
-  for (const l of lines) {
-    let m = /^# (TYPE|HELP) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$/.exec(l);
+  const seen = new Set<string>();
+  let cur: string | undefined;
+  for (const [i, line] of lines.entries()) {
+    const where = `line ${i + 1} ${JSON.stringify(line)}`;
+    let m = /^# (TYPE|HELP|UNIT) ([a-zA-Z_:][a-zA-Z0-9_:]*)(?: (.*))?$/.exec(line);
     if (m) {
-      if (m[1] === "TYPE") {
-        if (types.has(m[2]!)) throw new Error(`family ${m[2]} declared twice`);
-        if (!["counter", "gauge", "info", "stateset", "histogram", "summary", "unknown"].includes(m[3]!)) throw new Error(`bad type ${m[3]}`);
-        types.set(m[2]!, m[3]!);
+      const [, kind, name, rest] = m;
+      if (cur !== name) {
+        if (cur) done.add(cur);
+        if (done.has(name!)) throw new Error(`${where}: family ${name} interleaved or repeated`);
+        cur = name;
       }
+      if ([...seen].some((k) => k.startsWith(`${name}\0`))) throw new Error(`${where}: metadata after samples`);
+      if (kind === "TYPE") {
+        if (types.has(name!)) throw new Error(`${where}: family ${name} declared twice`);
+        if (!TYPES.has(rest ?? "")) throw new Error(`${where}: bad type`);
+        types.set(name!, rest!);
+      } else if (kind === "HELP" && /\\[^\\n"]/.test(rest ?? "")) throw new Error(`${where}: bad escape in HELP`);
       continue;
     }
-    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (-?[0-9.e+]+|NaN|[+-]Inf)$/.exec(l);
-    if (!m) throw new Error(`not a sample: ${l}`);
-    const name = m[1]!;
-    const family = types.has(name) ? name : name.replace(/_total$/, "");
-    const type = types.get(family);
-    if (!type) throw new Error(`sample ${name} of an undeclared family`);
-    if (type === "counter" && !name.endsWith("_total")) throw new Error(`counter sample ${name} must end in _total`);
+    if (line.startsWith("#") || line === "") throw new Error(`${where}: not allowed`);
+    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`${where}: not a sample`);
+    const [, name, body, vtext] = m;
+    if (!cur || !types.has(cur)) throw new Error(`${where}: sample before its family's TYPE`);
+    const type = types.get(cur)!;
+    const suffixes = type === "counter" ? ["_total", "_created"] : type === "info" ? ["_info"] : type === "gauge" ? [""] : ["", "_total", "_bucket", "_count", "_sum", "_created"];
+    if (!suffixes.some((x) => name === cur + x)) throw new Error(`${where}: ${name} is not a sample of ${type} family ${cur}`);
     const labels: Record<string, string> = {};
-    for (const part of (m[3] ?? "").match(/[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"/g) ?? []) {
-      const eq = part.indexOf("=");
-      labels[part.slice(0, eq)] = part.slice(eq + 2, -1);
+    if (body) {
+      const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/y;
+      for (let pos = 0; pos < body.length; ) {
+        re.lastIndex = pos;
+        const lm = re.exec(body);
+        if (!lm) throw new Error(`${where}: bad label at ${pos}`);
+        if (lm[1]! in labels) throw new Error(`${where}: label ${lm[1]} twice`);
+        labels[lm[1]!] = lm[2]!.replace(/\\(.)/g, (_, c: string) => (c === "n" ? "\n" : c));
+        pos = re.lastIndex;
+        if (lm[3] === "" && pos < body.length) throw new Error(`${where}: junk after labels`);
+      }
     }
-    const list = samples.get(name) ?? [];
-    list.push({ labels, value: Number(m[4]) });
-    samples.set(name, list);
+    if (!/^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]Inf$|^NaN$/.test(vtext!)) throw new Error(`${where}: bad value`);
+    const value = Number(vtext!.replace("Inf", "Infinity"));
+    if (type === "counter" && !(value >= 0)) throw new Error(`${where}: negative counter`);
+    if (type === "info" && value !== 1) throw new Error(`${where}: info value must be 1`);
+    const key = `${cur}\0${name}${JSON.stringify(Object.entries(labels).sort())}`;
+    if (seen.has(key)) throw new Error(`${where}: duplicate sample`);
+    seen.add(key);
+    const list = samples.get(name!) ?? [];
+    list.push({ labels, value });
+    samples.set(name!, list);
   }
   return samples;
 }
+
+test("the OpenMetrics parser of these tests rejects what is not OpenMetrics", (t) => {
+  t.is(parseOpenMetrics('# TYPE a counter\n# HELP a x\na_total{l="v\\""} 1\n# TYPE b gauge\nb 2.5\n# EOF\n').get("a_total")![0]!.labels.l, 'v"');
+  for (const bad of [
+    "# TYPE a counter\na_total 1\n",
+    "# TYPE a counter\na 1\n# EOF\n",
+    "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# HELP a again\n# EOF\n",
+    "a 1\n# EOF\n",
+    '# TYPE a gauge\na{l="x} 1\n# EOF\n',
+    "# TYPE a gauge\na 1\na 2\n# EOF\n",
+    "# TYPE a info\na_info 2\n# EOF\n",
+    "# TYPE a counter\na_total -1\n# EOF\n",
+    "# TYPE a gauge\na one\n# EOF\n",
+    "# TYPE a gauge\n\na 1\n# EOF\n",
+    "# TYPE a gauge\na 1\n# EOF\nb 1\n",
+  ]) {
+    t.throws(() => parseOpenMetrics(bad), undefined, JSON.stringify(bad));
+  }
+});
 
 test.serial("stats with rates, OpenMetrics, config save/load, completion, script mode", async (t) => {
   const port = 20000 + (process.pid % 20000);
@@ -90,6 +144,10 @@ test.serial("stats with rates, OpenMetrics, config save/load, completion, script
     t.true((txA?.value ?? 0) > 0, "per-queue counters exported");
     t.is(samples.get("vhostd_build_info")?.[0]?.labels.mode, "standalone");
     t.is((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
+    t.is((await fetch(`http://127.0.0.1:${port}/metrics`, { method: "POST" })).status, 405);
+    const head = await fetch(`http://127.0.0.1:${port}/metrics`, { method: "HEAD" });
+    t.is(head.status, 200);
+    t.is(await head.text(), "");
     const refused = spawnSync(process.execPath, [vhostdBin, "--run-dir", fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-m-")), "--metrics", "0.0.0.0:9100"], { encoding: "utf8", timeout: 20_000 });
     t.not(refused.status, 0, "a non-loopback metrics address is refused");
     t.regex(refused.stderr + refused.stdout, /only 127\.0\.0\.1:PORT/);
@@ -133,6 +191,24 @@ test.serial("stats with rates, OpenMetrics, config save/load, completion, script
     t.is(docs.length, 4, "every command line ran, in order");
     t.truthy(docs[0]["vfe-vhostd version"]);
     t.is(docs[3].devices.length, 2);
+    // ... with global options on the command line, applied to every line.
+    const r2 = spawnSync(process.execPath, [cliBin, "--run-dir", d.runDir, "-o", "table"], { input: `mgmtpf -l\nvf -l '${PF}'\n`, encoding: "utf8", timeout: 30_000 });
+    t.is(r2.status, 0, r2.stderr);
+    t.regex(r2.stdout, /^PF +TYPE/m);
+    t.regex(r2.stdout, /^VF +TYPE +STATE/m);
+
+    // The completion script completes verbs, sub-commands and options when bash runs it.
+    const complete = (words: string[]) =>
+      spawnSync("bash", ["-c", `${comp.stdout}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); COMP_CWORD=${words.length - 1}; _vfe_vhost_cli; echo "\${COMPREPLY[*]}"`], { encoding: "utf8" }).stdout.trim().split(/\s+/);
+    t.true(["version", "mgmtpf", "vf", "state", "stats", "ha", "config", "completion"].every((w) => complete(["vfe-vhost-cli", ""]).includes(w)), complete(["vfe-vhost-cli", ""]).join(" "));
+    t.true(complete(["vfe-vhost-cli", "vf", "--m"]).includes("--mac"));
+
+    // --help on every verb and sub-command: usage on stdout, exit 0.
+    for (const args of [["version"], ["mgmtpf"], ["vf"], ["state"], ["stats"], ["ha"], ["ha", "status"], ["journal"], ["config"], ["config", "save"], ["config", "load"], ["completion"], ["drill"]]) {
+      const h = await d.cli([...args, "--help"]);
+      t.is(h.code, 0, `${args.join(" ")} --help: ${h.stderr}`);
+      t.regex(h.stdout, /^usage: vfe-vhost-cli/, `${args.join(" ")} --help`);
+    }
   } finally {
     a?.close();
     b?.close();
@@ -200,6 +276,46 @@ test.serial("every verb against a running pair: results match the schema's shape
     await ok(["mgmtpf", "-r", PF], "mgmtpf", "remove");
   } finally {
     await d.stop();
+    fs.rmSync(cfgDir, { recursive: true, force: true });
+  }
+});
+
+test.serial("config save -> load into a fresh daemon after out-of-order adds and a removal: the same ids, the same state", async (t) => {
+  const PF2 = "0000:c0:00.2";
+  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-ops-cfg-"));
+  const cfg = path.join(cfgDir, "config.json");
+  fs.writeFileSync(cfg, JSON.stringify({ pfs: [{ dev: PF, type: "net", firstVfOffset: 35 }, { dev: PF2, type: "net", firstVfOffset: 35, macPrefix: "02:54:01" }] }));
+  const d = await Daemon.start({ args: ["--config", cfg] });
+  let fresh: Daemon | undefined;
+  try {
+    // PF2 gets switch 0, PF switch 1; VF ids 0..3 handed out out of VF order, then a hole at 1.
+    await d.ok(["mgmtpf", "-a", PF2]);
+    await d.ok(["mgmtpf", "-a", PF]);
+    await d.ok(["vf", "-a", "0000:af:06.5", "-v", d.sock("c"), "--server", "-q", "2"]);
+    await d.ok(["vf", "-a", VF_B, "-v", d.sock("b"), "--mac", "02:00:00:00:00:0b", "-u", "5a8f3c2e-8f4e-4d0e-9a50-3c3c3c3c3c3c"]);
+    await d.ok(["vf", "-a", "0000:c0:04.5", "-v", d.sock("d"), "--mtu", "9000"]);
+    await d.ok(["vf", "-a", VF_A, "-v", d.sock("a")]);
+    await d.ok(["vf", "-r", VF_B]);
+    await d.ok(["vf", "-a", VF_B, "-v", d.sock("b2")]); // takes the freed id 1
+    const file = path.join(d.dir, "saved.json");
+    await d.ok(["config", "save", "-f", file]);
+    const config = (x: Daemon) =>
+      Promise.all([x.ok(["mgmtpf", "-l", "-d"]), x.ok(["vf", "-l", PF]), x.ok(["vf", "-l", PF2]), x.ok(["state"])]).then(([pfs, l1, l2, st]) => ({
+        pfs: pfs.devices.map((p: Record<string, unknown>) => ({ ...p, vfs: undefined })),
+        vfs: [...l1.devices, ...l2.devices].map(({ vf, pf, type, socket_file, mode, mac, mtu, queue_pairs, dev_id, switch_id, vm_uuid, msix_num, queue_num }) => ({ vf, pf, type, socket_file, mode, mac, mtu, queue_pairs, dev_id, switch_id, vm_uuid, msix_num, queue_num })),
+        // state minus the live session (connection, counters, memory, rings)
+        state: st.devices.map(({ vf, pf, type, socket_file, mode }: Record<string, unknown>) => ({ vf, pf, type, socket_file, mode })),
+      }));
+    const before = await config(d);
+    await d.stop(); // frees the server-mode socket for the fresh daemon
+    fresh = await Daemon.start({ args: ["--config", cfg] });
+    const load = await fresh.ok(["config", "load", file]);
+    t.like(load, { added: 6, unchanged: 0, failed: 0 });
+    t.deepEqual(await config(fresh), before);
+    t.like(await fresh.ok(["config", "load", file]), { added: 0, unchanged: 6, failed: 0 });
+  } finally {
+    await d.stop();
+    await fresh?.stop();
     fs.rmSync(cfgDir, { recursive: true, force: true });
   }
 });

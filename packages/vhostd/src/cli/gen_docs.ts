@@ -66,7 +66,7 @@ export function generateCliDoc(): string {
   o.push("## Daemon, paths and transport");
   o.push("");
   o.push("```");
-  o.push("vfe-vhostd --run-dir DIR --state-dir DIR [--config FILE] [--server|--client] [--iface PREFIX] [--log-level L]");
+  o.push("vfe-vhostd --run-dir DIR --state-dir DIR [--config FILE] [--server|--client] [--iface PREFIX] [--ha|--standalone] [--metrics ADDR] [--log-level L]");
   o.push("```");
   o.push("");
   o.push("| what | where |");
@@ -165,6 +165,25 @@ export function generateCliDoc(): string {
       "and formats as `mgmtpf -l` / `vf -l`. `epoch` is bumped at every daemon start. `errors` lists records that cannot be " +
       "used (corrupt, inconsistent); the daemon logs and skips those at start. A journal written by a newer format is " +
       "refused (exit 1), as the daemon refuses to start on it.",
+  );
+  o.push("");
+  o.push("## `config save` / `config load` (local commands)");
+  o.push("");
+  o.push(
+    "`config save [-f FILE]` prints (or writes, mode 0600) `{\"vhostd_config\": 1, \"pfs\": [{dev}], \"vfs\": [...]}`: PFs by " +
+      "switch_id, VFs by dev_id, each VF as the params of `vf -a` (vfdev, socket_file, mode, queue_pairs, uuid, and mac/mtu " +
+      "for net VFs; any other `vf -a` param that `vf -l` reports under the same name). It is built from `mgmtpf -l` and " +
+      "`vf -l`. `config load FILE` adds the PFs, then the VFs, in that order through `mgmtpf -a` / `vf -a`, so a fresh " +
+      "daemon hands out the same switch and device ids; an entry identical to what runs is `unchanged`, a different one is " +
+      "an error for that item (never replaced); every item is reported, exit 1 if any failed.",
+  );
+  o.push("");
+  o.push("## Script mode");
+  o.push("");
+  o.push(
+    "`vfe-vhost-cli [GLOBAL OPTIONS] < commands.txt`: with no command and stdin not a terminal, each line is one command, " +
+      "run after the global options given (`--run-dir`, `-o table`, ...). Words split on blanks with '...' and \"...\" " +
+      "quoting; blank lines and `#` comments are skipped; every line runs; the exit status is the worst line's.",
   );
   o.push("");
   o.push("## Examples");
