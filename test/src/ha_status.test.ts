@@ -3,11 +3,28 @@
 // the session's memory and rings, and the HA pair's view of itself (keeper pid/epoch/seq,
 // heartbeat age, the mirror's copies and fds per VF, takeovers). Both output modes.
 import test from "ava";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
 import { FrontendDriver } from "@vhostd/native";
 import { Daemon, waitFor } from "./harness/daemon.js";
 
 const PF = "0000:af:00.2";
 const VF = "0000:af:04.5";
+
+/** GET /metrics on a unix socket. */
+function scrape(socketPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ socketPath, path: "/metrics" }, (res) => {
+        let b = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (b += c));
+        res.on("end", () => resolve(b));
+      })
+      .on("error", reject);
+  });
+}
 
 async function withDriver(d: Daemon): Promise<FrontendDriver> {
   const p = FrontendDriver.listen(d.sock("a"), { connectTimeoutMs: 10_000 });
@@ -19,7 +36,8 @@ async function withDriver(d: Daemon): Promise<FrontendDriver> {
 }
 
 test.serial("state and ha status show the keeper running the VF, vfe-vhostd after a takeover, and the keeper again after the hand-back", async (t) => {
-  const d = await Daemon.start({ ha: true });
+  const metrics = path.join(os.tmpdir(), `vhostd-ha-metrics-${process.pid}.sock`);
+  const d = await Daemon.start({ ha: true, args: ["--metrics", `unix:${metrics}`] });
   let drv: FrontendDriver | undefined;
   try {
     drv = await withDriver(d);
@@ -49,6 +67,7 @@ test.serial("state and ha status show the keeper running the VF, vfe-vhostd afte
     t.true(ha.keeper.epoch >= 1);
     t.true(ha.keeper.heartbeat_age_ms < 5000);
     t.is(ha.keeper.vfs, 1);
+    t.is(ha.keeper.reconnects, 0, "the first welcome is not a reconnect");
     t.true(ha.mirror.connected);
     t.is(ha.mirror.copies, 1, "vfe-vhostd holds a copy of the session");
     t.true(ha.mirror.fds_per_vf[VF] >= 4, "connection, memory and ring fds are held");
@@ -74,6 +93,12 @@ test.serial("state and ha status show the keeper running the VF, vfe-vhostd afte
     const back = await d.ok(["ha", "status"]);
     t.deepEqual(back.mirror.running, []);
     t.is(back.mirror.copies, 1);
+    await waitFor(async () => (await d.ok(["ha", "status"])).keeper.connected === true, 5000, "keeper connected again");
+    t.is((await d.ok(["ha", "status"])).keeper.reconnects, 1, "the keeper's return is counted");
+    const text = await scrape(metrics);
+    t.regex(text, /^vhostd_keeper_reconnects_total 1$/m);
+    t.regex(text, /^vhostd_takeovers_total 1$/m);
+    t.regex(text, /^vhostd_keeper_connected 1$/m);
   } finally {
     drv?.close();
     await d.stop();

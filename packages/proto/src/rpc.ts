@@ -378,6 +378,7 @@ const HA_STATUS_FIELDS: readonly ResultField[] = [
       { name: "last_seq", type: "number", help: "last state delta sequence number sent", vfe: false },
       { name: "heartbeat_age_ms", type: "number", help: "time since the keeper was last heard from", optional: true, vfe: false },
       { name: "vfs", type: "number", help: "VFs the keeper runs", optional: true, vfe: false },
+      { name: "reconnects", type: "number", help: "times the keeper came back (welcomed this vfe-vhostd again) after being down, since vfe-vhostd started", optional: true, vfe: false },
     ],
   },
   {

@@ -142,6 +142,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     });
     this.client.on("keeper_up", (w: WelcomeMsg) => {
       this.needSync = true;
+      this.keeperUps++;
       this.keeperVersion = { version: w.version, buildTime: "unknown" };
       void this.runtimes.call({ method: "version" }).then((v) => {
         const o = v as { version?: unknown; buildTime?: unknown } | undefined;
@@ -157,6 +158,9 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     });
     this.client.on("fenced", (e) => this.emit("fenced", e));
   }
+
+  /** Welcomes from a keeper: the first is the connection, each later one a keeper that came back. */
+  private keeperUps = 0;
 
   get keeperUp(): boolean {
     return this.client.keeperUp;
@@ -183,6 +187,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
         last_seq: this.client.lastAcked,
         ...(Number.isFinite(age) ? { heartbeat_age_ms: Math.round(age) } : {}),
         ...(Array.isArray(list?.vfs) ? { vfs: list.vfs.length } : {}),
+        reconnects: Math.max(0, this.keeperUps - 1),
       },
       mirror: {
         connected: m.connected,

@@ -98,6 +98,8 @@ export async function renderMetrics(src: MetricsSource): Promise<string> {
     const m = ha.mirror as Record<string, unknown> | undefined;
     w.family("vhostd_keeper_connected", "gauge", "1 while the keeper vfe-vhostd-ha is connected");
     w.sample("vhostd_keeper_connected", {}, k?.connected ? 1 : 0);
+    w.family("vhostd_keeper_reconnects", "counter", "times the keeper came back after being down (vfe-vhostd's view, since it started)");
+    w.sample("vhostd_keeper_reconnects_total", {}, Number(k?.reconnects ?? 0));
     w.family("vhostd_keeper_heartbeat_age_seconds", "gauge", "time since the keeper was last heard from");
     w.sample("vhostd_keeper_heartbeat_age_seconds", {}, typeof k?.heartbeat_age_ms === "number" ? k.heartbeat_age_ms / 1000 : NaN);
     w.family("vhostd_mirror_copies", "gauge", "VF sessions vfe-vhostd holds as the keeper's hot standby");
