@@ -1,4 +1,5 @@
 // vfe-vhostd entry point (bin/vfe-vhostd.js imports this).
+import { argTokens } from "./cli/argv.js";
 import { Daemon, daemonVersion, type DaemonOptions } from "./daemon.js";
 import { isLogLevel, LOG_LEVELS } from "./log.js";
 import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, ENV_RUN_DIR, ENV_STATE_DIR } from "./paths.js";
@@ -37,19 +38,7 @@ export function parseDaemonArgs(argv: string[], env: NodeJS.ProcessEnv = process
     if (!isLogLevel(lvl)) throw new Error(`VHOSTD_LOG_LEVEL: unknown level "${lvl}"`);
     opts.logLevel = lvl;
   }
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i]!;
-    let inline: string | undefined;
-    const eq = a.indexOf("=");
-    if (a.startsWith("--") && eq > 0) {
-      inline = a.slice(eq + 1);
-      a = a.slice(0, eq);
-    }
-    const value = (): string => {
-      const v = inline ?? argv[++i];
-      if (v === undefined || v === "") throw new Error(`${a} needs a value`);
-      return v;
-    };
+  for (const { name: a, value } of argTokens(argv, (m) => new Error(m))) {
     switch (a) {
       case "-h":
       case "--help":

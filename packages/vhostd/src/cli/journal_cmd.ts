@@ -2,6 +2,7 @@
 // read-only, so it works while vfe-vhostd is down (what will come back at the next start?)
 // and while it runs (LMDB readers never block the writer). It is not in the RPC schema
 // because the schema describes what the daemon answers; this command never talks to it.
+import { argTokens } from "./argv.js";
 import { join } from "node:path";
 import { Journal, JournalMissingError, type JournalContents } from "../journal.js";
 import { DEFAULT_STATE_DIR, ENV_STATE_DIR, JOURNAL_DIR_NAME } from "../paths.js";
@@ -51,19 +52,7 @@ export function journalHelp(): string {
 export function parseJournalArgs(argv: string[], output: OutputFormat, env: NodeJS.ProcessEnv): JournalCommand | { kind: "help"; text: string } {
   let action: string | undefined;
   let stateDir: string | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    let tok = argv[i]!;
-    let inline: string | undefined;
-    const eq = tok.indexOf("=");
-    if (tok.startsWith("--") && eq > 0) {
-      inline = tok.slice(eq + 1);
-      tok = tok.slice(0, eq);
-    }
-    const value = () => {
-      const v = inline ?? argv[++i];
-      if (v === undefined || v === "") throw new UsageError(`argument ${tok}: expected one argument`, JOURNAL_VERB);
-      return v;
-    };
+  for (const { name: tok, value } of argTokens(argv, (m) => new UsageError(m, JOURNAL_VERB))) {
     if (tok === "-h" || tok === "--help") return { kind: "help", text: journalHelp() };
     else if (tok === "--state-dir") stateDir = value();
     else if (tok === "-o" || tok === "--output") {

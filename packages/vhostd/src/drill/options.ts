@@ -1,6 +1,7 @@
 // `vfe-vhost-cli drill` / `pnpm drill` options. Two modes: a fresh pair in a temporary run dir
 // (the default), or --target VF against a running system. Parsed strictly: a typo must not
 // turn into a drill of the wrong thing.
+import { argTokens } from "../cli/argv.js";
 import { normalizePciAddr } from "@vhostd/proto";
 import { DEFAULT_RUN_DIR, ENV_RUN_DIR } from "../paths.js";
 import { PROG, UsageError } from "../cli/args.js";
@@ -114,22 +115,7 @@ export function parseDrillArgs(argv: string[], env: NodeJS.ProcessEnv, runDir?: 
     waitS: 30,
   };
   const seen = new Set<string>();
-  for (let i = 0; i < argv.length; i++) {
-    let tok = argv[i]!;
-    let inline: string | undefined;
-    const eq = tok.indexOf("=");
-    if (tok.startsWith("--") && eq > 0) {
-      inline = tok.slice(eq + 1);
-      tok = tok.slice(0, eq);
-    }
-    const value = () => {
-      const v = inline ?? argv[++i];
-      if (v === undefined || v === "") throw new UsageError(`argument ${tok}: expected one argument`, DRILL_VERB);
-      return v;
-    };
-    const flag = () => {
-      if (inline !== undefined) throw new UsageError(`argument ${tok}: takes no value`, DRILL_VERB);
-    };
+  for (const { name: tok, raw, value, flag } of argTokens(argv, (m) => new UsageError(m, DRILL_VERB))) {
     if (seen.has(tok) && tok !== "-h") throw new UsageError(`argument ${tok}: given twice`, DRILL_VERB);
     seen.add(tok);
     switch (tok) {
@@ -201,7 +187,7 @@ export function parseDrillArgs(argv: string[], env: NodeJS.ProcessEnv, runDir?: 
         o.waitS = intArg(value(), tok, 1, 3600);
         break;
       default:
-        throw new UsageError(`unrecognized argument: ${argv[i]}`, DRILL_VERB);
+        throw new UsageError(`unrecognized argument: ${raw}`, DRILL_VERB);
     }
   }
   const fresh = ["--vfs", "--rate", "--frame", "--standalone", "--keep", "--max-gap-ms"].filter((f) => seen.has(f));
