@@ -399,16 +399,6 @@ Napi::Value OfdTryLock(const Napi::CallbackInfo& info) {
   ThrowErrno(env, errno, "fcntl(F_OFD_SETLK)");
 }
 
-Napi::Value OfdUnlock(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = FdArg(info, 0, "ofdUnlock");
-  struct flock fl {};
-  fl.l_type = F_UNLCK;
-  fl.l_whence = SEEK_SET;
-  if (fcntl(fd, F_OFD_SETLK, &fl) != 0) ThrowErrno(env, errno, "fcntl(F_OFD_SETLK, F_UNLCK)");
-  return env.Undefined();
-}
-
 Napi::Value EventFd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   unsigned initial = static_cast<unsigned>(IntArg(info, 0, "eventFd", "initial", 0, UINT_MAX));
@@ -467,7 +457,6 @@ void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("unixAccept", Napi::Function::New(env, UnixAccept, "unixAccept"));
   exports.Set("recvWithFds", Napi::Function::New(env, RecvWithFds, "recvWithFds"));
   exports.Set("ofdTryLock", Napi::Function::New(env, OfdTryLock, "ofdTryLock"));
-  exports.Set("ofdUnlock", Napi::Function::New(env, OfdUnlock, "ofdUnlock"));
   exports.Set("peekBytes", Napi::Function::New(env, PeekBytes, "peekBytes"));
   exports.Set("sendWithFds", Napi::Function::New(env, SendWithFds, "sendWithFds"));
   exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));

@@ -231,9 +231,8 @@ export interface NativeModule {
   recvWithFds(fd: number, maxBytes: number, maxFds: number): RecvResult | null;
   /** Copies up to maxBytes queued on a socket without consuming them (no fds); null on EAGAIN. */
   peekBytes(fd: number, maxBytes: number): Buffer | null;
-  /** Takes an OFD write lock on the whole file (released by the kernel with its last fd); false if held elsewhere. */
+  /** Takes an OFD write lock on the whole file (released with its last fd: close it to unlock); false if held elsewhere. */
   ofdTryLock(fd: number): boolean;
-  ofdUnlock(fd: number): void;
   /** Sends all of data (fds ride on the first byte); throws on EAGAIN or error. */
   sendWithFds(fd: number, data: Buffer, fds: number[]): number;
   socketPair(): [number, number];

@@ -50,11 +50,6 @@ export class VhostUserConnection {
     }
   }
 
-  /** True when no message is half-read (a mirror copy of the connection is then exact). */
-  get atMessageBoundary(): boolean {
-    return this.buf.length === 0 && this.fds.length === 0;
-  }
-
   /** Stops reading without closing the fd: it now belongs to the peer daemon's mirror copy. */
   detach(): void {
     this.stopReading();

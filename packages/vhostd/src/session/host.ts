@@ -411,7 +411,7 @@ export class EngineVfHost implements VfHost {
   adopt(spec: VfSpec, rec: MirrorVf, fds: number[]): void {
     let vf: VfSession;
     try {
-      vf = this.create(spec, null, true);
+      vf = this.create(spec, true);
     } catch (err) {
       closeAll(fds);
       throw err;
@@ -476,16 +476,6 @@ export class EngineVfHost implements VfHost {
   }
 
   /**
-   * Hand-back, step 2 (the pause): every ring stops before any VF goes, then every VF and PF is
-   * dropped without closing its fds (the caller's copies from offerAll stay open). Returns the
-   * PFs' TAP fds, open, now the caller's.
-   */
-  releaseAll(): Array<{ dev: string; switchId: number; fd: number }> {
-    this.stopAndUnlockAll();
-    return this.dropAll();
-  }
-
-  /**
    * The part of a hand-back the peer waits for: every ring stopped, every TAP uplink detached,
    * every VF lock dropped. dropAll() does the rest after the peer was told.
    */
@@ -510,27 +500,19 @@ export class EngineVfHost implements VfHost {
     return [...this.pfList()].map(([dev, switchId]) => ({ dev, switchId, fd: this.releasePf(switchId) }));
   }
 
-  /** HA hand-back of one VF: stops its rings and gives its record and fds (open, now the caller's). */
-  release(dev: string): { rec: MirrorVf; fds: number[] } | undefined {
-    const vf = this.vfs.get(dev);
-    if (!vf) return undefined;
-    vf.pauseMessages();
-    const out = vf.exportMirror();
-    vf.session.stopRings();
-    vf.detach();
-    this.destroy(vf);
-    this.log.info({ vf: dev, socket: vf.spec.socketPath }, "VF handed over (session kept open for the peer daemon)");
-    return out;
-  }
-
-  /** `lock` null: adoption, taken at resumeAdopted. */
-  private create(spec: VfSpec, lock?: VfLock | null, keepCounters = false): VfSession {
+  /**
+   * A new VF takes its lock now; an adopted one (`adopting`) takes it at resumeAdopted, since the
+   * peer may still hold it, and continues the counters the peer left in shared memory.
+   */
+  private create(spec: VfSpec, adopting = false): VfSession {
     if (spec.kind !== "net") throw new HostError(`${spec.kind} VFs are not implemented yet`, -95 /* EOPNOTSUPP */);
     if (this.vfs.has(spec.dev)) throw new HostError(`VF ${spec.dev} is already open`, -17);
-    if (this.opts.lockDir && lock === undefined) {
+    let lock: VfLock | undefined;
+    if (this.opts.lockDir && !adopting) {
       lock = VfLock.tryTake(this.opts.lockDir, spec.dev) ?? undefined;
       if (!lock) throw new HostError(`another process runs the queues of ${spec.dev} (${VfLock.file(this.opts.lockDir, spec.dev)} is locked)`, -16);
     }
+    const keepCounters = adopting;
     try {
       this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs, keepCounters });
     } catch (err) {
