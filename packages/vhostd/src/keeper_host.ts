@@ -139,6 +139,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       runDir: opts.runDir,
       log: opts.log.child({ component: "mirror" }),
       specOf: (dev) => this.desired[vfKey(dev)] as VfSpec | undefined,
+      pfSwitchOf: (dev) => (this.desired[pfKey(dev)] as PfDeviceValue | undefined)?.switchId,
     });
     this.client.on("keeper_up", (w: WelcomeMsg) => {
       this.needSync = true;

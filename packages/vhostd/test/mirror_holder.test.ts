@@ -30,7 +30,7 @@ function setup(t: import("ava").ExecutionContext): { holder: MirrorHolder; dir: 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-mirror-"));
   const { log, lines } = capture();
   const spec: VfSpec = { dev: "0000:af:04.5", pf: "0000:af:00.2", kind: "net", devId: 0, switchId: 0, socketPath: `${dir}/vf.sock`, mode: "client", mac: "52:54:00:dd:bb:01", mtu: 1500, queuePairs: 1 };
-  const holder = new MirrorHolder({ runDir: dir, log, specOf: (dev) => (dev === spec.dev ? spec : undefined), lockWaitMs: 50 });
+  const holder = new MirrorHolder({ runDir: dir, log, specOf: (dev) => (dev === spec.dev ? spec : undefined), pfSwitchOf: (dev) => (dev === spec.pf ? spec.switchId : undefined), lockWaitMs: 50 });
   holder.listen();
   t.teardown(async () => {
     await holder.close();

@@ -20,6 +20,8 @@ export interface MirrorHolderOptions {
   log: Logger;
   /** The VF's spec as vfe-vhostd's registry has it (undefined: not ours, drop the copy). */
   specOf(dev: string): VfSpec | undefined;
+  /** The PF's switch id as vfe-vhostd's registry has it (undefined: not ours). */
+  pfSwitchOf(dev: string): number | undefined;
   /** How long a takeover waits for the dead runner's lock on each VF. */
   lockWaitMs?: number;
 }
@@ -39,8 +41,8 @@ export class MirrorHolder {
   /** Runs the VFs after a takeover; created on the first one (worker threads cost nothing until then). */
   private host: EngineVfHost | undefined;
   private busy: Promise<void> = Promise.resolve();
-  /** A hand-back offered to the keeper and not yet confirmed. */
-  private offer: { req: number; t0: number } | undefined;
+  /** A hand-back offered to the keeper and not yet confirmed: the records and fds it carried. */
+  private offer: { req: number; t0: number; vfs: Array<{ dev: string; rec: MirrorVf; fds: number[] }> } | undefined;
   readonly path: string;
   /** For `ha status` and tests. */
   takeovers = 0;
@@ -216,7 +218,10 @@ export class MirrorHolder {
     const host = this.host;
     const running = host.pfList();
     for (const [dev, p] of this.pfCopies) {
-      if (running.has(dev)) {
+      // The keeper's word on a PF is checked against ours: a copy we did not decide is dropped.
+      const want = this.opts.pfSwitchOf(dev);
+      if (running.has(dev) || want !== p.switchId) {
+        if (want !== p.switchId) log.error({ pf: dev, switchId: p.switchId, want }, "takeover: PF copy does not match the registry; dropped");
         if (p.fd >= 0) closeFds([p.fd]);
         continue;
       }
@@ -258,20 +263,17 @@ export class MirrorHolder {
    */
   private async giveBack(conn: FramedFdConnection<MirrorFrame>, req: number): Promise<void> {
     const host = this.host;
-    const devs: string[] = [];
+    const offered = host?.offerAll() ?? [];
     try {
       if (host) {
-        for (const { dev, rec, fds } of host.offerAll()) {
-          conn.send({ op: "vf", dev, rec, count: fds.length }, fds);
-          devs.push(dev);
-        }
+        for (const { dev, rec, fds } of offered) conn.send({ op: "vf", dev, rec, count: fds.length }, fds);
         for (const [dev, switchId] of host.pfList()) {
           const fd = host.tapFd(switchId);
           conn.send({ op: "pf", dev, switchId, count: fd >= 0 ? 1 : 0 }, fd >= 0 ? [fd] : []);
         }
       }
-      conn.send({ op: "offered", req, devs });
-      this.offer = { req, t0: performance.now() };
+      conn.send({ op: "offered", req, devs: offered.map((o) => o.dev) });
+      this.offer = { req, t0: performance.now(), vfs: offered };
     } catch (e) {
       host?.cancelOffer();
       this.opts.log.error({ err: (e as Error).message }, "hand-back offer to the keeper failed; we keep running the VFs");
@@ -288,7 +290,7 @@ export class MirrorHolder {
     }
     const host = this.host;
     const t1 = performance.now();
-    const offered = host?.offerAll() ?? []; // the same fds, exported again as the pause begins
+    const offered = offer.vfs; // messages are not read since the offer: the records still hold
     host?.stopAndUnlockAll();
     let sent = true;
     try {
