@@ -136,16 +136,26 @@ void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev,
   }
   // Progress of the source's burst (TxProgress): a frame is done once its last destination has
   // it; frames going nowhere are done at once.
+  // Counting each frame's destinations keeps this linear in the switch's ports.
   Virtqueue* src = srcDev ? &srcDev->vq[srcQueue] : nullptr;
-  const uint32_t all = ctx.n >= 32 ? ~0u : ((1u << ctx.n) - 1);
-  uint32_t later = up ? upMask : 0;
-  for (int s = 0; s < m; s++) later |= ctx.dstMask[s];
-  if (src) netTxDelivered(*src, ctx, all & ~later);
+  uint8_t left[kBurst] = {};
+  uint32_t anywhere = up ? upMask : 0;
+  if (src) {
+    for (int s = 0; s < m; s++) {
+      anywhere |= ctx.dstMask[s];
+      for (uint32_t b = ctx.dstMask[s]; b; b &= b - 1) left[__builtin_ctz(b)]++;
+    }
+    for (uint32_t b = up ? upMask : 0; b; b &= b - 1) left[__builtin_ctz(b)]++;
+    const uint32_t all = ctx.n >= 32 ? ~0u : ((1u << ctx.n) - 1);
+    netTxDelivered(*src, ctx, all & ~anywhere);
+  }
   for (int s = 0; s < m; s++) {
     if (!ctx.dstMask[s]) continue;
-    uint32_t rest = up ? upMask : 0;
-    for (int r = s + 1; r < m; r++) rest |= ctx.dstMask[r];
-    netDeliver(*static_cast<NetDevice*>(ctx.dstPtr[s]), pair, ctx, ctx.dstMask[s], src, ctx.dstMask[s] & ~rest);
+    uint32_t last = 0;  // frames whose last destination this is
+    if (src)
+      for (uint32_t b = ctx.dstMask[s]; b; b &= b - 1)
+        if (--left[__builtin_ctz(b)] == 0) last |= b & -b;
+    netDeliver(*static_cast<NetDevice*>(ctx.dstPtr[s]), pair, ctx, ctx.dstMask[s], src, last);
   }
   if (up && upMask) {
     uint64_t drops = tapTxBurst(*up, ctx, upMask);
