@@ -26,6 +26,11 @@ interface SavedVf {
   mac: string;
   mtu: number;
   uuid?: string;
+  /** blk VFs: the backing (mac and mtu are then not sent: they do not apply). */
+  disk?: string;
+  disk_size?: number;
+  readonly?: boolean;
+  direct?: boolean;
 }
 
 export interface SavedConfig {
@@ -71,6 +76,7 @@ export async function saveConfig(g: GlobalOptions): Promise<SavedConfig> {
         mac: String(v.mac).toLowerCase(),
         mtu: Number(v.mtu),
         ...(v.vm_uuid ? { uuid: String(v.vm_uuid) } : {}),
+        ...(typeof v.disk === "string" ? { disk: v.disk, disk_size: Number(v.disk_size), readonly: v.readonly === true, direct: v.direct === true } : {}),
       });
     }
   }
@@ -124,13 +130,17 @@ export async function loadConfig(g: GlobalOptions, cfg: SavedConfig, progress: (
     const have = haveVf.get(v.vfdev);
     if (have) {
       // Fields the file leaves out mean "whatever runs".
-      const key = (x: SavedVf) => JSON.stringify([x.socket_file, x.mode, x.queue_pairs, x.mac.toLowerCase(), x.mtu, x.uuid ?? ""]);
+      const key = (x: SavedVf) => JSON.stringify([x.socket_file, x.mode, x.queue_pairs, x.mac.toLowerCase(), x.mtu, x.uuid ?? "", x.disk ?? "", x.readonly ?? false, x.direct ?? false]);
       const same = key(have) === key({ ...have, ...v });
       out.push(same ? { item: `vf ${v.vfdev}`, result: "unchanged" } : { item: `vf ${v.vfdev}`, result: "error", errno: -17, reason: "already added with a different configuration (not replaced)" });
       continue;
     }
     try {
-      await rpc(g, "vf", { add: true, vfdev: v.vfdev, socket_file: v.socket_file, mode: v.mode, queue_pairs: v.queue_pairs, mac: v.mac, mtu: v.mtu, ...(v.uuid ? { uuid: v.uuid } : {}) });
+      const dev =
+        typeof v.disk === "string"
+          ? { disk: v.disk, ...(v.disk_size ? { disk_size: v.disk_size } : {}), ...(v.readonly ? { readonly: true } : {}), ...(v.direct ? { direct: true } : {}) }
+          : { mac: v.mac, mtu: v.mtu };
+      await rpc(g, "vf", { add: true, vfdev: v.vfdev, socket_file: v.socket_file, mode: v.mode, queue_pairs: v.queue_pairs, ...dev, ...(v.uuid ? { uuid: v.uuid } : {}) });
       out.push({ item: `vf ${v.vfdev}`, result: "added" });
     } catch (e) {
       out.push({ item: `vf ${v.vfdev}`, result: "error", errno: (e as RpcFailure).errno ?? -5, reason: (e as Error).message });
