@@ -2,7 +2,7 @@
 # /init of the vhostd test guest (busybox initramfs, built by scripts/build-guest.sh).
 # Parameters come from the kernel command line as key=value words:
 #   test=NAME   which built-in test(s) to run, comma-separated, in order
-#               (ping, netinfo, blkinfo, blkverify, blkrandom, blkdiscard, blkcache, shell-cmd, none)
+#               (ping, netinfo, blkinfo, blkverify, blkrandom, blkdiscard, blkcache, blkloop, shell-cmd, none)
 #   ip=A/N      address for eth0 (default: none), plus the test's own keys (see each test).
 # Every result is one line on the serial console, starting at column 0:
 #   VHOSTD-RESULT {"test":"NAME","ok":true|false,...}
@@ -171,6 +171,43 @@ t_blkcache() {
   result blkcache $ok "\"before\":\"$before\",\"writeThrough\":\"$wt\",\"after\":\"$wb\""
 }
 
+# blkloop: dev=vda lmib=N lslots=K lsecs=S. Write-then-verify for S seconds: round r writes an
+# N MiB pattern (unique per round and MiB) to slot r % K with O_DIRECT + fsync, reads it back
+# with O_DIRECT and compares; at the end every slot is read once more and must hold the last
+# pattern written to it. One blkloop-round line per failed round; any dd error counts.
+t_blkloop() {
+  dev=$(arg dev vda) mib=$(arg lmib 2) slots=$(arg lslots 8) secs=$(arg lsecs 30)
+  if [ ! -b "/dev/$dev" ]; then result blkloop false "\"error\":\"no /dev/$dev\""; return; fi
+  pat() { i=0; : >/tmp/pat; while [ $i -lt "$mib" ]; do yes "vhostd loop round=$1 mib=$i " | head -c 1048576 >>/tmp/pat; i=$((i + 1)); done; }
+  end=$(($(now_ms) + secs * 1000)) r=0 bad=0 ioerr=0 maxms=0
+  echo "VHOSTD-LOOP-START"
+  while [ "$(now_ms)" -lt $end ]; do
+    slot=$((r % slots)); pat $r
+    want=$(sha256sum </tmp/pat | cut -d' ' -f1)
+    t0=$(now_ms)
+    dd if=/tmp/pat of="/dev/$dev" bs=1M seek=$((slot * mib)) oflag=direct conv=fsync,notrunc status=none 2>/tmp/err || ioerr=$((ioerr + 1))
+    got=$(dd if="/dev/$dev" bs=1M skip=$((slot * mib)) count="$mib" iflag=direct status=none 2>>/tmp/err | sha256sum | cut -d' ' -f1)
+    t1=$(now_ms); [ $((t1 - t0)) -gt $maxms ] && maxms=$((t1 - t0))
+    if [ "$got" != "$want" ] || [ -s /tmp/err ]; then
+      bad=$((bad + 1))
+      echo "VHOSTD-RESULT {\"test\":\"blkloop-round\",\"ok\":false,\"round\":$r,\"slot\":$slot,\"want\":\"$want\",\"got\":\"$got\"}"
+      cat /tmp/err
+    fi
+    eval "last_$slot=$r"
+    r=$((r + 1))
+  done
+  final=0 s=0
+  while [ $s -lt "$slots" ] && [ $s -lt $r ]; do
+    eval "lr=\$last_$s"; pat "$lr"
+    want=$(sha256sum </tmp/pat | cut -d' ' -f1)
+    got=$(dd if="/dev/$dev" bs=1M skip=$((s * mib)) count="$mib" iflag=direct status=none 2>/tmp/err | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] || final=$((final + 1))
+    s=$((s + 1))
+  done
+  ok=false; [ $bad -eq 0 ] && [ $ioerr -eq 0 ] && [ $final -eq 0 ] && [ $r -gt 0 ] && ok=true
+  result blkloop $ok "\"rounds\":$r,\"failed\":$bad,\"ioErrors\":$ioerr,\"finalMismatches\":$final,\"maxRoundMs\":$maxms"
+}
+
 # shell-cmd: cmd=BASE64 of a shell command; its output is printed between markers.
 t_shell_cmd() {
   cmd=$(arg cmd "" | base64 -d 2>/dev/null)
@@ -192,6 +229,7 @@ for name in $(arg test none | tr , ' '); do
     blkrandom) t_blkrandom ;;
     blkdiscard) t_blkdiscard ;;
     blkcache) t_blkcache ;;
+    blkloop) t_blkloop ;;
     shell-cmd) t_shell_cmd ;;
     none) result none true ;;
     *) result "$name" false "\"error\":\"unknown test\"" ;;
