@@ -178,7 +178,10 @@ t_blkcache() {
 t_blkloop() {
   dev=$(arg dev vda) mib=$(arg lmib 2) slots=$(arg lslots 8) secs=$(arg lsecs 30)
   if [ ! -b "/dev/$dev" ]; then result blkloop false "\"error\":\"no /dev/$dev\""; return; fi
-  pat() { i=0; : >/tmp/pat; while [ $i -lt "$mib" ]; do yes "vhostd loop round=$1 mib=$i " | head -c 1048576 >>/tmp/pat; i=$((i + 1)); done; }
+  # A random base made once; each round stamps its number into every MiB (cheap under TCG, so
+  # the loop spends its time in I/O, where the kills should land).
+  dd if=/dev/urandom of=/tmp/base bs=1M count="$mib" status=none
+  pat() { cp /tmp/base /tmp/pat; i=0; while [ $i -lt "$mib" ]; do printf "vhostd loop round=%08d mib=%04d" "$1" $i | dd of=/tmp/pat bs=1 seek=$((i * 1048576)) conv=notrunc status=none; i=$((i + 1)); done; }
   end=$(($(now_ms) + secs * 1000)) r=0 bad=0 ioerr=0 maxms=0
   echo "VHOSTD-LOOP-START"
   while [ "$(now_ms)" -lt $end ]; do

@@ -103,3 +103,31 @@ test.serial("QEMU guest on a read-only O_DIRECT blk VF in server mode with 2 que
     await d.stop();
   }
 });
+
+test.serial("blk VFs come back after kill -9 of vfe-vhostd with their disks; a vanished disk fails its VF instead of being re-created", async (t) => {
+  const d = await Daemon.start();
+  try {
+    await d.ok(["mgmtpf", "-a", PF]);
+    const disk = path.join(d.dir, "a.raw");
+    const gone = path.join(d.dir, "gone.raw");
+    await d.ok(["vf", "-a", VF, "-v", d.sock("a"), "--server", "--disk", disk, "--disk-size", "8M", "--direct"]);
+    await d.ok(["vf", "-a", "0000:af:06.1", "-v", d.sock("b"), "--server", "--disk", "null", "--disk-size", "1T", "-q", "4"]);
+    await d.ok(["vf", "-a", "0000:af:07.1", "-v", d.sock("c"), "--server", "--disk", gone, "--readonly"]).catch(() => undefined); // refused: missing + read-only
+    fs.writeFileSync(gone, Buffer.alloc(MiB));
+    await d.ok(["vf", "-a", "0000:af:07.1", "-v", d.sock("c"), "--server", "--disk", gone, "--readonly"]);
+    const before = (await d.ok(["vf", "-l", PF])).devices;
+    await d.killVhostd();
+    fs.rmSync(gone);
+    await d.restartVhostd();
+    const after = (await d.ok(["vf", "-l", PF])).devices as Array<Record<string, unknown>>;
+    const pick = (v: Record<string, unknown>) => ({ vf: v.vf, disk: v.disk, disk_size: v.disk_size, readonly: v.readonly, direct: v.direct, queue_pairs: v.queue_pairs, socket_file: v.socket_file });
+    t.deepEqual(after.map(pick), before.map(pick));
+    t.like(after[0], { vf: VF, disk, disk_size: 8 * MiB, direct: true, state: "waiting" });
+    t.like(after[1], { disk: "null", disk_size: 2 ** 40, queue_pairs: 4, state: "waiting" });
+    t.like(after[2], { disk: gone, readonly: true, state: "failed" });
+    t.regex(String(after[2]!.last_error), /gone\.raw/);
+    t.false(fs.existsSync(gone), "restore did not re-create the vanished disk");
+  } finally {
+    await d.stop();
+  }
+});
