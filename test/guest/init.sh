@@ -2,7 +2,7 @@
 # /init of the vhostd test guest (busybox initramfs, built by scripts/build-guest.sh).
 # Parameters come from the kernel command line as key=value words:
 #   test=NAME   which built-in test(s) to run, comma-separated, in order
-#               (ping, netinfo, blkinfo, blkverify, shell-cmd, none)
+#               (ping, netinfo, blkinfo, blkverify, blkrandom, blkdiscard, blkcache, blkloop, shell-cmd, none)
 #   ip=A/N      address for eth0 (default: none), plus the test's own keys (see each test).
 # Every result is one line on the serial console, starting at column 0:
 #   VHOSTD-RESULT {"test":"NAME","ok":true|false,...}
@@ -87,7 +87,7 @@ t_blkinfo() {
   dev=$(arg dev vda); d=/sys/block/$dev
   if [ ! -e "$d" ]; then result blkinfo false "\"error\":\"no $dev\""; return; fi
   mq=$(ls -d "$d"/mq/* 2>/dev/null | wc -l)
-  result blkinfo true "\"dev\":\"$dev\",\"sectors\":$(cat $d/size),\"logicalBlockSize\":$(cat $d/queue/logical_block_size),\"physicalBlockSize\":$(cat $d/queue/physical_block_size),\"queues\":$mq,\"ro\":$(cat $d/ro)"
+  result blkinfo true "\"dev\":\"$dev\",\"sectors\":$(cat $d/size),\"logicalBlockSize\":$(cat $d/queue/logical_block_size),\"physicalBlockSize\":$(cat $d/queue/physical_block_size),\"queues\":$mq,\"ro\":$(cat $d/ro),\"serial\":\"$(cat $d/serial 2>/dev/null)\",\"discardMaxBytes\":$(cat $d/queue/discard_max_bytes 2>/dev/null || echo 0),\"cacheType\":\"$(cat $d/cache_type 2>/dev/null)\""
 }
 
 # blkverify: dev=vda mib=N offset=MIB rounds=R seed=S. Each round writes a pattern that
@@ -119,6 +119,98 @@ t_blkverify() {
   result blkverify $ok "\"dev\":\"$dev\",\"mib\":$mib,\"rounds\":$rounds,\"failed\":$bad,\"writeMs\":$wms,\"readMs\":$rms"
 }
 
+# blkrandom: dev=vda rmib=N roffset=MIB. Writes N MiB from /dev/urandom with O_DIRECT and an
+# fsync (a FLUSH), drops caches, reads them back with O_DIRECT and compares byte for byte. The
+# sha256 lets the host check its backing file holds the same bytes.
+t_blkrandom() {
+  dev=$(arg dev vda) mib=$(arg rmib 8) off=$(arg roffset 0)
+  if [ ! -b "/dev/$dev" ]; then result blkrandom false "\"error\":\"no /dev/$dev\""; return; fi
+  dd if=/dev/urandom of=/tmp/rnd bs=1M count="$mib" status=none
+  want=$(sha256sum </tmp/rnd | cut -d' ' -f1)
+  t0=$(now_ms)
+  dd if=/tmp/rnd of="/dev/$dev" bs=1M seek="$off" oflag=direct conv=fsync,notrunc status=none 2>/tmp/err
+  wrc=$?
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  dd if="/dev/$dev" of=/tmp/back bs=1M skip="$off" count="$mib" iflag=direct status=none 2>>/tmp/err
+  rrc=$?
+  t1=$(now_ms)
+  got=$(sha256sum </tmp/back | cut -d' ' -f1)
+  ok=false; [ $wrc -eq 0 ] && [ $rrc -eq 0 ] && cmp -s /tmp/rnd /tmp/back && [ "$got" = "$want" ] && ok=true
+  [ $ok = true ] || cat /tmp/err
+  rm -f /tmp/rnd /tmp/back
+  result blkrandom $ok "\"dev\":\"$dev\",\"mib\":$mib,\"offset\":$off,\"sha256\":\"$want\",\"got\":\"$got\",\"ms\":$((t1 - t0))"
+}
+
+# blkdiscard: dev=vda dmib=N doffset=MIB. Fills the range (O_DIRECT + fsync), discards it
+# (BLKDISCARD), then reads it back with O_DIRECT: our device punches a hole, so it must read as
+# zeros (and the host sees the backing's blocks freed).
+t_blkdiscard() {
+  dev=$(arg dev vda) mib=$(arg dmib 8) off=$(arg doffset 0)
+  q=/sys/block/$dev/queue
+  max=$(cat $q/discard_max_bytes 2>/dev/null || echo 0)
+  dd if=/dev/urandom of="/dev/$dev" bs=1M seek="$off" count="$mib" oflag=direct conv=fsync,notrunc status=none 2>/tmp/err
+  blkdiscard -o $((off * 1048576)) -l $((mib * 1048576)) "/dev/$dev" 2>>/tmp/err
+  drc=$?
+  want=$(dd if=/dev/zero bs=1M count="$mib" status=none | sha256sum | cut -d' ' -f1)
+  got=$(dd if="/dev/$dev" bs=1M skip="$off" count="$mib" iflag=direct status=none 2>>/tmp/err | sha256sum | cut -d' ' -f1)
+  ok=false; [ $drc -eq 0 ] && [ "$got" = "$want" ] && ok=true
+  [ $ok = true ] || cat /tmp/err
+  result blkdiscard $ok "\"dev\":\"$dev\",\"mib\":$mib,\"offset\":$off,\"discardMaxBytes\":$max,\"zeros\":$([ "$got" = "$want" ] && echo true || echo false)"
+}
+
+# blkcache: dev=vda coffset=MIB. The cache mode the device reports (CONFIG_WCE), switched to write-through
+# and back through the config space (SET_CONFIG).
+t_blkcache() {
+  dev=$(arg dev vda) f=/sys/block/$dev/cache_type coff=$(arg coffset 0)
+  before=$(cat $f 2>/dev/null)
+  echo "write through" >$f 2>/tmp/err; wt=$(cat $f 2>/dev/null)
+  dd if=/dev/urandom of="/dev/$dev" bs=4k seek=$((coff * 256)) count=16 oflag=direct conv=fsync,notrunc status=none 2>>/tmp/err; wrc=$?
+  echo "write back" >$f 2>>/tmp/err; wb=$(cat $f 2>/dev/null)
+  ok=false; [ "$before" = "write back" ] && [ "$wt" = "write through" ] && [ "$wb" = "write back" ] && [ $wrc -eq 0 ] && ok=true
+  [ $ok = true ] || cat /tmp/err
+  result blkcache $ok "\"before\":\"$before\",\"writeThrough\":\"$wt\",\"after\":\"$wb\""
+}
+
+# blkloop: dev=vda lmib=N lslots=K lsecs=S. Write-then-verify for S seconds: round r writes an
+# N MiB pattern (unique per round and MiB) to slot r % K with O_DIRECT + fsync, reads it back
+# with O_DIRECT and compares; at the end every slot is read once more and must hold the last
+# pattern written to it. One blkloop-round line per failed round; any dd error counts.
+t_blkloop() {
+  dev=$(arg dev vda) mib=$(arg lmib 2) slots=$(arg lslots 8) secs=$(arg lsecs 30)
+  if [ ! -b "/dev/$dev" ]; then result blkloop false "\"error\":\"no /dev/$dev\""; return; fi
+  # A random base made once; each round stamps its number into every MiB (cheap under TCG, so
+  # the loop spends its time in I/O, where the kills should land).
+  dd if=/dev/urandom of=/tmp/base bs=1M count="$mib" status=none
+  pat() { cp /tmp/base /tmp/pat; i=0; while [ $i -lt "$mib" ]; do printf "vhostd loop round=%08d mib=%04d" "$1" $i | dd of=/tmp/pat bs=1 seek=$((i * 1048576)) conv=notrunc status=none; i=$((i + 1)); done; }
+  end=$(($(now_ms) + secs * 1000)) r=0 bad=0 ioerr=0 maxms=0
+  echo "VHOSTD-LOOP-START"
+  while [ "$(now_ms)" -lt $end ]; do
+    slot=$((r % slots)); pat $r
+    want=$(sha256sum </tmp/pat | cut -d' ' -f1)
+    t0=$(now_ms)
+    dd if=/tmp/pat of="/dev/$dev" bs=1M seek=$((slot * mib)) oflag=direct conv=fsync,notrunc status=none 2>/tmp/err || ioerr=$((ioerr + 1))
+    got=$(dd if="/dev/$dev" bs=1M skip=$((slot * mib)) count="$mib" iflag=direct status=none 2>>/tmp/err | sha256sum | cut -d' ' -f1)
+    t1=$(now_ms); [ $((t1 - t0)) -gt $maxms ] && maxms=$((t1 - t0))
+    if [ "$got" != "$want" ] || [ -s /tmp/err ]; then
+      bad=$((bad + 1))
+      echo "VHOSTD-RESULT {\"test\":\"blkloop-round\",\"ok\":false,\"round\":$r,\"slot\":$slot,\"want\":\"$want\",\"got\":\"$got\"}"
+      cat /tmp/err
+    fi
+    eval "last_$slot=$r"
+    r=$((r + 1))
+  done
+  final=0 s=0
+  while [ $s -lt "$slots" ] && [ $s -lt $r ]; do
+    eval "lr=\$last_$s"; pat "$lr"
+    want=$(sha256sum </tmp/pat | cut -d' ' -f1)
+    got=$(dd if="/dev/$dev" bs=1M skip=$((s * mib)) count="$mib" iflag=direct status=none 2>/tmp/err | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] || final=$((final + 1))
+    s=$((s + 1))
+  done
+  ok=false; [ $bad -eq 0 ] && [ $ioerr -eq 0 ] && [ $final -eq 0 ] && [ $r -gt 0 ] && ok=true
+  result blkloop $ok "\"rounds\":$r,\"failed\":$bad,\"ioErrors\":$ioerr,\"finalMismatches\":$final,\"maxRoundMs\":$maxms"
+}
+
 # shell-cmd: cmd=BASE64 of a shell command; its output is printed between markers.
 t_shell_cmd() {
   cmd=$(arg cmd "" | base64 -d 2>/dev/null)
@@ -137,6 +229,10 @@ for name in $(arg test none | tr , ' '); do
     netinfo) t_netinfo ;;
     blkinfo) t_blkinfo ;;
     blkverify) t_blkverify ;;
+    blkrandom) t_blkrandom ;;
+    blkdiscard) t_blkdiscard ;;
+    blkcache) t_blkcache ;;
+    blkloop) t_blkloop ;;
     shell-cmd) t_shell_cmd ;;
     none) result none true ;;
     *) result "$name" false "\"error\":\"unknown test\"" ;;

@@ -1,6 +1,6 @@
 // The "devices" table as the keeper reads it: pf/<DEV> and vf/<DEV> entries, validated field
 // by field (whatever arrives on the sync socket or sits in the replica journal is untrusted).
-import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, isUuid, normalizeMac, normalizePciAddr, socketPathProblem } from "@vhostd/proto";
+import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "@vhostd/proto";
 import type { PfDeviceValue, VfSpec } from "@vhostd/vhostd";
 
 export type DeviceEntry = { kind: "pf"; dev: string; value: PfDeviceValue } | { kind: "vf"; dev: string; value: VfSpec };
@@ -48,7 +48,7 @@ export function parseDeviceEntry(key: string, value: unknown): DeviceEntry {
     return { kind: "pf", dev: pf, value: { pf, switchId: int(key, o, "switchId", 0, 0xffff), kind: o.kind, ...(uplinkTap ? { uplinkTap } : {}) } };
   }
   if (key.startsWith("vf/")) {
-    const o = exact(key, value, ["dev", "pf", "kind", "devId", "switchId", "socketPath", "mode", "mac", "mtu", "queuePairs"], ["uuid"]);
+    const o = exact(key, value, ["dev", "pf", "kind", "devId", "switchId", "socketPath", "mode", "mac", "mtu", "queuePairs"], ["uuid", "disk"]);
     const dev = pci(key, o, "dev");
     if (key !== `vf/${dev}`) throw new Error(`${key}: holds VF ${dev}`);
     const pf = pci(key, o, "pf");
@@ -64,6 +64,15 @@ export function parseDeviceEntry(key: string, value: unknown): DeviceEntry {
       if (typeof o.uuid !== "string" || !isUuid(o.uuid)) throw new Error(`${key}: uuid is not a UUID`);
       uuid = o.uuid;
     }
+    // A blk VF opens (and a keeper restore reopens) the backing this names: same checks as vhostd's.
+    let disk: DiskSpec | undefined;
+    if (o.disk !== undefined) {
+      const problem = diskSpecProblem(o.disk);
+      if (problem) throw new Error(`${key}: ${problem}`);
+      const d = o.disk as DiskSpec;
+      disk = { path: d.path, size: d.size, readonly: d.readonly, direct: d.direct };
+    }
+    if ((o.kind === "blk") !== (disk !== undefined)) throw new Error(`${key}: ${o.kind === "blk" ? "a blk VF needs a disk" : "only blk VFs have a disk"}`);
     return {
       kind: "vf",
       dev,
@@ -79,6 +88,7 @@ export function parseDeviceEntry(key: string, value: unknown): DeviceEntry {
         mac,
         mtu: int(key, o, "mtu", MTU_MIN, MTU_MAX),
         queuePairs: int(key, o, "queuePairs", 1, QUEUE_PAIRS_MAX),
+        ...(disk ? { disk } : {}),
       },
     };
   }

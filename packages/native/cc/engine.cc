@@ -1,6 +1,8 @@
 // Engine: workers, command channel, adaptive polling, registry (see engine.h).
 #include "engine.h"
 
+#include "blk_device.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -132,6 +134,7 @@ void Engine::close() {
       closeFd(v.callFd);
       closeFd(v.errFd);
     }
+    delete d->blk;  // closing its io_uring lets the kernel finish or cancel what is in flight
     delete d;
     d = nullptr;
   }
@@ -207,6 +210,17 @@ static void drainCommands(Worker& w) {
 
 static inline bool txActive(const Virtqueue& v) { return v.running && v.enabled && !v.broken; }
 
+// The queues a worker polls for driver input: a net device's TX queues, every request queue
+// of a blk device.
+template <typename F>
+static inline void forPolled(NetDevice* d, F&& f) {
+  if (d->blk) {
+    for (int q = 0; q < d->blk->numQueues; q++) f(d->vq[q]);
+    return;
+  }
+  for (int p = 0; p < d->maxQueuePairs; p++) f(d->vq[2 * p + 1]);
+}
+
 // The SIGBUS guard turned part of this device's guest memory into zero pages (its front-end
 // shrank the file): stop every queue of the device (errFds written) and report it once.
 // Owner worker only; RX locks keep deliverers out while the queues change.
@@ -227,6 +241,10 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
   int work = 0;
   for (NetDevice* d : w.devs) {
     if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // one relaxed load per device
+    if (d->blk) {
+      work += blkPoll(*d, ctx);
+      continue;
+    }
     for (int p = 0; p < d->maxQueuePairs; p++) {
       int q = 2 * p + 1;
       if (!txActive(d->vq[q])) continue;
@@ -275,24 +293,28 @@ void Engine::workerMain(Worker& w) {
     // added buffers before it saw notifications enabled).
     bool pollOnly = false;
     for (NetDevice* d : w.devs)
-      for (int p = 0; p < d->maxQueuePairs; p++) {
-        Virtqueue& v = d->vq[2 * p + 1];
-        if (!txActive(v)) continue;
+      forPolled(d, [&](Virtqueue& v) {
+        if (!txActive(v)) return;
         v.enableNotify();
         if (v.kickFd < 0) pollOnly = true;
-      }
+      });
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool again = w.pendingCmds.load(std::memory_order_acquire) != 0;
-    for (NetDevice* d : w.devs)
-      for (int p = 0; p < d->maxQueuePairs && !again; p++) {
-        Virtqueue& v = d->vq[2 * p + 1];
+    for (NetDevice* d : w.devs) {
+      forPolled(d, [&](Virtqueue& v) {
         if (txActive(v) && v.pending() != 0) again = true;
-      }
+      });
+      if (d->blk && blkBusy(*d)) again = true;
+    }
     if (!again) {
       int n = epoll_wait(w.epfd, evs, 64, pollOnly ? 1 : -1);
       for (int i = 0; i < n; i++) {
         PollSource* src = static_cast<PollSource*>(evs[i].data.ptr);
-        if (src->kind == PollSource::kKick || src->kind == PollSource::kCommand) {
+        if (src->kind == PollSource::kBlkIo) {
+          uint64_t val = 0;
+          ssize_t r = read(static_cast<NetDevice*>(src->owner)->blk->io.eventFd(), &val, 8);  // completions: reaped by the next poll
+          (void)r;
+        } else if (src->kind == PollSource::kKick || src->kind == PollSource::kCommand) {
           int fd = src->kind == PollSource::kCommand ? w.cmdFd : static_cast<NetDevice*>(src->owner)->vq[src->queue].kickFd;
           uint64_t val = 0;
           if (fd >= 0 && read(fd, &val, 8) == 8 && src->kind == PollSource::kKick) {
@@ -304,10 +326,9 @@ void Engine::workerMain(Worker& w) {
       }
     }
     for (NetDevice* d : w.devs)
-      for (int p = 0; p < d->maxQueuePairs; p++) {
-        Virtqueue& v = d->vq[2 * p + 1];
+      forPolled(d, [](Virtqueue& v) {
         if (txActive(v)) v.disableNotify();
-      }
+      });
     lastWork = monoNs();
   }
 }
@@ -438,8 +459,65 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   return "";
 }
 
+std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounters, BlkInfo* info) {
+  if (devs_[devId]) return "device " + std::to_string(devId) + " already exists";
+  if (p.numQueues < 1 || p.numQueues > kMaxQueues) return "numQueues " + std::to_string(p.numQueues) + " is out of range";
+  auto* b = new BlkDevice();
+  std::string err = blkOpen(*b, p);
+  if (!err.empty()) { delete b; return err; }
+  auto* d = new NetDevice();
+  d->devId = devId;
+  d->maxQueuePairs = (p.numQueues + 1) / 2;
+  d->blk = b;
+  b->ioSrc.owner = d;
+  d->mem = std::make_unique<MemTable>();
+  d->ctr = reinterpret_cast<QueueCounters*>(counters_) + (size_t)devId * kMaxQueues;
+  for (int q = 0; q < kMaxQueues; q++) {
+    if (!keepCounters) d->ctr[q].reset();
+    d->vq[q].ctr = &d->ctr[q];
+    d->vq[q].pollSrc = PollSource{PollSource::kKick, d, q};
+  }
+  d->applyFeatures(0);
+  d->worker = rrDev_++ % cfg_.workers;
+  Worker& w = *workers_[d->worker];
+  d->mem->fault().devId = devId;
+  d->mem->fault().wakeFd.store(w.cmdFd);
+  err = run(d->worker, [&] {
+    struct epoll_event ev {};
+    ev.events = EPOLLIN;
+    ev.data.ptr = &b->ioSrc;
+    b->ioInEpoll = epoll_ctl(w.epfd, EPOLL_CTL_ADD, b->io.eventFd(), &ev) == 0;
+    w.devs.push_back(d);
+  });
+  if (!err.empty()) { delete b; delete d; return err; }
+  devs_[devId] = d;
+  if (info) {
+    info->capacity = b->capacity;
+    info->logicalBlock = b->logicalBlock;
+    info->physicalBlock = b->physicalBlock;
+  }
+  return "";
+}
+
+std::string Engine::setBlkWriteback(int devId, bool on) {
+  NetDevice* d = devs_[devId];
+  if (!d->blk) return "device " + std::to_string(devId) + " is not a blk device";
+  return run(d->worker, [&] { d->blk->writeback = on; });
+}
+
+int Engine::deviceQueues(int devId) const {
+  const NetDevice* d = devs_[devId];
+  return d->blk ? d->blk->numQueues : 2 * d->maxQueuePairs;
+}
+
 void Engine::stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept {
   Virtqueue& v = d->vq[q];
+  if (d->blk && q < d->blk->numQueues && !blkDrain(*d, q, *w.ctx)) {
+    // The backing did not answer in time: its slots stay allocated (the kernel may still
+    // write through them) and the queue stops without their completions.
+    d->blk->slots[q] = nullptr;
+    post(d->devId, q, EvKind::kRingError, "requests still in flight after 30 s; queue stopped without them");
+  }
   bool rx = (q % 2) == 0;
   if (rx) v.lock.lock();
   __atomic_store_n(&v.running, false, __ATOMIC_RELEASE);
@@ -457,11 +535,15 @@ std::string Engine::removeDevice(int devId) {
   Worker& w = *workers_[d->worker];
   std::string err = run(d->worker, [&] {
     for (int q = 0; q < kMaxQueues; q++) stopQueueOnWorker(w, d, q);
+    if (d->blk && d->blk->ioInEpoll) {
+      epoll_ctl(w.epfd, EPOLL_CTL_DEL, d->blk->io.eventFd(), nullptr);
+      d->blk->ioInEpoll = false;
+    }
     for (auto i = w.devs.begin(); i != w.devs.end(); ++i)
       if (*i == d) { w.devs.erase(i); break; }
   });
   if (!err.empty()) return err;
-  {
+  if (d->sw) {
     SpinGuard g(d->sw->lock);
     d->sw->removeMember(d);
   }
@@ -471,6 +553,7 @@ std::string Engine::removeDevice(int devId) {
     closeFd(v.callFd);
     closeFd(v.errFd);
   }
+  delete d->blk;
   delete d;  // unmaps its memory
   return "";
 }
@@ -485,7 +568,10 @@ std::string Engine::setFeatures(int devId, uint64_t features) {
 }
 
 std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
+  Worker& w = *workers_[d->worker];
   std::string err = run(d->worker, [&] {
+    // Requests in flight write into the old table's mappings: finish them first.
+    if (d->blk && !blkDrain(*d, -1, *w.ctx)) post(d->devId, -1, EvKind::kRingError, "requests still in flight after 30 s at a memory table change");
     if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // report it against the old table
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
     std::swap(d->mem, t);  // t now holds the old table
@@ -545,10 +631,25 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
     closeFd(kick); closeFd(call); closeFd(errfd);
     return e;
   }
+  // A blk queue's request slots, allocated here (not on the worker) and swapped in below.
+  BlkSlot* slots = nullptr;
+  uint32_t slotMask = 0;
+  if (d->blk) {
+    if (q >= d->blk->numQueues) {
+      closeFd(kick); closeFd(call); closeFd(errfd);
+      return "queue " + std::to_string(q) + " is beyond the device's " + std::to_string(d->blk->numQueues) + " request queues";
+    }
+    slots = blkAllocSlots(qs.setup.size ? qs.setup.size : 1, &slotMask);
+    if (!slots) { closeFd(kick); closeFd(call); closeFd(errfd); return "out of memory for request slots"; }
+  }
   std::string result;
   std::string err = run(d->worker, [&] {
     Virtqueue& v = d->vq[q];
     stopQueueOnWorker(w, d, q);
+    if (d->blk) {  // drained by the stop: the old slots are idle
+      std::swap(d->blk->slots[q], slots);
+      std::swap(d->blk->slotMask[q], slotMask);
+    }
     if (d->mem->fault().pending()) failOnMemFault(*d, *this);
     bool rx = (q % 2) == 0;
     if (rx) v.lock.lock();
@@ -571,7 +672,7 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
       v.suppressedEvents = 0;
       v.disableNotify();
       __atomic_store_n(&v.running, true, __ATOMIC_RELEASE);
-      if (!rx && v.kickFd >= 0) {
+      if ((d->blk || !rx) && v.kickFd >= 0) {
         struct epoll_event ev {};
         ev.events = EPOLLIN;
         ev.data.ptr = &v.pollSrc;
@@ -583,6 +684,7 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
   closeFd(kick);
   closeFd(call);   // the replaced fds (or ours, on failure)
   closeFd(errfd);
+  blkFreeSlots(slots);  // the replaced ones (or the unused new ones when the command never ran)
   return err.empty() ? result : err;
 }
 
@@ -629,6 +731,12 @@ std::string Engine::kickAll(int devId) {
   return run(d->worker, [&] {
     WorkerCtx& ctx = *w.ctx;
     ctx.nowNs = monoNs();
+    if (d->blk) {
+      blkPoll(*d, ctx);
+      for (int q = 0; q < d->blk->numQueues; q++)
+        if (d->vq[q].running) d->vq[q].signal();
+      return;
+    }
     for (int p = 0; p < d->maxQueuePairs; p++) {
       int q = 2 * p + 1;
       if (txActive(d->vq[q]) && netTxBurst(*d, q, ctx)) {

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "blk_device.h"
 #include "counters.h"
 #include "guest_memory.h"
 #include "l2_switch.h"
@@ -84,6 +85,11 @@ struct QueueStart {
   int kickFd, callFd, errFd;  // caller's fds (dup'ed by the engine)
 };
 
+struct BlkInfo {
+  uint64_t capacity;  // 512-byte sectors
+  uint32_t logicalBlock, physicalBlock;
+};
+
 struct UplinkStats {
   uint64_t rxPackets, rxBytes, txPackets, txBytes, txDrops, rxErrors;
   bool attached;
@@ -111,6 +117,8 @@ class Engine : public EventSink {
   bool hasSwitch(int id) const { return switches_.count(id) != 0; }
   bool hasDevice(int devId) const { return devId >= 0 && devId < cfg_.maxDevices && devs_[devId] != nullptr; }
   int devicePairs(int devId) const { return devs_[devId]->maxQueuePairs; }
+  // Queues a front-end may address: 2 per pair (net), the request queues (blk).
+  int deviceQueues(int devId) const;
 
   // Every method below returns "" on success or the reason it failed.
   std::string addSwitch(int id);
@@ -120,6 +128,10 @@ class Engine : public EventSink {
   std::string uplinkStats(int id, UplinkStats* out);
 
   std::string addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs, bool keepCounters = false);
+  // A virtio-blk device on a backing file / block device (or null): see blk_device.h.
+  std::string addBlkDevice(int devId, const BlkParams& p, bool keepCounters, BlkInfo* info);
+  // CONFIG_WCE: write-back (true) or write-through.
+  std::string setBlkWriteback(int devId, bool on);
   std::string removeDevice(int devId);
   std::string setFeatures(int devId, uint64_t features);
   std::string setMemTable(int devId, const std::vector<RegionSpec>& regions);

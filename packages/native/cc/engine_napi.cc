@@ -140,6 +140,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("fdb", &EngineWrap::Fdb),
                            InstanceMethod("uplinkStats", &EngineWrap::UplinkStatsM),
                            InstanceMethod("addNetDevice", &EngineWrap::AddNetDevice),
+                           InstanceMethod("addBlkDevice", &EngineWrap::AddBlkDevice),
+                           InstanceMethod("setBlkWriteback", &EngineWrap::SetBlkWriteback),
                            InstanceMethod("removeDevice", &EngineWrap::RemoveDevice),
                            InstanceMethod("setFeatures", &EngineWrap::SetFeatures),
                            InstanceMethod("setMemTable", &EngineWrap::SetMemTable),
@@ -229,8 +231,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return id;
   }
   int queueArg(const Napi::CallbackInfo& info, int i, int devId) {
-    int pairs = engine_->devicePairs(devId);
-    return (int)getInt(info.Env(), info[i], "queue", 0, 2 * pairs - 1);
+    return (int)getInt(info.Env(), info[i], "queue", 0, engine_->deviceQueues(devId) - 1);
   }
   int switchArg(const Napi::CallbackInfo& info, int i) {
     return (int)getInt(info.Env(), info[i], "switchId", 0, INT32_MAX);
@@ -301,6 +302,39 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     bool keep = o.Get("keepCounters").IsBoolean() && o.Get("keepCounters").As<Napi::Boolean>().Value();
     check(env, e.addNetDevice(id, sw, mac, mtu, qp, keep));
     return env.Undefined();
+  }
+  Napi::Value AddBlkDevice(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Engine& e = live(env);
+    int id = (int)getInt(env, info[0], "devId", 0, e.config().maxDevices - 1);
+    Napi::Object o = getObject(env, info[1], "opts");
+    BlkParams p;
+    p.fd = (int)getInt(env, o.Get("fd"), "opts.fd", -1, INT32_MAX);
+    if (p.fd < 0) p.nullBytes = getU64(env, o.Get("nullBytes"), "opts.nullBytes");
+    p.numQueues = (int)getInt(env, o.Get("numQueues"), "opts.numQueues", 1, kMaxQueuePairs);
+    auto flag = [&](const char* k) { return o.Get(k).IsBoolean() && o.Get(k).As<Napi::Boolean>().Value(); };
+    p.readonly = flag("readonly");
+    p.direct = flag("direct");
+    if (!o.Get("serial").IsUndefined()) {
+      if (!o.Get("serial").IsString()) throwType(env, "opts.serial must be a string");
+      std::string ser = o.Get("serial").As<Napi::String>().Utf8Value();
+      if (ser.size() > sizeof p.serial) throwRange(env, "opts.serial is longer than 20 bytes");
+      memcpy(p.serial, ser.data(), ser.size());
+    }
+    if (e.hasDevice(id)) throwError(env, "device " + std::to_string(id) + " already exists");
+    BlkInfo bi{};
+    check(env, e.addBlkDevice(id, p, flag("keepCounters"), &bi));
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("capacity", Napi::BigInt::New(env, bi.capacity));
+    r.Set("logicalBlockSize", bi.logicalBlock);
+    r.Set("physicalBlockSize", bi.physicalBlock);
+    return r;
+  }
+  Napi::Value SetBlkWriteback(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    if (!info[1].IsBoolean()) throwType(info.Env(), "writeback must be a boolean");
+    check(info.Env(), engine_->setBlkWriteback(id, info[1].As<Napi::Boolean>().Value()));
+    return info.Env().Undefined();
   }
   Napi::Value RemoveDevice(const Napi::CallbackInfo& info) {
     int id = devArg(info, 0);

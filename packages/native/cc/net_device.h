@@ -13,6 +13,7 @@
 namespace vhd {
 
 class L2Switch;
+struct BlkDevice;
 
 constexpr int kBurst = 32;
 constexpr uint32_t kMaxFrame = 65535;
@@ -87,7 +88,10 @@ struct NetDevice {
   int mtu = 1500;
   int maxQueuePairs = 1;
   int worker = 0;
-  L2Switch* sw = nullptr;
+  L2Switch* sw = nullptr;  // null for blk devices
+  // A virtio-blk device (blk_device.h) uses the same queues, memory and counters; its request
+  // queues are vq[0, blk->numQueues). Owned (the engine deletes it with the device).
+  BlkDevice* blk = nullptr;
 
   uint64_t features = 0;
   int hdrLen = 10;

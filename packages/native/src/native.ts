@@ -65,6 +65,29 @@ export interface NetDeviceOptions {
   keepCounters?: boolean;
 }
 
+/** A virtio-blk device (cc/blk_device.h): request queues 0..numQueues-1 on a backing fd. */
+export interface BlkDeviceOptions {
+  /** Backing file or block device, open read-write (or read-only with `readonly`); dup'ed, not owned. -1: null backing. */
+  fd: number;
+  /** Size of the null backing in bytes (fd -1). */
+  nullBytes?: bigint | number;
+  numQueues: number;
+  /** Writes fail with VIRTIO_BLK_S_IOERR. */
+  readonly?: boolean;
+  /** Reads and writes through an O_DIRECT reopen of the backing (unaligned requests fall back to the page cache). */
+  direct?: boolean;
+  /** GET_ID answer, at most 20 bytes. */
+  serial?: string;
+  keepCounters?: boolean;
+}
+
+export interface BlkDeviceInfo {
+  /** In 512-byte sectors (the backing's size rounded down). */
+  capacity: bigint;
+  logicalBlockSize: number;
+  physicalBlockSize: number;
+}
+
 /** Something the datapath noticed that an operator must see (rate-limited by the engine). */
 export interface EngineEvent {
   devId: number;
@@ -103,6 +126,10 @@ export interface NativeEngine {
   fdb(switchId: number): FdbEntry[];
 
   addNetDevice(devId: number, opts: NetDeviceOptions): void;
+  /** Opens the backing's io_uring and sizes it; throws when io_uring or the backing is unusable. */
+  addBlkDevice(devId: number, opts: BlkDeviceOptions): BlkDeviceInfo;
+  /** CONFIG_WCE: write-back (default) or write-through (every write is made durable before it completes). */
+  setBlkWriteback(devId: number, writeback: boolean): void;
   /** Stops every queue and unmaps the device's memory. */
   removeDevice(devId: number): void;
   /** The negotiated virtio features (decides header size, EVENT_IDX, MRG_RXBUF, offloads). */

@@ -139,6 +139,67 @@ export function socketPathProblem(s: string): string | undefined {
   return undefined;
 }
 
+/* ---------------------------------- blk disks ---------------------------------------- */
+
+/** `--disk null`: a disk without storage (reads return whatever the buffers held, writes vanish). */
+export const DISK_NULL = "null";
+/** A backing path, as open(2) takes it (PATH_MAX includes the NUL). */
+export const DISK_PATH_MAX_BYTES = 4095;
+export const DISK_SIZE_MIN = 1 << 20;
+/** 1 PiB: far beyond any test, still a safe integer. */
+export const DISK_SIZE_MAX = 2 ** 50;
+export const DISK_SIZE_DEFAULT = 1 << 30;
+export const DISK_SIZE_DEFAULT_TEXT = "1G";
+
+/** Why `s` cannot name a disk backing (undefined if it can). */
+export function diskPathProblem(s: string): string | undefined {
+  if (s === DISK_NULL) return undefined;
+  if (s.length === 0) return "disk path is empty";
+  if (!s.startsWith("/")) return 'disk path must be absolute (or "null")';
+  if (s.includes("\0")) return "disk path contains a NUL byte";
+  const n = new TextEncoder().encode(s).length;
+  if (n > DISK_PATH_MAX_BYTES) return `disk path is ${n} bytes, the limit is ${DISK_PATH_MAX_BYTES}`;
+  if (s.endsWith("/")) return "disk path names a directory";
+  if (s.split("/").some((c) => c === "." || c === "..")) return 'disk path has a "." or ".." component';
+  return undefined;
+}
+
+/** "4096", "64K", "256M", "10G", "1T" (binary multiples; "KiB"/"MB"-style spellings too) -> bytes. */
+export function parseSize(s: string): number | undefined {
+  const m = /^(\d{1,16})\s*([kKmMgGtTpP]?)(?:i?[bB])?$/.exec(s.trim());
+  if (!m) return undefined;
+  const mult = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t" | "p"];
+  const v = Number(m[1]) * mult;
+  return Number.isSafeInteger(v) ? v : undefined;
+}
+
+/** A blk VF's backing as the registry, the journal and the keeper carry it. */
+export interface DiskSpec {
+  /** Absolute path of a raw file or block device, or "null". */
+  path: string;
+  /** Bytes: the null disk's size; a file's size when it was added (its capacity comes from the file). */
+  size: number;
+  readonly: boolean;
+  /** O_DIRECT reads and writes. */
+  direct: boolean;
+}
+
+/** Validates a DiskSpec from an untrusted source (journal, sync channel); undefined if fine. */
+export function diskSpecProblem(v: unknown): string | undefined {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return "disk is not a map";
+  const o = v as Record<string, unknown>;
+  const keys = ["path", "size", "readonly", "direct"];
+  for (const k of Object.keys(o)) if (!keys.includes(k)) return `disk has an unknown field "${k.slice(0, 32)}"`;
+  if (typeof o.path !== "string") return "disk.path is not a string";
+  const p = diskPathProblem(o.path);
+  if (p) return `disk.path: ${p}`;
+  if (typeof o.size !== "number" || !Number.isSafeInteger(o.size) || o.size < 0 || o.size > DISK_SIZE_MAX) return `disk.size must be an integer in 0..${DISK_SIZE_MAX}`;
+  if (o.path === DISK_NULL && (o.size < DISK_SIZE_MIN || o.size % 512 !== 0)) return `disk.size of a null disk must be a multiple of 512 in ${DISK_SIZE_MIN}..${DISK_SIZE_MAX}`;
+  if (typeof o.readonly !== "boolean") return "disk.readonly is not a boolean";
+  if (typeof o.direct !== "boolean") return "disk.direct is not a boolean";
+  return undefined;
+}
+
 export const MTU_MIN = 68;
 export const MTU_MAX = 9000;
 export const QUEUE_PAIRS_MAX = 16;
@@ -154,6 +215,10 @@ export type ParamType =
   | { kind: "uuid" }
   | { kind: "mac" }
   | { kind: "int"; min: number; max: number }
+  /** Bytes, a multiple of 512; the CLI also takes K/M/G/T suffixes. */
+  | { kind: "size"; min: number; max: number }
+  /** A disk backing: absolute path or "null" (diskPathProblem). */
+  | { kind: "disk" }
   | { kind: "enum"; values: readonly string[] };
 
 export interface CliOption {
@@ -276,6 +341,10 @@ const VF_DEVICE_FIELDS: readonly ResultField[] = [
   { name: "state", type: "string", help: "session state: waiting|connecting|negotiating|running|stopped|failed", vfe: false },
   { name: "connected", type: "boolean", help: "a front-end is connected", vfe: false },
   { name: "reconnects", type: "number", help: "front-end reconnections since added", vfe: false },
+  { name: "disk", type: "string", help: 'blk: the backing (path, or "null")', optional: true, vfe: false },
+  { name: "disk_size", type: "number", help: "blk: size of the backing in bytes when it was added (a block device's from sysfs; 0 if unknown)", optional: true, vfe: false },
+  { name: "readonly", type: "boolean", help: "blk: read-only disk", optional: true, vfe: false },
+  { name: "direct", type: "boolean", help: "blk: O_DIRECT I/O", optional: true, vfe: false },
   { name: "last_error", type: "string", help: "last session error", optional: true, vfe: false },
 ];
 
@@ -508,6 +577,29 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         default: "the PF's mtu (1500)",
         vfe: false,
       },
+      disk: {
+        type: { kind: "disk" },
+        help:
+          'blk (required): the backing, a raw file or a block device (absolute path, at most ' +
+          `${DISK_PATH_MAX_BYTES} bytes); a missing file is created sparse with --disk-size. "null": no storage ` +
+          "(writes vanish, reads return nothing; for benchmarks)",
+        cli: { long: "--disk", metavar: "PATH" },
+        vfe: false,
+      },
+      disk_size: {
+        type: { kind: "size", min: DISK_SIZE_MIN, max: DISK_SIZE_MAX },
+        help: "blk: size of a file created by --disk, or of the null disk; bytes, or with a K/M/G/T suffix (powers of 1024). An existing file keeps its size (a different --disk-size is refused)",
+        cli: { long: "--disk-size", metavar: "SIZE" },
+        default: DISK_SIZE_DEFAULT_TEXT,
+        vfe: false,
+      },
+      readonly: { type: { kind: "bool" }, help: "blk: read-only disk (VIRTIO_BLK_F_RO; writes fail)", cli: { long: "--readonly" }, vfe: false },
+      direct: {
+        type: { kind: "bool" },
+        help: "blk: O_DIRECT reads and writes, bypassing the host page cache (requests the backing cannot align go through the cache)",
+        cli: { long: "--direct" },
+        vfe: false,
+      },
     },
     actions: [
       {
@@ -516,7 +608,7 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         help: "add a pci device",
         positional: { param: "vfdev", required: true },
         required: ["vfdev"],
-        optional: ["socket_file", "uuid", "mode", "queue_pairs", "mac", "mtu"],
+        optional: ["socket_file", "uuid", "mode", "queue_pairs", "mac", "mtu", "disk", "disk_size", "readonly", "direct"],
         result: [{ name: "device", type: "object", help: "the VF as added (vhostd extension)", fields: VF_DEVICE_FIELDS, optional: true, vfe: false }, ...ERRNO_FIELDS],
       },
       {
@@ -666,6 +758,11 @@ export function checkParamValue(name: string, spec: ParamSpec, v: unknown): stri
       if (typeof v !== "number" || !Number.isInteger(v)) throw bad("must be an integer number");
       if (v < t.min || v > t.max) throw bad(`must be in ${t.min}..${t.max}`);
       return v;
+    case "size":
+      if (typeof v !== "number" || !Number.isSafeInteger(v)) throw bad("must be an integer number of bytes");
+      if (v < t.min || v > t.max) throw bad(`must be in ${t.min}..${t.max} bytes`);
+      if (v % 512 !== 0) throw bad("must be a multiple of 512 bytes");
+      return v;
     case "enum":
       if (typeof v !== "string" || !t.values.includes(v)) throw bad(`must be one of ${t.values.join(", ")}`);
       return v;
@@ -681,6 +778,11 @@ export function checkParamValue(name: string, spec: ParamSpec, v: unknown): stri
     }
     case "path": {
       const p = socketPathProblem(v);
+      if (p) throw bad(p);
+      return v;
+    }
+    case "disk": {
+      const p = diskPathProblem(v);
       if (p) throw bad(p);
       return v;
     }
@@ -817,6 +919,10 @@ export interface VfDeviceResult {
   state: string;
   connected: boolean;
   reconnects: number;
+  disk?: string;
+  disk_size?: number;
+  readonly?: boolean;
+  direct?: boolean;
   last_error?: string;
 }
 

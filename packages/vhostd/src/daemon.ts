@@ -112,6 +112,12 @@ export function vfDeviceResult(spec: VfSpec, rt: VfRuntime | undefined): VfDevic
     connected: rt?.connected ?? false,
     reconnects: rt?.reconnects ?? 0,
   };
+  if (spec.disk) {
+    d.disk = spec.disk.path;
+    d.disk_size = spec.disk.size;
+    d.readonly = spec.disk.readonly;
+    d.direct = spec.disk.direct;
+  }
   if (rt?.lastError) d.last_error = rt.lastError;
   return d;
 }
@@ -184,6 +190,10 @@ export function createHandlers(
             queue_pairs: num(values.queue_pairs),
             mac: str(values.mac),
             mtu: num(values.mtu),
+            disk: str(values.disk),
+            disk_size: num(values.disk_size),
+            readonly: typeof values.readonly === "boolean" ? values.readonly : undefined,
+            direct: typeof values.direct === "boolean" ? values.direct : undefined,
           });
           return { device: vfDeviceResult(spec, await registry.runtimeAsync(spec.dev)), ...ok() };
         }

@@ -28,7 +28,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { open, type Database, type RootDatabase } from "lmdb";
 import { Packr } from "msgpackr";
-import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, isUuid, normalizeMac, normalizePciAddr, socketPathProblem } from "@vhostd/proto";
+import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "@vhostd/proto";
 import type { SocketMode, VfKind } from "./vf_host.js";
 
 /** Format of the records this code writes and understands. */
@@ -57,6 +57,8 @@ export interface VfRecord {
   mtu: number;
   queuePairs: number;
   devId: number;
+  /** blk VFs: the backing. */
+  disk?: DiskSpec;
 }
 
 /** A record (or the journal) is unreadable or inconsistent; names the key. */
@@ -166,7 +168,7 @@ export function parsePfRecord(key: string, value: unknown): PfRecord {
 
 /** Validates a vf/ record; the key must name the same device. */
 export function parseVfRecord(key: string, value: unknown): VfRecord {
-  const o = recordObject(key, decode(key, value), ["dev", "pf", "socketPath", "mode", "mac", "mtu", "queuePairs", "devId"], ["uuid"]);
+  const o = recordObject(key, decode(key, value), ["dev", "pf", "socketPath", "mode", "mac", "mtu", "queuePairs", "devId"], ["uuid", "disk"]);
   const dev = pciField(key, o, "dev");
   if (key !== VF_PREFIX + dev) throw new JournalError(key, `holds VF ${dev}, not the VF its key names`);
   const pf = pciField(key, o, "pf");
@@ -181,6 +183,10 @@ export function parseVfRecord(key: string, value: unknown): VfRecord {
     if (typeof o.uuid !== "string" || !isUuid(o.uuid) || o.uuid !== o.uuid.toLowerCase()) throw new JournalError(key, "uuid is not a lowercase UUID");
     uuid = o.uuid;
   }
+  if (o.disk !== undefined) {
+    const problem = diskSpecProblem(o.disk);
+    if (problem) throw new JournalError(key, problem);
+  }
   return {
     dev,
     pf,
@@ -191,6 +197,7 @@ export function parseVfRecord(key: string, value: unknown): VfRecord {
     mtu: intField(key, o, "mtu", MTU_MIN, MTU_MAX),
     queuePairs: intField(key, o, "queuePairs", 1, QUEUE_PAIRS_MAX),
     devId: intField(key, o, "devId", 0, 0xffff),
+    ...(o.disk !== undefined ? { disk: copyDisk(o.disk as DiskSpec) } : {}),
   };
 }
 
@@ -216,7 +223,13 @@ function vfValue(r: VfRecord): Buffer {
     mtu: r.mtu,
     queuePairs: r.queuePairs,
     devId: r.devId,
+    ...(r.disk ? { disk: copyDisk(r.disk) } : {}),
   });
+}
+
+/** Exactly the DiskSpec fields, in a fixed order. */
+export function copyDisk(d: DiskSpec): DiskSpec {
+  return { path: d.path, size: d.size, readonly: d.readonly, direct: d.direct };
 }
 
 /* -------------------------------------- journal -------------------------------------- */

@@ -64,6 +64,7 @@ export function vfValue(s: VfSpec): Record<string, unknown> {
     mac: s.mac,
     mtu: s.mtu,
     queuePairs: s.queuePairs,
+    ...(s.disk ? { disk: { path: s.disk.path, size: s.disk.size, readonly: s.disk.readonly, direct: s.disk.direct } } : {}),
   };
 }
 

@@ -20,12 +20,17 @@
 //   mgmtpf -r: check no VFs -> journal removal -> host.removePf -> books -> reply.
 // The journal also enforces "no VF without PF" inside its own write transactions.
 import { EventEmitter } from "node:events";
+import fs from "node:fs";
 import type { Logger } from "pino";
 import {
   LinuxErrno,
   MTU_MAX,
   MTU_MIN,
   QUEUE_PAIRS_MAX,
+  DISK_NULL,
+  DISK_SIZE_MAX,
+  DISK_SIZE_MIN,
+  diskPathProblem,
   VfeErr,
   VfeError,
   VhostdErr,
@@ -34,6 +39,7 @@ import {
   normalizePciAddr,
   socketPathProblem,
 } from "@vhostd/proto";
+import { prepareDisk } from "./disk.js";
 import type { Inventory, PfInfo } from "./inventory.js";
 import { JournalConflictError, type JournalContents, type PfRecord, type VfRecord } from "./journal.js";
 import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
@@ -92,6 +98,11 @@ export interface AddVfRequest {
   queue_pairs?: number;
   mac?: string;
   mtu?: number;
+  /** blk: backing path or "null" (required for blk VFs). */
+  disk?: string;
+  disk_size?: number;
+  readonly?: boolean;
+  direct?: boolean;
 }
 
 export type RegistryEvent =
@@ -119,6 +130,7 @@ function vfRecord(s: VfSpec): VfRecord {
     mtu: s.mtu,
     queuePairs: s.queuePairs,
     devId: s.devId,
+    ...(s.disk ? { disk: { ...s.disk } } : {}),
   };
 }
 
@@ -291,9 +303,31 @@ export class Registry extends EventEmitter {
       }
       const mtu = req.mtu ?? info.mtu;
       if (!Number.isInteger(mtu) || mtu < MTU_MIN || mtu > MTU_MAX) throw einval(`mtu: must be in ${MTU_MIN}..${MTU_MAX}`);
+      const diskOpts = req.disk !== undefined || req.disk_size !== undefined || req.readonly !== undefined || req.direct !== undefined;
+      if (info.type === "net" && diskOpts) throw einval("disk, disk_size, readonly and direct apply to blk VFs only");
+      if (info.type === "blk") {
+        if (req.disk === undefined) throw einval('a blk VF needs a disk: --disk PATH (a raw file or block device) or --disk null');
+        const p = typeof req.disk === "string" ? diskPathProblem(req.disk) : "must be a string";
+        if (p) throw einval(`disk: ${p}`);
+        if (req.disk_size !== undefined && (!Number.isSafeInteger(req.disk_size) || req.disk_size < DISK_SIZE_MIN || req.disk_size > DISK_SIZE_MAX || req.disk_size % 512 !== 0)) {
+          throw einval(`disk_size: must be a multiple of 512 in ${DISK_SIZE_MIN}..${DISK_SIZE_MAX}`);
+        }
+        for (const f of ["readonly", "direct"] as const) if (req[f] !== undefined && typeof req[f] !== "boolean") throw einval(`${f}: must be a boolean`);
+        if (req.disk !== DISK_NULL) {
+          for (const other of this.vfs.values()) {
+            if (other.disk?.path === req.disk) throw new VfeError(LinuxErrno.EEXIST, `disk ${req.disk} is used by VF ${other.dev}`);
+          }
+        }
+      }
 
       if (this.vfs.size >= MAX_LIVE_VFS) throw new VfeError(VfeErr.ADD_VF_EXCEED_VPORT_LIMIT, `at most ${MAX_LIVE_VFS} VFs`);
       const devId = this.lowestFree(new Set([...this.vfs.values()].map((v) => v.devId)));
+      // Last check before anything changes on disk: a missing backing file is created here.
+      const disk =
+        info.type === "blk"
+          ? prepareDisk({ path: req.disk!, size: req.disk_size, readonly: req.readonly ?? false, direct: req.direct ?? false }, true)
+          : undefined;
+      if (disk?.created) this.log.info({ vf: dev, disk: disk.spec.path, bytes: disk.spec.size }, `created sparse disk ${disk.spec.path} for ${dev}`);
 
       const spec: VfSpec = {
         dev,
@@ -307,11 +341,13 @@ export class Registry extends EventEmitter {
         mac,
         mtu,
         queuePairs,
+        ...(disk ? { disk: disk.spec } : {}),
       };
       try {
         await this.host.open(spec);
       } catch (e) {
         this.log.warn({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} could not be opened`);
+        if (disk?.created) fs.rmSync(disk.spec.path, { force: true }); // never acknowledged: leave nothing behind
         throw this.hostError(e, VhostdErr.SESSION_START);
       }
       try {
@@ -319,6 +355,7 @@ export class Registry extends EventEmitter {
       } catch (e) {
         this.log.error({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} not added: journal write failed; closing its session`);
         await this.host.close(dev).catch(() => undefined);
+        if (disk?.created) fs.rmSync(disk.spec.path, { force: true });
         throw journalFailure(e);
       }
       this.unrestoredVfs.delete(dev);
@@ -326,7 +363,7 @@ export class Registry extends EventEmitter {
       this.sockets.set(socketPath, dev);
       pf.vfs.add(dev);
       this.log.info(
-        { event: "vf_added", vf: dev, pf: info.dev, socket: socketPath, mode, devId, switchId: pf.switchId, mac, mtu, queuePairs, uuid },
+        { event: "vf_added", vf: dev, pf: info.dev, socket: socketPath, mode, devId, switchId: pf.switchId, mac, mtu, queuePairs, uuid, ...(disk ? { disk: disk.spec } : {}) },
         `VF ${dev} added on ${socketPath} (${mode})`,
       );
       this.emit("change", { op: "vf_added", spec } satisfies RegistryEvent);
@@ -485,6 +522,7 @@ export class Registry extends EventEmitter {
     if (owner) return { skipped: `socket ${rec.socketPath} is already used by VF ${owner}` };
     if (this.reserved.has(rec.socketPath)) return { skipped: `socket ${rec.socketPath} is reserved by vfe-vhostd` };
     if (rec.queuePairs > info.maxQueuePairs) return { skipped: `queue_pairs ${rec.queuePairs} exceeds PF ${info.dev}'s limit ${info.maxQueuePairs}` };
+    if ((info.type === "blk") !== (rec.disk !== undefined)) return { skipped: info.type === "blk" ? "a blk VF record without a disk" : "a net VF record with a disk" };
     const spec: VfSpec = {
       dev: rec.dev,
       pf: rec.pf,
@@ -497,6 +535,7 @@ export class Registry extends EventEmitter {
       mac: rec.mac,
       mtu: rec.mtu,
       queuePairs: rec.queuePairs,
+      ...(rec.disk ? { disk: { ...rec.disk } } : {}),
     };
     let failed: string | undefined;
     try {

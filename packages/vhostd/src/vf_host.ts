@@ -1,5 +1,6 @@
 // The seam between the device registry (PF/VF bookkeeping, RPC rules) and whatever runs a
 // VF's vhost-user session and datapath. The registry decides; the host executes.
+import type { DiskSpec } from "@vhostd/proto";
 
 export type VfKind = "net" | "blk";
 export type SocketMode = "client" | "server";
@@ -22,7 +23,10 @@ export interface VfSpec {
   uuid?: string;
   mac: string;
   mtu: number;
+  /** Queue pairs (net) or request queues (blk). */
   queuePairs: number;
+  /** blk: the backing (required for blk, absent for net). */
+  disk?: DiskSpec;
 }
 
 /** What the host reports about a live VF (merged into `vf -i` and `state`). */

@@ -114,8 +114,10 @@ test("VF rules: PF first, inventory, duplicates, socket ownership, params", asyn
   await errno(t, reg.addVf({ vfdev: "0000:af:05.5", mac: "52:54:00:00:af:25" }), -17, /used by VF 0000:af:04.5/);
   await errno(t, reg.addVf({ vfdev: "0000:af:05.1", mac: "52:54:00:00:00:01" }), -22, /net VFs only/);
   // the failed attempts allocated nothing
-  const s2 = await reg.addVf({ vfdev: "0000:af:05.1", mode: "server", queue_pairs: 4 });
+  await errno(t, reg.addVf({ vfdev: "0000:af:05.1" }), -22, /needs a disk/);
+  const s2 = await reg.addVf({ vfdev: "0000:af:05.1", mode: "server", queue_pairs: 4, disk: "null" });
   t.like(s2, { kind: "blk", devId: 1, switchId: 1, mode: "server", socketPath: "/run/vhostd/vf-0000:af:05.1", queuePairs: 4 });
+  t.deepEqual(s2.disk, { path: "null", size: 1 << 30, readonly: false, direct: false });
   // devId reuse
   await reg.removeVf("0000:af:04.5");
   t.deepEqual(host.closed, ["0000:af:04.5"]);

@@ -6,6 +6,7 @@ import {
   RPC_SOCKET_NAME,
   RpcParamError,
   methodSpec,
+  parseSize,
   validateParams,
   type MethodSpec,
   type ParamSpec,
@@ -172,6 +173,11 @@ function convertValue(p: ParamSpec, v: string, spelled: string): unknown {
   if (p.type.kind === "int") {
     if (!/^-?\d+$/.test(v)) throw new UsageError(`${spelled}: "${v}" is not an integer`);
     return Number(v);
+  }
+  if (p.type.kind === "size") {
+    const n = parseSize(v);
+    if (n === undefined) throw new UsageError(`${spelled}: "${v.slice(0, 64)}" is not a size (bytes, or a number with K, M, G or T)`);
+    return n;
   }
   return v;
 }

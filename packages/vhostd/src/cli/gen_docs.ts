@@ -29,6 +29,10 @@ function typeText(p: ParamSpec): string {
       return "PCI address string";
     case "path":
       return "absolute path string";
+    case "size":
+      return "integer bytes, multiple of 512 (CLI: K/M/G/T suffixes)";
+    case "disk":
+      return 'absolute path string or "null"';
     case "bool":
       return "boolean";
     default:

@@ -89,6 +89,7 @@ export function dumpObject(c: JournalContents, path: string): Record<string, unk
       dev_id: v.devId,
       switch_id: pfType.get(v.pf)?.switchId ?? -1,
       vm_uuid: v.uuid ?? "",
+      ...(v.disk ? { disk: v.disk.path, disk_size: v.disk.size, readonly: v.disk.readonly, direct: v.disk.direct } : {}),
     })),
     errors: c.errors,
   };
@@ -118,7 +119,7 @@ export async function runJournal(cmd: JournalCommand, out: (s: string) => void, 
     out(`journal ${path}  format ${contents.format}  epoch ${contents.epoch}\n\nPFs:\n`);
     out(renderTable(d.pfs as Array<Record<string, unknown>>));
     out("\nVFs:\n");
-    out(renderTable(d.vfs as Array<Record<string, unknown>>, ["vf", "pf", "type", "mode", "socket_file", "mac", "mtu", "queue_pairs", "dev_id", "switch_id", "vm_uuid"]));
+    out(renderTable(d.vfs as Array<Record<string, unknown>>, ["vf", "pf", "type", "mode", "socket_file", "mac", "mtu", "queue_pairs", "dev_id", "switch_id", "vm_uuid", "disk"]));
     if (contents.errors.length) out("\nunusable records:\n" + renderTable(contents.errors));
   }
   if (contents.errors.length) {

@@ -9,6 +9,8 @@ import { closeAll } from "./connection.js";
 import { VfLock } from "./vf_lock.js";
 import { VhostUserConnection } from "./connection.js";
 import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";
+import { BlkModel } from "./blk_model.js";
+import type { DeviceModel } from "./device_model.js";
 import { NetModel } from "./net_model.js";
 import { VhostSession, encodeReply } from "./session.js";
 
@@ -60,12 +62,12 @@ class VfSession {
   constructor(
     readonly spec: VfSpec,
     private readonly engine: NativeEngine,
+    model: DeviceModel,
     parentLog: Logger,
     private readonly onChange: () => void,
     private readonly onReplied: () => void = () => undefined,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
-    const model = new NetModel(spec.mac, spec.mtu, spec.queuePairs);
     this.session = new VhostSession(spec.devId, model, engine, this.log, {
       reply: (req, payload) => {
         if (this.replies) this.replies.push(encodeReply(req, payload));
@@ -505,7 +507,8 @@ export class EngineVfHost implements VfHost {
    * peer may still hold it, and continues the counters the peer left in shared memory.
    */
   private create(spec: VfSpec, adopting = false): VfSession {
-    if (spec.kind !== "net") throw new HostError(`${spec.kind} VFs are not implemented yet`, -95 /* EOPNOTSUPP */);
+    if (spec.kind !== "net" && spec.kind !== "blk") throw new HostError(`${String(spec.kind)} VFs are not implemented`, -95 /* EOPNOTSUPP */);
+    if (spec.kind === "blk" && !spec.disk) throw new HostError(`blk VF ${spec.dev} has no disk`, -22);
     if (this.vfs.has(spec.dev)) throw new HostError(`VF ${spec.dev} is already open`, -17);
     let lock: VfLock | undefined;
     if (this.opts.lockDir && !adopting) {
@@ -513,8 +516,13 @@ export class EngineVfHost implements VfHost {
       if (!lock) throw new HostError(`another process runs the queues of ${spec.dev} (${VfLock.file(this.opts.lockDir, spec.dev)} is locked)`, -16);
     }
     const keepCounters = adopting;
+    let model: DeviceModel;
     try {
-      this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs, keepCounters });
+      if (spec.kind === "blk") model = this.addBlk(spec, keepCounters);
+      else {
+        this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs, keepCounters });
+        model = new NetModel(spec.mac, spec.mtu, spec.queuePairs);
+      }
     } catch (err) {
       lock?.release();
       throw err;
@@ -522,6 +530,7 @@ export class EngineVfHost implements VfHost {
     const vf = new VfSession(
       spec,
       this.engine,
+      model,
       this.log,
       () => this.mirrorVf(spec.dev),
       () => this.mirror?.replied(spec.dev),
@@ -530,6 +539,46 @@ export class EngineVfHost implements VfHost {
     this.byDevId.set(spec.devId, vf);
     if (lock) this.locks.set(spec.dev, lock);
     return vf;
+  }
+
+  /**
+   * Opens a blk VF's backing (never creating it: `vf -a` did that) and its engine device. The
+   * path is opened O_NONBLOCK so a FIFO put in its place cannot hang us, then checked with
+   * fstat on the open fd (no window between check and use).
+   */
+  private addBlk(spec: VfSpec, keepCounters: boolean): BlkModel {
+    const disk = spec.disk!;
+    let fd = -1;
+    if (disk.path !== "null") {
+      const c = fs.constants;
+      try {
+        fd = fs.openSync(disk.path, (disk.readonly ? c.O_RDONLY : c.O_RDWR) | c.O_NONBLOCK | c.O_NOCTTY);
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        throw new HostError(`disk ${disk.path}: ${e.message}`, -(Math.abs(e.errno ?? 5)));
+      }
+    }
+    try {
+      if (fd >= 0) {
+        const st = fs.fstatSync(fd);
+        if (!st.isFile() && !st.isBlockDevice()) throw new HostError(`disk ${disk.path} is not a regular file or block device`, -22);
+      }
+      const serial = `vhostd-${spec.dev}`.slice(0, 20);
+      let info;
+      try {
+        info = this.engine.addBlkDevice(spec.devId, { fd, nullBytes: disk.size, numQueues: spec.queuePairs, readonly: disk.readonly, direct: disk.direct, serial, keepCounters });
+      } catch (err) {
+        throw new HostError(`disk ${disk.path}: ${(err as Error).message}`, -5);
+      }
+      if (info.capacity === 0n) {
+        this.engine.removeDevice(spec.devId);
+        throw new HostError(`disk ${disk.path} holds no whole 512-byte sector`, -22);
+      }
+      this.log.info({ vf: spec.dev, disk: disk.path, sectors: info.capacity.toString(), logicalBlock: info.logicalBlockSize, readonly: disk.readonly, direct: disk.direct }, "blk disk opened");
+      return new BlkModel(info, spec.queuePairs, disk.readonly, (wb) => this.engine.setBlkWriteback(spec.devId, wb));
+    } finally {
+      if (fd >= 0) fs.closeSync(fd); // the engine holds its own dup
+    }
   }
 
   private destroy(vf: VfSession): void {
