@@ -580,15 +580,15 @@ export const RPC_METHODS: readonly MethodSpec[] = [
       disk: {
         type: { kind: "disk" },
         help:
-          'blk (required): the backing, a raw file or a block device (absolute path, at most ' +
+          'blk: the backing, a raw file or a block device (absolute path, at most ' +
           `${DISK_PATH_MAX_BYTES} bytes); a missing file is created sparse with --disk-size. "null": no storage ` +
-          "(writes vanish, reads return nothing; for benchmarks)",
+          "(writes vanish, reads return nothing; for benchmarks). Default: <state-dir>/disks/<VF>.raw (1 GiB unless --disk-size)",
         cli: { long: "--disk", metavar: "PATH" },
         vfe: false,
       },
       disk_size: {
         type: { kind: "size", min: DISK_SIZE_MIN, max: DISK_SIZE_MAX },
-        help: "blk: size of a file created by --disk, or of the null disk; bytes, or with a K/M/G/T suffix (powers of 1024). An existing file keeps its size (a different --disk-size is refused)",
+        help: "blk: size of a file created by vf -a (named by --disk or the default one), or of the null disk; bytes, or with a K/M/G/T suffix (powers of 1024). An existing file keeps its size (a different --disk-size is refused)",
         cli: { long: "--disk-size", metavar: "SIZE" },
         default: DISK_SIZE_DEFAULT_TEXT,
         vfe: false,

@@ -10,6 +10,7 @@
 //   4. restore every PF, then every VF, through the registry and the VfHost;
 //   5. only then serve RPC.
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import {
@@ -350,6 +351,7 @@ export class Daemon {
         defaultMode,
         iface: opts.iface ?? `${paths.runDir}/${VF_SOCKET_PREFIX}`,
         reservedPaths: [paths.rpcSocket, paths.pidFile, paths.haPidFile],
+        diskDir: join(paths.stateDir, "disks"),
         journal,
       });
       const r = await registry.restore(contents);

@@ -21,6 +21,7 @@
 // The journal also enforces "no VF without PF" inside its own write transactions.
 import { EventEmitter } from "node:events";
 import fs from "node:fs";
+import path from "node:path";
 import type { Logger } from "pino";
 import {
   LinuxErrno,
@@ -57,6 +58,8 @@ export interface RegistryOptions {
   iface: string;
   /** Paths no VF may use (the RPC socket, ...). */
   reservedPaths?: string[];
+  /** Backing of a blk VF added without a disk: `${diskDir}/${dev}.raw` (none: --disk is required). */
+  diskDir?: string;
   /** Where changes are made durable before they are acknowledged (none: in memory only). */
   journal?: RegistryJournal;
 }
@@ -248,7 +251,8 @@ export class Registry extends EventEmitter {
 
   /* ---------------------------------- VFs ----------------------------------------- */
 
-  addVf(req: AddVfRequest): Promise<VfSpec> {
+  addVf(request: AddVfRequest): Promise<VfSpec> {
+    let req = request;
     return this.serial(async () => {
       const dev = canonical(req.vfdev, "VF");
       const where = this.inv.vf(dev);
@@ -306,7 +310,12 @@ export class Registry extends EventEmitter {
       const diskOpts = req.disk !== undefined || req.disk_size !== undefined || req.readonly !== undefined || req.direct !== undefined;
       if (info.type === "net" && diskOpts) throw einval("disk, disk_size, readonly and direct apply to blk VFs only");
       if (info.type === "blk") {
-        if (req.disk === undefined) throw einval('a blk VF needs a disk: --disk PATH (a raw file or block device) or --disk null');
+        // vfe's own `vf -a DEV -v SOCK` names no disk: such a VF gets its own file in the state dir.
+        if (req.disk === undefined) {
+          if (!this.opts.diskDir) throw einval('a blk VF needs a disk: --disk PATH (a raw file or block device) or --disk null');
+          fs.mkdirSync(this.opts.diskDir, { recursive: true, mode: 0o700 });
+          req = { ...req, disk: path.join(this.opts.diskDir, `${dev}.raw`) };
+        }
         const p = typeof req.disk === "string" ? diskPathProblem(req.disk) : "must be a string";
         if (p) throw einval(`disk: ${p}`);
         if (req.disk_size !== undefined && (!Number.isSafeInteger(req.disk_size) || req.disk_size < DISK_SIZE_MIN || req.disk_size > DISK_SIZE_MAX || req.disk_size % 512 !== 0)) {

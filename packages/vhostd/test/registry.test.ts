@@ -1,5 +1,8 @@
 import test from "ava";
 import { pino } from "pino";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { Writable } from "node:stream";
 import { VfeError } from "@vhostd/proto";
 import { ConfigError, DEFAULT_CONFIG, loadConfig, parseConfig } from "../src/config.js";
@@ -143,6 +146,24 @@ test("per-PF queue pair limit is -1005 Number exceed limit", async (t) => {
   await errno(t, reg.addVf({ vfdev: "0000:af:04.5", queue_pairs: 3 }), -1005, /limit 2/);
   t.is((await reg.addVf({ vfdev: "0000:af:04.5", queue_pairs: 2 })).mode, "server");
   await errno(t, reg.addVf({ vfdev: "0000:af:08.5" }), -19); // beyond numVfs
+});
+
+test("a blk VF added without --disk (vfe's own syntax) gets <diskDir>/<VF>.raw, sparse, 1 GiB", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-reg-disk-"));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const diskDir = path.join(dir, "disks");
+  const reg = new Registry({ inventory: new Inventory(loadConfig()), host: new FakeHost(), log: pino({ level: "silent" }), defaultMode: "client", iface: "/tmp/vf-", diskDir });
+  await reg.addPf("0000:af:00.3");
+  const spec = await reg.addVf({ vfdev: "0000:af:05.1" });
+  const file = path.join(diskDir, "0000:af:05.1.raw");
+  t.deepEqual(spec.disk, { path: file, size: 1 << 30, readonly: false, direct: false });
+  const st = fs.statSync(file);
+  t.is(st.size, 1 << 30);
+  t.true(st.blocks * 512 < 1 << 20, "created sparse");
+  t.is(st.mode & 0o777, 0o600);
+  t.is(fs.statSync(diskDir).mode & 0o777, 0o700);
+  // a second VF's default never collides with the first's
+  t.is((await reg.addVf({ vfdev: "0000:af:06.1", disk_size: 1 << 20 })).disk?.path, path.join(diskDir, "0000:af:06.1.raw"));
 });
 
 test("host failures: errno passed through, else -1100; nothing recorded", async (t) => {
