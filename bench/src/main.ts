@@ -12,6 +12,7 @@ import path from "node:path";
 import { Daemon, sleep, waitFor } from "../../test/dist/src/harness/daemon.js";
 import { repoRoot } from "../../test/dist/src/harness/paths.js";
 import { Pmd, killAllPmds } from "./pmd.js";
+import { blkLine, blkNotes, blkRun, blkTable, makeBlkDisk, type BlkImpl, type BlkResult } from "./blk.js";
 import { controlRun, controlTable, type ControlResult } from "./control.js";
 import { cpuSeconds, hostTimes, loadavg, machine, pin, rssMiB } from "./sys.js";
 
@@ -26,7 +27,7 @@ const mac = (i: number) => `02:00:00:00:00:${(0x10 + i).toString(16)}`;
 
 type Impl = "ours" | "dpdk";
 type NetCase = "pvp" | "oneway";
-const CASES = ["pvp", "oneway", "idle", "control"] as const;
+const CASES = ["pvp", "oneway", "idle", "control", "blk"] as const;
 
 interface Opts {
   quick: boolean;
@@ -51,6 +52,8 @@ function usage(): never {
   idle    CPU and RSS of the back-end with 8 connected front-end ports that send nothing
   control the HA pair with 512 VFs (64 with --quick): add time, restore after kill -9 of
           vfe-vhostd, takeover after kill -9 of the keeper, keeper restart, idle CPU, RSS, journal
+  blk     one QEMU guest's dd workloads (sequential 1 MiB, 4 KiB at QD 1 and 32, flush) on our
+          blk VF and on qemu-storage-daemon's vhost-user-blk export of the same file
   cost    (always) CPU seconds per million packets of each back-end, measured in pvp/oneway
 
   --quick   one short run per case, 64 B, 1 queue pair (CI smoke)
@@ -368,8 +371,30 @@ async function main(): Promise<void> {
     }
   }
 
+  const blk: BlkResult[] = [];
+  if (o.cases.has("blk")) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-bench-blk-"));
+    const disk = makeBlkDisk(dir);
+    for (let r = 0; r < (o.quick ? 1 : Math.min(o.runs, 3)); r++) {
+      const order: BlkImpl[] = r % 2 === 0 ? ["ours", "qsd"] : ["qsd", "ours"];
+      for (const impl of order) {
+        const tag = `blk run ${r + 1} ${impl}`;
+        try {
+          const res = await blkRun(impl, disk, dir, o.quick);
+          blk.push(res);
+          console.log(`${tag.padEnd(34)} ${blkLine(res)}, load ${res.load}`);
+        } catch (e) {
+          failures.push(`${tag}: ${(e as Error).message.split("\n")[0]}`);
+          console.log(`${tag.padEnd(34)} FAILED: ${(e as Error).message.split("\n")[0]}`);
+        }
+      }
+    }
+    if (!failures.some((f) => f.startsWith("blk"))) fs.rmSync(dir, { recursive: true, force: true });
+  }
+
   const parts: string[] = [];
   if (rows.length) parts.push(netTable(rows));
+  if (blk.length) parts.push(blkTable(blk));
   if (control.length) parts.push(controlTable(control));
   if (idle.length) {
     const io = idle.filter((x) => x.impl === "ours"), id = idle.filter((x) => x.impl === "dpdk");
@@ -388,6 +413,7 @@ async function main(): Promise<void> {
   const netNotes = rows.length > 0 || idle.length > 0;
   const notes = [
     ...(control.length ? [`- Control plane: \`Daemon.start({ ha: true })\` (keeper + vfe-vhostd --ha, debug logging), ${control[0]!.vfs} server-mode VFs without front-ends added by sequential RPC calls; idle CPU is both daemons' utime+stime over ${o.quick ? 2 : 10} s; restore and take-back times include starting the process.`] : []),
+    ...(blk.length ? [blkNotes(blk)] : []),
     ...(netNotes ? [] : failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
   ];
   if (netNotes) notes.push(

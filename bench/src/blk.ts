@@ -1,0 +1,155 @@
+// The blk case of `pnpm bench` (also `pnpm bench:blk`): our blk VF against
+// qemu-storage-daemon's vhost-user-blk export, on the same raw file, with the same QEMU guest
+// (vhost-user-blk-pci, QEMU the vhost-user client of both) running the same dd workloads.
+// The guest runs under TCG (no KVM here), so absolute numbers are bounded by the emulated CPU;
+// the ratio is what counts.
+import { execFileSync, spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { Daemon, sleep } from "../../test/dist/src/harness/daemon.js";
+import { Guest, commandOutput, shellCmdArgs } from "../../test/dist/src/harness/qemu.js";
+import { loadavg } from "./sys.js";
+
+const PF = "0000:af:00.3";
+const VF = "0000:af:05.1";
+export const BLK_DISK_MIB = 512;
+
+export type BlkImpl = "ours" | "qsd";
+
+interface Workload {
+  name: string;
+  label: string;
+  /** Shell run in the guest; its wall time is the measurement. */
+  cmd: string;
+  mib?: number;
+  ops?: number;
+  /** Requests in flight (for the latency column: QD / IOPS). */
+  qd?: number;
+}
+
+/** N concurrent dd streams over disjoint 8 MiB areas from `startMiB`: N requests in flight. */
+function streams(n: number, dd: string, startMiB: number): string {
+  const parts: string[] = [];
+  for (let i = 0; i < n; i++) parts.push(`${dd.replace("@OFF@", String((startMiB + i * 8) * 256))} &`);
+  return `${parts.join(" ")} wait`;
+}
+
+const QD32_OPS = 32 * 250;
+const WORKLOADS: Workload[] = [
+  { name: "seqw", label: "sequential write 1 MiB, 64 MiB (MiB/s)", cmd: "dd if=/dev/zero of=/dev/vda bs=1M count=64 seek=64 oflag=direct conv=notrunc status=none", mib: 64 },
+  { name: "seqr", label: "sequential read 1 MiB, 64 MiB (MiB/s)", cmd: "dd if=/dev/vda of=/dev/null bs=1M count=64 skip=64 iflag=direct status=none", mib: 64 },
+  { name: "r4k1", label: "4 KiB read, QD 1, 2000 ops (IOPS)", cmd: "dd if=/dev/vda of=/dev/null bs=4k count=2000 skip=1000 iflag=direct status=none", ops: 2000, qd: 1 },
+  { name: "w4k1", label: "4 KiB write, QD 1, 2000 ops (IOPS)", cmd: "dd if=/dev/zero of=/dev/vda bs=4k count=2000 seek=5000 oflag=direct conv=notrunc status=none", ops: 2000, qd: 1 },
+  { name: "r4k32", label: "4 KiB read, 32 streams (QD 32), 8000 ops (IOPS)", cmd: streams(32, "dd if=/dev/vda of=/dev/null bs=4k count=250 skip=@OFF@ iflag=direct status=none", 128), ops: QD32_OPS, qd: 32 },
+  { name: "w4k32", label: "4 KiB write, 32 streams (QD 32), 8000 ops (IOPS)", cmd: streams(32, "dd if=/dev/zero of=/dev/vda bs=4k count=250 seek=@OFF@ oflag=direct conv=notrunc status=none", 128), ops: QD32_OPS, qd: 32 },
+  { name: "flush", label: "4 KiB write + flush, 200 times (ops/s)", cmd: "i=0; while [ $i -lt 200 ]; do dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=$i conv=fsync,notrunc status=none; i=$((i+1)); done", ops: 200 },
+];
+const QUICK = new Set(["seqw", "r4k1", "r4k32"]);
+
+export interface BlkResult {
+  impl: BlkImpl;
+  /** Workload name → wall milliseconds in the guest. */
+  ms: Record<string, number>;
+  load: string;
+}
+
+function guestScript(ws: Workload[]): string {
+  const t = "awk '{printf \"%d\", $1 * 1000}' /proc/uptime";
+  return ws.map((w) => `a=$(${t}); ${w.cmd}; b=$(${t}); echo ${w.name}=$((b - a))`).join("; ");
+}
+
+/** A fully allocated file (not sparse, so neither side gets the cheap hole path). */
+export function makeBlkDisk(dir: string): string {
+  const disk = path.join(dir, "disk.raw");
+  execFileSync("dd", ["if=/dev/urandom", `of=${disk}`, "bs=1M", `count=${BLK_DISK_MIB}`, "status=none"]);
+  return disk;
+}
+
+async function runGuest(socket: string, logFile: string, ws: Workload[]): Promise<Record<string, number>> {
+  const run = await Guest.boot({ blk: [{ socket, server: false }], test: "shell-cmd", args: shellCmdArgs(guestScript(ws)), logFile, timeoutMs: 600_000 });
+  const out = commandOutput(run.output) ?? "";
+  const r: Record<string, number> = {};
+  for (const m of out.matchAll(/^(\w+)=(\d+)$/gm)) r[m[1]!] = Number(m[2]);
+  for (const w of ws) if (!(w.name in r)) throw new Error(`workload ${w.name} did not report; guest output:\n${run.output.slice(-2000)}`);
+  return r;
+}
+
+async function runOurs(disk: string, dir: string, ws: Workload[]): Promise<Record<string, number>> {
+  const d = await Daemon.start();
+  try {
+    await d.ok(["mgmtpf", "-a", PF]);
+    const sock = path.join(dir, "ours.sock");
+    await d.ok(["vf", "-a", VF, "-v", sock, "--server", "--disk", disk]);
+    return await runGuest(sock, path.join(dir, "guest-ours.log"), ws);
+  } finally {
+    await d.stop();
+  }
+}
+
+async function runQsd(disk: string, dir: string, ws: Workload[]): Promise<Record<string, number>> {
+  const sock = path.join(dir, "qsd.sock");
+  fs.rmSync(sock, { force: true });
+  const log = fs.openSync(path.join(dir, "qsd.log"), "a");
+  // Page cache on both sides (ours opens the file without O_DIRECT unless --direct): cache.direct=off.
+  const qsd = spawn(
+    "qemu-storage-daemon",
+    ["--blockdev", `driver=file,node-name=f0,filename=${disk},cache.direct=off,aio=threads`, "--export", `type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=${sock},writable=on,num-queues=1`],
+    { stdio: ["ignore", log, log] },
+  );
+  try {
+    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await sleep(50);
+    if (!fs.existsSync(sock)) throw new Error("qemu-storage-daemon did not create its socket");
+    return await runGuest(sock, path.join(dir, "guest-qsd.log"), ws);
+  } finally {
+    qsd.kill("SIGTERM");
+    await new Promise((r) => qsd.once("exit", r));
+    fs.closeSync(log);
+  }
+}
+
+export async function blkRun(impl: BlkImpl, disk: string, dir: string, quick: boolean): Promise<BlkResult> {
+  const ws = quick ? WORKLOADS.filter((w) => QUICK.has(w.name)) : WORKLOADS;
+  const load = loadavg();
+  const ms = impl === "ours" ? await runOurs(disk, dir, ws) : await runQsd(disk, dir, ws);
+  return { impl, ms, load };
+}
+
+function rate(w: Workload, ms: number): number {
+  const s = Math.max(ms, 10) / 1000; // /proc/uptime ticks are 10 ms
+  return w.mib ? w.mib / s : w.ops! / s;
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+/** One line per run for the console. */
+export function blkLine(r: BlkResult): string {
+  return WORKLOADS.filter((w) => w.name in r.ms).map((w) => `${w.name} ${rate(w, r.ms[w.name]!).toFixed(0)}`).join(", ");
+}
+
+/** Medians, ratio ours/qsd, mean latency where the queue depth is known (µs = QD / IOPS). */
+export function blkTable(rs: BlkResult[]): string {
+  const ours = rs.filter((r) => r.impl === "ours");
+  const qsd = rs.filter((r) => r.impl === "qsd");
+  const rows = WORKLOADS.filter((w) => ours.some((r) => w.name in r.ms) && qsd.some((r) => w.name in r.ms)).map((w) => {
+    const o = ours.map((r) => rate(w, r.ms[w.name]!));
+    const q = qsd.map((r) => rate(w, r.ms[w.name]!));
+    const mo = median(o), mq = median(q);
+    const lat = w.qd ? `${((w.qd / mo) * 1e6).toFixed(0)} / ${((w.qd / mq) * 1e6).toFixed(0)}` : "–";
+    return `| ${w.label} | ${mo.toFixed(0)} | ${mq.toFixed(0)} | **${(mo / mq).toFixed(2)}** | ${lat} | ${o.map((x) => x.toFixed(0)).join(" ")} / ${q.map((x) => x.toFixed(0)).join(" ")} |`;
+  });
+  return [
+    "| blk workload (guest dd, O_DIRECT) | ours (median) | qemu-storage-daemon (median) | ours/qsd | mean latency µs ours / qsd | runs ours / qsd |",
+    "|---|---|---|---|---|---|",
+    ...rows,
+  ].join("\n");
+}
+
+export function blkNotes(rs: BlkResult[]): string {
+  return [
+    `- blk: the same ${BLK_DISK_MIB} MiB fully allocated raw file and the same QEMU 7.2 TCG guest (\`vhost-user-blk-pci,num-queues=1\`, QEMU the vhost-user client of both), one boot per run, runs alternating which back-end goes first; ours: standalone \`vfe-vhostd\`, \`vf -a ${VF} --server --disk FILE\`; qsd: \`--blockdev driver=file,cache.direct=off,aio=threads --export type=vhost-user-blk\` (both through the host page cache). Timing from the guest's /proc/uptime (10 ms ticks). QD 32 is 32 concurrent dd processes over disjoint 8 MiB areas.`,
+    `- blk load (1/5/15 min) before each run: ${rs.length ? `${rs[0]!.load} … ${rs[rs.length - 1]!.load}` : "–"}.`,
+  ].join("\n");
+}
