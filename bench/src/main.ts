@@ -11,6 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { Daemon, sleep, waitFor } from "../../test/dist/src/harness/daemon.js";
 import { repoRoot } from "../../test/dist/src/harness/paths.js";
+import { FrontendDriver } from "../../packages/native/dist/src/index.js";
 import { Pmd, killAllPmds } from "./pmd.js";
 import { blkLine, blkNotes, blkRun, blkTable, makeBlkDisk, type BlkImpl, type BlkResult } from "./blk.js";
 import { controlRun, controlTable, type ControlResult } from "./control.js";
@@ -27,7 +28,7 @@ const mac = (i: number) => `02:00:00:00:00:${(0x10 + i).toString(16)}`;
 
 type Impl = "ours" | "dpdk";
 type NetCase = "pvp" | "oneway";
-const CASES = ["pvp", "oneway", "idle", "control", "blk"] as const;
+const CASES = ["pvp", "oneway", "latency", "idle", "control", "blk"] as const;
 
 interface Opts {
   quick: boolean;
@@ -49,6 +50,9 @@ function usage(): never {
           two VFs of one PF (ours) or through testpmd net_vhost ports in io forwarding (DPDK)
   oneway  the same two ports in flowgen: each port generates (as txonly) and sinks (as rxonly);
           no loop, so the rate is not bounded by the frames in flight
+  latency the project's driver sends 64 B frames at 1000 pps from one port to the other through
+          two VFs of one PF (ours) or two net_vhost ports in io forwarding (DPDK); each frame
+          carries its send time: one-way latency percentiles at the receiving port
   idle    CPU and RSS of the back-end with 8 connected front-end ports that send nothing
   control the HA pair with 512 VFs (64 with --quick): add time, restore after kill -9 of
           vfe-vhostd, takeover after kill -9 of the keeper, keeper restart, idle CPU, RSS, journal
@@ -225,6 +229,82 @@ async function netRun(impl: Impl, kase: NetCase, size: number, qp: number, o: Op
   }
 }
 
+interface LatencyResult {
+  impl: Impl;
+  count: number;
+  p50Us: number;
+  p99Us: number;
+  p999Us: number;
+  maxUs: number;
+  load: string;
+}
+
+const LAT_PPS = 1000;
+
+/**
+ * One-way latency at low load: driver port A sends numbered, timestamped 64 B frames to port B
+ * at LAT_PPS through the back-end, which B verifies. Drivers listen (like QEMU server=on), the
+ * back-end connects; the bench process (the drivers' threads) runs on the front-end CPU.
+ */
+async function latencyRun(impl: Impl, o: Opts): Promise<LatencyResult> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-bench-"));
+  const socks = [path.join(dir, "a.sock"), path.join(dir, "b.sock")];
+  const load = loadavg();
+  let d: Daemon | undefined;
+  let be: Pmd | undefined;
+  const drivers: FrontendDriver[] = [];
+  let ok = false;
+  pin(process.pid, String(FE_CPU));
+  try {
+    if (impl === "ours") d = await startOurs();
+    const fo = { connectTimeoutMs: 30_000, mac: undefined as string | undefined };
+    const listening = socks.map((s, i) => FrontendDriver.listen(s, { ...fo, mac: mac(i) }));
+    if (d) for (let i = 0; i < 2; i++) await d.ok(["vf", "-a", VFS[i], "-v", socks[i]]);
+    else be = await Pmd.start({ name: "be", dir, lcores: BE_LCORES, vdevs: beVdevs(socks, 1), args: ["--stats-period", "3600", "--forward-mode=io", "--auto-start", "--total-num-mbufs=32768"] });
+    drivers.push(...(await Promise.all(listening)));
+    await Promise.all(drivers.map((x) => x.handshake()));
+    const [a, b] = drivers as [FrontendDriver, FrontendDriver];
+    // B announces itself once so our switch learns its MAC (DPDK's io forwarding needs nothing).
+    b.device.startTx(0, { dstMac: mac(0), srcMac: mac(1), frameSize: 64, count: 1, streamId: 9 });
+    b.device.startRx(0);
+    a.device.startTx(0, { dstMac: mac(1), srcMac: mac(0), frameSize: 64, ratePps: LAT_PPS });
+    await waitFor(() => b.device.stats(0).rxPackets > 100, 30_000, "frames at port B");
+    await sleep(o.warmupMs);
+    b.device.startRx(0); // latency samples from here
+    await sleep(o.windowMs);
+    const l = b.device.latency(0);
+    const st = b.device.stats(0);
+    a.device.stopTx(0);
+    if (l.count < (LAT_PPS * o.windowMs) / 1000 / 2) throw new Error(`only ${l.count} samples in the window`);
+    if (st.rxCorrupted || st.rxDuplicated) throw new Error(`port B saw ${st.rxCorrupted} corrupt and ${st.rxDuplicated} duplicated frames`);
+    ok = true;
+    return { impl, count: l.count, p50Us: l.p50Us, p99Us: l.p99Us, p999Us: l.p999Us, maxUs: l.maxUs, load };
+  } finally {
+    for (const x of drivers) x.close();
+    await be?.stop().catch(() => be?.kill());
+    await stopOurs(d, !ok);
+    pin(process.pid, `0-${os.cpus().length - 1}`);
+    if (ok) fs.rmSync(dir, { recursive: true, force: true });
+    else console.error(`  (logs kept in ${dir}${d ? ` and ${d.dir}` : ""})`);
+  }
+}
+
+function latencyTable(rs: LatencyResult[]): string {
+  const col = (impl: Impl, k: "p50Us" | "p99Us" | "p999Us" | "maxUs") => rs.filter((r) => r.impl === impl).map((r) => r[k]);
+  const row = (label: string, k: "p50Us" | "p99Us" | "p999Us" | "maxUs") => {
+    const mo = median(col("ours", k)), md = median(col("dpdk", k));
+    return `| ${label} | ${mo.toFixed(0)} | ${md.toFixed(0)} | **${(mo / md).toFixed(2)}** | ${col("ours", k).map((x) => x.toFixed(0)).join(" ")} / ${col("dpdk", k).map((x) => x.toFixed(0)).join(" ")} |`;
+  };
+  return [
+    `| one-way latency, 64 B at ${LAT_PPS} pps, µs | ours (median) | DPDK (median) | ours/DPDK (lower is better) | runs ours / DPDK |`,
+    "|---|---|---|---|---|",
+    row("p50", "p50Us"),
+    row("p99", "p99Us"),
+    row("p99.9", "p999Us"),
+    row("max", "maxUs"),
+  ].join("\n");
+}
+
 async function idleRun(impl: Impl, n: number, o: Opts): Promise<IdleResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-bench-"));
   const socks = Array.from({ length: n }, (_, i) => path.join(dir, `vf${i}.sock`));
@@ -339,6 +419,24 @@ async function main(): Promise<void> {
     rows.push(row);
   }
 
+  const latency: LatencyResult[] = [];
+  if (o.cases.has("latency")) {
+    for (let r = 0; r < o.runs; r++) {
+      const order: Impl[] = r % 2 === 0 ? ["ours", "dpdk"] : ["dpdk", "ours"];
+      for (const impl of order) {
+        const tag = `latency 64B run ${r + 1}/${o.runs} ${impl}`;
+        try {
+          const res = await latencyRun(impl, o);
+          latency.push(res);
+          console.log(`${tag.padEnd(34)} p50 ${res.p50Us.toFixed(0)} µs, p99 ${res.p99Us.toFixed(0)} µs, p99.9 ${res.p999Us.toFixed(0)} µs, max ${res.maxUs.toFixed(0)} µs (${res.count} frames), load ${res.load}`);
+        } catch (e) {
+          failures.push(`${tag}: ${(e as Error).message.split("\n")[0]}`);
+          console.log(`${tag.padEnd(34)} FAILED: ${(e as Error).message.split("\n")[0]}`);
+        }
+      }
+    }
+  }
+
   if (o.cases.has("idle")) {
     for (let r = 0; r < o.runs; r++) {
       const order: Impl[] = r % 2 === 0 ? ["ours", "dpdk"] : ["dpdk", "ours"];
@@ -394,6 +492,7 @@ async function main(): Promise<void> {
 
   const parts: string[] = [];
   if (rows.length) parts.push(netTable(rows));
+  if (latency.some((x) => x.impl === "ours") && latency.some((x) => x.impl === "dpdk")) parts.push(latencyTable(latency));
   if (blk.length) parts.push(blkTable(blk));
   if (control.length) parts.push(controlTable(control));
   if (idle.length) {
@@ -410,10 +509,11 @@ async function main(): Promise<void> {
   const others = [...allNet.map((x) => x.otherCores), ...idle.map((x) => x.otherCores)];
   const steal = allNet.map((x) => x.stealCores);
   const loads = [...allNet.map((x) => x.load), ...idle.map((x) => x.load)];
-  const netNotes = rows.length > 0 || idle.length > 0;
+  const netNotes = rows.length > 0 || idle.length > 0 || latency.length > 0;
   const notes = [
     ...(control.length ? [`- Control plane: \`Daemon.start({ ha: true })\` (keeper + vfe-vhostd --ha, debug logging), ${control[0]!.vfs} server-mode VFs without front-ends added by sequential RPC calls; idle CPU is both daemons' utime+stime over ${o.quick ? 2 : 10} s; restore and take-back times include starting the process.`] : []),
     ...(blk.length ? [blkNotes(blk)] : []),
+    ...(latency.length ? [`- Latency: the project's front-end driver on both ports (it listens, the back-end connects; its thread on CPU ${FE_CPU}, back-ends pinned as below); every frame carries its CLOCK_MONOTONIC send time, taken per burst, and the receiving port takes the time when it finds the frame in its used ring, so the figure includes both back-ends' reaction to a kick and the driver's wake-up on the call eventfd. Percentiles from 1 µs buckets over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up.`] : []),
     ...(netNotes ? [] : failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
   ];
   if (netNotes) notes.push(

@@ -189,9 +189,35 @@ void DriverDevice::StartRx(uint32_t pair) {
   p.st = fresh;
   p.streams.clear();
   p.lastRxNs = 0;
+  p.latHist.clear();
+  p.latOver = p.latMaxNs = p.latCount = 0;
   p.asmRemaining = 0;
   p.rxActive = true;
   Wake();
+}
+
+DriverLatencyC DriverDevice::Latency(uint32_t pair) {
+  std::lock_guard<std::mutex> lk(mu_);
+  const Pair& p = pairs_[pair];
+  DriverLatencyC out;
+  out.count = p.latCount;
+  out.maxNs = p.latMaxNs;
+  if (!p.latCount) return out;
+  // The sample of rank ceil(q * count), as the upper edge of its 1 µs bucket (the max above).
+  auto at = [&](double q) -> uint64_t {
+    uint64_t rank = std::max<uint64_t>(1, uint64_t(q * double(p.latCount) + 0.999999));
+    uint64_t seen = 0;
+    for (uint32_t b = 0; b < p.latHist.size(); b++) {
+      seen += p.latHist[b];
+      if (seen >= rank) return std::min<uint64_t>(uint64_t(b + 1) * 1000, p.latMaxNs);
+    }
+    return p.latMaxNs;
+  };
+  out.p50Ns = at(0.5);
+  out.p90Ns = at(0.9);
+  out.p99Ns = at(0.99);
+  out.p999Ns = at(0.999);
+  return out;
 }
 
 void DriverDevice::StopRx(uint32_t pair) {
@@ -328,6 +354,7 @@ uint64_t DriverDevice::TxPass(uint32_t pair, uint64_t nowNs, uint64_t* waitNs) {
   uint64_t& seq = p.nextSeq[p.tx.streamId];
   uint64_t sent = 0;
   const uint32_t frameLen = p.tx.frameSize;
+  const uint64_t txNs = NowNs();  // one stamp per burst: the frames are published together
   while (sent < budget) {
     if (!q.ring.HasFree()) {
       p.st.txRingFull++;
@@ -337,7 +364,7 @@ uint64_t DriverDevice::TxPass(uint32_t pair, uint64_t nowNs, uint64_t* waitNs) {
     uint64_t off = q.bufOff + uint64_t(d) * q.bufSize;
     uint8_t* buf = mem_ + off;
     std::memset(buf, 0, hdrLen_);
-    BuildTestFrame(buf + hdrLen_, frameLen, p.tx.dst, p.tx.src, p.tx.streamId, seq);
+    BuildTestFrame(buf + hdrLen_, frameLen, p.tx.dst, p.tx.src, p.tx.streamId, seq, txNs);
     VirtqDesc* desc = q.ring.Desc(d);
     desc->addr = memAddr() + off;
     desc->len = hdrLen_ + frameLen;
@@ -368,6 +395,7 @@ uint64_t DriverDevice::RxPass(uint32_t pair, uint64_t nowNs) {
   for (uint32_t n = 0; n < kRxBatch; n++) {
     auto r = q.ring.PopUsed(&id, &len, &bad);
     if (r == SplitRing::Pop::kNone) break;
+    if (n == 0) nowNs = NowNs();  // the burst's arrival time, for latency samples
     if (r == SplitRing::Pop::kBroken) {
       q.broken = true;
       p.st.ringErrors++;
@@ -461,6 +489,14 @@ void DriverDevice::DeliverFrame(Pair& p, const uint8_t* f, size_t len, uint64_t 
   if (v == FrameVerdict::kCorrupt) {
     st.rxCorrupted++;
     return;
+  }
+  if (info.txNs && nowNs >= info.txNs) {
+    uint64_t ns = nowNs - info.txNs;
+    if (p.latHist.empty()) p.latHist.assign(kLatBuckets, 0);
+    if (ns / 1000 < kLatBuckets) p.latHist[ns / 1000]++;
+    else p.latOver++;
+    p.latMaxNs = std::max(p.latMaxNs, ns);
+    p.latCount++;
   }
   StreamRx& s = p.streams[info.streamId];
   uint64_t seq = info.seq;

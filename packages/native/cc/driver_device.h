@@ -42,6 +42,12 @@ struct DriverStatsC {
   uint64_t ringErrors = 0;
 };
 
+/** One-way latency (the sender's timestamp in the frame to its verification), since startRx. */
+struct DriverLatencyC {
+  uint64_t count = 0;
+  uint64_t p50Ns = 0, p90Ns = 0, p99Ns = 0, p999Ns = 0, maxNs = 0;
+};
+
 struct TxConfig {
   uint8_t dst[6];
   uint8_t src[6];
@@ -86,6 +92,8 @@ class DriverDevice {
   void StartRx(uint32_t pair);
   void StopRx(uint32_t pair);
   DriverStatsC Stats(uint32_t pair);
+  DriverLatencyC Latency(uint32_t pair);
+  static constexpr uint32_t kLatBuckets = 8192;
   /** addr is an address of this process (== guest address); false when out of bounds. */
   bool WriteMem(uint64_t addr, const void* data, size_t len);
   bool ReadMem(uint64_t addr, void* out, size_t len);
@@ -116,6 +124,10 @@ class DriverDevice {
     bool rxActive = false;
     std::unordered_map<uint32_t, StreamRx> streams;
     uint64_t lastRxNs = 0;
+    // Latency samples in 1 µs buckets below kLatBuckets µs (allocated at first sample), above in
+    // latOver; latMaxNs is exact.
+    std::vector<uint32_t> latHist;
+    uint64_t latOver = 0, latMaxNs = 0, latCount = 0;
     // MRG_RXBUF reassembly of a frame spanning several buffers.
     std::vector<uint8_t> asmBuf;
     size_t asmLen = 0;

@@ -74,6 +74,7 @@ class DriverDeviceWrap : public Napi::ObjectWrap<DriverDeviceWrap> {
                            InstanceMethod<&DriverDeviceWrap::StartRx>("startRx"),
                            InstanceMethod<&DriverDeviceWrap::StopRx>("stopRx"),
                            InstanceMethod<&DriverDeviceWrap::Stats>("stats"),
+                           InstanceMethod<&DriverDeviceWrap::Latency>("latency"),
                            InstanceMethod<&DriverDeviceWrap::WriteMem>("writeMem"),
                            InstanceMethod<&DriverDeviceWrap::ReadMem>("readMem"),
                            InstanceMethod<&DriverDeviceWrap::Close>("close"),
@@ -197,6 +198,21 @@ class DriverDeviceWrap : public Napi::ObjectWrap<DriverDeviceWrap> {
     return o;
   }
 
+  Napi::Value Latency(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint32_t pair = PairArg(info);
+    vhd::drv::DriverLatencyC l = Dev(env).Latency(pair);
+    Napi::Object o = Napi::Object::New(env);
+    auto us = [&](const char* k, uint64_t ns) { o.Set(k, Napi::Number::New(env, double(ns) / 1000.0)); };
+    o.Set("count", Napi::Number::New(env, double(l.count)));
+    us("p50Us", l.p50Ns);
+    us("p90Us", l.p90Ns);
+    us("p99Us", l.p99Ns);
+    us("p999Us", l.p999Ns);
+    us("maxUs", l.maxNs);
+    return o;
+  }
+
   Napi::Value WriteMem(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     DriverDevice& d = Dev(env);
@@ -236,7 +252,9 @@ Napi::Value BuildFrame(const Napi::CallbackInfo& info) {
   Napi::Value s = o.Get("seq");
   uint64_t seq = s.IsBigInt() ? BigIntArg(env, s, "seq") : uint64_t(IntArg(env, s, "seq", 0, 9007199254740991.0));
   auto buf = Napi::Buffer<uint8_t>::New(env, len);
-  vhd::drv::BuildTestFrame(buf.Data(), len, dst, src, stream, seq);
+  Napi::Value ts = o.Get("txNs");
+  uint64_t txNs = ts.IsUndefined() ? 0 : BigIntArg(env, ts, "txNs");
+  vhd::drv::BuildTestFrame(buf.Data(), len, dst, src, stream, seq, txNs);
   return buf;
 }
 
@@ -250,6 +268,7 @@ Napi::Value CheckFrame(const Napi::CallbackInfo& info) {
   o.Set("verdict", v == vhd::drv::FrameVerdict::kOk ? "ok" : v == vhd::drv::FrameVerdict::kForeign ? "foreign" : "corrupt");
   o.Set("streamId", Napi::Number::New(env, fi.streamId));
   o.Set("seq", Napi::BigInt::New(env, fi.seq));
+  o.Set("txNs", Napi::BigInt::New(env, fi.txNs));
   o.Set("problem", fi.problem);
   return o;
 }

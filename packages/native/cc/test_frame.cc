@@ -53,7 +53,7 @@ struct Sum {
 uint32_t FrameChecksum(const uint8_t* f, size_t len) {
   Sum s;
   s.Feed(f + kFrameOffMagic, kFrameOffCsum - kFrameOffMagic);
-  s.Feed(f + kFrameOffFill, len - kFrameOffFill);
+  s.Feed(f + kFrameOffTime, len - kFrameOffTime);
   return s.Fold();
 }
 
@@ -108,7 +108,7 @@ bool ParseMac(const std::string& s, uint8_t out[6]) {
 }
 
 void BuildTestFrame(uint8_t* f, size_t len, const uint8_t dst[6], const uint8_t src[6],
-                    uint32_t streamId, uint64_t seq) {
+                    uint32_t streamId, uint64_t seq, uint64_t txNs) {
   std::memcpy(f, dst, 6);
   std::memcpy(f + 6, src, 6);
   PutBe16(f + 12, kFrameEtherType);
@@ -116,6 +116,7 @@ void BuildTestFrame(uint8_t* f, size_t len, const uint8_t dst[6], const uint8_t 
   PutBe32(f + kFrameOffStream, streamId);
   PutBe64(f + kFrameOffSeq, seq);
   PutBe16(f + kFrameOffLen, uint16_t(len));
+  PutBe64(f + kFrameOffTime, txNs);
   WriteFill(f, len, seq);
   PutBe32(f + kFrameOffCsum, FrameChecksum(f, len));
 }
@@ -128,6 +129,7 @@ FrameVerdict CheckTestFrame(const uint8_t* f, size_t len, FrameInfo* info) {
   }
   info->streamId = GetBe32(f + kFrameOffStream);
   info->seq = GetBe64(f + kFrameOffSeq);
+  info->txNs = GetBe64(f + kFrameOffTime);
   if (GetBe16(f + 12) != kFrameEtherType) {
     info->problem = "ethertype";
     return FrameVerdict::kCorrupt;

@@ -228,6 +228,16 @@ export interface DriverStats {
   ringErrors: number;
 }
 
+/** One-way latency since startRx: sender's timestamp in the frame to its verification. */
+export interface DriverLatency {
+  count: number;
+  p50Us: number;
+  p90Us: number;
+  p99Us: number;
+  p999Us: number;
+  maxUs: number;
+}
+
 export interface NativeDriverDevice {
   readonly memFd: number;
   readonly memSize: number;
@@ -241,6 +251,8 @@ export interface NativeDriverDevice {
   startRx(pair: number): void;
   stopRx(pair: number): void;
   stats(pair: number): DriverStats;
+  /** Percentiles have 1 µs resolution (max is exact); samples above 8.192 ms count at max. */
+  latency(pair: number): DriverLatency;
   /** Raw access to driver memory, for crafting hostile rings in tests. */
   writeMem(addr: bigint, data: Buffer): void;
   readMem(addr: bigint, len: number): Buffer;
@@ -284,8 +296,8 @@ export interface NativeModule {
   DriverDevice: new (opts: DriverOptions) => NativeDriverDevice;
 
   /* test support (driver frame format, cc/test_frame.cc) */
-  _buildFrame(opts: { dstMac: string; srcMac: string; frameSize: number; streamId?: number; seq: number | bigint }): Buffer;
-  _checkFrame(frame: Buffer): { verdict: "ok" | "foreign" | "corrupt"; streamId: number; seq: bigint; problem: string };
+  _buildFrame(opts: { dstMac: string; srcMac: string; frameSize: number; streamId?: number; seq: number | bigint; txNs?: bigint }): Buffer;
+  _checkFrame(frame: Buffer): { verdict: "ok" | "foreign" | "corrupt"; streamId: number; seq: bigint; txNs: bigint; problem: string };
 
   /** Opens /dev/net/tun as a TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) named `name`; returns the fd. */
   openTap(name: string): number;

@@ -100,13 +100,13 @@ test("close() is idempotent and later calls throw", (t) => {
 
 test("frame format: built frames verify; any damage is caught; no magic is foreign", (t) => {
   for (const size of [60, 61, 64, 67, 1500, 9000]) {
-    const f = native._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: size, streamId: 7, seq: 123456789012n });
+    const f = native._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: size, streamId: 7, seq: 123456789012n, txNs: 5_000_000_123n });
     t.is(f.length, size);
     t.is(f.toString("hex", 0, 6), "52540000000b");
     t.is(f.readUInt16BE(12), 0x88b5);
     t.is(f.toString("latin1", 14, 18), "VHDT");
-    t.deepEqual(native._checkFrame(f), { verdict: "ok", streamId: 7, seq: 123456789012n, problem: "" });
-    for (const off of [14, 20, 25, 31, 33, 36, size - 1]) {
+    t.deepEqual(native._checkFrame(f), { verdict: "ok", streamId: 7, seq: 123456789012n, txNs: 5_000_000_123n, problem: "" });
+    for (const off of [14, 20, 25, 31, 33, 36, 43, 44, size - 1]) {
       const g = Buffer.from(f);
       g[off] ^= 0x01;
       const v = native._checkFrame(g);
@@ -248,6 +248,31 @@ test("RX: counts lost, reordered, duplicated, corrupted and foreign frames", asy
     // startRx starts a fresh session
     d.startRx(0);
     t.like(d.stats(0), { rxPackets: 0, rxLost: 0, rxReordered: 0, rxMaxGapUs: 0 });
+  });
+});
+
+test("RX latency: the sender's timestamp in each frame gives percentiles since startRx; unstamped frames give none", async (t) => {
+  await withDevice({ queueSize: 64, memSize: 4 << 20, features: VERSION_1 }, async (d) => {
+    const rxq = new FakeDeviceQueue(d, 0, 64);
+    d.startRx(0);
+    await waitFor(() => rxq.pending() === 64, 3000, "rx buffers posted");
+    deliver(d, rxq, [frame(0), frame(1)], { mrg: false }); // txNs 0: no sample
+    await waitFor(() => d.stats(0).rxPackets === 2);
+    t.is(d.latency(0).count, 0);
+    await waitFor(() => rxq.pending() === 64);
+    // process.hrtime is CLOCK_MONOTONIC, the driver's clock: stamps 2 ms and 20 ms in the past
+    const now = process.hrtime.bigint();
+    const stamped = (seq: number, agoNs: bigint) => native._buildFrame({ dstMac: MAC_A, srcMac: MAC_B, frameSize: 100, streamId: 1, seq, txNs: now - agoNs });
+    const frames = [stamped(2, 2_000_000n), stamped(3, 2_000_000n), stamped(4, 2_000_000n), stamped(5, 20_000_000n)];
+    deliver(d, rxq, frames, { mrg: false });
+    await waitFor(() => d.stats(0).rxPackets === 6);
+    const l = d.latency(0);
+    t.is(l.count, 4);
+    t.true(l.p50Us >= 2000 && l.p50Us < 20_000, `p50 ${l.p50Us}`); // 2 ms + the time to deliver them
+    t.true(l.maxUs >= 20_000 && l.p99Us === l.maxUs, `beyond the histogram: max ${l.maxUs}, p99 ${l.p99Us}`);
+    t.is(d.stats(0).rxCorrupted, 0);
+    d.startRx(0);
+    t.is(d.latency(0).count, 0);
   });
 });
 
