@@ -143,8 +143,8 @@ for (const sig of ["SIGINT", "SIGTERM"] as const)
     process.exit(130);
   });
 
-async function startOurs(): Promise<Daemon> {
-  const d = await Daemon.start({ args: ["--log-level", "info"] });
+async function startOurs(env?: NodeJS.ProcessEnv): Promise<Daemon> {
+  const d = await Daemon.start({ args: ["--log-level", "info"], env });
   daemons.add(d);
   pin(d.proc!.pid!, String(BE_CPU));
   await d.ok(["mgmtpf", "-a", PF]);
@@ -229,8 +229,12 @@ async function netRun(impl: Impl, kase: NetCase, size: number, qp: number, o: Op
   }
 }
 
+/** Ours with the engine's default busy-poll time, ours polling LAT_POLL_US, DPDK. */
+type LatencyImpl = Impl | "ours-poll";
+const LAT_POLL_US = 2000;
+
 interface LatencyResult {
-  impl: Impl;
+  impl: LatencyImpl;
   count: number;
   p50Us: number;
   p99Us: number;
@@ -246,7 +250,7 @@ const LAT_PPS = 1000;
  * at LAT_PPS through the back-end, which B verifies. Drivers listen (like QEMU server=on), the
  * back-end connects; the bench process (the drivers' threads) runs on the front-end CPU.
  */
-async function latencyRun(impl: Impl, o: Opts): Promise<LatencyResult> {
+async function latencyRun(impl: LatencyImpl, o: Opts): Promise<LatencyResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-bench-"));
   const socks = [path.join(dir, "a.sock"), path.join(dir, "b.sock")];
   const load = loadavg();
@@ -256,7 +260,7 @@ async function latencyRun(impl: Impl, o: Opts): Promise<LatencyResult> {
   let ok = false;
   pin(process.pid, String(FE_CPU));
   try {
-    if (impl === "ours") d = await startOurs();
+    if (impl !== "dpdk") d = await startOurs(impl === "ours-poll" ? { VHOSTD_POLL_US: String(LAT_POLL_US) } : undefined);
     const fo = { connectTimeoutMs: 30_000, mac: undefined as string | undefined };
     const listening = socks.map((s, i) => FrontendDriver.listen(s, { ...fo, mac: mac(i) }));
     if (d) for (let i = 0; i < 2; i++) await d.ok(["vf", "-a", VFS[i], "-v", socks[i]]);
@@ -290,14 +294,15 @@ async function latencyRun(impl: Impl, o: Opts): Promise<LatencyResult> {
 }
 
 function latencyTable(rs: LatencyResult[]): string {
-  const col = (impl: Impl, k: "p50Us" | "p99Us" | "p999Us" | "maxUs") => rs.filter((r) => r.impl === impl).map((r) => r[k]);
-  const row = (label: string, k: "p50Us" | "p99Us" | "p999Us" | "maxUs") => {
-    const mo = median(col("ours", k)), md = median(col("dpdk", k));
-    return `| ${label} | ${mo.toFixed(0)} | ${md.toFixed(0)} | **${(mo / md).toFixed(2)}** | ${col("ours", k).map((x) => x.toFixed(0)).join(" ")} / ${col("dpdk", k).map((x) => x.toFixed(0)).join(" ")} |`;
-  };
+  type K = "p50Us" | "p99Us" | "p999Us" | "maxUs";
+  const col = (impl: LatencyImpl, k: K) => rs.filter((r) => r.impl === impl).map((r) => r[k]);
+  const med = (impl: LatencyImpl, k: K) => (col(impl, k).length ? median(col(impl, k)).toFixed(0) : "–");
+  const ratio = (impl: LatencyImpl, k: K) => (col(impl, k).length && col("dpdk", k).length ? `**${(median(col(impl, k)) / median(col("dpdk", k))).toFixed(2)}**` : "–");
+  const row = (label: string, k: K) =>
+    `| ${label} | ${med("ours", k)} | ${med("ours-poll", k)} | ${med("dpdk", k)} | ${ratio("ours", k)} | ${ratio("ours-poll", k)} | ${col("ours", k).map((x) => x.toFixed(0)).join(" ")} / ${col("ours-poll", k).map((x) => x.toFixed(0)).join(" ")} / ${col("dpdk", k).map((x) => x.toFixed(0)).join(" ")} |`;
   return [
-    `| one-way latency, 64 B at ${LAT_PPS} pps, µs | ours (median) | DPDK (median) | ours/DPDK (lower is better) | runs ours / DPDK |`,
-    "|---|---|---|---|---|",
+    `| one-way latency, 64 B at ${LAT_PPS} pps, µs | ours (median) | ours, VHOSTD_POLL_US=${LAT_POLL_US} | DPDK (median) | ours/DPDK | ours polling/DPDK | runs ours / polling / DPDK |`,
+    "|---|---|---|---|---|---|---|",
     row("p50", "p50Us"),
     row("p99", "p99Us"),
     row("p99.9", "p999Us"),
@@ -422,7 +427,7 @@ async function main(): Promise<void> {
   const latency: LatencyResult[] = [];
   if (o.cases.has("latency")) {
     for (let r = 0; r < o.runs; r++) {
-      const order: Impl[] = r % 2 === 0 ? ["ours", "dpdk"] : ["dpdk", "ours"];
+      const order: LatencyImpl[] = r % 2 === 0 ? ["ours", "ours-poll", "dpdk"] : ["dpdk", "ours-poll", "ours"];
       for (const impl of order) {
         const tag = `latency 64B run ${r + 1}/${o.runs} ${impl}`;
         try {
@@ -513,7 +518,7 @@ async function main(): Promise<void> {
   const notes = [
     ...(control.length ? [`- Control plane: \`Daemon.start({ ha: true })\` (keeper + vfe-vhostd --ha, debug logging), ${control[0]!.vfs} server-mode VFs without front-ends added by sequential RPC calls; idle CPU is both daemons' utime+stime over ${o.quick ? 2 : 10} s; restore and take-back times include starting the process.`] : []),
     ...(blk.length ? [blkNotes(blk)] : []),
-    ...(latency.length ? [`- Latency: the project's front-end driver on both ports (it listens, the back-end connects; its thread on CPU ${FE_CPU}, back-ends pinned as below); every frame carries its CLOCK_MONOTONIC send time, taken per burst, and the receiving port takes the time when it finds the frame in its used ring, so the figure includes both back-ends' reaction to a kick and the driver's wake-up on the call eventfd. Percentiles from 1 µs buckets over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up.`] : []),
+    ...(latency.length ? [`- Latency: the project's front-end driver on both ports (it listens, the back-end connects; its thread on CPU ${FE_CPU}, back-ends pinned as below); our engine busy-polls 200 µs after its last work before it sleeps on the kick eventfds (at ${LAT_PPS} pps a frame comes every 1000 µs, so each one wakes it), or ${LAT_POLL_US} µs with VHOSTD_POLL_US=${LAT_POLL_US} (it never sleeps at this rate: DPDK's way, a whole core); every frame carries its CLOCK_MONOTONIC send time, taken per burst, and the receiving port takes the time when it finds the frame in its used ring, so the figure includes both back-ends' reaction to a kick and the driver's wake-up on the call eventfd. Percentiles from 1 µs buckets over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up.`] : []),
     ...(netNotes ? [] : failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
   ];
   if (netNotes) notes.push(

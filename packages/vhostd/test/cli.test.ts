@@ -187,6 +187,11 @@ test("a second daemon on the same run dir refuses to start; bad flags and config
   const cfg = spawnSync(process.execPath, [DAEMON, "--run-dir", join(base, "r"), "--state-dir", join(base, "s"), "--config", join(base, "missing.json")], { encoding: "utf8" });
   t.is(cfg.status, 1);
   t.regex(cfg.stderr, /missing\.json: cannot read/);
+  for (const v of ["abc", "-1", "1.5", "10000001"]) {
+    const poll = spawnSync(process.execPath, [DAEMON, "--run-dir", join(base, "r"), "--state-dir", join(base, "s")], { encoding: "utf8", env: { ...process.env, VHOSTD_POLL_US: v }, timeout: 20_000 });
+    t.not(poll.status, 0, `VHOSTD_POLL_US=${v}`);
+    t.regex(poll.stdout + poll.stderr, /VHOSTD_POLL_US=.*must be an integer in 0\.\.10000000/);
+  }
 });
 
 test("docs/cli.md is generated from the schema and up to date", (t) => {

@@ -17,7 +17,7 @@ import { VhostSession, encodeReply } from "./session.js";
 export interface VfHostOptions {
   log: Logger;
   runDir: string;
-  /** Datapath worker threads (default 1, or VHOSTD_WORKERS). */
+  /** Datapath worker threads (default 1, or VHOSTD_WORKERS; VHOSTD_POLL_US sets the busy-poll time). */
   workers?: number;
   /** HA: hold <lockDir>/<dev>.lock while running a VF's queues (exactly one process runs them). */
   lockDir?: string;
@@ -296,10 +296,11 @@ export class EngineVfHost implements VfHost {
   constructor(private readonly opts: VfHostOptions) {
     this.log = opts.log;
     const workers = opts.workers ?? (Number(process.env.VHOSTD_WORKERS) || 1);
+    const pollUs = engineEnvInt("VHOSTD_POLL_US", 0, 10_000_000);
     let sharedFd: number | undefined;
     if (opts.sharedPath) sharedFd = fs.openSync(opts.sharedPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     try {
-      this.engine = new native.Engine({ workers, ...(sharedFd !== undefined ? { sharedFd } : {}) }, (ev) => this.onEngineEvent(ev));
+      this.engine = new native.Engine({ workers, ...(pollUs !== undefined ? { pollUs } : {}), ...(sharedFd !== undefined ? { sharedFd } : {}) }, (ev) => this.onEngineEvent(ev));
     } finally {
       if (sharedFd !== undefined) fs.closeSync(sharedFd); // the engine keeps its mapping
     }
@@ -628,4 +629,17 @@ export class EngineVfHost implements VfHost {
 
 export function createVfHost(opts: VfHostOptions): EngineVfHost {
   return new EngineVfHost(opts);
+}
+
+/**
+ * An engine tuning from the environment (the same for vfe-vhostd and the keeper, which both
+ * run an engine): undefined when unset; a value that is not an integer in [min, max] stops
+ * the daemon rather than being ignored.
+ */
+function engineEnvInt(name: string, min: number, max: number): number | undefined {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return undefined;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < min || v > max) throw new HostError(`${name}=${raw.slice(0, 32)}: must be an integer in ${min}..${max}`, -22);
+  return v;
 }
