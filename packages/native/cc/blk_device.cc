@@ -104,6 +104,7 @@ static int completeInOrder(NetDevice& d, int q) noexcept {
     BlkSlot& s = sl[v.usedIdx & b.slotMask[q]];
     if (s.state != SlotState::kDone) break;
     *s.statusPtr = s.status;  // checked to lie in guest memory when the request was taken
+    if (__builtin_expect(d.log.active(), 0)) d.log.markHost(*d.mem, s.statusPtr, 1);
     v.pushUsed(s.head, s.usedLen);
     if (s.status == VIRTIO_BLK_S_OK) bytes += s.bytes;
     s.state = SlotState::kFree;
@@ -161,6 +162,15 @@ static void onCompletion(NetDevice& d, uint64_t user, int res, WorkerCtx& ctx, u
       // O_DIRECT refuses this request's alignment: do it through the page cache instead.
       s.useDirect = false;
       if (queueOp(b, q, idx, s)) return;
+    }
+    if (res > 0 && s.op == BlkOp::kRead && __builtin_expect(d.log.active(), 0)) {
+      // The kernel wrote `res` bytes into guest memory from iov[iovFirst]: log them now.
+      uint64_t n = (uint64_t)res;
+      for (int i = s.iovFirst; i < s.iovEnd && n > 0; i++) {
+        uint64_t c = s.iov[i].iov_len < n ? s.iov[i].iov_len : n;
+        d.log.markHost(*d.mem, s.iov[i].iov_base, c);
+        n -= c;
+      }
     }
     if (res < 0) {
       ioFailed(d, q, s, -res, ctx);
@@ -407,6 +417,7 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
       for (int i = wFirst; i < wEnd && done < n; i++) {
         uint64_t c = s.iov[i].iov_len < n - done ? s.iov[i].iov_len : n - done;
         memcpy(s.iov[i].iov_base, src + done, c);
+        if (__builtin_expect(d.log.active(), 0)) d.log.markHost(*d.mem, s.iov[i].iov_base, c);
         done += c;
       }
       s.usedLen = (uint32_t)(done + 1);

@@ -442,6 +442,7 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   for (int q = 0; q < kMaxQueues; q++) {
     if (!keepCounters) d->ctr[q].reset();  // kept: a takeover continues the dead runner's counts
     d->vq[q].ctr = &d->ctr[q];
+    d->vq[q].dlog = &d->log;
     d->vq[q].pollSrc = PollSource{PollSource::kKick, d, q};
   }
   d->applyFeatures(0);
@@ -475,6 +476,7 @@ std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounter
   for (int q = 0; q < kMaxQueues; q++) {
     if (!keepCounters) d->ctr[q].reset();
     d->vq[q].ctr = &d->ctr[q];
+    d->vq[q].dlog = &d->log;
     d->vq[q].pollSrc = PollSource{PollSource::kKick, d, q};
   }
   d->applyFeatures(0);
@@ -565,6 +567,20 @@ std::string Engine::setFeatures(int devId, uint64_t features) {
     d->applyFeatures(features);
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.unlock();
   });
+}
+
+std::string Engine::setDirtyLog(int devId, int fd, uint64_t size, uint64_t offset) {
+  NetDevice* d = devs_[devId];
+  DirtyLog fresh;
+  std::string err;
+  if (fd >= 0 && !fresh.map(fd, size, offset, &err)) return err;
+  // Every writer holds an RX lock or is the owner: under all of them nobody is mid-write.
+  err = run(d->worker, [&] {
+    for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
+    d->log.swap(fresh);
+    for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.unlock();
+  });
+  return err;  // `fresh` now holds the old log and unmaps it here
 }
 
 std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
@@ -723,6 +739,26 @@ std::string Engine::setQueueCall(int devId, int q, int callFd) {
   });
   closeFd(call);
   return err;
+}
+
+std::string Engine::injectFrame(int devId, const uint8_t* frame, uint32_t len) {
+  NetDevice* d = devs_[devId];
+  if (!d->sw) return "device " + std::to_string(devId) + " is not a net device";
+  if (len < 14 || len > kMaxFrame) return "frame of " + std::to_string(len) + " bytes";
+  Worker& w = *workers_[d->worker];
+  return run(d->worker, [&] {
+    WorkerCtx& ctx = *w.ctx;  // free between polling passes, which is when commands run
+    ctx.nowNs = monoNs();
+    Pkt& p = ctx.pkts[0];
+    memset(p.hdr, 0, sizeof p.hdr);
+    p.len = len;
+    p.data = ctx.bufs;
+    memcpy(p.data, frame, len);
+    p.csumDone = false;
+    ctx.n = 1;
+    d->sw->forward(d->devId, 0, ctx, nullptr, 0);  // no source queue: no progress record
+    ctx.n = 0;
+  });
 }
 
 std::string Engine::kickAll(int devId) {

@@ -134,6 +134,8 @@ class Engine : public EventSink {
   std::string setBlkWriteback(int devId, bool on);
   std::string removeDevice(int devId);
   std::string setFeatures(int devId, uint64_t features);
+  // SET_LOG_BASE: maps size bytes of fd at offset as the device's dirty log (fd < 0: none).
+  std::string setDirtyLog(int devId, int fd, uint64_t size, uint64_t offset);
   std::string setMemTable(int devId, const std::vector<RegionSpec>& regions);
   std::string addMemRegion(int devId, const RegionSpec& region);
   std::string removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint64_t uva);
@@ -142,6 +144,9 @@ class Engine : public EventSink {
   std::string setQueueEnabled(int devId, int q, bool en);
   std::string setQueueCall(int devId, int q, int callFd);
   std::string kickAll(int devId);
+  // Sends one frame into a net device's switch as if the device had sent it (SEND_RARP after a
+  // migration: the switch learns the MAC on this port and floods the announcement).
+  std::string injectFrame(int devId, const uint8_t* frame, uint32_t len);
   // While held, workers run commands but poll no queue and yield the CPU: an HA adoption starts
   // every ring of every VF in one go (commands would otherwise queue behind a backlog burst).
   void hold(bool on) noexcept { held_.store(on, std::memory_order_release); }

@@ -144,6 +144,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("setBlkWriteback", &EngineWrap::SetBlkWriteback),
                            InstanceMethod("removeDevice", &EngineWrap::RemoveDevice),
                            InstanceMethod("setFeatures", &EngineWrap::SetFeatures),
+                           InstanceMethod("setDirtyLog", &EngineWrap::SetDirtyLog),
                            InstanceMethod("setMemTable", &EngineWrap::SetMemTable),
                            InstanceMethod("addMemRegion", &EngineWrap::AddMemRegion),
                            InstanceMethod("removeMemRegion", &EngineWrap::RemoveMemRegion),
@@ -152,6 +153,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("setQueueEnabled", &EngineWrap::SetQueueEnabled),
                            InstanceMethod("setQueueCall", &EngineWrap::SetQueueCall),
                            InstanceMethod("kickAll", &EngineWrap::KickAll),
+                           InstanceMethod("injectFrame", &EngineWrap::InjectFrame),
                            InstanceMethod("hold", &EngineWrap::Hold),
                            InstanceMethod("close", &EngineWrap::Close),
                            InstanceAccessor("counters", &EngineWrap::Counters, nullptr),
@@ -374,6 +376,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     check(env, engine_->removeMemRegion(id, gpa, size, uva));
     return env.Undefined();
   }
+  Napi::Value SetDirtyLog(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    int fd = (int)getInt(env, info[1], "fd", -1, INT32_MAX);
+    uint64_t size = fd >= 0 ? getU64(env, info[2], "size") : 0;
+    uint64_t offset = fd >= 0 ? getU64(env, info[3], "offset") : 0;
+    check(env, engine_->setDirtyLog(id, fd, size, offset));
+    return env.Undefined();
+  }
   Napi::Value StartQueue(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int id = devArg(info, 0);
@@ -387,6 +398,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     qs.setup.availAddr = getU64(env, c.Get("availAddr"), "cfg.availAddr");
     qs.setup.usedAddr = getU64(env, c.Get("usedAddr"), "cfg.usedAddr");
     qs.setup.lastAvailIdx = (uint16_t)getInt(env, c.Get("lastAvailIdx"), "cfg.lastAvailIdx", 0, 65535);
+    if (!c.Get("logAddr").IsUndefined()) {
+      qs.setup.logUsed = true;
+      qs.setup.logAddr = getU64(env, c.Get("logAddr"), "cfg.logAddr");
+    }
     qs.kickFd = (int)getInt(env, c.Get("kickFd"), "cfg.kickFd", -1, INT32_MAX);
     qs.callFd = (int)getInt(env, c.Get("callFd"), "cfg.callFd", -1, INT32_MAX);
     qs.errFd = (int)getInt(env, c.Get("errFd"), "cfg.errFd", -1, INT32_MAX);
@@ -418,6 +433,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (info.Length() < 1 || !info[0].IsBoolean()) throwType(info.Env(), "hold(on) needs a boolean");
     live(info.Env()).hold(info[0].As<Napi::Boolean>().Value());
     return info.Env().Undefined();
+  }
+  Napi::Value InjectFrame(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    if (!info[1].IsBuffer()) throwType(env, "frame must be a Buffer");
+    auto b = info[1].As<Napi::Buffer<uint8_t>>();
+    check(env, engine_->injectFrame(id, b.Data(), (uint32_t)b.Length()));
+    return env.Undefined();
   }
   Napi::Value KickAll(const Napi::CallbackInfo& info) {
     int id = devArg(info, 0);

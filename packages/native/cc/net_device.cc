@@ -19,6 +19,7 @@ void NetDevice::applyFeatures(uint64_t f) noexcept {
   features = f;
   hdrLen = (has(VIRTIO_F_VERSION_1) || has(VIRTIO_NET_F_MRG_RXBUF)) ? 12 : 10;
   mrg = has(VIRTIO_NET_F_MRG_RXBUF);
+  log.on = has(VHOST_F_LOG_ALL);
   for (int q = 0; q < kMaxQueues; q++) {
     vq[q].eventIdx = has(VIRTIO_RING_F_EVENT_IDX);
     vq[q].indirectOk = has(VIRTIO_RING_F_INDIRECT_DESC);
@@ -303,6 +304,7 @@ static void scatter(NetDevice& d, Virtqueue& vq, WorkerCtx& ctx, int nch, const 
         }
         size_t c = room < srcLeft ? room : srcLeft;
         memcpy(dst, src, c);
+        if (__builtin_expect(d.log.active(), 0)) d.log.markHost(*d.mem, dst, c);
         dst += c;
         src += c;
         room -= c;

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "counters.h"
+#include "dirty_log.h"
 #include "guest_memory.h"
 #include "virtqueue.h"
 
@@ -99,6 +100,7 @@ struct NetDevice {
 
   Virtqueue vq[kMaxQueues];
   std::unique_ptr<MemTable> mem;  // never null; swapped only by the owner under every RX lock
+  DirtyLog log;                   // SET_LOG_BASE; swapped and switched like mem
   QueueCounters* ctr = nullptr;   // kMaxQueues entries
 
   bool has(int bit) const noexcept { return (features >> bit) & 1; }

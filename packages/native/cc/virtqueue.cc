@@ -169,6 +169,7 @@ void Virtqueue::pushUsed(uint16_t id, uint32_t len) noexcept {
   volatile uint32_t* e = reinterpret_cast<volatile uint32_t*>(used + 4 + 8u * (usedIdx & mask));
   e[0] = id;
   e[1] = len;
+  if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 4 + 8u * (usedIdx & mask), 8);
   usedIdx++;
 }
 

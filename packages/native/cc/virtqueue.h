@@ -9,6 +9,7 @@
 #include <cstddef>
 
 #include "counters.h"
+#include "dirty_log.h"
 #include "guest_memory.h"
 
 namespace vhd {
@@ -73,6 +74,9 @@ struct QueueSetup {
   uint16_t size;
   uint64_t descAddr, availAddr, usedAddr;
   uint16_t lastAvailIdx;
+  // VHOST_VRING_F_LOG: used-ring writes are logged at this guest-physical address.
+  bool logUsed = false;
+  uint64_t logAddr = 0;
 };
 
 class Virtqueue {
@@ -90,6 +94,7 @@ class Virtqueue {
   PollSource pollSrc{PollSource::kKick, nullptr, 0};
   bool inEpoll = false;
   QueueCounters* ctr = nullptr;
+  DirtyLog* dlog = nullptr;  // the device's (never null once the device exists)
   // TX: the burst being forwarded (mirrored to ctr->v[kProgress]) and, after a takeover, the
   // positions of the dead process's last burst that were done already (see TxProgress).
   TxProgress burst{};
@@ -141,7 +146,11 @@ class Virtqueue {
             bool* tooMany, char* reason, size_t rlen) const noexcept;
 
   void pushUsed(uint16_t id, uint32_t len) noexcept;
-  void publishUsed() noexcept { __atomic_store_n(reinterpret_cast<volatile uint16_t*>(used + 2), usedIdx, __ATOMIC_RELEASE); }
+  void publishUsed() noexcept {
+    __atomic_store_n(reinterpret_cast<volatile uint16_t*>(used + 2), usedIdx, __ATOMIC_RELEASE);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 2, 2);
+  }
+  bool logging() const noexcept { return setup.logUsed && dlog && dlog->active(); }
   // After publishUsed: should the driver be interrupted? (EVENT_IDX or NO_INTERRUPT rules)
   bool needCall() noexcept;
   // Signals callFd if needCall(); counts `calls`. Returns whether it signalled.

@@ -51,6 +51,8 @@ export interface QueueConfig {
   callFd: number;
   /** Eventfd to report a broken ring; -1 for none. Not owned. */
   errFd: number;
+  /** VHOST_VRING_F_LOG: the used ring's guest-physical address for the dirty log. */
+  logAddr?: bigint;
 }
 
 export interface NetDeviceOptions {
@@ -136,6 +138,8 @@ export interface NativeEngine {
   setFeatures(devId: number, features: bigint): void;
   /** Replaces the whole memory table; throws on overlapping or unmappable regions. */
   setMemTable(devId: number, regions: MemRegion[]): void;
+  /** SET_LOG_BASE: `size` bytes of fd at `offset` become the device's dirty log (the engine maps it; fd -1: none). */
+  setDirtyLog(devId: number, fd: number, size?: bigint, offset?: bigint): void;
   addMemRegion(devId: number, region: MemRegion): void;
   /** Removes the region with this guestAddr/size/userAddr (fd is ignored). */
   removeMemRegion(devId: number, region: MemRegion): void;
@@ -149,6 +153,8 @@ export interface NativeEngine {
   setQueueCall(devId: number, queue: number, callFd: number): void;
   /** Process every running queue of the device once and signal each call fd once (after a restart). */
   kickAll(devId: number): void;
+  /** One Ethernet frame (no virtio header) into the device's switch as if the device sent it. */
+  injectFrame(devId: number, frame: Buffer): void;
   /** While held, workers run commands but poll no queue (an HA adoption starts every ring at once). */
   hold(on: boolean): void;
   /** Shared counter memory: see COUNTERS_PER_QUEUE / counterIndex() in index.ts. */

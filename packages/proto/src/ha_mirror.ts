@@ -69,6 +69,8 @@ export interface MirrorSession {
   owner: boolean;
   regions: MirrorRegion[];
   vrings: MirrorVring[];
+  /** SET_LOG_BASE during a migration: the dirty log's fd index, size and offset. */
+  log?: { fd: number; size: Hex64; offset: Hex64 };
 }
 
 /** One VF as its runner sees it. */
@@ -125,6 +127,7 @@ export function mirrorFrameFdCount(f: MirrorFrame): number {
 /** Every fd index the record uses (each must be < count, and used once). */
 export function mirrorVfFdIndices(rec: MirrorVf): number[] {
   const out = [rec.conn, rec.listen, ...rec.session.regions.map((r) => r.fd)];
+  if (rec.session.log) out.push(rec.session.log.fd);
   for (const v of rec.session.vrings) out.push(v.kick, v.call, v.err);
   return out.filter((i) => i >= 0);
 }
@@ -187,7 +190,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
 
 function validateRec(v: unknown, count: number): MirrorVf {
   const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply"]);
-  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"]);
+  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["log"]);
   const t = "vf.rec.session";
   const rec: MirrorVf = {
     conn: fdIndex("vf.rec", r, "conn", count),
@@ -206,6 +209,10 @@ function validateRec(v: unknown, count: number): MirrorVf {
       vrings: list(t, s, "vrings", MAX_RINGS).map((x, i) => validateVring(x, i, count)),
     },
   };
+  if (s.log !== undefined) {
+    const lb = fields(`${t}.log`, s.log, ["fd", "size", "offset"]);
+    rec.session.log = { fd: int(`${t}.log`, lb, "fd", 0, count - 1), size: hex64(`${t}.log`, lb, "size"), offset: hex64(`${t}.log`, lb, "offset") };
+  }
   if (r.reply !== undefined) {
     const reply = str("vf.rec", r, "reply", MAX_REPLY_HEX, 24);
     if (!/^(?:[0-9a-f]{2})+$/.test(reply)) fail("vf.rec", "reply", "must be hex bytes");

@@ -20,6 +20,7 @@ export const BLK_MAX_DISCARD_SEG = 1;
 /** Offered to every blk VF (plus RO for a read-only disk). Constant: front-ends compare them on reconnect. */
 export const BLK_FEATURES =
   bit(F.VERSION_1) |
+  bit(F.LOG_ALL) |
   bit(F.VHOST_USER_PROTOCOL_FEATURES) |
   bit(F.RING_INDIRECT_DESC) |
   bit(F.RING_EVENT_IDX) |
@@ -36,6 +37,7 @@ export const BLK_FEATURES =
 // CONFIG is what QEMU's vhost-user-blk requires (it reads capacity and limits with GET_CONFIG).
 export const BLK_PROTOCOL_FEATURES = protocolFeatureMask(
   ProtocolFeature.MQ,
+  ProtocolFeature.LOG_SHMFD,
   ProtocolFeature.REPLY_ACK,
   ProtocolFeature.CONFIG,
   ProtocolFeature.STATUS,

@@ -11,7 +11,7 @@ import { VhostUserConnection } from "./connection.js";
 import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";
 import { BlkModel } from "./blk_model.js";
 import type { DeviceModel } from "./device_model.js";
-import { NetModel } from "./net_model.js";
+import { NetModel, rarpFrame } from "./net_model.js";
 import { VhostSession, encodeReply } from "./session.js";
 
 export interface VfHostOptions {
@@ -522,7 +522,7 @@ export class EngineVfHost implements VfHost {
       if (spec.kind === "blk") model = this.addBlk(spec, keepCounters);
       else {
         this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs, keepCounters });
-        model = new NetModel(spec.mac, spec.mtu, spec.queuePairs);
+        model = new NetModel(spec.mac, spec.mtu, spec.queuePairs, (mac) => this.engine.injectFrame(spec.devId, rarpFrame(mac)));
       }
     } catch (err) {
       lock?.release();

@@ -6,6 +6,7 @@ import { Rejection } from "./session.js";
 /** Features the engine implements for net. Kept constant: front-ends compare them on reconnect. */
 export const NET_FEATURES =
   bit(F.VERSION_1) |
+  bit(F.LOG_ALL) |
   bit(F.VHOST_USER_PROTOCOL_FEATURES) |
   bit(F.RING_INDIRECT_DESC) |
   bit(F.RING_EVENT_IDX) |
@@ -24,6 +25,8 @@ export const NET_FEATURES =
 
 export const NET_PROTOCOL_FEATURES = protocolFeatureMask(
   ProtocolFeature.MQ,
+  ProtocolFeature.LOG_SHMFD,
+  ProtocolFeature.RARP,
   ProtocolFeature.REPLY_ACK,
   ProtocolFeature.NET_MTU,
   ProtocolFeature.STATUS,
@@ -69,4 +72,26 @@ export class NetModel implements DeviceModel {
   announce(mac: string): void {
     this.onAnnounce(mac);
   }
+}
+
+/**
+ * The frame QEMU's own announce_self sends for a guest that cannot announce itself: a
+ * broadcast RARP "reverse request" (RFC 903) from the guest's MAC, padded to 60 bytes. Peers'
+ * switches learn the MAC on its new port from it.
+ */
+export function rarpFrame(mac: string): Buffer {
+  const m = Buffer.from(mac.split(":").map((x) => parseInt(x, 16)));
+  if (m.length !== 6 || m.some((x) => Number.isNaN(x))) throw new Rejection(`bad MAC ${mac}`);
+  const f = Buffer.alloc(60);
+  f.fill(0xff, 0, 6);
+  m.copy(f, 6);
+  f.writeUInt16BE(0x8035, 12); // ETH_P_RARP
+  f.writeUInt16BE(1, 14); // hardware: Ethernet
+  f.writeUInt16BE(0x0800, 16); // protocol: IPv4
+  f[18] = 6;
+  f[19] = 4;
+  f.writeUInt16BE(3, 20); // reverse request
+  m.copy(f, 22); // sender hardware address; sender IP 0
+  m.copy(f, 32); // target hardware address; target IP 0
+  return f;
 }

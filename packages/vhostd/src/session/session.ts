@@ -16,6 +16,7 @@ import {
   Req,
   requestName,
   VirtioFeatureBit,
+  VRING_F_LOG,
   bit,
   featureNames,
   type MemRegionDesc,
@@ -38,6 +39,7 @@ interface Region extends MemRegionDesc {
 type Handler = (msg: VhostMessage) => Buffer | void;
 
 const U64_MAX = (1n << 64n) - 1n;
+const MAX_LOG_BYTES = 1n << 32n;
 
 export interface SessionIo {
   reply(request: number, payload: Buffer): void;
@@ -52,6 +54,8 @@ export class VhostSession {
   owner = false;
   readonly vrings: Vring[];
   private regions: Region[] = [];
+  /** The dirty log (SET_LOG_BASE, live migration): owned fd, size and offset as sent. */
+  private dirtyLog: { fd: number; size: bigint; offset: bigint } | undefined;
   /** Adopted rings that ran in the previous runner, to start (resumeAdopted). */
   private toResume: Vring[] = [];
   private readonly handlers = new Map<number, Handler>();
@@ -91,6 +95,7 @@ export class VhostSession {
     h(Req.SEND_RARP, this.sendRarp);
     h(Req.GET_CONFIG, this.getConfig);
     h(Req.SET_CONFIG, this.setConfig);
+    h(Req.SET_LOG_BASE, this.setLogBase);
   }
 
   /** Dispatches one message; returns normally even when the front-end is at fault. */
@@ -134,6 +139,7 @@ export class VhostSession {
       vr.reset();
     }
     this.dropMemory();
+    this.dropDirtyLog(true);
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.status = 0;
@@ -178,6 +184,7 @@ export class VhostSession {
         enabled: v.enabled,
         started: v.started,
       })),
+      ...(this.dirtyLog ? { log: { fd: at(this.dirtyLog.fd), size: hex(this.dirtyLog.size), offset: hex(this.dirtyLog.offset) } } : {}),
     };
   }
 
@@ -204,6 +211,7 @@ export class VhostSession {
       vr.callFd = fd(mv.call);
       vr.errFd = fd(mv.err);
     }
+    if (m.log) this.dirtyLog = { fd: fd(m.log.fd), size: BigInt(m.log.size), offset: BigInt(m.log.offset) };
     validateRegions(regions, MAX_MEM_SLOTS);
     this.features = features;
     this.protocolFeatures = protocolFeatures;
@@ -211,6 +219,7 @@ export class VhostSession {
     this.owner = m.owner;
     this.engine.setFeatures(this.devId, features);
     if (regions.length > 0) this.engine.setMemTable(this.devId, regions.map(toEngine));
+    if (this.dirtyLog) this.applyDirtyLog(this.dirtyLog.fd, this.dirtyLog.size, this.dirtyLog.offset);
     for (const mv of m.vrings) {
       const vr = this.vrings[mv.index]!;
       if (mv.num > MAX_RING_SIZE || (mv.num & (mv.num - 1)) !== 0) throw new Violation(`mirrored ring ${mv.index} size ${mv.num}`);
@@ -261,6 +270,7 @@ export class VhostSession {
     }
     if (this.regions.length > 0) this.engine.setMemTable(this.devId, []);
     this.regions = [];
+    this.dropDirtyLog(false);
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.status = 0;
@@ -471,6 +481,7 @@ export class VhostSession {
         kickFd: vr.kickFd,
         callFd: vr.callFd,
         errFd: vr.errFd,
+        ...((addr.flags & VRING_F_LOG) !== 0 ? { logAddr: addr.log } : {}),
       });
     } catch (err) {
       throw new Rejection(`ring ${vr.index} cannot start: ${(err as Error).message}`);
@@ -484,6 +495,47 @@ export class VhostSession {
     vr.base = this.engine.stopQueue(this.devId, vr.index);
     vr.started = false;
     this.log.info({ queue: vr.index, base: vr.base }, "ring stopped");
+  }
+
+  /* ------------------------------------------------------------ dirty log (migration) */
+
+  /**
+   * SET_LOG_BASE (LOG_SHMFD): the front-end's dirty bitmap, one bit per 4 KiB guest page. The
+   * engine marks what it writes while LOG_ALL is negotiated. Always replied (0 = done).
+   */
+  private setLogBase(msg: VhostMessage): Buffer {
+    const fd = msg.fds[0]!;
+    if (!this.hasProtocol(ProtocolFeature.LOG_SHMFD)) {
+      closeAll(msg.fds);
+      throw new Violation("SET_LOG_BASE without LOG_SHMFD negotiated");
+    }
+    let area: { size: bigint; offset: bigint };
+    try {
+      area = codec.log.decode(msg.payload);
+      // One bit per 4 KiB page: 4 GiB of log covers 128 TiB of guest memory.
+      if (area.size > MAX_LOG_BYTES) throw new Rejection(`log of ${area.size} bytes is larger than ${MAX_LOG_BYTES}`);
+      this.applyDirtyLog(fd, area.size, area.offset);
+    } catch (err) {
+      closeAll(msg.fds);
+      throw err instanceof ProtocolError || err instanceof Violation ? err : new Rejection((err as Error).message);
+    }
+    if (this.dirtyLog) closeAll([this.dirtyLog.fd]); // the engine already swapped to the new log
+    this.dirtyLog = { fd, size: area.size, offset: area.offset };
+    this.log.info({ bytes: hex(area.size), offset: hex(area.offset) }, "dirty log set (migration)");
+    return codec.u64.encode(0n);
+  }
+
+  private applyDirtyLog(fd: number, size: bigint, offset: bigint): void {
+    this.engine.setDirtyLog(this.devId, fd, size, offset);
+  }
+
+  /** Unmaps the engine's log and forgets the fd (closing it unless another process owns it now). */
+  private dropDirtyLog(close: boolean): void {
+    if (!this.dirtyLog) return;
+    const { fd } = this.dirtyLog;
+    this.dirtyLog = undefined;
+    this.engine.setDirtyLog(this.devId, -1);
+    if (close) closeAll([fd]);
   }
 
   /* ----------------------------------------------------------------- status & device */

@@ -1,0 +1,81 @@
+// Dirty-page log (see dirty_log.h).
+#include "dirty_log.h"
+
+#include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "guest_memory.h"
+
+namespace vhd {
+
+bool DirtyLog::map(int fd, uint64_t size, uint64_t offset, std::string* err) noexcept {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    *err = "log fd: fstat failed";
+    return false;
+  }
+  if (size == 0 || offset > UINT64_MAX - size || offset + size > (uint64_t)st.st_size) {
+    *err = "log area " + std::to_string(offset) + "+" + std::to_string(size) + " is not inside the " + std::to_string(st.st_size) + "-byte log file";
+    return false;
+  }
+  const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  uint64_t start = offset & ~(page - 1);
+  size_t len = (size_t)(offset - start + size);
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
+  if (m == MAP_FAILED) {
+    *err = "log mmap failed";
+    return false;
+  }
+  unmap();
+  map_ = m;
+  mapLen_ = len;
+  base_ = static_cast<uint8_t*>(m) + (offset - start);
+  size_ = size;
+  return true;
+}
+
+void DirtyLog::unmap() noexcept {
+  if (map_) munmap(map_, mapLen_);
+  map_ = nullptr;
+  base_ = nullptr;
+  mapLen_ = 0;
+  size_ = 0;
+}
+
+void DirtyLog::swap(DirtyLog& o) noexcept {
+  std::swap(base_, o.base_);
+  std::swap(map_, o.map_);
+  std::swap(mapLen_, o.mapLen_);
+  std::swap(size_, o.size_);
+}
+
+void DirtyLog::mark(uint64_t gpa, uint64_t len) noexcept {
+  if (!len || !base_) return;
+  uint64_t last = gpa + len - 1;
+  if (last < gpa) last = UINT64_MAX;  // wrapped: mark to the end (the page count is bounded below)
+  uint64_t first = gpa >> kLogPageShift, end = last >> kLogPageShift;
+  for (uint64_t p = first; p <= end; p++) {
+    uint64_t byte = p >> 3;
+    if (byte >= size_) {
+      outOfRange_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    __atomic_fetch_or(&base_[byte], (uint8_t)(1u << (p & 7)), __ATOMIC_RELAXED);
+    if (p == UINT64_MAX) break;
+  }
+}
+
+void DirtyLog::markHost(const MemTable& mem, const void* host, uint64_t len) noexcept {
+  const uint8_t* h = static_cast<const uint8_t*>(host);
+  for (const Region& r : mem.regions()) {
+    if (h >= r.host && (uint64_t)(h - r.host) < r.size) {
+      uint64_t off = (uint64_t)(h - r.host);
+      mark(r.gpa + off, len <= r.size - off ? len : r.size - off);
+      return;
+    }
+  }
+}
+
+}  // namespace vhd
