@@ -1,6 +1,7 @@
 // Live migration through our VFs with real QEMU on both ends. A guest on VF A pings DPDK
 // testpmd (icmpecho) on a third VF. A second QEMU waits with -incoming on VF B, and QMP
-// `migrate` moves the running guest A → B, then back to a fresh QEMU on A. QEMU refuses to
+// `migrate` moves the running guest A → B, then back to a fresh QEMU on A, and so on four
+// times, while daemons of the HA pair are killed -9 during pre-copy and after a switch-over. QEMU refuses to
 // migrate a vhost-user device whose back-end cannot log dirty pages, so a completed migration
 // already shows LOG_ALL/LOG_SHMFD/SET_LOG_BASE at work. The guest then goes on pinging from its
 // new home: its ping count proves the rings resumed where the source stopped (a wrong base
@@ -19,7 +20,7 @@ const VF_B = "0000:af:05.5";
 const VF_ECHO = "0000:af:06.5";
 const GUEST_MAC = "52:54:00:12:34:56";
 const INTERVAL_S = 0.05;
-const COUNT = 1600;
+const COUNT = 2400;
 
 /** Migrates the guest behind `from` to the QEMU listening on `uri`; returns QEMU's downtime (ms). */
 async function migrate(from: Qmp, uri: string): Promise<{ downtimeMs: number; totalMs: number }> {
@@ -37,7 +38,7 @@ async function migrate(from: Qmp, uri: string): Promise<{ downtimeMs: number; to
   return { downtimeMs: info.downtime, totalMs: info["total-time"] };
 }
 
-test.serial("live migration A → B → A with a pinging guest: QEMU migrates through our dirty log, the guest keeps its peer, losses fit the downtime", async (t) => {
+test.serial("live migration A → B → A → B → A with a pinging guest, vfe-vhostd and the keeper killed during pre-copy and after a switch-over: the guest keeps its peer, losses fit the downtimes", async (t) => {
   if (!needPeer(t, "qemu-system-x86_64") || !needPeer(t, "dpdk-testpmd")) return;
   const d = await Daemon.start({ ha: true });
   const guests: Guest[] = [];
@@ -70,7 +71,16 @@ test.serial("live migration A → B → A with a pinging guest: QEMU migrates th
     // QEMU serves one QMP client at a time: each guest's connection is made once and kept.
     let qFrom = await Qmp.connect(src.opts.qmpSocket!);
     qmps.push(qFrom);
-    for (const [sock, name] of [["b", "b1"], ["a", "a2"]] as const) {
+    // Back and forth, with the daemons killed where it hurts most: vfe-vhostd and the keeper
+    // during pre-copy (the dirty log must survive the keeper's takeover), vfe-vhostd right after
+    // a switch-over.
+    const plan = [
+      { sock: "b", name: "b1", kill: "none" },
+      { sock: "a", name: "a2", kill: "vhostd during pre-copy" },
+      { sock: "b", name: "b2", kill: "keeper during pre-copy" },
+      { sock: "a", name: "a3", kill: "vhostd after switch-over" },
+    ] as const;
+    for (const { sock, name, kill } of plan) {
       const uri = `unix:${path.join(d.dir, `mig-${name}.sock`)}`;
       const dst = await Guest.start(guestOpts(d.sock(sock), name, uri));
       guests.push(dst);
@@ -79,8 +89,20 @@ test.serial("live migration A → B → A with a pinging guest: QEMU migrates th
       const vf = sock === "a" ? VF_A : VF_B;
       await waitFor(async () => (await d.ok(["vf", "-i", vf])).device.connected === true, 30_000, `our VF ${vf} connected to the destination QEMU`);
       const before = await echoed();
-      const m = await migrate(qFrom, uri);
-      hops.push({ hop: `-> ${name}`, ...m });
+      const migrating = migrate(qFrom, uri);
+      if (kill === "vhostd during pre-copy") {
+        await d.killVhostd();
+        await d.restartVhostd();
+      } else if (kill === "keeper during pre-copy") {
+        await d.killKeeper();
+        await d.startKeeper();
+      }
+      const m = await migrating;
+      if (kill === "vhostd after switch-over") {
+        await d.killVhostd();
+        await d.restartVhostd();
+      }
+      hops.push({ hop: `-> ${name}${kill === "none" ? "" : `, ${kill}`}`, ...m });
       await qFrom.execute("quit").catch(() => undefined); // the source's job is done
       await waitFor(async () => (await echoed()) > before + 20, 60_000, `pings flow from the guest on ${name}`);
       from = dst;
