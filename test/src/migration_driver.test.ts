@@ -102,6 +102,24 @@ test.serial("dirty log: with LOG_ALL every page the engine writes (receive buffe
     // b's TX ring is only read by the engine: its used ring page stays clean.
     t.false(marked(w, b.device.ring(1).used / PAGE), "a ring the engine did not write is not marked");
 
+    // Under load: 20000 frames as fast as the rings go, so every receive buffer is written many
+    // times over; the front-end clears the log first, as a migration round does.
+    fs.writeSync(logFd, Buffer.alloc(w.bytes.length), 0, w.bytes.length, Number(w.first));
+    const rxBefore = b.device.stats(0).rxPackets;
+    b.device.startRx(0);
+    a.device.startTx(0, { dstMac: b.mac, srcMac: a.mac, frameSize: 1400, count: 20_000, streamId: 6 });
+    await waitFor(() => a.device.stats(0).txPackets >= 20_000, 30_000, "20000 frames sent");
+    await waitFor(async () => b.device.stats(0).rxPackets + (await d.ok(["vf", "-i", VF_B])).device.queues[0].drops >= 20_000, 30_000, "20000 frames received or dropped");
+    const ws = logWindow(logFd, b);
+    const stressed = new Set<bigint>(pagesOf(rx.used, 4 + 8 * b.queueSize));
+    for (let id = 0; id < b.queueSize; id++) {
+      const desc = b.device.readMem(rx.desc + 16n * BigInt(id), 16);
+      for (const p of pagesOf(desc.readBigUInt64LE(0), 12 + 1400)) stressed.add(p);
+    }
+    const unmarked = [...stressed].filter((p) => !marked(ws, p));
+    t.log({ stress: { received: b.device.stats(0).rxPackets, before: rxBefore, pages: stressed.size } });
+    t.deepEqual(unmarked.map((p) => `0x${(p * PAGE).toString(16)}`), [], "under load too, every receive buffer page and the whole used ring are marked");
+
     // 3. LOG_ALL off again: the front-end clears its log and nothing new appears.
     await setAck(b, Req.SET_FEATURES, codec.u64.encode(b.features));
     fs.writeSync(logFd, Buffer.alloc(w.bytes.length), 0, w.bytes.length, Number(w.first));
