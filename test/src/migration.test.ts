@@ -22,21 +22,6 @@ const GUEST_MAC = "52:54:00:12:34:56";
 const INTERVAL_S = 0.05;
 const COUNT = 2400;
 
-/** Migrates the guest behind `from` to the QEMU listening on `uri`; returns QEMU's downtime (ms). */
-async function migrate(from: Qmp, uri: string): Promise<{ downtimeMs: number; totalMs: number }> {
-  await from.execute("migrate", { uri });
-  let info: any;
-  await waitFor(
-    async () => {
-      info = await from.execute("query-migrate");
-      if (info.status === "failed" || info.status === "cancelled") throw new Error(`migration ${info.status}: ${info["error-desc"] ?? ""}`);
-      return info.status === "completed";
-    },
-    120_000,
-    "migration completed",
-  );
-  return { downtimeMs: info.downtime, totalMs: info["total-time"] };
-}
 
 test.serial("live migration A → B → A → B → A with a pinging guest, vfe-vhostd and the keeper killed during pre-copy and after a switch-over: the guest keeps its peer, losses fit the downtimes", async (t) => {
   if (!needPeer(t, "qemu-system-x86_64") || !needPeer(t, "dpdk-testpmd")) return;
@@ -89,7 +74,7 @@ test.serial("live migration A → B → A → B → A with a pinging guest, vfe-
       const vf = sock === "a" ? VF_A : VF_B;
       await waitFor(async () => (await d.ok(["vf", "-i", vf])).device.connected === true, 30_000, `our VF ${vf} connected to the destination QEMU`);
       const before = await echoed();
-      const migrating = migrate(qFrom, uri);
+      const migrating = qFrom.migrate(uri);
       if (kill === "vhostd during pre-copy") {
         await d.killVhostd();
         await d.restartVhostd();

@@ -26,20 +26,6 @@ const PINGS = 700;
 
 const ip = (...args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
 
-async function migrate(from: Qmp, uri: string): Promise<{ downtimeMs: number; totalMs: number }> {
-  await from.execute("migrate", { uri });
-  let info: any;
-  await waitFor(
-    async () => {
-      info = await from.execute("query-migrate");
-      if (info.status === "failed" || info.status === "cancelled") throw new Error(`migration ${info.status}: ${info["error-desc"] ?? ""}`);
-      return info.status === "completed";
-    },
-    120_000,
-    "migration completed",
-  );
-  return { downtimeMs: info.downtime, totalMs: info["total-time"] };
-}
 
 test.serial("two hosts: a guest with a net and a blk VF migrates A → B during disk writes and B → A during pings; every block verifies, pings fit the downtime", async (t) => {
   if (!needPeer(t, "qemu-system-x86_64") || !needPeer(t, "ip")) return;
@@ -102,7 +88,7 @@ test.serial("two hosts: a guest with a net and a blk VF migrates A → B during 
     const q2 = await Qmp.connect(g2.opts.qmpSocket!);
     qmps.push(q2);
     await waitFor(() => connected(B), 30_000, "pair B's VFs connected to the destination QEMU");
-    const hop1 = await migrate(q, uriB);
+    const hop1 = await q.migrate(uriB);
     await q.execute("quit").catch(() => undefined);
     q = q2;
     // The loop ends on B; then the pings start: move it back while they run.
@@ -114,7 +100,7 @@ test.serial("two hosts: a guest with a net and a blk VF migrates A → B during 
     const q3 = await Qmp.connect(g3.opts.qmpSocket!);
     qmps.push(q3);
     await waitFor(() => connected(A), 30_000, "pair A's VFs connected to the destination QEMU");
-    const hop2 = await migrate(q, uriA);
+    const hop2 = await q.migrate(uriA);
     await q.execute("quit").catch(() => undefined);
     const run = await g3.wait();
 

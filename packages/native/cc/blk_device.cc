@@ -215,14 +215,6 @@ static int reapAll(NetDevice& d, WorkerCtx& ctx) noexcept {
 
 // ------------------------------------------------------------------------ requests
 
-static inline VringDesc readDesc(const volatile VringDesc* d) noexcept {
-  VringDesc v;
-  v.addr = d->addr;
-  v.len = d->len;
-  v.flags = d->flags;
-  v.next = d->next;
-  return v;
-}
 
 // Copies len bytes from the iov list [first, end) starting `skip` bytes in.
 static bool gatherIov(const struct iovec* iov, int first, int end, uint64_t skip, uint8_t* dst, uint64_t len) noexcept {

@@ -437,19 +437,7 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   d->mtu = mtu;
   d->maxQueuePairs = maxQueuePairs;
   d->sw = it->second.get();
-  d->mem = std::make_unique<MemTable>();
-  d->ctr = reinterpret_cast<QueueCounters*>(counters_) + (size_t)devId * kMaxQueues;
-  for (int q = 0; q < kMaxQueues; q++) {
-    if (!keepCounters) d->ctr[q].reset();  // kept: a takeover continues the dead runner's counts
-    d->vq[q].ctr = &d->ctr[q];
-    d->vq[q].dlog = &d->log;
-    d->vq[q].pollSrc = PollSource{PollSource::kKick, d, q};
-  }
-  d->applyFeatures(0);
-  d->worker = rrDev_++ % cfg_.workers;
-  Worker& w = *workers_[d->worker];
-  d->mem->fault().devId = devId;
-  d->mem->fault().wakeFd.store(w.cmdFd);  // a fault wakes the owner even when it sleeps
+  Worker& w = initDevice(d, devId, keepCounters);
   std::string err = run(d->worker, [&] { w.devs.push_back(d); });
   if (!err.empty()) { delete d; return err; }
   {
@@ -460,17 +448,10 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   return "";
 }
 
-std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounters, BlkInfo* info) {
-  if (devs_[devId]) return "device " + std::to_string(devId) + " already exists";
-  if (p.numQueues < 1 || p.numQueues > kMaxQueues) return "numQueues " + std::to_string(p.numQueues) + " is out of range";
-  auto* b = new BlkDevice();
-  std::string err = blkOpen(*b, p);
-  if (!err.empty()) { delete b; return err; }
-  auto* d = new NetDevice();
-  d->devId = devId;
-  d->maxQueuePairs = (p.numQueues + 1) / 2;
-  d->blk = b;
-  b->ioSrc.owner = d;
+// What every device needs before its owner worker adopts it: memory table, counters (kept: a
+// takeover continues the dead runner's counts), queues wired to them and the dirty log, an
+// owner (round robin) whose command fd a memory fault wakes even when it sleeps.
+Worker& Engine::initDevice(NetDevice* d, int devId, bool keepCounters) {
   d->mem = std::make_unique<MemTable>();
   d->ctr = reinterpret_cast<QueueCounters*>(counters_) + (size_t)devId * kMaxQueues;
   for (int q = 0; q < kMaxQueues; q++) {
@@ -484,6 +465,21 @@ std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounter
   Worker& w = *workers_[d->worker];
   d->mem->fault().devId = devId;
   d->mem->fault().wakeFd.store(w.cmdFd);
+  return w;
+}
+
+std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounters, BlkInfo* info) {
+  if (devs_[devId]) return "device " + std::to_string(devId) + " already exists";
+  if (p.numQueues < 1 || p.numQueues > kMaxQueues) return "numQueues " + std::to_string(p.numQueues) + " is out of range";
+  auto* b = new BlkDevice();
+  std::string err = blkOpen(*b, p);
+  if (!err.empty()) { delete b; return err; }
+  auto* d = new NetDevice();
+  d->devId = devId;
+  d->maxQueuePairs = (p.numQueues + 1) / 2;
+  d->blk = b;
+  b->ioSrc.owner = d;
+  Worker& w = initDevice(d, devId, keepCounters);
   err = run(d->worker, [&] {
     struct epoll_event ev {};
     ev.events = EPOLLIN;

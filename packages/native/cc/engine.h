@@ -152,6 +152,7 @@ class Engine : public EventSink {
   void hold(bool on) noexcept { held_.store(on, std::memory_order_release); }
 
  private:
+  Worker& initDevice(NetDevice* d, int devId, bool keepCounters);
   // Runs fn on worker w between bursts and waits for it (bounded wait while not started).
   std::string run(int w, const std::function<void()>& fn);
   // Grace period: every worker has finished the burst it was in.

@@ -86,14 +86,6 @@ void Virtqueue::prefetchBuffer(const MemTable& mem, uint16_t cursor) const noexc
   __builtin_prefetch(p + 64, 1, 3);
 }
 
-static inline VringDesc readDesc(const volatile VringDesc* d) noexcept {
-  VringDesc v;
-  v.addr = d->addr;
-  v.len = d->len;
-  v.flags = d->flags;
-  v.next = d->next;
-  return v;
-}
 
 bool Virtqueue::walk(const MemTable& mem, uint16_t head, bool deviceWrites, struct iovec* iov, int maxIov, Chain* out,
                      bool* tooMany, char* reason, size_t rlen) const noexcept {

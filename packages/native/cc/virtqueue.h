@@ -32,6 +32,17 @@ struct VringDesc {
 };
 static_assert(sizeof(VringDesc) == 16, "desc layout");
 
+// One descriptor copied out of guest memory field by field (the guest may change it meanwhile;
+// everything after works on this copy).
+inline VringDesc readDesc(const volatile VringDesc* d) noexcept {
+  VringDesc v;
+  v.addr = d->addr;
+  v.len = d->len;
+  v.flags = d->flags;
+  v.next = d->next;
+  return v;
+}
+
 // Test-and-test-and-set spinlock; held for one burst at most.
 class Spinlock {
  public:
