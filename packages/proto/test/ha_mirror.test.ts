@@ -85,6 +85,22 @@ test("hostile vf records are refused with the field named", (t) => {
   refused(t, { ...proto, rec: rec() }, /./);
 });
 
+test("a session's dirty log (migration) rides in the record as one more fd, validated like the others", (t) => {
+  const withLog = rec();
+  withLog.session.log = { fd: 4, size: "0x2000", offset: "0x0" };
+  const f: MirrorFrame = { op: "vf", dev: "0000:af:04.5", rec: withLog, count: 5 };
+  t.deepEqual(decodeMirrorFrame(encodeMirrorFrame(f)), f);
+  t.deepEqual(mirrorVfFdIndices(withLog).sort(), [0, 1, 2, 3, 4]);
+  refused(t, { ...f, count: 4 }, /log.*fd|fd.*\[0, 3\]/);
+  const shared = rec();
+  shared.session.log = { fd: 2, size: "0x2000", offset: "0x0" };
+  refused(t, { ...f, rec: shared, count: 4 }, /twice/);
+  const badSize = rec();
+  badSize.session.log = { fd: 4, size: "8192", offset: "0x0" } as never;
+  refused(t, { ...f, rec: badSize }, /size/);
+  refused(t, { ...f, rec: { ...rec(), session: { ...rec().session, log: { fd: 4, size: "0x1", offset: "0x0", extra: 1 } } } }, /extra/);
+});
+
 test("garbage never escapes as anything but SyncError", (t) => {
   for (const junk of [Buffer.alloc(0), Buffer.from([0xc1]), Buffer.alloc(MIRROR_MAX_FRAME_BYTES + 1), std.pack([1, 2]), std.pack({ op: "nope" }), std.pack({ op: "take", req: -1 }), std.pack({ op: "offered", req: 1, devs: ["x"] })]) {
     t.throws(() => decodeMirrorFrame(junk), { instanceOf: SyncError });
