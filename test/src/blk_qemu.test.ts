@@ -63,6 +63,7 @@ test.serial("QEMU guest on our blk VF (client mode): random data round trip, siz
     t.true(q0.packets > 100 && q0.bytes > 48 * MiB, `requests served: ${q0.packets}, ${q0.bytes} bytes`);
     t.is(q0.errors, 0, "every request the guest sent was well-formed");
     t.regex(info.device.features, /^0x/);
+    t.regex(d.log(), /inflight area created/, "QEMU negotiated INFLIGHT_SHMFD and asked for the area");
   } finally {
     await d.stop();
   }

@@ -100,6 +100,7 @@ static int completeInOrder(NetDevice& d, int q) noexcept {
   if (!sl || !v.used) return 0;
   int n = 0;
   uint64_t bytes = 0;
+  const uint16_t firstUsed = v.usedIdx;
   while (v.usedIdx != v.lastAvail) {
     BlkSlot& s = sl[v.usedIdx & b.slotMask[q]];
     if (s.state != SlotState::kDone) break;
@@ -112,6 +113,10 @@ static int completeInOrder(NetDevice& d, int q) noexcept {
   }
   if (n) {
     v.publishUsed();
+    // Published: these are no longer in flight for a successor (clear after the used entries,
+    // then the area's used_idx, so a crash in between leaves marks that used->idx explains).
+    for (uint16_t i = firstUsed; i != v.usedIdx; i++) inflightDone(b.inflight, q, sl[i & b.slotMask[q]].head);
+    inflightPublished(b.inflight, q, v.usedIdx);
     v.ctr->add(kPackets, (uint64_t)n);
     v.ctr->add(kBytes, bytes);
     v.signalIfNeeded();
@@ -476,6 +481,7 @@ static int takeRequests(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
       queueBroken(d, q, ctx);
       break;
     }
+    inflightTake(b.inflight, q, head);
     v.lastAvail++;
     taken++;
     if (s.state == SlotState::kDone) continue;

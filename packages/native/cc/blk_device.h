@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <string>
 
+#include "blk_inflight.h"
 #include "blk_io.h"
 #include "net_device.h"
 
@@ -95,6 +96,7 @@ struct BlkDevice {
   bool ioInEpoll = false;
   BlkSlot* slots[kMaxQueues] = {};  // owner worker only (swapped in by startQueue)
   uint32_t slotMask[kMaxQueues] = {};
+  InflightArea inflight;            // INFLIGHT_SHMFD (owner worker; swapped in by the engine)
   ~BlkDevice();
 };
 

@@ -497,6 +497,23 @@ std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounter
   return "";
 }
 
+std::string Engine::setBlkInflight(int devId, int fd, uint64_t size, uint64_t offset, uint32_t numQueues, uint32_t queueSize,
+                                   bool fresh, uint32_t* pending) {
+  NetDevice* d = devs_[devId];
+  if (!d->blk) return "device " + std::to_string(devId) + " is not a blk device";
+  InflightArea area;
+  if (fd >= 0) {
+    std::string e = area.map(fd, size, offset, numQueues, queueSize, fresh, pending);
+    if (!e.empty()) return e;
+  }
+  Worker& w = *workers_[d->worker];
+  return run(d->worker, [&] {
+    // Requests in flight were marked in the old area: let them finish there first.
+    if (!blkDrain(*d, -1, *w.ctx)) post(d->devId, -1, EvKind::kRingError, "requests still in flight after 30 s at an inflight area change");
+    d->blk->inflight.swap(area);
+  });  // `area` now holds the old one and unmaps it here
+}
+
 std::string Engine::setBlkWriteback(int devId, bool on) {
   NetDevice* d = devs_[devId];
   if (!d->blk) return "device " + std::to_string(devId) + " is not a blk device";
@@ -674,6 +691,7 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
     } else if (!v.mapRings(*d->mem, qs.setup, reason, sizeof reason)) {
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
     } else {
+      if (d->blk) inflightRestart(d->blk->inflight, q, v.usedIdx);
       v.configured = true;
       v.kickFd = kick;
       kick = -1;

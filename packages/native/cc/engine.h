@@ -136,6 +136,10 @@ class Engine : public EventSink {
   std::string setFeatures(int devId, uint64_t features);
   // SET_LOG_BASE: maps size bytes of fd at offset as the device's dirty log (fd < 0: none).
   std::string setDirtyLog(int devId, int fd, uint64_t size, uint64_t offset);
+  // INFLIGHT_SHMFD: maps a blk device's inflight area (fd < 0: none). fresh: just created by
+  // us; else checked and pending[q] = requests still marked per queue.
+  std::string setBlkInflight(int devId, int fd, uint64_t size, uint64_t offset, uint32_t numQueues, uint32_t queueSize,
+                             bool fresh, uint32_t* pending);
   std::string setMemTable(int devId, const std::vector<RegionSpec>& regions);
   std::string addMemRegion(int devId, const RegionSpec& region);
   std::string removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint64_t uva);

@@ -145,6 +145,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("removeDevice", &EngineWrap::RemoveDevice),
                            InstanceMethod("setFeatures", &EngineWrap::SetFeatures),
                            InstanceMethod("setDirtyLog", &EngineWrap::SetDirtyLog),
+                           InstanceMethod("setBlkInflight", &EngineWrap::SetBlkInflight),
                            InstanceMethod("setMemTable", &EngineWrap::SetMemTable),
                            InstanceMethod("addMemRegion", &EngineWrap::AddMemRegion),
                            InstanceMethod("removeMemRegion", &EngineWrap::RemoveMemRegion),
@@ -384,6 +385,27 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     uint64_t offset = fd >= 0 ? getU64(env, info[3], "offset") : 0;
     check(env, engine_->setDirtyLog(id, fd, size, offset));
     return env.Undefined();
+  }
+  Napi::Value SetBlkInflight(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    Napi::Object o = getObject(env, info[1], "area");
+    int fd = (int)getInt(env, o.Get("fd"), "area.fd", -1, INT32_MAX);
+    uint32_t pending[64] = {};
+    uint32_t nq = 0;
+    if (fd < 0) {
+      check(env, engine_->setBlkInflight(id, -1, 0, 0, 0, 0, false, pending));
+    } else {
+      uint64_t size = getU64(env, o.Get("size"), "area.size");
+      uint64_t offset = getU64(env, o.Get("offset"), "area.offset");
+      nq = (uint32_t)getInt(env, o.Get("numQueues"), "area.numQueues", 1, 64);
+      uint32_t qs = (uint32_t)getInt(env, o.Get("queueSize"), "area.queueSize", 1, 32768);
+      bool fresh = o.Get("fresh").ToBoolean();
+      check(env, engine_->setBlkInflight(id, fd, size, offset, nq, qs, fresh, pending));
+    }
+    Napi::Array out = Napi::Array::New(env, nq);
+    for (uint32_t q = 0; q < nq; q++) out.Set(q, Napi::Number::New(env, pending[q]));
+    return out;
   }
   Napi::Value StartQueue(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

@@ -130,6 +130,12 @@ export interface NativeEngine {
   addNetDevice(devId: number, opts: NetDeviceOptions): void;
   /** Opens the backing's io_uring and sizes it; throws when io_uring or the backing is unusable. */
   addBlkDevice(devId: number, opts: BlkDeviceOptions): BlkDeviceInfo;
+  /**
+   * INFLIGHT_SHMFD: a blk device's inflight area (fd -1: none; the engine maps it). `fresh`: we
+   * just created it (GET_INFLIGHT_FD); otherwise it is checked first. Returns, per queue, the
+   * requests still marked in flight (the previous back-end took them and never completed them).
+   */
+  setBlkInflight(devId: number, area: { fd: number; size?: bigint; offset?: bigint; numQueues?: number; queueSize?: number; fresh?: boolean }): number[];
   /** CONFIG_WCE: write-back (default) or write-through (every write is made durable before it completes). */
   setBlkWriteback(devId: number, writeback: boolean): void;
   /** Stops every queue and unmaps the device's memory. */

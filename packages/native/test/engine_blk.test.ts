@@ -379,3 +379,77 @@ test("multi-queue: each queue serves its own requests", async (t) => {
     t.deepEqual(Buffer.from(blk.g.buf.subarray(b.off, b.off + 4096)), d);
   }
 });
+
+// INFLIGHT_SHMFD: one queue region = 16-byte header (features u64, version u16, desc_num u16,
+// last_batch_head u16, used_idx u16) + 16 bytes per descriptor (inflight u8, 5 pad, next u16,
+// counter u64), 64-byte aligned.
+const INFLIGHT_QUEUE_BYTES = Math.ceil((16 + 16 * 256) / 64) * 64;
+
+function inflightArea(t: { teardown: (f: () => void) => void }): { fd: number; read: () => Buffer; write: (off: number, b: Buffer) => void } {
+  const fd = native.memfdCreate("inflight-test", INFLIGHT_QUEUE_BYTES);
+  t.teardown(() => native.closeFd(fd));
+  return {
+    fd,
+    read: () => {
+      const b = Buffer.alloc(INFLIGHT_QUEUE_BYTES);
+      fs.readSync(fd, b, 0, b.length, 0);
+      return b;
+    },
+    write: (off, b) => void fs.writeSync(fd, b, 0, b.length, off),
+  };
+}
+
+test("inflight area: each request is marked when taken and cleared once its completion is published; used_idx follows", async (t) => {
+  const { eng, blk } = setup(t);
+  const a = inflightArea(t);
+  t.deepEqual(eng.setBlkInflight(1, { fd: a.fd, size: BigInt(INFLIGHT_QUEUE_BYTES), offset: 0n, numQueues: 1, queueSize: 256, fresh: true }), [0]);
+  let b = a.read();
+  t.is(b.readUInt16LE(8), 1, "version");
+  t.is(b.readUInt16LE(10), 256, "desc_num");
+  for (let i = 0; i < 3; i++) t.is((await blk.io(T_OUT, BigInt(8 * i), pattern(4096, i))).status, S_OK);
+  b = a.read();
+  t.is(b.readUInt16LE(14), 3, "used_idx = used->idx");
+  const descs = Array.from({ length: 256 }, (_, i) => ({ inflight: b[16 + 16 * i]!, counter: b.readBigUInt64LE(16 + 16 * i + 8) }));
+  t.true(descs.every((d) => d.inflight === 0), "nothing left in flight");
+  const used = descs.filter((d) => d.counter > 0n).map((d) => d.counter).sort();
+  t.deepEqual(used, [1n, 2n, 3n], "each request was marked once, in order");
+});
+
+test("inflight area handed back: checked before it is trusted; marks left by a dead back-end are counted and cleared at the ring's start", async (t) => {
+  const { eng, blk } = setup(t);
+  const a = inflightArea(t);
+  const area = { fd: a.fd, size: BigInt(INFLIGHT_QUEUE_BYTES), offset: 0n, numQueues: 1, queueSize: 256 };
+  eng.setBlkInflight(1, { ...area, fresh: true });
+  t.is((await blk.io(T_OUT, 0n, pattern(4096, 9))).status, S_OK);
+  // A back-end killed with two requests taken and not completed: their heads stay marked.
+  const mark = (head: number, flag: number, counter: bigint) => {
+    const e = Buffer.alloc(16);
+    e[0] = flag;
+    e.writeBigUInt64LE(counter, 8);
+    a.write(16 + 16 * head, e);
+  };
+  mark(10, 1, 7n);
+  mark(11, 1, 8n);
+  t.deepEqual(eng.setBlkInflight(1, { ...area, fresh: false }), [2]);
+  // Hostile areas are refused, naming the problem; the device keeps the area it had.
+  mark(12, 7, 9n);
+  t.throws(() => eng.setBlkInflight(1, { ...area, fresh: false }), { message: /flag 7 is not 0 or 1/ });
+  mark(12, 0, 0n);
+  t.throws(() => eng.setBlkInflight(1, { ...area, size: area.size - 64n, fresh: false }), { message: /expected/ });
+  t.throws(() => eng.setBlkInflight(1, { ...area, queueSize: 128, fresh: false }), { message: /expected/ });
+  const v = Buffer.alloc(2);
+  v.writeUInt16LE(9);
+  a.write(8, v);
+  t.throws(() => eng.setBlkInflight(1, { ...area, fresh: false }), { message: /version 9/ });
+  v.writeUInt16LE(1);
+  a.write(8, v);
+  // The ring restarts at used->idx: the marked requests will be taken again, so the marks go.
+  const r = blk.rings[0]!;
+  eng.stopQueue(1, 0);
+  eng.startQueue(1, 0, r.cfg());
+  const b = a.read();
+  t.is(b[16 + 16 * 10], 0);
+  t.is(b[16 + 16 * 11], 0);
+  t.is(b.readUInt16LE(14), 1, "used_idx resynced to used->idx");
+  t.is((await blk.io(T_OUT, 8n, pattern(4096, 10))).status, S_OK, "the device goes on");
+});

@@ -71,6 +71,8 @@ export interface MirrorSession {
   vrings: MirrorVring[];
   /** SET_LOG_BASE during a migration: the dirty log's fd index, size and offset. */
   log?: { fd: number; size: Hex64; offset: Hex64 };
+  /** blk INFLIGHT_SHMFD: the inflight area's fd index and geometry. */
+  inflight?: { fd: number; size: Hex64; offset: Hex64; numQueues: number; queueSize: number };
 }
 
 /** One VF as its runner sees it. */
@@ -128,6 +130,7 @@ export function mirrorFrameFdCount(f: MirrorFrame): number {
 export function mirrorVfFdIndices(rec: MirrorVf): number[] {
   const out = [rec.conn, rec.listen, ...rec.session.regions.map((r) => r.fd)];
   if (rec.session.log) out.push(rec.session.log.fd);
+  if (rec.session.inflight) out.push(rec.session.inflight.fd);
   for (const v of rec.session.vrings) out.push(v.kick, v.call, v.err);
   return out.filter((i) => i >= 0);
 }
@@ -190,7 +193,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
 
 function validateRec(v: unknown, count: number): MirrorVf {
   const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply"]);
-  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["log"]);
+  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["log", "inflight"]);
   const t = "vf.rec.session";
   const rec: MirrorVf = {
     conn: fdIndex("vf.rec", r, "conn", count),
@@ -212,6 +215,11 @@ function validateRec(v: unknown, count: number): MirrorVf {
   if (s.log !== undefined) {
     const lb = fields(`${t}.log`, s.log, ["fd", "size", "offset"]);
     rec.session.log = { fd: int(`${t}.log`, lb, "fd", 0, count - 1), size: hex64(`${t}.log`, lb, "size"), offset: hex64(`${t}.log`, lb, "offset") };
+  }
+  if (s.inflight !== undefined) {
+    const w = `${t}.inflight`;
+    const ib = fields(w, s.inflight, ["fd", "size", "offset", "numQueues", "queueSize"]);
+    rec.session.inflight = { fd: int(w, ib, "fd", 0, count - 1), size: hex64(w, ib, "size"), offset: hex64(w, ib, "offset"), numQueues: int(w, ib, "numQueues", 1, MAX_RINGS), queueSize: int(w, ib, "queueSize", 1, 32768) };
   }
   if (r.reply !== undefined) {
     const reply = str("vf.rec", r, "reply", MAX_REPLY_HEX, 24);

@@ -101,6 +101,17 @@ test("a session's dirty log (migration) rides in the record as one more fd, vali
   refused(t, { ...f, rec: { ...rec(), session: { ...rec().session, log: { fd: 4, size: "0x1", offset: "0x0", extra: 1 } } } }, /extra/);
 });
 
+test("a blk session's inflight area rides in the record as one more fd, its geometry checked", (t) => {
+  const r = rec();
+  r.session.inflight = { fd: 4, size: "0x1040", offset: "0x0", numQueues: 1, queueSize: 256 };
+  const f: MirrorFrame = { op: "vf", dev: "0000:af:05.1", rec: r, count: 5 };
+  t.deepEqual(decodeMirrorFrame(encodeMirrorFrame(f)), f);
+  t.deepEqual(mirrorVfFdIndices(r).sort(), [0, 1, 2, 3, 4]);
+  refused(t, { ...f, rec: { ...r, session: { ...r.session, inflight: { ...r.session.inflight, queueSize: 65536 } } } }, /queueSize/);
+  refused(t, { ...f, rec: { ...r, session: { ...r.session, inflight: { ...r.session.inflight, numQueues: 0 } } } }, /numQueues/);
+  refused(t, { ...f, rec: { ...r, session: { ...r.session, inflight: { ...r.session.inflight, fd: 3 } } }, count: 4 }, /twice/);
+});
+
 test("garbage never escapes as anything but SyncError", (t) => {
   for (const junk of [Buffer.alloc(0), Buffer.from([0xc1]), Buffer.alloc(MIRROR_MAX_FRAME_BYTES + 1), std.pack([1, 2]), std.pack({ op: "nope" }), std.pack({ op: "take", req: -1 }), std.pack({ op: "offered", req: 1, devs: ["x"] })]) {
     t.throws(() => decodeMirrorFrame(junk), { instanceOf: SyncError });

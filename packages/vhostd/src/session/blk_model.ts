@@ -38,6 +38,7 @@ export const BLK_FEATURES =
 export const BLK_PROTOCOL_FEATURES = protocolFeatureMask(
   ProtocolFeature.MQ,
   ProtocolFeature.LOG_SHMFD,
+  ProtocolFeature.INFLIGHT_SHMFD,
   ProtocolFeature.REPLY_ACK,
   ProtocolFeature.CONFIG,
   ProtocolFeature.STATUS,

@@ -3,7 +3,7 @@
 import fs from "node:fs";
 import type { Logger } from "pino";
 import { counterIndex, native, type EngineEvent, type NativeEngine } from "@vhostd/native";
-import { mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
+import { Req, mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
 import type { VfHost, VfKind, VfRuntime, VfSpec } from "../vf_host.js";
 import { closeAll } from "./connection.js";
 import { VfLock } from "./vf_lock.js";
@@ -69,9 +69,11 @@ class VfSession {
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
     this.session = new VhostSession(spec.devId, model, engine, this.log, {
-      reply: (req, payload) => {
-        if (this.replies) this.replies.push(encodeReply(req, payload));
-        else this.conn?.reply(req, payload);
+      reply: (req, payload, fds = []) => {
+        if (this.replies) {
+          this.replies.push(encodeReply(req, payload));
+          this.replyFds.push(...fds);
+        } else this.conn?.send(encodeReply(req, payload), fds);
       },
       fail: (reason) => this.conn?.close(reason, true),
     });
@@ -100,6 +102,7 @@ class VfSession {
         // The message's effect reaches the mirror before its reply reaches the front-end; the
         // record carries the reply until "replied" says it was written (see MirrorVf.reply).
         this.replies = [];
+        this.replyFds = [];
         this.session.handle(msg);
         this.updateState();
         const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
@@ -107,7 +110,7 @@ class VfSession {
         this.pendingReply = out;
         this.onChange();
         if (out) {
-          this.conn?.send(out, []);
+          this.conn?.send(out, this.replyFds);
           this.pendingReply = null;
           this.onReplied();
         }
@@ -137,6 +140,8 @@ class VfSession {
   private pendingConn = -1;
   /** Replies produced while a message is handled (sent after the mirror has its effect). */
   private replies: Buffer[] | null = null;
+  /** Fds those replies carry (the session's own: the kernel sends duplicates). */
+  private replyFds: number[] = [];
   private pendingReply: Buffer | null = null;
   /** Adoption: the dead runner's last reply, maybe never written; sent at resume. */
   private resendReply: Buffer | null = null;
@@ -183,7 +188,9 @@ class VfSession {
     if (this.resendReply) {
       // A missing reply freezes the front-end; a duplicate fails one of its requests.
       this.log.warn({ bytes: this.resendReply.length }, "resent the reply to the last message the dead runner handled (it may have written it already)");
-      this.conn?.send(this.resendReply, []);
+      // A GET_INFLIGHT_FD reply carries the area's fd, which the adopted session holds.
+      const fds = this.resendReply.length >= 4 && this.resendReply.readUInt32LE(0) === Req.GET_INFLIGHT_FD ? this.session.inflightFds() : [];
+      this.conn?.send(this.resendReply, fds);
       this.resendReply = null;
     }
     this.updateState();

@@ -39,10 +39,21 @@ interface Region extends MemRegionDesc {
 type Handler = (msg: VhostMessage) => Buffer | void;
 
 const U64_MAX = (1n << 64n) - 1n;
+
+/** One queue's inflight region: 16-byte header + 16 bytes per descriptor, 64-byte aligned. */
+function inflightQueueBytes(queueSize: number): bigint {
+  return ((16n + 16n * BigInt(queueSize) + 63n) / 64n) * 64n;
+}
+
+function checkInflightGeometry(numQueues: number, queueSize: number, maxQueues: number): void {
+  if (numQueues < 1 || numQueues > maxQueues) throw new Violation(`inflight num_queues ${numQueues} is not in 1..${maxQueues}`);
+  if (queueSize < 1 || queueSize > MAX_RING_SIZE || (queueSize & (queueSize - 1)) !== 0) throw new Violation(`inflight queue_size ${queueSize} is not a power of two up to ${MAX_RING_SIZE}`);
+}
 const MAX_LOG_BYTES = 1n << 32n;
 
 export interface SessionIo {
-  reply(request: number, payload: Buffer): void;
+  /** fds go with the reply (SCM_RIGHTS duplicates them; the session keeps its own). */
+  reply(request: number, payload: Buffer, fds?: number[]): void;
   /** End the connection (the session resets itself through reset()). */
   fail(reason: string): void;
 }
@@ -54,6 +65,8 @@ export class VhostSession {
   owner = false;
   readonly vrings: Vring[];
   private regions: Region[] = [];
+  /** blk INFLIGHT_SHMFD: the area we created or the front-end handed back (owned fd). */
+  private inflight: { fd: number; size: bigint; offset: bigint; numQueues: number; queueSize: number } | undefined;
   /** The dirty log (SET_LOG_BASE, live migration): owned fd, size and offset as sent. */
   private dirtyLog: { fd: number; size: bigint; offset: bigint } | undefined;
   /** Adopted rings that ran in the previous runner, to start (resumeAdopted). */
@@ -96,6 +109,8 @@ export class VhostSession {
     h(Req.GET_CONFIG, this.getConfig);
     h(Req.SET_CONFIG, this.setConfig);
     h(Req.SET_LOG_BASE, this.setLogBase);
+    h(Req.GET_INFLIGHT_FD, this.getInflightFd);
+    h(Req.SET_INFLIGHT_FD, this.setInflightFd);
   }
 
   /** Dispatches one message; returns normally even when the front-end is at fault. */
@@ -117,7 +132,7 @@ export class VhostSession {
       }
       this.log.trace({ request: name, size: header.size, fds: msg.fds.length }, "vhost-user message");
       const value = handler(msg);
-      if (spec.reply === "value") this.io.reply(header.request, value ?? Buffer.alloc(0));
+      if (spec.reply === "value") this.io.reply(header.request, value ?? Buffer.alloc(0), header.request === Req.GET_INFLIGHT_FD ? this.inflightFds() : []);
       else if (wantsAck) this.io.reply(header.request, codec.u64.encode(0n));
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
@@ -140,10 +155,16 @@ export class VhostSession {
     }
     this.dropMemory();
     this.dropDirtyLog(true);
+    this.dropInflight(true);
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.status = 0;
     this.owner = false;
+  }
+
+  /** The fd a GET_INFLIGHT_FD reply carries (also when an adopter resends that reply). */
+  inflightFds(): number[] {
+    return this.inflight ? [this.inflight.fd] : [];
   }
 
   describeFeatures(): string {
@@ -184,6 +205,7 @@ export class VhostSession {
         enabled: v.enabled,
         started: v.started,
       })),
+      ...(this.inflight ? { inflight: { fd: at(this.inflight.fd), size: hex(this.inflight.size), offset: hex(this.inflight.offset), numQueues: this.inflight.numQueues, queueSize: this.inflight.queueSize } } : {}),
       ...(this.dirtyLog ? { log: { fd: at(this.dirtyLog.fd), size: hex(this.dirtyLog.size), offset: hex(this.dirtyLog.offset) } } : {}),
     };
   }
@@ -212,6 +234,7 @@ export class VhostSession {
       vr.errFd = fd(mv.err);
     }
     if (m.log) this.dirtyLog = { fd: fd(m.log.fd), size: BigInt(m.log.size), offset: BigInt(m.log.offset) };
+    if (m.inflight) this.inflight = { fd: fd(m.inflight.fd), size: BigInt(m.inflight.size), offset: BigInt(m.inflight.offset), numQueues: m.inflight.numQueues, queueSize: m.inflight.queueSize };
     validateRegions(regions, MAX_MEM_SLOTS);
     this.features = features;
     this.protocolFeatures = protocolFeatures;
@@ -220,6 +243,7 @@ export class VhostSession {
     this.engine.setFeatures(this.devId, features);
     if (regions.length > 0) this.engine.setMemTable(this.devId, regions.map(toEngine));
     if (this.dirtyLog) this.applyDirtyLog(this.dirtyLog.fd, this.dirtyLog.size, this.dirtyLog.offset);
+    if (this.inflight) this.applyInflight(this.inflight, false);
     for (const mv of m.vrings) {
       const vr = this.vrings[mv.index]!;
       if (mv.num > MAX_RING_SIZE || (mv.num & (mv.num - 1)) !== 0) throw new Violation(`mirrored ring ${mv.index} size ${mv.num}`);
@@ -271,6 +295,7 @@ export class VhostSession {
     if (this.regions.length > 0) this.engine.setMemTable(this.devId, []);
     this.regions = [];
     this.dropDirtyLog(false);
+    this.dropInflight(false);
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.status = 0;
@@ -535,6 +560,63 @@ export class VhostSession {
     const { fd } = this.dirtyLog;
     this.dirtyLog = undefined;
     this.engine.setDirtyLog(this.devId, -1);
+    if (close) closeAll([fd]);
+  }
+
+  /* --------------------------------------------------------- inflight tracking (blk) */
+
+  /**
+   * GET_INFLIGHT_FD: we create the area (a memfd the front-end keeps across our restarts and
+   * hands back with SET_INFLIGHT_FD) for num_queues rings of queue_size and send its fd.
+   */
+  private getInflightFd(msg: VhostMessage): Buffer {
+    if (this.model.kind !== "blk" || !this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Violation("GET_INFLIGHT_FD without INFLIGHT_SHMFD on a blk device");
+    const req = codec.inflight.decode(msg.payload, "GET_INFLIGHT_FD");
+    checkInflightGeometry(req.numQueues, req.queueSize, this.model.maxQueues);
+    const size = BigInt(req.numQueues) * inflightQueueBytes(req.queueSize);
+    const fd = native.memfdCreate("vhostd-inflight", Number(size));
+    const area = { fd, size, offset: 0n, numQueues: req.numQueues, queueSize: req.queueSize };
+    try {
+      this.applyInflight(area, true);
+    } catch (err) {
+      closeAll([fd]);
+      throw new Violation(`GET_INFLIGHT_FD: ${(err as Error).message}`);
+    }
+    this.dropInflight(true, false);
+    this.inflight = area;
+    this.log.info({ queues: req.numQueues, queueSize: req.queueSize, bytes: Number(size) }, "inflight area created");
+    return codec.inflight.encode({ mmapSize: size, mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize });
+  }
+
+  /** SET_INFLIGHT_FD: the front-end hands an area back (after our restart): checked before use. */
+  private setInflightFd(msg: VhostMessage): void {
+    const fd = msg.fds[0]!;
+    try {
+      if (this.model.kind !== "blk" || !this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Violation("SET_INFLIGHT_FD without INFLIGHT_SHMFD on a blk device");
+      const a = codec.inflight.decode(msg.payload, "SET_INFLIGHT_FD");
+      checkInflightGeometry(a.numQueues, a.queueSize, this.model.maxQueues);
+      const area = { fd, size: a.mmapSize, offset: a.mmapOffset, numQueues: a.numQueues, queueSize: a.queueSize };
+      const pending = this.applyInflight(area, false);
+      this.dropInflight(true, false);
+      this.inflight = area;
+      const total = pending.reduce((s, n) => s + n, 0);
+      this.log.info({ queues: a.numQueues, queueSize: a.queueSize, inflight: pending }, total > 0 ? `inflight area handed back: ${total} request(s) the previous back-end never completed are taken again in avail order` : "inflight area handed back: nothing was in flight");
+    } catch (err) {
+      closeAll([fd]);
+      throw err instanceof Violation || err instanceof ProtocolError ? err : new Violation(`SET_INFLIGHT_FD: ${(err as Error).message}`);
+    }
+  }
+
+  private applyInflight(a: { fd: number; size: bigint; offset: bigint; numQueues: number; queueSize: number }, fresh: boolean): number[] {
+    return this.engine.setBlkInflight(this.devId, { fd: a.fd, size: a.size, offset: a.offset, numQueues: a.numQueues, queueSize: a.queueSize, fresh });
+  }
+
+  /** Forgets the area (closing its fd unless another process owns it now); `unmap` the engine's too. */
+  private dropInflight(close: boolean, unmap = true): void {
+    if (!this.inflight) return;
+    const { fd } = this.inflight;
+    this.inflight = undefined;
+    if (unmap) this.engine.setBlkInflight(this.devId, { fd: -1 });
     if (close) closeAll([fd]);
   }
 

@@ -1,0 +1,98 @@
+// Inflight I/O tracking (see blk_inflight.h).
+#include "blk_inflight.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <utility>
+
+#include "counters.h"  // kMaxQueues
+
+namespace vhd {
+
+std::string InflightArea::map(int fd, uint64_t size, uint64_t offset, uint32_t numQueues, uint32_t queueSize, bool fresh,
+                              uint32_t* pending) {
+  if (numQueues < 1 || numQueues > (uint32_t)kMaxQueues || numQueues > 64) return "inflight num_queues " + std::to_string(numQueues) + " is out of range";
+  if (queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1))) return "inflight queue_size " + std::to_string(queueSize) + " is not a power of two up to 32768";
+  const uint64_t per = inflightQueueBytes(queueSize);
+  if (size != per * numQueues) return "inflight area is " + std::to_string(size) + " bytes, " + std::to_string(per * numQueues) + " expected";
+  struct stat st;
+  if (fstat(fd, &st) != 0) return "inflight fd: fstat failed";
+  if (offset > UINT64_MAX - size || offset + size > (uint64_t)st.st_size) return "inflight area is not inside its " + std::to_string(st.st_size) + "-byte file";
+  const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  uint64_t start = offset & ~(page - 1);
+  size_t len = (size_t)(offset - start + size);
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
+  if (m == MAP_FAILED) return "inflight mmap failed";
+  uint8_t* base = static_cast<uint8_t*>(m) + (offset - start);
+  uint64_t maxCounter = 0;
+  for (uint32_t q = 0; q < numQueues; q++) {
+    auto* iq = reinterpret_cast<InflightQueue*>(base + per * q);
+    if (fresh) {
+      iq->features = 0;
+      iq->version = kInflightVersion;
+      iq->descNum = (uint16_t)queueSize;  // 32768 fits
+      iq->lastBatchHead = 0;
+      iq->usedIdx = 0;
+      pending[q] = 0;
+      continue;
+    }
+    // Handed back by the front-end: its contents are as untrusted as anything else it sends.
+    // A never-used queue region is all zeros (version 0): nothing in flight.
+    if (iq->version == 0 && iq->descNum == 0) {
+      iq->version = kInflightVersion;
+      iq->descNum = (uint16_t)queueSize;
+    }
+    const uint16_t version = iq->version, descNum = iq->descNum;  // read once: the front-end may change them
+    if (version != kInflightVersion || descNum != (uint16_t)queueSize) {
+      munmap(m, len);
+      return "inflight queue " + std::to_string(q) + ": version " + std::to_string(version) + ", " + std::to_string(descNum) + " descriptors (expected version 1, " + std::to_string(queueSize) + ")";
+    }
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < queueSize; i++) {
+      uint8_t f = iq->desc[i].inflight;
+      if (f > 1) {
+        munmap(m, len);
+        return "inflight queue " + std::to_string(q) + " descriptor " + std::to_string(i) + ": flag " + std::to_string(f) + " is not 0 or 1";
+      }
+      if (f) n++;
+      if (iq->desc[i].counter > maxCounter) maxCounter = iq->desc[i].counter;
+    }
+    pending[q] = n;
+  }
+  unmap();
+  map_ = m;
+  len_ = len;
+  for (uint32_t q = 0; q < numQueues; q++) queues_[q] = reinterpret_cast<InflightQueue*>(base + per * q);
+  numQueues_ = numQueues;
+  queueSize_ = queueSize;
+  counter_ = maxCounter;
+  return "";
+}
+
+void InflightArea::unmap() noexcept {
+  if (map_) munmap(map_, len_);
+  map_ = nullptr;
+  len_ = 0;
+  for (auto& q : queues_) q = nullptr;
+  numQueues_ = queueSize_ = 0;
+}
+
+void InflightArea::swap(InflightArea& o) noexcept {
+  std::swap(map_, o.map_);
+  std::swap(len_, o.len_);
+  std::swap(queues_, o.queues_);
+  std::swap(numQueues_, o.numQueues_);
+  std::swap(queueSize_, o.queueSize_);
+  std::swap(counter_, o.counter_);
+}
+
+void inflightRestart(InflightArea& a, int q, uint16_t usedIdx) noexcept {
+  InflightQueue* iq = a.queue(q);
+  if (!iq) return;
+  for (uint32_t i = 0; i < iq->descNum; i++) __atomic_store_n(&iq->desc[i].inflight, (uint8_t)0, __ATOMIC_RELAXED);
+  __atomic_store_n(&iq->usedIdx, usedIdx, __ATOMIC_RELEASE);
+}
+
+}  // namespace vhd
