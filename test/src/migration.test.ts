@@ -44,6 +44,8 @@ test.serial("live migration A → B → A → B → A with a pinging guest, vfe-
       qmpSocket: path.join(d.dir, `qmp-${name}.sock`),
       ...(incoming ? { qemuArgs: ["-incoming", incoming] } : {}),
     });
+    // "dirty log set" lines of every process that ran sessions (keeper, or vfe-vhostd after a takeover).
+    const dirtyLogsSet = () => (d.keeperLog() + d.log()).split("dirty log set").length - 1;
     const echoed = async () => (await d.ok(["vf", "-i", VF_ECHO])).device.queues[1].packets as number;
 
     const src = await Guest.start(guestOpts(d.sock("a"), "a1"));
@@ -74,15 +76,24 @@ test.serial("live migration A → B → A → B → A with a pinging guest, vfe-
       const vf = sock === "a" ? VF_A : VF_B;
       await waitFor(async () => (await d.ok(["vf", "-i", vf])).device.connected === true, 30_000, `our VF ${vf} connected to the destination QEMU`);
       const before = await echoed();
+      const logsBefore = dirtyLogsSet();
       const migrating = qFrom.migrate(uri);
-      if (kill === "vhostd during pre-copy") {
-        await d.killVhostd();
-        await d.restartVhostd();
-      } else if (kill === "keeper during pre-copy") {
-        await d.killKeeper();
-        await d.startKeeper();
+      let statusAtKill: string | undefined;
+      if (kill !== "none" && kill !== "vhostd after switch-over") {
+        // Into pre-copy: the source's log is set up (its message burst is over) and QEMU copies RAM.
+        await waitFor(() => dirtyLogsSet() > logsBefore, 20_000, "the source's dirty log set");
+        await sleep(100);
+        statusAtKill = (await qFrom.execute("query-migrate")).status;
+        if (kill === "vhostd during pre-copy") {
+          await d.killVhostd();
+          await d.restartVhostd();
+        } else {
+          await d.killKeeper();
+          await d.startKeeper();
+        }
       }
       const m = await migrating;
+      if (statusAtKill !== undefined) t.is(statusAtKill, "active", `${name}: the kill landed during pre-copy`);
       if (kill === "vhostd after switch-over") {
         await d.killVhostd();
         await d.restartVhostd();
