@@ -69,7 +69,8 @@ export class Daemon {
     this.keeper = k;
     const deadline = Date.now() + 15_000;
     while (Date.now() < deadline) {
-      if (k.exitCode !== null) throw new Error(`vfe-vhostd-ha exited with ${k.exitCode}:\n${this.keeperLog()}`);
+      // A keeper killed while it starts has a signalCode, not an exitCode: stop waiting for it.
+      if (k.exitCode !== null || k.signalCode !== null) throw new Error(`vfe-vhostd-ha exited with ${k.exitCode ?? k.signalCode}:\n${this.keeperLog()}`);
       if (await this.keeperCall({ method: "version" }).catch(() => null)) return;
       await sleep(50);
     }
@@ -122,7 +123,7 @@ export class Daemon {
     fs.closeSync(out);
     const deadline = Date.now() + 15_000;
     while (Date.now() < deadline) {
-      if (this.proc.exitCode !== null) throw new Error(`vfe-vhostd exited with ${this.proc.exitCode}:\n${this.log()}`);
+      if (this.proc.exitCode !== null || this.proc.signalCode !== null) throw new Error(`vfe-vhostd exited with ${this.proc.exitCode ?? this.proc.signalCode}:\n${this.log()}`);
       const r = await this.cli(["version"]).catch(() => null);
       if (r && r.code === 0) return;
       await sleep(100);
