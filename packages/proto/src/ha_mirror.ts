@@ -69,6 +69,12 @@ export interface MirrorSession {
   owner: boolean;
   regions: MirrorRegion[];
   vrings: MirrorVring[];
+  /**
+   * blk only: CONFIG_WCE as the guest last set it (1 write-back, 0 write-through). Carried so
+   * an adopter keeps the guest's durability choice instead of falling back to write-back.
+   * Optional: a record from a peer that predates it means write-back, as before.
+   */
+  writeback?: number;
 }
 
 /** One VF as its runner sees it. */
@@ -187,7 +193,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
 
 function validateRec(v: unknown, count: number): MirrorVf {
   const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply"]);
-  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"]);
+  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["writeback"]);
   const t = "vf.rec.session";
   const rec: MirrorVf = {
     conn: fdIndex("vf.rec", r, "conn", count),
@@ -206,6 +212,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
       vrings: list(t, s, "vrings", MAX_RINGS).map((x, i) => validateVring(x, i, count)),
     },
   };
+  if (s.writeback !== undefined) rec.session.writeback = int(t, s, "writeback", 0, 1);
   if (r.reply !== undefined) {
     const reply = str("vf.rec", r, "reply", MAX_REPLY_HEX, 24);
     if (!/^(?:[0-9a-f]{2})+$/.test(reply)) fail("vf.rec", "reply", "must be hex bytes");

@@ -17,6 +17,7 @@ import {
   requestName,
   VirtioFeatureBit,
   bit,
+  BLK_CONFIG_OFFSETS,
   featureNames,
   type MemRegionDesc,
   type MirrorSession,
@@ -178,6 +179,7 @@ export class VhostSession {
         enabled: v.enabled,
         started: v.started,
       })),
+      ...(this.model.writeback !== undefined ? { writeback: this.model.writeback } : {}),
     };
   }
 
@@ -211,6 +213,12 @@ export class VhostSession {
     this.owner = m.owner;
     this.engine.setFeatures(this.devId, features);
     if (regions.length > 0) this.engine.setMemTable(this.devId, regions.map(toEngine));
+    if (m.writeback !== undefined) {
+      // The guest's write-through choice must hold on whoever runs the disk next, before any
+      // ring resumes (a write it meant to be durable must not be cached).
+      if (this.model.kind !== "blk") throw new Violation(`mirrored writeback on a ${this.model.kind} device`);
+      this.model.writeConfig(BLK_CONFIG_OFFSETS.writeback, Buffer.of(m.writeback));
+    }
     for (const mv of m.vrings) {
       const vr = this.vrings[mv.index]!;
       if (mv.num > MAX_RING_SIZE || (mv.num & (mv.num - 1)) !== 0) throw new Violation(`mirrored ring ${mv.index} size ${mv.num}`);
