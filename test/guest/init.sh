@@ -175,9 +175,11 @@ t_blkcache() {
 # N MiB pattern (unique per round and MiB) to slot r % K with O_DIRECT + fsync, reads it back
 # with O_DIRECT and compares; at the end every slot is read once more and must hold the last
 # pattern written to it. One blkloop-round line per failed round; any dd error counts.
+# lwt=1 switches the disk to write-through first (so the host can check the mode survives).
 t_blkloop() {
   dev=$(arg dev vda) mib=$(arg lmib 2) slots=$(arg lslots 8) secs=$(arg lsecs 30)
   if [ ! -b "/dev/$dev" ]; then result blkloop false "\"error\":\"no /dev/$dev\""; return; fi
+  [ "$(arg lwt 0)" = 1 ] && echo "write through" >/sys/block/$dev/cache_type
   # A random base made once; each round stamps its number into every MiB (cheap under TCG, so
   # the loop spends its time in I/O, where the kills should land).
   dd if=/dev/urandom of=/tmp/base bs=1M count="$mib" status=none

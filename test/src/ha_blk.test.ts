@@ -30,7 +30,8 @@ test.serial("blk under --ha: a guest's write-verify loop sees no error while vfe
     guest = await Guest.start({
       blk: [{ socket: d.sock("blk"), server: true }],
       test: "blkloop",
-      args: { lmib: 2, lslots: 8, lsecs: 25 + 3 * VHOSTD_KILLS + 4 * KEEPER_KILLS + 10 * BOTH_KILLS },
+      // lwt: the guest runs write-through, a choice every takeover must keep (mirrored record).
+      args: { lwt: 1, lmib: 2, lslots: 8, lsecs: 25 + 3 * VHOSTD_KILLS + 4 * KEEPER_KILLS + 10 * BOTH_KILLS },
       logFile: path.join(d.dir, "guest.log"),
       timeoutMs: 300_000,
     });
@@ -41,6 +42,7 @@ test.serial("blk under --ha: a guest's write-verify loop sees no error while vfe
       await waitFor(async () => (await requests()) > r0 + 20, 10_000, `${what}: the guest's I/O goes on`);
     };
     await progress("before the kills");
+    t.is((await d.ok(["vf", "-i", VF])).device.write_back, false, "the guest chose write-through");
     const rand = rng(SEED);
     const restartMs: number[] = [];
     for (let i = 0; i < VHOSTD_KILLS; i++) {
@@ -54,13 +56,17 @@ test.serial("blk under --ha: a guest's write-verify loop sees no error while vfe
     }
     for (let i = 0; i < KEEPER_KILLS; i++) {
       await sleep(200 + Math.floor(rand() * 800));
+      const countedBefore = await requests();
       await d.killKeeper();
       await progress(`keeper kill ${i}: vfe-vhostd runs the session`);
       t.is((await d.ok(["vf", "-i", VF])).device.reconnects, 0, `keeper kill ${i}: no reconnect after the takeover`);
+      t.is((await d.ok(["vf", "-i", VF])).device.write_back, false, `keeper kill ${i}: vfe-vhostd kept write-through`);
       await sleep(Math.floor(rand() * 500));
       await d.startKeeper();
       await waitFor(async () => ((await d.keeperCall({ method: "list" })).vfs as string[]).includes(VF), 5000, `keeper kill ${i}: the keeper runs the VF again`);
       await progress(`keeper kill ${i}: back on the keeper`);
+      t.true((await requests()) >= countedBefore, `keeper kill ${i}: the per-queue counts went on from where they were (shared engine file)`);
+      t.is((await d.ok(["vf", "-i", VF])).device.write_back, false, `keeper kill ${i}: the keeper kept write-through on hand-back`);
     }
     const reconnectsBefore = (await d.ok(["vf", "-i", VF])).device.reconnects;
     t.is(reconnectsBefore, 0);

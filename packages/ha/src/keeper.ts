@@ -173,6 +173,12 @@ export class Keeper {
       host.adoptPf(p.dev, p.switchId, p.fd, true);
       this.pfs.set(p.dev, e.value);
     }
+    // A blk PF has no switch, so vfe-vhostd's mirror never hands it back: add it here from the
+    // snapshot, or its VFs below would be dropped and reopened afresh (a front-end reconnect and
+    // per-queue counters from zero) instead of taken back in place.
+    for (const e of entries) {
+      if (e.kind === "pf" && e.value.kind === "blk" && !this.pfs.has(e.dev)) await this.applyPf(e.dev, e.value, "takeback");
+    }
     const adopted: VfSpec[] = [];
     for (const v of back.vfs) {
       const e = want.get(v.dev);

@@ -73,6 +73,12 @@ export interface MirrorSession {
   log?: { fd: number; size: Hex64; offset: Hex64 };
   /** blk INFLIGHT_SHMFD: the inflight area's fd index and geometry. */
   inflight?: { fd: number; size: Hex64; offset: Hex64; numQueues: number; queueSize: number };
+  /**
+   * blk only: CONFIG_WCE as the guest last set it (1 write-back, 0 write-through). Carried so
+   * an adopter keeps the guest's durability choice instead of falling back to write-back.
+   * Optional: a record from a peer that predates it means write-back, as before.
+   */
+  writeback?: number;
 }
 
 /** One VF as its runner sees it. */
@@ -193,7 +199,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
 
 function validateRec(v: unknown, count: number): MirrorVf {
   const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply"]);
-  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["log", "inflight"]);
+  const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["log", "inflight", "writeback"]);
   const t = "vf.rec.session";
   const rec: MirrorVf = {
     conn: fdIndex("vf.rec", r, "conn", count),
@@ -221,6 +227,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
     const ib = fields(w, s.inflight, ["fd", "size", "offset", "numQueues", "queueSize"]);
     rec.session.inflight = { fd: int(w, ib, "fd", 0, count - 1), size: hex64(w, ib, "size"), offset: hex64(w, ib, "offset"), numQueues: int(w, ib, "numQueues", 1, MAX_RINGS), queueSize: int(w, ib, "queueSize", 1, 32768) };
   }
+  if (s.writeback !== undefined) rec.session.writeback = int(t, s, "writeback", 0, 1);
   if (r.reply !== undefined) {
     const reply = str("vf.rec", r, "reply", MAX_REPLY_HEX, 24);
     if (!/^(?:[0-9a-f]{2})+$/.test(reply)) fail("vf.rec", "reply", "must be hex bytes");

@@ -923,6 +923,8 @@ export interface VfDeviceResult {
   disk_size?: number;
   readonly?: boolean;
   direct?: boolean;
+  /** blk, once a session exists: the cache mode the guest chose (CONFIG_WCE 1 write-back). */
+  write_back?: boolean;
   last_error?: string;
 }
 

@@ -42,6 +42,7 @@ const samples: MirrorFrame[] = [
   { op: "drop", dev: "0000:af:04.5" },
   { op: "replied", dev: "0000:af:04.5" },
   { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), reply: "0100000005000000080000000000000000" }, count: 4 },
+  { op: "vf", dev: "0000:af:05.1", rec: { ...rec(), session: { ...rec().session, writeback: 0 } }, count: 4 },
   { op: "handover" },
   { op: "take", req: 1 },
   { op: "offered", req: 1, devs: ["0000:af:04.5", "0000:af:05.5"] },
@@ -79,6 +80,8 @@ test("hostile vf records are refused with the field named", (t) => {
   refused(t, { ...base, rec: wrongIndex }, /index/);
   refused(t, { ...base, dev: "../../etc" }, /dev/);
   refused(t, { ...base, extra: 1 }, /extra/);
+  refused(t, { ...base, rec: { ...rec(), session: { ...rec().session, writeback: 2 } } }, /writeback/);
+  refused(t, { ...base, rec: { ...rec(), session: { ...rec().session, writeback: true } } }, /writeback/);
   refused(t, { ...base, rec: { ...rec(), reply: "xyz" } }, /reply/);
   refused(t, { ...base, rec: { ...rec(), reply: "ab".repeat(9000) } }, /reply/);
   const proto = JSON.parse('{"op":"vf","dev":"0000:af:04.5","count":4,"__proto__":{"x":1}}') as Record<string, unknown>;

@@ -118,6 +118,7 @@ export function vfDeviceResult(spec: VfSpec, rt: VfRuntime | undefined): VfDevic
     d.disk_size = spec.disk.size;
     d.readonly = spec.disk.readonly;
     d.direct = spec.disk.direct;
+    if (rt?.writeback !== undefined) d.write_back = rt.writeback;
   }
   if (rt?.lastError) d.last_error = rt.lastError;
   return d;

@@ -37,6 +37,8 @@ export interface VfRuntime {
   features: string;
   protocolFeatures: string;
   reconnects: number;
+  /** blk: the cache mode the guest set (CONFIG_WCE; true write-back, false write-through). */
+  writeback?: boolean;
   queues: VfQueueRuntime[];
   lastError?: string;
   /** The process running the session and its queues ("vfe-vhostd-ha", "vfe-vhostd"). */

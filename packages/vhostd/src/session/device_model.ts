@@ -9,6 +9,8 @@ export interface DeviceModel {
   readonly offeredProtocolFeatures: bigint;
   /** Rings the front-end may address. */
   readonly maxQueues: number;
+  /** blk: CONFIG_WCE (1 write-back, 0 write-through), mirrored to the HA peer; net: absent. */
+  readonly writeback?: number;
   /** GET_QUEUE_NUM answer. */
   queueNum(): number;
   /** Device config space (GET_CONFIG). */

@@ -269,6 +269,7 @@ class VfSession {
       features: `0x${s.features.toString(16)}`,
       protocolFeatures: `0x${s.protocolFeatures.toString(16)}`,
       reconnects: this.reconnects,
+      ...(s.model.writeback !== undefined ? { writeback: s.model.writeback === 1 } : {}),
       owner,
       regions: s.memoryRegions.map((r) => ({ guestAddr: hex(r.guestAddr), size: hex(r.size), userAddr: hex(r.userAddr), mmapOffset: hex(r.mmapOffset) })),
       queues: s.vrings.map((v) => ({

@@ -18,6 +18,7 @@ import {
   VirtioFeatureBit,
   VRING_F_LOG,
   bit,
+  BLK_CONFIG_OFFSETS,
   featureNames,
   type MemRegionDesc,
   type MirrorSession,
@@ -207,6 +208,7 @@ export class VhostSession {
       })),
       ...(this.inflight ? { inflight: { fd: at(this.inflight.fd), size: hex(this.inflight.size), offset: hex(this.inflight.offset), numQueues: this.inflight.numQueues, queueSize: this.inflight.queueSize } } : {}),
       ...(this.dirtyLog ? { log: { fd: at(this.dirtyLog.fd), size: hex(this.dirtyLog.size), offset: hex(this.dirtyLog.offset) } } : {}),
+      ...(this.model.writeback !== undefined ? { writeback: this.model.writeback } : {}),
     };
   }
 
@@ -244,6 +246,12 @@ export class VhostSession {
     if (regions.length > 0) this.engine.setMemTable(this.devId, regions.map(toEngine));
     if (this.dirtyLog) this.applyDirtyLog(this.dirtyLog.fd, this.dirtyLog.size, this.dirtyLog.offset);
     if (this.inflight) this.applyInflight(this.inflight, false);
+    if (m.writeback !== undefined) {
+      // The guest's write-through choice must hold on whoever runs the disk next, before any
+      // ring resumes (a write it meant to be durable must not be cached).
+      if (this.model.kind !== "blk") throw new Violation(`mirrored writeback on a ${this.model.kind} device`);
+      this.model.writeConfig(BLK_CONFIG_OFFSETS.writeback, Buffer.of(m.writeback));
+    }
     for (const mv of m.vrings) {
       const vr = this.vrings[mv.index]!;
       if (mv.num > MAX_RING_SIZE || (mv.num & (mv.num - 1)) !== 0) throw new Violation(`mirrored ring ${mv.index} size ${mv.num}`);
