@@ -545,8 +545,6 @@ export class VhostSession {
     let area: { size: bigint; offset: bigint };
     try {
       area = codec.log.decode(msg.payload);
-      // One bit per 4 KiB page: 4 GiB of log covers 128 TiB of guest memory.
-      if (area.size > MAX_LOG_BYTES) throw new Rejection(`log of ${area.size} bytes is larger than ${MAX_LOG_BYTES}`);
       this.applyDirtyLog(fd, area.size, area.offset);
     } catch (err) {
       closeAll(msg.fds);
@@ -558,7 +556,10 @@ export class VhostSession {
     return codec.u64.encode(0n);
   }
 
+  /** The same checks for a front-end's SET_LOG_BASE and a mirrored record (both untrusted). */
   private applyDirtyLog(fd: number, size: bigint, offset: bigint): void {
+    // One bit per 4 KiB page: 4 GiB of log covers 128 TiB of guest memory.
+    if (size === 0n || size > MAX_LOG_BYTES) throw new Rejection(`log of ${size} bytes is not in 1..${MAX_LOG_BYTES}`);
     this.engine.setDirtyLog(this.devId, fd, size, offset);
   }
 
@@ -580,7 +581,7 @@ export class VhostSession {
   private getInflightFd(msg: VhostMessage): Buffer {
     if (this.model.kind !== "blk" || !this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Violation("GET_INFLIGHT_FD without INFLIGHT_SHMFD on a blk device");
     const req = codec.inflight.decode(msg.payload, "GET_INFLIGHT_FD");
-    checkInflightGeometry(req.numQueues, req.queueSize, this.model.maxQueues);
+    checkInflightGeometry(req.numQueues, req.queueSize, this.model.maxQueues); // before sizing the memfd
     const size = BigInt(req.numQueues) * inflightQueueBytes(req.queueSize);
     const fd = native.memfdCreate("vhostd-inflight", Number(size));
     const area = { fd, size, offset: 0n, numQueues: req.numQueues, queueSize: req.queueSize };
@@ -602,7 +603,6 @@ export class VhostSession {
     try {
       if (this.model.kind !== "blk" || !this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Violation("SET_INFLIGHT_FD without INFLIGHT_SHMFD on a blk device");
       const a = codec.inflight.decode(msg.payload, "SET_INFLIGHT_FD");
-      checkInflightGeometry(a.numQueues, a.queueSize, this.model.maxQueues);
       const area = { fd, size: a.mmapSize, offset: a.mmapOffset, numQueues: a.numQueues, queueSize: a.queueSize };
       const pending = this.applyInflight(area, false);
       this.dropInflight(true, false);
@@ -615,7 +615,10 @@ export class VhostSession {
     }
   }
 
+  /** The same checks for GET/SET_INFLIGHT_FD and a mirrored record (all untrusted). */
   private applyInflight(a: { fd: number; size: bigint; offset: bigint; numQueues: number; queueSize: number }, fresh: boolean): number[] {
+    if (this.model.kind !== "blk") throw new Violation(`inflight area on a ${this.model.kind} device`);
+    checkInflightGeometry(a.numQueues, a.queueSize, this.model.maxQueues);
     return this.engine.setBlkInflight(this.devId, { fd: a.fd, size: a.size, offset: a.offset, numQueues: a.numQueues, queueSize: a.queueSize, fresh });
   }
 
