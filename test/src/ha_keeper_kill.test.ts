@@ -11,7 +11,7 @@
 //    (sometimes at once, sometimes after traffic ran on vfe-vhostd for a while), then restarted
 //    gracefully (SIGTERM hands everything to vfe-vhostd first) a few times.
 import test from "ava";
-import { Daemon, sleep, waitFor } from "./harness/daemon.js";
+import { Daemon, sleep, threadStates, waitFor } from "./harness/daemon.js";
 import { HaTraffic, VF_A, VF_B, queueSum, rng, vfList } from "./harness/ha_traffic.js";
 import { needPeer } from "./harness/peers.js";
 import { unsentInRing } from "./harness/testpmd.js";
@@ -57,9 +57,16 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
     const stalls: string[] = [];
     let lastFrames = framesAt();
     let lastChange = Date.now();
+    // What vfe-vhostd's threads are doing while the datapath stands still (for the log).
+    const stallSamples: string[] = [];
+    let sampledAt = 0;
     const sampler = setInterval(() => {
       const f = framesAt();
       const now = Date.now();
+      if (f === lastFrames && now - lastChange > 300 && now - sampledAt > 200 && stallSamples.length < 20 && d.proc?.pid) {
+        sampledAt = now;
+        stallSamples.push(`at ${now - t00} ms, vfe-vhostd:\n${threadStates(d.proc.pid).split("\n").filter((l) => !/ S \(sleeping\) wchan=(do_epoll_wait|futex|ep_poll|hrtimer_nanosleep|do_sys_poll)/.test(l)).join("\n")}`);
+      }
       if (f !== lastFrames) {
         if (now - lastChange > 500) stalls.push(`${lastChange - t00}..${now - t00} ms`);
         lastFrames = f;
@@ -136,6 +143,8 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
       testpmdRx: r.testpmdRx,
       reconnects: r.reconnects,
     });
+    if (d.slowExits.length) t.log(`keeper exits that took 200 ms or more:\n${d.slowExits.join("\n")}`);
+    if (stallSamples.length) t.log(`vfe-vhostd's threads during stalls:\n${stallSamples.join("\n")}`);
     t.true(KILLS >= 20);
     const longest = Math.max(0, ...stalls.map((s) => s.split("..").map((x) => parseInt(x, 10))).map(([a, b]) => b! - a!));
     t.true(longest < 2000, `no hang: the longest stall was ${longest} ms`);

@@ -106,9 +106,19 @@ export class Daemon {
     const p = this.keeper;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const exited = new Promise((r) => p.once("exit", r));
+    const t0 = Date.now();
     p.kill("SIGKILL");
+    // A SIGKILLed process whose exit takes long holds its fds (and with them vfe-vhostd's
+    // view of it) open: record what its threads were doing, for the test to print.
+    const slow = setTimeout(() => this.slowExits.push(`pid ${p.pid} not gone ${Date.now() - t0} ms after SIGKILL:\n${threadStates(p.pid!)}\nother threads in D or R, or in mm code:\n${busyThreads(p.pid!)}`), 200);
     await exited;
+    clearTimeout(slow);
+    const ms = Date.now() - t0;
+    if (ms >= 200) this.slowExits.push(`pid ${p.pid} exited ${ms} ms after SIGKILL`);
   }
+
+  /** Keeper kills whose exit took 200 ms or more, with its threads' states at that moment. */
+  readonly slowExits: string[] = [];
 
   /** Starts vfe-vhostd again with the options it was first started with; resolves once it answers RPC. */
   restartVhostd(): Promise<void> {
@@ -222,4 +232,56 @@ export class Daemon {
     }
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** Each thread of a process: name, state, kernel wait channel and kernel stack (root only). */
+export function threadStates(pid: number): string {
+  const read = (f: string) => {
+    try {
+      return fs.readFileSync(f, "utf8").trim();
+    } catch {
+      return "?";
+    }
+  };
+  let tids: string[] = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return "  (gone)";
+  }
+  return tids
+    .map((tid) => {
+      const dir = `/proc/${pid}/task/${tid}`;
+      const state = /State:\s*(.*)/.exec(read(`${dir}/status`))?.[1] ?? "?";
+      return `  ${tid} ${read(`${dir}/comm`)} ${state} wchan=${read(`${dir}/wchan`)}\n    ${read(`${dir}/stack`).split("\n").slice(0, 8).join("\n    ")}`;
+    })
+    .join("\n");
+}
+
+/** Every other thread on the host that is runnable, in disk sleep, or inside memory-map code. */
+function busyThreads(except: number): string {
+  const out: string[] = [];
+  for (const pid of fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n) && Number(n) !== except)) {
+    let tids: string[] = [];
+    try {
+      tids = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      const dir = `/proc/${pid}/task/${tid}`;
+      let status = "", stack = "", comm = "";
+      try {
+        status = fs.readFileSync(`${dir}/status`, "utf8");
+        stack = fs.readFileSync(`${dir}/stack`, "utf8");
+        comm = fs.readFileSync(`${dir}/comm`, "utf8").trim();
+      } catch {
+        continue;
+      }
+      const state = /State:\s*(.*)/.exec(status)?.[1] ?? "?";
+      if (/^[DR]/.test(state) || /mmap|rmap|unmap|zap_|populate|fault|mlock|madvise|i_mmap/.test(stack))
+        out.push(`  ${pid}/${tid} ${comm} ${state}\n    ${stack.trim().split("\n").slice(0, 10).join("\n    ")}`);
+    }
+  }
+  return out.join("\n");
 }
