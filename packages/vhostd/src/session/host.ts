@@ -295,6 +295,8 @@ export class EngineVfHost implements VfHost {
   private readonly taps = new Map<number, number>();
   private readonly pfOfSwitch = new Map<number, string>();
   private readonly locks = new Map<string, VfLock>();
+  /** Moves whenever this host stops running its VFs: a late lock taken for an older run is dropped. */
+  private lockEpoch = 0;
   /** Adopted VFs and TAP uplinks waiting for resumeAdopted(). */
   private readonly adopting = new Set<string>();
   private readonly pendingUplinks = new Map<number, number>();
@@ -437,7 +439,7 @@ export class EngineVfHost implements VfHost {
    * frame is forwarded to a port that does not run yet), kicks and signals each once, and only
    * then reads the connections. Returns the VFs whose lock stayed held (abandoned here).
    */
-  async resumeAdopted(lockWaitMs: number): Promise<string[]> {
+  async resumeAdopted(lockWaitMs: number, holderExiting?: () => boolean): Promise<string[]> {
     const devs = [...this.adopting];
     this.adopting.clear();
     const failed: string[] = [];
@@ -445,8 +447,11 @@ export class EngineVfHost implements VfHost {
       devs.map(async (dev) => {
         const vf = this.vfs.get(dev);
         if (!vf || !this.opts.lockDir) return;
-        const lock = await VfLock.take(this.opts.lockDir, dev, lockWaitMs);
-        if (lock) this.locks.set(dev, lock);
+        const lock = await VfLock.take(this.opts.lockDir, dev, lockWaitMs, holderExiting);
+        if (lock === "holder-exiting") {
+          this.log.info({ vf: dev, socket: vf.spec.socketPath }, "adopted while the dead runner's lock awaits the kernel's teardown; taken when released");
+          this.lockWhenReleased(dev);
+        } else if (lock) this.locks.set(dev, lock);
         else {
           failed.push(dev);
           vf.abandon();
@@ -490,7 +495,25 @@ export class EngineVfHost implements VfHost {
    * The part of a hand-back the peer waits for: every ring stopped, every TAP uplink detached,
    * every VF lock dropped. dropAll() does the rest after the peer was told.
    */
+  /**
+   * Takes a VF's lock once a dying holder's teardown releases it, unless the VF was stopped,
+   * closed or handed on meanwhile (lockEpoch moved): then the lock is dropped at once.
+   */
+  private lockWhenReleased(dev: string): void {
+    const epoch = this.lockEpoch;
+    const dir = this.opts.lockDir!;
+    void VfLock.take(dir, dev, 600_000, undefined, 10).then((lock) => {
+      if (!(lock instanceof VfLock)) {
+        this.log.error({ vf: dev }, "the dead runner's lock was not released within 10 min; this VF runs unfenced");
+        return;
+      }
+      if (epoch !== this.lockEpoch || !this.vfs.has(dev) || this.locks.has(dev)) lock.release();
+      else this.locks.set(dev, lock);
+    });
+  }
+
   stopAndUnlockAll(): void {
+    this.lockEpoch++;
     this.engine.hold(true);
     try {
       for (const vf of this.vfs.values()) vf.session.stopRings();

@@ -1,6 +1,8 @@
 // Exactly one process runs a VF's queues at any instant: whoever runs them holds an OFD write
 // lock on <run-dir>/locks/<dev>.lock. The kernel drops the lock with the holder's last fd, so a
-// process killed with -9 releases it by dying, and the peer taking over waits for exactly that.
+// process killed with -9 releases it by dying, and the peer taking over waits for exactly that,
+// or, when it knows the holder is exiting (ha/process_exit.ts), runs at once and takes the lock
+// once the kernel has finished the teardown.
 import fs from "node:fs";
 import path from "node:path";
 import { native } from "@vhostd/native";
@@ -30,13 +32,19 @@ export class VfLock {
     return null;
   }
 
-  /** Retries until `timeoutMs` (a dying holder releases it while the kernel tears it down). */
-  static async take(dir: string, dev: string, timeoutMs: number): Promise<VfLock | null> {
+  /**
+   * Retries every `everyMs` until `timeoutMs` (a dying holder releases it while the kernel tears
+   * it down). "holder-exiting" as soon as `holderExiting()` says the holder will never run user
+   * code again: the lock then only waits for the kernel's teardown, which can take seconds.
+   */
+  static async take(dir: string, dev: string, timeoutMs: number, holderExiting?: () => boolean, everyMs = 1): Promise<VfLock | null | "holder-exiting"> {
     const until = performance.now() + timeoutMs;
     for (;;) {
       const l = VfLock.tryTake(dir, dev);
-      if (l || performance.now() >= until) return l;
-      await new Promise((r) => setTimeout(r, 1));
+      if (l) return l;
+      if (holderExiting?.()) return "holder-exiting";
+      if (performance.now() >= until) return null;
+      await new Promise((r) => setTimeout(r, everyMs));
     }
   }
 
