@@ -6,6 +6,7 @@ void InitFdWatcher(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
 void InitDriver(Napi::Env env, Napi::Object exports);
 void InitSdNotify(Napi::Env env, Napi::Object exports);
+void InitPremap(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSocket(env, exports);
@@ -13,6 +14,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitEngine(env, exports);
   InitDriver(env, exports);
   InitSdNotify(env, exports);
+  InitPremap(env, exports);
   return exports;
 }
 

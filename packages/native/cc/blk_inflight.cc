@@ -1,5 +1,6 @@
 // Inflight I/O tracking (see blk_inflight.h).
 #include "blk_inflight.h"
+#include "premap.h"
 
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -20,12 +21,11 @@ std::string InflightArea::map(int fd, uint64_t size, uint64_t offset, uint32_t n
   struct stat st;
   if (fstat(fd, &st) != 0) return "inflight fd: fstat failed";
   if (offset > UINT64_MAX - size || offset + size > (uint64_t)st.st_size) return "inflight area is not inside its " + std::to_string(st.st_size) + "-byte file";
-  const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-  uint64_t start = offset & ~(page - 1);
-  size_t len = (size_t)(offset - start + size);
-  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
-  if (m == MAP_FAILED) return "inflight mmap failed";
-  uint8_t* base = static_cast<uint8_t*>(m) + (offset - start);
+  premap::Mapped pm;
+  if (!premap::mapShared(fd, offset, size, &pm)) return "inflight mmap failed";
+  void* m = pm.base;
+  const size_t len = pm.len;
+  uint8_t* base = pm.at;
   uint64_t maxCounter = 0;
   for (uint32_t q = 0; q < numQueues; q++) {
     auto* iq = reinterpret_cast<InflightQueue*>(base + per * q);

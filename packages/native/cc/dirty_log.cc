@@ -1,5 +1,6 @@
 // Dirty-page log (see dirty_log.h).
 #include "dirty_log.h"
+#include "premap.h"
 
 #include <string>
 #include <sys/mman.h>
@@ -20,18 +21,15 @@ bool DirtyLog::map(int fd, uint64_t size, uint64_t offset, std::string* err) noe
     *err = "log area " + std::to_string(offset) + "+" + std::to_string(size) + " is not inside the " + std::to_string(st.st_size) + "-byte log file";
     return false;
   }
-  const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-  uint64_t start = offset & ~(page - 1);
-  size_t len = (size_t)(offset - start + size);
-  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
-  if (m == MAP_FAILED) {
+  premap::Mapped pm;
+  if (!premap::mapShared(fd, offset, size, &pm)) {
     *err = "log mmap failed";
     return false;
   }
   unmap();
-  map_ = m;
-  mapLen_ = len;
-  base_ = static_cast<uint8_t*>(m) + (offset - start);
+  map_ = pm.base;
+  mapLen_ = pm.len;
+  base_ = pm.at;
   size_ = size;
   return true;
 }

@@ -1,5 +1,6 @@
 // Guest memory mapping and translation (see guest_memory.h).
 #include "guest_memory.h"
+#include "premap.h"
 
 #include <errno.h>
 #include <string.h>
@@ -56,24 +57,21 @@ std::unique_ptr<MemTable> MemTable::withAdded(const RegionSpec& s, std::string* 
            hex((uint64_t)st.st_size) + " bytes)";
     return nullptr;
   }
-  long page = sysconf(_SC_PAGESIZE);
-  uint64_t alignedOff = s.mmapOffset & ~(uint64_t)(page - 1);
-  uint64_t lead = s.mmapOffset - alignedOff;
-  uint64_t mapLen = s.size + lead;
-  if (mapLen < s.size || mapLen > (uint64_t)SIZE_MAX) { *err = "region too large"; return nullptr; }
-  void* p = mmap(nullptr, (size_t)mapLen, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, (off_t)alignedOff);
-  if (p == MAP_FAILED) {
+  premap::Mapped pm;
+  if (!premap::mapShared(s.fd, s.mmapOffset, s.size, &pm)) {
     *err = std::string("mmap of region ") + hex(s.gpa) + " (fd " + std::to_string(s.fd) + ", size " + hex(s.size) +
            ", offset " + hex(s.mmapOffset) + ") failed: " + strerror(errno);
     return nullptr;
   }
+  void* p = pm.base;
+  const size_t mapLen = pm.len;
   auto m = std::make_shared<Mapping>();
   m->base = p;
-  m->len = (size_t)mapLen;
+  m->len = mapLen;
   m->fault = fault_;
   // The file can still shrink after the size check above: from here on a SIGBUS in this range
   // becomes zero pages and a device fault instead of the death of the process.
-  m->guard = sigbus::add(p, (size_t)mapLen, static_cast<uint8_t*>(p) + lead, s.gpa, s.size, fault_.get());
+  m->guard = sigbus::add(p, mapLen, pm.at, s.gpa, s.size, fault_.get());
   if (m->guard < 0) {
     *err = "region " + hex(s.gpa) + ": more than " + std::to_string(sigbus::kSlots) +
            " guest memory mappings in this process (SIGBUS guard is full)";
@@ -81,7 +79,7 @@ std::unique_ptr<MemTable> MemTable::withAdded(const RegionSpec& s, std::string* 
   }
   auto t = std::make_unique<MemTable>(fault_);
   t->regions_ = regions_;
-  t->regions_.push_back(Region{s.gpa, s.size, s.uva, s.mmapOffset, static_cast<uint8_t*>(p) + lead, std::move(m)});
+  t->regions_.push_back(Region{s.gpa, s.size, s.uva, s.mmapOffset, pm.at, std::move(m)});
   return t;
 }
 

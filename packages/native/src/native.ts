@@ -282,6 +282,16 @@ export interface NativeModule {
   recvWithFds(fd: number, maxBytes: number, maxFds: number): RecvResult | null;
   /** Copies up to maxBytes queued on a socket without consuming them (no fds); null on EAGAIN. */
   peekBytes(fd: number, maxBytes: number): Buffer | null;
+  /**
+   * Maps [offset, offset+size) of fd now and keeps it: the engine's next mapping of the same
+   * file range (guest memory, dirty log, inflight area) takes it instead of calling mmap().
+   * Returns an id for premapRelease; throws (with .errno) when it cannot map.
+   */
+  premapKeep(fd: number, offset: bigint | number, size: bigint | number): number;
+  /** Unmaps a kept mapping the engine has not taken (a taken or unknown id is ignored). */
+  premapRelease(id: number): void;
+  /** Kept mappings not yet taken. */
+  premapCount(): number;
   /** Takes an OFD write lock on the whole file (released with its last fd: close it to unlock); false if held elsewhere. */
   ofdTryLock(fd: number): boolean;
   /** Sends all of data (fds ride on the first byte); throws on EAGAIN or error. */

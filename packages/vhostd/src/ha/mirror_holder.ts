@@ -14,6 +14,8 @@ import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
 import type { VfRuntime, VfSpec } from "../vf_host.js";
 import { createVfHost, type EngineVfHost } from "../session/host.js";
 import { MIRROR_CODEC, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./mirror_codec.js";
+import { processFate } from "./process_exit.js";
+import { Premapped } from "./premapped.js";
 
 export interface MirrorHolderOptions {
   runDir: string;
@@ -26,6 +28,9 @@ export interface MirrorHolderOptions {
   lockWaitMs?: number;
 }
 
+/** How often a connected keeper's threads are looked at (watchExit): ~50 small /proc reads a second. */
+const EXIT_PROBE_MS = 20;
+
 interface VfCopy {
   rec: MirrorVf;
   fds: number[];
@@ -36,6 +41,10 @@ export class MirrorHolder {
   private watcher: InstanceType<typeof native.FdWatcher> | null = null;
   private conn: FramedFdConnection<MirrorFrame> | null = null;
   private peer: PeerCred | null = null;
+  /** The keeper whose exit we noticed before its connection closed (watchExit). */
+  private exitingPid: number | undefined;
+  /** Guest memory of the copies, mapped ahead of a takeover. */
+  private readonly premapped: Premapped;
   private readonly vfCopies = new Map<string, VfCopy>();
   private readonly pfCopies = new Map<string, { switchId: number; fd: number }>();
   /** Runs the VFs after a takeover; created on the first one (worker threads cost nothing until then). */
@@ -50,6 +59,7 @@ export class MirrorHolder {
 
   constructor(private readonly opts: MirrorHolderOptions) {
     this.path = mirrorSocketPath(opts.runDir);
+    this.premapped = new Premapped(opts.log);
   }
 
   listen(): void {
@@ -123,6 +133,7 @@ export class MirrorHolder {
     this.listenFd = -1;
     this.conn?.close("vfe-vhostd stopping", false);
     this.dropCopies();
+    this.premapped.dropAll();
     await this.host?.shutdown();
     this.host = undefined;
   }
@@ -150,6 +161,7 @@ export class MirrorHolder {
         onClose: (reason, violation) => this.onClose(conn, reason, violation),
       });
       this.conn = conn;
+      this.watchExit(conn, cred.pid);
       this.opts.log.info({ event: "mirror_connected", pid: cred.pid }, "HA mirror: keeper connected");
     }
   }
@@ -157,8 +169,10 @@ export class MirrorHolder {
   private onFrame(conn: FramedFdConnection<MirrorFrame>, f: MirrorFrame, fds: number[]): void {
     switch (f.op) {
       case "vf":
-        this.dropCopy(f.dev);
+        this.dropCopy(f.dev, true);
         this.vfCopies.set(f.dev, { rec: f.rec, fds });
+        this.premapped.set(f.dev, f.rec, fds);
+        this.standbyHost();
         return;
       case "pf": {
         const old = this.pfCopies.get(f.dev);
@@ -190,6 +204,22 @@ export class MirrorHolder {
     }
   }
 
+  /**
+   * A killed keeper's datapath stops at once, but its fds (this connection's EOF) close only
+   * after the kernel has torn its memory down, which can take seconds. So we also watch its
+   * threads: once every one of them is exiting, we take over without waiting for the EOF.
+   */
+  private watchExit(conn: FramedFdConnection<MirrorFrame>, pid: number): void {
+    const timer = setInterval(() => {
+      if (!conn.isOpen) return clearInterval(timer);
+      if (processFate(pid) === "alive") return;
+      clearInterval(timer);
+      this.exitingPid = pid;
+      conn.close(`keeper pid ${pid} is exiting (its threads have stopped; the kernel has not closed its fds yet)`, false);
+    }, EXIT_PROBE_MS);
+    timer.unref();
+  }
+
   private onClose(conn: FramedFdConnection<MirrorFrame>, reason: string, violation: boolean): void {
     if (this.conn === conn) this.conn = null;
     if (this.offer) {
@@ -204,18 +234,27 @@ export class MirrorHolder {
     this.busy = this.busy.then(fn).catch((e: Error) => this.opts.log.error({ err: e.stack ?? e.message }, "HA mirror step failed"));
   }
 
+  /**
+   * The host that runs the VFs after a takeover. Made with the first copy, not at the takeover:
+   * it maps the engine's shared file, which a dying keeper's teardown may keep locked.
+   */
+  private standbyHost(): EngineVfHost {
+    this.host ??= createVfHost({
+      log: this.opts.log.child({ component: "standby-host" }),
+      runDir: this.opts.runDir,
+      lockDir: mirrorLockDir(this.opts.runDir),
+      sharedPath: mirrorSharedPath(this.opts.runDir),
+    });
+    return this.host;
+  }
+
   /** Runs every VF we hold a copy of, in place. */
   private async takeover(why: string): Promise<void> {
     if (this.vfCopies.size === 0 && this.pfCopies.size === 0) return;
     const t0 = performance.now();
     const log = this.opts.log;
-    this.host ??= createVfHost({
-      log: log.child({ component: "standby-host" }),
-      runDir: this.opts.runDir,
-      lockDir: mirrorLockDir(this.opts.runDir),
-      sharedPath: mirrorSharedPath(this.opts.runDir),
-    });
-    const host = this.host;
+    const host = this.standbyHost();
+    const tHost = performance.now();
     const running = host.pfList();
     for (const [dev, p] of this.pfCopies) {
       // The keeper's word on a PF is checked against ours: a copy we did not decide is dropped.
@@ -235,6 +274,7 @@ export class MirrorHolder {
     const copies = [...this.vfCopies];
     this.vfCopies.clear();
     let failed = 0;
+    // (The mappings made ahead are taken by host.adopt below; what is left is released after.)
     for (const [dev, c] of copies) {
       const spec = this.opts.specOf(dev);
       if (!spec || host.has(dev)) {
@@ -248,12 +288,20 @@ export class MirrorHolder {
         log.error({ event: "takeover_failed", vf: dev, socket: spec.socketPath, err: (e as Error).message }, `takeover of ${dev} failed: ${(e as Error).message}`);
       }
     }
-    // The dead keeper's locks go as the kernel tears it down: wait for them, then run.
-    failed += (await host.resumeAdopted(this.opts.lockWaitMs ?? 3000)).length;
-    const ms = Math.round((performance.now() - t0) * 10) / 10;
+    this.premapped.dropAll();
+    const tAdopt = performance.now();
+    // The dead keeper's locks go as the kernel tears it down: wait for them, then run; or run at
+    // once when its threads are all exiting (they never touch a ring again), locking later.
+    const pid = this.exitingPid ?? this.peer?.pid;
+    failed += (await host.resumeAdopted(this.opts.lockWaitMs ?? 3000, pid ? () => processFate(pid) === "exiting" : undefined)).length;
+    this.exitingPid = undefined;
+    const now = performance.now();
+    const ms = Math.round((now - t0) * 10) / 10;
     this.takeovers++;
     this.lastTakeover = { at: new Date().toISOString(), why, vfs: copies.length - failed, failed, ms };
-    log.info({ event: "takeover_done", why, vfs: copies.length - failed, failed, ms }, `took over ${copies.length - failed} VF(s) in place in ${ms} ms (${why})`);
+    // Where the time went: creating the standby host, adopting (mapping guest memory), resuming (locks).
+    const split = { hostMs: Math.round(tHost - t0), adoptMs: Math.round(tAdopt - tHost), resumeMs: Math.round(now - tAdopt) };
+    log.info({ event: "takeover_done", why, vfs: copies.length - failed, failed, ms, ...split }, `took over ${copies.length - failed} VF(s) in place in ${ms} ms (${why})`);
   }
 
   /**
@@ -299,7 +347,10 @@ export class MirrorHolder {
       sent = false; // the connection's loss makes us take over again from the copies
     }
     for (const pf of host?.dropAll() ?? []) this.pfCopies.set(pf.dev, { switchId: pf.switchId, fd: pf.fd });
-    for (const { dev, rec, fds } of offered) this.vfCopies.set(dev, { rec, fds });
+    for (const { dev, rec, fds } of offered) {
+      this.vfCopies.set(dev, { rec, fds });
+      this.premapped.set(dev, rec, fds);
+    }
     const vfs = offered.length;
     if (!sent) return;
     this.opts.log.info(
@@ -308,12 +359,14 @@ export class MirrorHolder {
     );
   }
 
-  private dropCopy(dev: string): void {
+  /** `replacing`: a new copy of the VF follows at once (its mappings are sorted out by set()). */
+  private dropCopy(dev: string, replacing = false): void {
     const c = this.vfCopies.get(dev);
     if (c) {
       closeFds(c.fds);
       this.vfCopies.delete(dev);
     }
+    if (!replacing) this.premapped.drop(dev);
     const p = this.pfCopies.get(dev);
     if (p) {
       if (p.fd >= 0) closeFds([p.fd]);

@@ -1,0 +1,107 @@
+// Shared file mappings made ahead of need (see premap.h).
+#include "premap.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <mutex>
+#include <vector>
+
+namespace vhd::premap {
+
+namespace {
+
+struct Kept {
+  int64_t id;
+  dev_t dev;
+  ino_t ino;
+  uint64_t start;
+  size_t len;
+  void* base;
+};
+
+std::mutex mu;
+std::vector<Kept> kept;
+int64_t nextId = 1;
+
+// The page-aligned range every mapping of [offset, offset + size) uses.
+bool aligned(uint64_t offset, uint64_t size, uint64_t* start, size_t* len) noexcept {
+  const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  *start = offset & ~(page - 1);
+  uint64_t l = offset - *start + size;
+  if (size == 0 || offset > UINT64_MAX - size || l < size || l > (uint64_t)SIZE_MAX) {
+    errno = EINVAL;
+    return false;
+  }
+  *len = (size_t)l;
+  return true;
+}
+
+}  // namespace
+
+bool mapShared(int fd, uint64_t offset, uint64_t size, Mapped* out) noexcept {
+  uint64_t start;
+  size_t len;
+  if (!aligned(offset, size, &start, &len)) return false;
+  struct stat st;
+  if (fstat(fd, &st) == 0) {
+    std::lock_guard<std::mutex> g(mu);
+    for (size_t i = 0; i < kept.size(); i++) {
+      const Kept& k = kept[i];
+      if (k.dev == st.st_dev && k.ino == st.st_ino && k.start == start && k.len == len) {
+        out->base = k.base;
+        out->len = len;
+        out->at = static_cast<uint8_t*>(k.base) + (offset - start);
+        kept.erase(kept.begin() + (long)i);  // the caller owns (and will munmap) it now
+        return true;
+      }
+    }
+  }
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
+  if (m == MAP_FAILED) return false;
+  out->base = m;
+  out->len = len;
+  out->at = static_cast<uint8_t*>(m) + (offset - start);
+  return true;
+}
+
+int64_t keep(int fd, uint64_t offset, uint64_t size) noexcept {
+  uint64_t start;
+  size_t len;
+  if (!aligned(offset, size, &start, &len)) return -errno;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return -errno;
+  // Never past the file's end: touching such a page raises SIGBUS (the users check this too).
+  if (S_ISREG(st.st_mode) && offset + size > (uint64_t)st.st_size) return -EINVAL;
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
+  if (m == MAP_FAILED) return -errno;
+  std::lock_guard<std::mutex> g(mu);
+  int64_t id = nextId++;
+  kept.push_back(Kept{id, st.st_dev, st.st_ino, start, len, m});
+  return id;
+}
+
+void release(int64_t id) noexcept {
+  void* base = nullptr;
+  size_t len = 0;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    for (size_t i = 0; i < kept.size(); i++) {
+      if (kept[i].id != id) continue;
+      base = kept[i].base;
+      len = kept[i].len;
+      kept.erase(kept.begin() + (long)i);
+      break;
+    }
+  }
+  if (base) munmap(base, len);
+}
+
+size_t keptCount() noexcept {
+  std::lock_guard<std::mutex> g(mu);
+  return kept.size();
+}
+
+}  // namespace vhd::premap
