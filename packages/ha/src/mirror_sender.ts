@@ -117,12 +117,23 @@ export class MirrorSender implements MirrorSink {
     else this.connect();
   }
 
-  /** Graceful stop: push the final state and let vfe-vhostd take every VF over. False if it is not there. */
+  /**
+   * Graceful stop: push the final state, stop our rings and drop our locks, and close the
+   * connection, which is vfe-vhostd's signal to run every VF. False if it is not there.
+   * Closing ourselves, not by exiting: a process's fds close only after the kernel has torn
+   * its memory down, which can take seconds on a busy host.
+   */
   handover(): boolean {
     if (!this.conn?.isOpen || !this.host) return false;
-    this.host.mirrorAll();
+    const host = this.host;
+    host.mirrorAll();
     this.conn.send({ op: "handover" });
-    return this.conn.isOpen;
+    if (!this.conn.isOpen) return false;
+    host.setMirror(undefined); // stopping the rings must not reach vfe-vhostd as a state change
+    host.stopAndUnlockAll();
+    this.stopped = true;
+    this.conn.close("keeper handed over", false);
+    return true;
   }
 
   close(): void {
