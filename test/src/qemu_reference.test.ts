@@ -1,4 +1,4 @@
-// Proves the QEMU guest tooling (scripts/build-guest.sh, test/guest/init.sh, harness/qemu.ts)
+// Proves the QEMU guest tooling (packages/vhostd/guest/build.sh and init.sh, packages/vhostd/src/guest/qemu.ts)
 // against reference back-ends nobody here wrote: DPDK testpmd's net_vhost in icmpecho mode
 // and qemu-storage-daemon's vhost-user-blk export. If these fail, the tooling is broken,
 // not vfe-vhostd.

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds the QEMU test guest: a Debian 6.1 kernel (vmlinuz) and a busybox initramfs
-# (initrd.cpio.gz) holding the virtio modules and test/guest/init.sh as /init.
-# Usage: scripts/build-guest.sh [OUTDIR]   (default: <repo>/.cache/guest)
+# Builds the QEMU guest of the e2e tests and of `vfe-vhost-cli drill --migrate`: a Debian
+# kernel (vmlinuz) and a busybox initramfs (initrd.cpio.gz) holding the virtio modules and
+# init.sh (beside this script) as /init.
+# Usage: packages/vhostd/guest/build.sh OUTDIR
 # Idempotent: the kernel is downloaded once, the initrd is rebuilt only when an input is
 # newer than it. Needs root (or at least apt-get download + dpkg-deb) on Debian 12.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-out=$(mkdir -p "${1:-$repo/.cache/guest}" && cd "${1:-$repo/.cache/guest}" && pwd)
-init_src=$repo/test/guest/init.sh
+here=$(cd "$(dirname "$0")" && pwd)
+[ $# -eq 1 ] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+init_src=$here/init.sh
 # Load order matters for insmod (no dependency resolution in the guest).
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
          failover net_failover virtio_net virtio_blk)
@@ -63,12 +65,12 @@ if [ ! -s "$out/vmlinuz" ] || [ ! -s "$out/modules/order" ]; then
 fi
 
 # --- initramfs: rebuilt when init.sh, busybox, the modules or this script change ----------
+# By content, not mtime: a checkout or copy can make an old image look newer than its inputs.
 busybox=$(command -v busybox) || { echo "build-guest: busybox missing (apt-get install busybox-static)" >&2; exit 1; }
+inputs=$(cat "$init_src" "$busybox" "$0" "$out/modules/order" | sha256sum | cut -d' ' -f1)
 stale=0
 [ -s "$out/initrd.cpio.gz" ] || stale=1
-for f in "$init_src" "$busybox" "$0" "$out/modules/order"; do
-  [ "$f" -nt "$out/initrd.cpio.gz" ] && stale=1
-done
+[ "$(cat "$out/initrd.inputs" 2>/dev/null)" = "$inputs" ] || stale=1
 if [ "$stale" = 1 ]; then
   # A dynamically linked busybox would need its libraries in the initrd too.
   if ldd "$busybox" >/dev/null 2>&1; then echo "build-guest: $busybox is not static (install busybox-static)" >&2; exit 1; fi
@@ -83,6 +85,7 @@ if [ "$stale" = 1 ]; then
   mknod -m 666 "$r/dev/null" c 1 3
   (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -6) >"$out/initrd.cpio.gz.new"
   mv "$out/initrd.cpio.gz.new" "$out/initrd.cpio.gz"
+  echo "$inputs" >"$out/initrd.inputs"
 fi
 
 echo "kernel: $out/vmlinuz ($(cat "$out/modules/kernel-version"))"

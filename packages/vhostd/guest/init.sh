@@ -1,5 +1,6 @@
 #!/bin/sh
-# /init of the vhostd test guest (busybox initramfs, built by scripts/build-guest.sh).
+# /init of the vhostd guest (busybox initramfs, built by build.sh beside this file) for the
+# e2e tests and the migration drill.
 # Parameters come from the kernel command line as key=value words:
 #   test=NAME   which built-in test(s) to run, comma-separated, in order
 #               (ping, netinfo, blkinfo, blkverify, blkrandom, blkdiscard, blkcache, blkloop, shell-cmd, none)
@@ -176,6 +177,8 @@ t_blkcache() {
 # with O_DIRECT and compares; at the end every slot is read once more and must hold the last
 # pattern written to it. One blkloop-round line per failed round; any dd error counts.
 # lwt=1 switches the disk to write-through first (so the host can check the mode survives).
+# lstop=M also ends the loop early once the host has written "VHOSTD-STOP" at MiB M of the
+# disk (the migration drill: the loop runs for as many hops as the host makes).
 t_blkloop() {
   dev=$(arg dev vda) mib=$(arg lmib 2) slots=$(arg lslots 8) secs=$(arg lsecs 30)
   if [ ! -b "/dev/$dev" ]; then result blkloop false "\"error\":\"no /dev/$dev\""; return; fi
@@ -184,9 +187,10 @@ t_blkloop() {
   # the loop spends its time in I/O, where the kills should land).
   dd if=/dev/urandom of=/tmp/base bs=1M count="$mib" status=none
   pat() { cp /tmp/base /tmp/pat; i=0; while [ $i -lt "$mib" ]; do printf "vhostd loop round=%08d mib=%04d" "$1" $i | dd of=/tmp/pat bs=1 seek=$((i * 1048576)) conv=notrunc status=none; i=$((i + 1)); done; }
-  end=$(($(now_ms) + secs * 1000)) r=0 bad=0 ioerr=0 maxms=0
+  end=$(($(now_ms) + secs * 1000)) r=0 bad=0 ioerr=0 maxms=0 stop=$(arg lstop "")
+  stopped() { [ -n "$stop" ] && [ "$(dd if="/dev/$dev" bs=4096 skip=$((stop * 256)) count=1 iflag=direct status=none 2>/dev/null | head -c 11)" = VHOSTD-STOP ]; }
   echo "VHOSTD-LOOP-START"
-  while [ "$(now_ms)" -lt $end ]; do
+  while [ "$(now_ms)" -lt $end ] && ! stopped; do
     slot=$((r % slots)); pat $r
     want=$(sha256sum </tmp/pat | cut -d' ' -f1)
     t0=$(now_ms)
@@ -210,7 +214,7 @@ t_blkloop() {
     s=$((s + 1))
   done
   ok=false; [ $bad -eq 0 ] && [ $ioerr -eq 0 ] && [ $final -eq 0 ] && [ $r -gt 0 ] && ok=true
-  result blkloop $ok "\"rounds\":$r,\"failed\":$bad,\"ioErrors\":$ioerr,\"finalMismatches\":$final,\"maxRoundMs\":$maxms"
+  result blkloop $ok "\"stopped\":$(stopped && echo true || echo false),\"rounds\":$r,\"failed\":$bad,\"ioErrors\":$ioerr,\"finalMismatches\":$final,\"maxRoundMs\":$maxms"
 }
 
 # shell-cmd: cmd=BASE64 of a shell command; its output is printed between markers.

@@ -1,14 +1,17 @@
-// QEMU guests for end-to-end tests: a Debian kernel + busybox initramfs (scripts/build-guest.sh)
-// whose /init (test/guest/init.sh) runs the tests named on the kernel command line and prints
-// `VHOSTD-RESULT {json}` lines on the serial console, then powers off.
-// The QEMU command line is the recipe measured in /work/shared/PEERS.md: TCG only (KVM cannot
-// boot guests here), shared memfd memory (vhost-user needs it), vectors=0 on virtio-net-pci
-// (QEMU 7.2 + TCG + vhost-user-net + MSI-X segfaults).
+// QEMU guests for the e2e tests and the migration drill: a Debian kernel + busybox initramfs
+// (guest/build.sh) whose /init (guest/init.sh) runs the tests named on the kernel command line
+// and prints `VHOSTD-RESULT {json}` lines on the serial console, then powers off.
+// The QEMU command line is the recipe measured in PEERS.md: TCG only (KVM cannot boot guests
+// on the hosts we test on), shared memfd memory (vhost-user needs it), vectors=0 on
+// virtio-net-pci (QEMU 7.2 + TCG + vhost-user-net + MSI-X segfaults).
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { waitFor } from "./wait.js";
-import { repoRoot } from "./paths.js";
+
+/** <vhostd package>/guest: build.sh and init.sh (shipped with the package, also when installed). */
+const guestSources = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../guest");
 
 export interface GuestNet {
   socket: string;
@@ -43,6 +46,8 @@ export interface GuestOptions {
   qmpSocket?: string;
   /** Appended verbatim to QEMU's arguments (e.g. -trace ...). */
   qemuArgs?: string[];
+  /** The image's directory (default guestDir()). */
+  imageDir?: string;
 }
 
 export type GuestResultLine = Record<string, any> & { test: string; ok: boolean };
@@ -59,23 +64,29 @@ export interface GuestRun {
   totalMs: number;
 }
 
-/** Where build-guest.sh puts vmlinuz and initrd.cpio.gz (VHOSTD_GUEST_DIR overrides). */
-export const guestDir = process.env.VHOSTD_GUEST_DIR ?? path.join(repoRoot, ".cache/guest");
+/** Where the image is built and looked for: VHOSTD_GUEST_DIR, else /var/cache/vhostd/guest. */
+export function guestDir(env: NodeJS.ProcessEnv = process.env): string {
+  return env.VHOSTD_GUEST_DIR || "/var/cache/vhostd/guest";
+}
 
-let built: Promise<void> | null = null;
+const built = new Map<string, Promise<void>>();
 
-/** Runs scripts/build-guest.sh once per process; it is idempotent and cheap when up to date,
- *  and rebuilding is what picks up a changed init.sh. */
-export function ensureGuestImage(): Promise<void> {
-  built ??= new Promise((resolve, reject) => {
-    execFile("bash", [path.join(repoRoot, "scripts/build-guest.sh"), guestDir], { timeout: 600_000 }, (err, stdout, stderr) => {
-      if (err || !fs.existsSync(path.join(guestDir, "vmlinuz")) || !fs.existsSync(path.join(guestDir, "initrd.cpio.gz"))) {
-        built = null; // let a later test retry and fail with its own message
-        reject(new Error(`scripts/build-guest.sh failed: ${err?.message ?? "no outputs"}\n${stdout}${stderr}`));
-      } else resolve();
+/** Runs guest/build.sh once per process and directory; it is idempotent and cheap when up to
+ *  date, and rebuilding is what picks up a changed init.sh. */
+export function ensureGuestImage(dir = guestDir()): Promise<void> {
+  let p = built.get(dir);
+  if (!p) {
+    p = new Promise((resolve, reject) => {
+      execFile("bash", [path.join(guestSources, "build.sh"), dir], { timeout: 600_000 }, (err, stdout, stderr) => {
+        if (err || !fs.existsSync(path.join(dir, "vmlinuz")) || !fs.existsSync(path.join(dir, "initrd.cpio.gz"))) {
+          built.delete(dir); // let a later caller retry and fail with its own message
+          reject(new Error(`guest/build.sh ${dir} failed: ${err?.message ?? "no outputs"}\n${stdout}${stderr}`));
+        } else resolve();
+      });
     });
-  });
-  return built;
+    built.set(dir, p);
+  }
+  return p;
 }
 
 /** Kernel argument words for the shell-cmd test. */
@@ -121,7 +132,8 @@ export function qemuArgs(opts: GuestOptions): string[] {
     if (/\s/.test(`${k}${v}`)) throw new Error(`kernel argument ${k}=${v} must not contain whitespace`);
     return `${k}=${v}`;
   });
-  args.push("-kernel", path.join(guestDir, "vmlinuz"), "-initrd", path.join(guestDir, "initrd.cpio.gz"));
+  const dir = opts.imageDir ?? guestDir();
+  args.push("-kernel", path.join(dir, "vmlinuz"), "-initrd", path.join(dir, "initrd.cpio.gz"));
   args.push("-append", ["console=ttyS0", "panic=-1", "quiet", ...words].join(" "));
   return [...args, ...(opts.qemuArgs ?? [])];
 }
@@ -160,7 +172,7 @@ export class Guest {
 
   /** Builds the image if needed and starts QEMU; use wait() for the outcome. */
   static async start(opts: GuestOptions): Promise<Guest> {
-    await ensureGuestImage();
+    await ensureGuestImage(opts.imageDir ?? guestDir());
     const args = qemuArgs(opts);
     fs.appendFileSync(opts.logFile, `$ qemu-system-x86_64 ${args.join(" ")}\n`);
     const proc = spawn("qemu-system-x86_64", args, { stdio: ["pipe", "pipe", "pipe"] });

@@ -1,4 +1,4 @@
-// Polling helpers shared by the harness and tests.
+// Polling helpers of the guest tooling, the drills and the e2e tests' harness.
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -1,0 +1,1 @@
+export { Qmp } from "@vhostd/vhostd/guest";

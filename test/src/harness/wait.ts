@@ -1,0 +1,1 @@
+export { sleep, waitFor } from "@vhostd/vhostd/guest";
