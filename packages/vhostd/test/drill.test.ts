@@ -109,3 +109,19 @@ test("vfe-vhost-cli drill: help and usage errors through the CLI", async (t) => 
   // --target on a run dir nobody serves: the drill cannot run (3), it is not a verdict.
   t.is(await run(["drill", "--target", "0000:af:04.5", "--run-dir", "/nonexistent-vhostd", "--wait", "1"], () => undefined, (s) => err.push(s), {}), 3);
 });
+
+test("--migrate: its own options, and what does not go with it", (t) => {
+  const o = opts(["--migrate", "--hops", "2", "--kill", "none", "--guest-dir", "/g", "--keep"]);
+  t.like(o, { migrate: true, hops: 2, kill: "none", guestDir: "/g", keep: true });
+  t.like(opts(["--migrate"]), { migrate: true, hops: 4, kill: "vhostd" });
+  const bad: Array<[string[], RegExp]> = [
+    [["--hops", "2"], /--hops: only with --migrate/],
+    [["--guest-dir", "/g"], /--guest-dir: only with --migrate/],
+    [["--kill", "none"], /--kill none: only with --migrate/],
+    [["--migrate", "--kill", "both"], /--kill both: not with --migrate/],
+    [["--migrate", "--events", "3"], /--events: not with --migrate/],
+    [["--migrate", "--target", "0000:af:04.5"], /--target: not with --migrate/],
+    [["--migrate", "--hops", "0"], /--hops: 0 is out of range/],
+  ];
+  for (const [argv, re] of bad) t.throws(() => parseDrillArgs(argv, {}), { message: re }, argv.join(" "));
+});

@@ -118,7 +118,7 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
 
   const kinds: EventKind[] = ["vhostd", "keeper", "both"];
   for (let i = 0; i < o.events && !h.interrupted(); i++) {
-    const kind: EventKind = o.kill === "mix" ? kinds[Math.floor(rand() * 3)]! : o.kill;
+    const kind: EventKind = o.kill === "mix" ? kinds[Math.floor(rand() * 3)]! : (o.kill as EventKind); // "none" is --migrate only
     const atMs = o.intervalMs[0] + Math.floor(rand() * (o.intervalMs[1] - o.intervalMs[0] + 1));
     const before = await vfList(pair.runDir, specs);
     const reconnects0 = links.reduce((s, l) => s + l.reconnects, 0);

@@ -1,4 +1,4 @@
-// `vfe-vhost-cli drill` (and `pnpm drill`): parse, run the fresh-pair or --target drill, print,
+// `vfe-vhost-cli drill` (and `pnpm drill`): parse, run the fresh-pair, --target or --migrate drill, print,
 // exit with the verdict. Loaded by the CLI on demand only (it pulls in the front-end driver and
 // the keeper client, which the everyday verbs do not need).
 import { PROG, UsageError, type GlobalOptions } from "../cli/args.js";
@@ -6,6 +6,7 @@ import { drillUsage, parseDrillArgs, type DrillOptions } from "./options.js";
 import { runFresh } from "./fresh.js";
 import { renderFreshTable, type FreshReport } from "./report.js";
 import { renderTargetTable, runTarget, type TargetReport } from "./target.js";
+import { renderMigrateTable, runMigrate, type MigrateReport } from "./migrate.js";
 
 export const EXIT_KEPT = 0;
 export const EXIT_BROKEN = 1;
@@ -58,9 +59,9 @@ export async function runDrillCommand(argv: string[], global: GlobalOptions, out
     },
     interrupted: () => interrupted,
   };
-  let report: FreshReport | TargetReport;
+  let report: FreshReport | TargetReport | MigrateReport;
   try {
-    report = o.target ? await runTarget(o, hooks) : await runFresh(o, hooks);
+    report = o.migrate ? await runMigrate(o, hooks) : o.target ? await runTarget(o, hooks) : await runFresh(o, hooks);
   } catch (e) {
     if (interrupted) await new Promise(() => undefined); // the signal handler exits
     err(`${PROG} drill: ${(e as Error).message}\n`);
@@ -74,7 +75,8 @@ export async function runDrillCommand(argv: string[], global: GlobalOptions, out
     }
   }
   if (report.mode === "fresh" && report.dir) err(`drill: kept ${report.dir} (daemon logs: vfe-vhostd.log, vfe-vhostd-ha.log)\n`);
+  if (report.mode === "migrate" && report.dirs) err(`drill: kept ${report.dirs.join(", ")} (guest logs, disk; each pair's daemon logs)\n`);
   if (o.json) out(JSON.stringify(report, null, 2) + "\n");
-  else out(report.mode === "fresh" ? renderFreshTable(report) : renderTargetTable(report));
+  else out(report.mode === "fresh" ? renderFreshTable(report) : report.mode === "migrate" ? renderMigrateTable(report) : renderTargetTable(report));
   return report.ok ? EXIT_KEPT : EXIT_BROKEN;
 }

@@ -7,10 +7,10 @@ import { DEFAULT_RUN_DIR, ENV_RUN_DIR } from "../paths.js";
 import { PROG, UsageError } from "../cli/args.js";
 
 export const DRILL_VERB = "drill";
-export const KILL_KINDS = ["vhostd", "keeper", "both", "mix"] as const;
+export const KILL_KINDS = ["vhostd", "keeper", "both", "mix", "none"] as const;
 export type KillKind = (typeof KILL_KINDS)[number];
 /** What one event kills (mix picks one of these per event). */
-export type EventKind = Exclude<KillKind, "mix">;
+export type EventKind = Exclude<KillKind, "mix" | "none">;
 
 export interface DrillOptions {
   kill: KillKind;
@@ -35,6 +35,11 @@ export interface DrillOptions {
   restart: boolean;
   /** --target mode: how long to wait for the supervisor to bring a daemon back. */
   waitS: number;
+  /** --migrate mode: a QEMU guest moved between two fresh pairs ("hosts") this many times. */
+  migrate: boolean;
+  hops: number;
+  /** --migrate mode: where the guest image is built and kept. */
+  guestDir?: string;
 }
 
 export function drillUsage(): string {
@@ -43,7 +48,9 @@ export function drillUsage(): string {
     `                     [--rate PPS] [--frame BYTES] [--interval-ms A-B] [--max-gap-ms MS]\n` +
     `                     [--standalone] [--keep] [--json]\n` +
     `       ${PROG} drill --target VF [--run-dir DIR] [--kill {vhostd,keeper,both,mix}] [--events N]\n` +
-    `                     [--seed S] [--interval-ms A-B] [--restart] [--wait S] [--json]`
+    `                     [--seed S] [--interval-ms A-B] [--restart] [--wait S] [--json]\n` +
+    `       ${PROG} drill --migrate [--hops N] [--kill {vhostd,keeper,mix,none}] [--seed S]\n` +
+    `                     [--max-gap-ms MS] [--guest-dir DIR] [--keep] [--json]`
   );
 }
 
@@ -64,9 +71,19 @@ export function drillHelp(): string {
       "With --target VF it drills a RUNNING system: kills the daemons by pid and measures RPC",
       "recovery and the VF's runtime counters (`vf -i`); it sends no traffic of its own.",
       "",
+      "With --migrate it live-migrates a QEMU guest between two fresh pairs standing for two hosts",
+      "(their net PFs' TAP uplinks bridged in a network namespace of the drill's own; both blk VFs",
+      "on one disk file, as shared storage). The guest writes and verifies its disk the whole time",
+      "while the host pings it every 20 ms; each hop reports QEMU's downtime, the longest ping gap",
+      "and the pings lost. Hop 1 kills nothing; then the kills alternate between the source during",
+      "pre-copy and the destination right after switch-over (--kill none: no kills). At the end",
+      "every disk block is verified. Needs root, qemu-system-x86_64, ip and ping; the guest image",
+      "(a Debian kernel and a busybox initramfs) is built on first use.",
+      "",
       "optional arguments:",
       "  -h, --help             show this help message and exit",
-      "  --kill WHAT            vhostd | keeper | both | mix (one of the three per event; default vhostd)",
+      "  --kill WHAT            vhostd | keeper | both | mix (one of the three per event; default vhostd);",
+      "                         --migrate: vhostd | keeper | mix | none",
       "  --events N             kill events (default 6)",
       "  --seed S               PRNG seed: the same seed replays the same kill moments (default 1)",
       "  --vfs K                VFs, an even number >= 2; one PF per pair (default 4)",
@@ -82,6 +99,10 @@ export function drillHelp(): string {
       "  --restart              --target: restart a killed daemon from its /proc/PID/cmdline instead of",
       "                         waiting for its supervisor (systemd Restart=always)",
       "  --wait S               --target: seconds to wait for a daemon to come back (default 30)",
+      "  --migrate              drill live migration between two fresh pairs (see above)",
+      "  --hops N               --migrate: migrations, alternating A -> B and back (default 4)",
+      "  --guest-dir DIR        --migrate: the guest image's directory (env VHOSTD_GUEST_DIR,",
+      "                         default /var/cache/vhostd/guest)",
       "",
       "exit status: 0 every promise kept; 1 a promise was broken (the table says which); 2 usage error;",
       "             3 the drill could not run (set-up failed, target not found); 130 interrupted.",
@@ -113,6 +134,8 @@ export function parseDrillArgs(argv: string[], env: NodeJS.ProcessEnv, runDir?: 
     runDir: runDir ?? (env[ENV_RUN_DIR] || DEFAULT_RUN_DIR),
     restart: false,
     waitS: 30,
+    migrate: false,
+    hops: 4,
   };
   const seen = new Set<string>();
   for (const { name: tok, raw, value, flag } of argTokens(argv, (m) => new UsageError(m, DRILL_VERB))) {
@@ -186,6 +209,16 @@ export function parseDrillArgs(argv: string[], env: NodeJS.ProcessEnv, runDir?: 
       case "--wait":
         o.waitS = intArg(value(), tok, 1, 3600);
         break;
+      case "--migrate":
+        flag();
+        o.migrate = true;
+        break;
+      case "--hops":
+        o.hops = intArg(value(), tok, 1, 100);
+        break;
+      case "--guest-dir":
+        o.guestDir = value();
+        break;
       default:
         throw new UsageError(`unrecognized argument: ${raw}`, DRILL_VERB);
     }
@@ -195,6 +228,14 @@ export function parseDrillArgs(argv: string[], env: NodeJS.ProcessEnv, runDir?: 
   if (o.target && fresh.length) throw new UsageError(`${fresh.join(", ")}: not with --target (the running system's traffic is what it is)`, DRILL_VERB);
   if (!o.target && target.length) throw new UsageError(`${target.join(", ")}: only with --target`, DRILL_VERB);
   if (o.standalone && o.kill !== "vhostd") throw new UsageError(`--standalone: there is no keeper to kill (--kill ${o.kill})`, DRILL_VERB);
+  const migrateOnly = ["--hops", "--guest-dir"].filter((f) => seen.has(f));
+  if (!o.migrate && migrateOnly.length) throw new UsageError(`${migrateOnly.join(", ")}: only with --migrate`, DRILL_VERB);
+  if (o.migrate) {
+    const notMigrate = ["--target", "--events", "--vfs", "--rate", "--frame", "--interval-ms", "--standalone"].filter((f) => seen.has(f));
+    if (notMigrate.length) throw new UsageError(`${notMigrate.join(", ")}: not with --migrate (one guest, its own pings and disk loop)`, DRILL_VERB);
+    // Both daemons dead drops the sessions: QEMU cancels an outgoing migration when its back-end goes.
+    if (o.kill === "both") throw new UsageError(`--kill both: not with --migrate (QEMU fails a migration whose back-end disconnects)`, DRILL_VERB);
+  } else if (o.kill === "none") throw new UsageError(`--kill none: only with --migrate`, DRILL_VERB);
   return o;
 }
 

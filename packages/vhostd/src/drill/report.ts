@@ -20,7 +20,7 @@ export interface FreshReport {
   mode: "fresh";
   date: string;
   host: { cpus: number; node: string };
-  options: Omit<DrillOptions, "target" | "runDir" | "restart" | "waitS" | "json" | "keep">;
+  options: Omit<DrillOptions, "target" | "runDir" | "restart" | "waitS" | "json" | "keep" | "migrate" | "hops" | "guestDir">;
   topology: Array<{ pf: string; vfs: Array<{ vf: string; mode: string }> }>;
   events: EventRecord[];
   totals: {

@@ -162,7 +162,7 @@ export async function runTarget(o: DrillOptions, h: FreshHooks): Promise<TargetR
   const events: TargetEvent[] = [];
   h.err(`drill: target ${vf} (PF ${pf}) on ${runDir}, ${ha ? "keeper + vfe-vhostd" : "vfe-vhostd alone"}, ${o.restart ? "drill restarts" : "supervisor restarts"}\n`);
   for (let i = 0; i < o.events && !h.interrupted(); i++) {
-    const kind: EventKind = o.kill === "mix" ? kinds[Math.floor(rand() * 3)]! : o.kill;
+    const kind: EventKind = o.kill === "mix" ? kinds[Math.floor(rand() * 3)]! : (o.kill as EventKind); // "none" is --migrate only
     const atMs = o.intervalMs[0] + Math.floor(rand() * (o.intervalMs[1] - o.intervalMs[0] + 1));
     await sleep(atMs);
     const victims: Daemon[] = kind === "both" ? ["keeper", "vhostd"] : [kind];
