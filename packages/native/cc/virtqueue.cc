@@ -192,14 +192,18 @@ bool Virtqueue::signalIfNeeded() noexcept {
   return true;
 }
 
+// Both write the used ring, so both are logged while QEMU migrates (like every other write
+// into guest memory): a stale avail_event or flags word on the destination stalls a queue.
 void Virtqueue::enableNotify() noexcept {
   if (!used) return;
   if (eventIdx) {
     volatile uint16_t* ae = reinterpret_cast<volatile uint16_t*>(used + 4 + 8u * size);
     *ae = lastAvail;
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 4 + 8u * size, 2);
   } else {
     volatile uint16_t* f = reinterpret_cast<volatile uint16_t*>(used);
     *f = (uint16_t)(*f & ~VRING_USED_F_NO_NOTIFY);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr, 2);
   }
 }
 
@@ -208,6 +212,7 @@ void Virtqueue::disableNotify() noexcept {
   if (!eventIdx) {
     volatile uint16_t* f = reinterpret_cast<volatile uint16_t*>(used);
     *f = (uint16_t)(*f | VRING_USED_F_NO_NOTIFY);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr, 2);
   }
   // EVENT_IDX: a stale avail_event already suppresses kicks (the driver never crosses it).
 }
