@@ -67,6 +67,28 @@ bool mapShared(int fd, uint64_t offset, uint64_t size, Mapped* out) noexcept {
   return true;
 }
 
+// Page-table entries for the pages the file already has: a takeover's first touches then do
+// not fault. A fault needs the page's lock, which the host's reclaim (DAMON pageout) can hold
+// while it waits behind a dying keeper's exit (seen: 5.8 s). Holes stay holes (mincore), so
+// nothing is allocated that the front-end has not.
+static void populateResident(void* base, size_t len) noexcept {
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  const size_t pages = (len + page - 1) / page;
+  std::vector<unsigned char> vec(pages);
+  if (mincore(base, len, vec.data()) != 0) return;
+  size_t i = 0;
+  while (i < pages) {
+    if (!(vec[i] & 1)) { i++; continue; }
+    size_t j = i;
+    while (j < pages && (vec[j] & 1)) j++;
+    madvise(static_cast<uint8_t*>(base) + i * page, (j - i) * page, MADV_POPULATE_WRITE);  // best effort
+    i = j;
+  }
+}
+
 int64_t keep(int fd, uint64_t offset, uint64_t size) noexcept {
   uint64_t start;
   size_t len;
@@ -77,6 +99,7 @@ int64_t keep(int fd, uint64_t offset, uint64_t size) noexcept {
   if (S_ISREG(st.st_mode) && offset + size > (uint64_t)st.st_size) return -EINVAL;
   void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
   if (m == MAP_FAILED) return -errno;
+  populateResident(m, len);
   std::lock_guard<std::mutex> g(mu);
   int64_t id = nextId++;
   kept.push_back(Kept{id, st.st_dev, st.st_ino, start, len, m});
