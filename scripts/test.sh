@@ -9,6 +9,11 @@ pnpm exec ava --tap "$@" | tee "$out"
 rc=${PIPESTATUS[0]}
 pass=$(awk '/^# pass /{print $3}' "$out"); fail=$(awk '/^# fail /{print $3}' "$out"); skip=$(awk '/^# skip /{print $3}' "$out")
 todo=$(awk '/^# todo /{print $3}' "$out")
+if [ "$fail" != "" ] && [ "$fail" != "0" ]; then
+  # CI shows the start and the end of a long log: repeat each failure's assertion here, at the end.
+  echo "# failures again (their logs are above):"
+  awk '/^not ok /{on=1; print; next} on && /^  ---$/{y=1} on && y{print} on && /^  \.\.\.$/{on=0; y=0}' "$out" | head -200
+fi
 rm -f "$out"
 pass=${pass:-0}; fail=${fail:-0}
 if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi   # ava itself failed (load error, timeout)
