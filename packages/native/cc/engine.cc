@@ -651,7 +651,7 @@ std::string Engine::removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint
   return swapMem(d, std::move(t));
 }
 
-std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
+std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t* resumedAt, uint16_t* usedInMemory) {
   NetDevice* d = devs_[devId];
   Worker& w = *workers_[d->worker];
   int kick = dupFd(qs.kickFd), call = dupFd(qs.callFd), errfd = dupFd(qs.errFd);
@@ -692,6 +692,8 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs) {
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
     } else {
       if (d->blk) inflightRestart(d->blk->inflight, q, v.usedIdx);
+      if (resumedAt) *resumedAt = v.lastAvail;
+      if (usedInMemory) *usedInMemory = v.usedInMemoryAtMap;
       v.configured = true;
       v.kickFd = kick;
       kick = -1;

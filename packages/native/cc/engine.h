@@ -143,7 +143,8 @@ class Engine : public EventSink {
   std::string setMemTable(int devId, const std::vector<RegionSpec>& regions);
   std::string addMemRegion(int devId, const RegionSpec& region);
   std::string removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint64_t uva);
-  std::string startQueue(int devId, int q, const QueueStart& qs);
+  // *resumedAt: where the ring resumes; *usedInMemory: the used index the ring held then.
+  std::string startQueue(int devId, int q, const QueueStart& qs, uint16_t* resumedAt = nullptr, uint16_t* usedInMemory = nullptr);
   std::string stopQueue(int devId, int q, uint16_t* lastAvail);
   std::string setQueueEnabled(int devId, int q, bool en);
   std::string setQueueCall(int devId, int q, int callFd);

@@ -427,8 +427,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     qs.kickFd = (int)getInt(env, c.Get("kickFd"), "cfg.kickFd", -1, INT32_MAX);
     qs.callFd = (int)getInt(env, c.Get("callFd"), "cfg.callFd", -1, INT32_MAX);
     qs.errFd = (int)getInt(env, c.Get("errFd"), "cfg.errFd", -1, INT32_MAX);
-    check(env, engine_->startQueue(id, q, qs));
-    return env.Undefined();
+    uint16_t resumedAt = 0, usedInMemory = 0;
+    check(env, engine_->startQueue(id, q, qs, &resumedAt, &usedInMemory));
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("resumedAt", Napi::Number::New(env, resumedAt));
+    out.Set("usedInMemory", Napi::Number::New(env, usedInMemory));
+    return out;
   }
   Napi::Value StopQueue(const Napi::CallbackInfo& info) {
     int id = devArg(info, 0);

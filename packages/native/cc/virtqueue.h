@@ -125,6 +125,7 @@ class Virtqueue {
   uint16_t lastAvail = 0;
   uint16_t usedIdx = 0;     // shadow of used->idx (we are the only writer)
   uint16_t signalledUsed = 0;  // used idx at the last signal decision (EVENT_IDX "old")
+  uint16_t usedInMemoryAtMap = 0;  // used->idx as mapRings found it (logged: it may overrule the base)
 
   // ---- event rate limiting ----
   uint64_t lastEventNs = 0;

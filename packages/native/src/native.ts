@@ -149,8 +149,12 @@ export interface NativeEngine {
   addMemRegion(devId: number, region: MemRegion): void;
   /** Removes the region with this guestAddr/size/userAddr (fd is ignored). */
   removeMemRegion(devId: number, region: MemRegion): void;
-  /** Starts (or restarts) a queue; throws with a reason when the ring does not fit guest memory. */
-  startQueue(devId: number, queue: number, cfg: QueueConfig): void;
+  /**
+   * Starts (or restarts) a queue; throws with a reason when the ring does not fit guest memory.
+   * Returns where it resumed and the used index guest memory held: when they differ from
+   * cfg.lastAvailIdx, the ring overruled a stale base (we complete in order).
+   */
+  startQueue(devId: number, queue: number, cfg: QueueConfig): { resumedAt: number; usedInMemory: number };
   /** Stops a queue and returns its last avail index (GET_VRING_BASE); returns 0 if it never ran. */
   stopQueue(devId: number, queue: number): number;
   /** SET_VRING_ENABLE: a disabled queue is not processed, but keeps its configuration. */

@@ -504,8 +504,9 @@ export class VhostSession {
   private maybeStart(vr: Vring): void {
     if (vr.started || !vr.configured || this.regions.length === 0) return;
     const addr = vr.addr!;
+    let at: { resumedAt: number; usedInMemory: number };
     try {
-      this.engine.startQueue(this.devId, vr.index, {
+      at = this.engine.startQueue(this.devId, vr.index, {
         size: vr.num,
         descAddr: addr.desc,
         availAddr: addr.avail,
@@ -521,7 +522,13 @@ export class VhostSession {
     }
     vr.started = true;
     this.engine.setQueueEnabled(this.devId, vr.index, this.effectiveEnabled(vr));
-    this.log.info({ queue: vr.index, size: vr.num, base: vr.base, enabled: this.effectiveEnabled(vr) }, "ring started");
+    const logging = (addr.flags & VRING_F_LOG) !== 0;
+    const fields = { queue: vr.index, size: vr.num, base: vr.base, usedInMemory: at.usedInMemory, enabled: this.effectiveEnabled(vr), logging };
+    // The engine resumes at the used index in guest memory when it differs from the base (we
+    // complete in order): worth a warning, a front-end's base and its ring should agree.
+    if (at.resumedAt !== vr.base) this.log.warn({ ...fields, resumedAt: at.resumedAt }, "ring started (at the used index in memory, not the base given)");
+    else this.log.info(fields, "ring started");
+    vr.base = at.resumedAt;
   }
 
   private stopRing(vr: Vring): void {
