@@ -3,7 +3,10 @@
 // and prints `VHOSTD-RESULT {json}` lines on the serial console, then powers off.
 // The QEMU command line is the recipe measured in PEERS.md: TCG only (KVM cannot boot guests
 // on the hosts we test on), shared memfd memory (vhost-user needs it), vectors=0 on
-// virtio-net-pci (QEMU 7.2 + TCG + vhost-user-net + MSI-X segfaults).
+// virtio-net-pci (QEMU 7.2 + TCG + vhost-user-net + MSI-X segfaults), and guest memory locked
+// (-overcommit mem-lock=on): on our test hosts (kernel 6.18, DAMON pageout) a live migration
+// of a guest with shared memory loses guest writes unless its pages are locked, even with no
+// vhost-user device at all (docs/recovery.md, "Drilling live migration").
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -115,6 +118,7 @@ export function qemuArgs(opts: GuestOptions): string[] {
   const args = [
     "-accel", "tcg", "-cpu", "max", "-m", String(mem), "-smp", "1", "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
     "-object", `memory-backend-memfd,id=mem,size=${mem}M,share=on`, "-numa", "node,memdev=mem",
+    "-overcommit", "mem-lock=on",
   ];
   (opts.net ?? []).forEach((n, i) => {
     const q = n.queues ?? 1;
