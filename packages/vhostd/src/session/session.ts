@@ -529,6 +529,10 @@ export class VhostSession {
     if (at.resumedAt !== vr.base) this.log.warn({ ...fields, resumedAt: at.resumedAt }, "ring started (at the used index in memory, not the base given)");
     else this.log.info(fields, "ring started");
     vr.base = at.resumedAt;
+    // A resumed ring (a migration's destination, a reconnect) signals the driver once: an
+    // interrupt that was due when the ring stopped elsewhere may never have reached the guest,
+    // and with EVENT_IDX nothing new would be signalled until the guest looks by itself.
+    if (at.resumedAt !== 0) this.engine.kickAll(this.devId);
   }
 
   private stopRing(vr: Vring): void {
