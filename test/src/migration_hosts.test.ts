@@ -92,7 +92,7 @@ test.serial("two hosts: a guest with a net and a blk VF migrates A → B during 
     await q.execute("quit").catch(() => undefined);
     q = q2;
     // The loop ends on B; then the pings start: move it back while they run.
-    await g2.waitForOutput(/"test":"blkloop"/, 120_000);
+    await g2.waitForOutput(/VHOSTD-RESULT \{"test":"blkloop",.*\}\n/, 120_000);
     await sleep(4000);
     const uriA = `unix:${path.join(A.dir, "mig.sock")}`;
     const g3 = await Guest.start(guestOpts(A, "a2", uriA));

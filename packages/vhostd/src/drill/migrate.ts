@@ -51,6 +51,8 @@ export interface HopRecord {
   allowedLost: number;
   /** Longest silence between two ping replies across the hop: the downtime a peer saw. */
   longestGapMs: number;
+  /** When a peer saw more than a second of silence: the destination net VF's queues then (why?). */
+  stallQueues?: unknown;
   broken: string[];
 }
 
@@ -250,6 +252,7 @@ export async function runMigrate(o: DrillOptions, h: FreshHooks): Promise<Migrat
     const w = pinger.window(t0, Date.now());
     Object.assign(rec, { pingsSent: w.sent, pingsLost: w.lost, longestGapMs: w.longestGapMs });
     rec.allowedLost = Math.ceil((rec.downtimeMs + (victim === "keeper" && kill !== "none" ? o.maxGapMs : 0)) / PING_MS) + SLACK_PINGS;
+    if (rec.longestGapMs > 1000) rec.stallQueues = (await rpc(dst.runDir, ["vf", "-i", NET_VF]).catch(() => undefined))?.device?.queues;
     if (!flowing && !crash) rec.broken.push(`pings not answered within 30 s of the switch-over`);
     if (rec.pingsLost > rec.allowedLost) rec.broken.push(`lost ${rec.pingsLost} pings, the ${rec.downtimeMs} ms downtime explains ${rec.allowedLost}`);
     report.hops.push(rec);
@@ -279,7 +282,7 @@ export async function runMigrate(o: DrillOptions, h: FreshHooks): Promise<Migrat
   writeSync(fd, Buffer.from("VHOSTD-STOP"), 0, 11, STOP_MIB * 1024 * 1024);
   closeSync(fd);
   h.err(`drill: migrate: disk loop told to stop; the guest verifies every slot\n`);
-  await guest.waitForOutput(/"test":"blkloop"/, 300_000).catch((e: Error) => report.broken.push(`disk loop: ${e.message.split("\n")[0]}`));
+  await guest.waitForOutput(/VHOSTD-RESULT \{"test":"blkloop",.*\}\n/, 300_000).catch((e: Error) => report.broken.push(`disk loop: ${e.message.split("\n")[0]}`));
   pinger.stop();
   const loop = guests.flatMap((g) => g.results).find((r) => r.test === "blkloop");
   const kernelIoErrors = guests.reduce((n, g) => n + (g.output.match(/I\/O error|blk_update_request|critical (target|medium) error/gi)?.length ?? 0), 0);
