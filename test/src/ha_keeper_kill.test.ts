@@ -41,6 +41,9 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
   if (!needPeer(t, "dpdk-testpmd")) return;
   const traffic = await HaTraffic.start();
   const { d, tx } = traffic;
+  // Cleared in finally too: a failed wait must surface as itself, not as the sampler reading
+  // closed drivers.
+  let sampler: NodeJS.Timeout | undefined;
   try {
     const before = await vfList(d);
     const rand = rng(SEED);
@@ -60,7 +63,7 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
     // What vfe-vhostd's threads are doing while the datapath stands still (for the log).
     const stallSamples: string[] = [];
     let sampledAt = 0;
-    const sampler = setInterval(() => {
+    sampler = setInterval(() => {
       const f = framesAt();
       const now = Date.now();
       if (f === lastFrames && now - lastChange > 300 && now - sampledAt > 200 && stallSamples.length < 20 && d.proc?.pid) {
@@ -169,6 +172,7 @@ test.serial("kill -9 the keeper ≥ 20 times and restart it gracefully under tra
     // Identical except runtime counters that move with traffic (none are in vf -l).
     t.deepEqual(after, before, "vf -l identical before and after every kill");
   } finally {
+    clearInterval(sampler);
     await traffic.close();
   }
 });

@@ -392,6 +392,7 @@ uint64_t DriverDevice::RxPass(uint32_t pair, uint64_t nowNs) {
   uint64_t work = 0;
   uint32_t id, len;
   bool bad;
+  if (q.ring.DeviceHoldsNone()) p.st.rxRingEmptied++;
   for (uint32_t n = 0; n < kRxBatch; n++) {
     auto r = q.ring.PopUsed(&id, &len, &bad);
     if (r == SplitRing::Pop::kNone) break;

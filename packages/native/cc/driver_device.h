@@ -40,6 +40,9 @@ struct DriverStatsC {
   uint64_t rxCorrupted = 0, rxReordered = 0, rxMaxGapUs = 0;
   /** Device misbehaviour seen on the pair's rings (bad used id/len/idx, bad num_buffers). */
   uint64_t ringErrors = 0;
+  /** Receive passes that found every posted buffer used: the device had none for a while (a
+   *  frame arriving then is the device's to drop; this driver was too slow, not the device). */
+  uint64_t rxRingEmptied = 0;
 };
 
 /** One-way latency (the sender's timestamp in the frame to its verification), since startRx. */

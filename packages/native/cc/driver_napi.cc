@@ -195,6 +195,7 @@ class DriverDeviceWrap : public Napi::ObjectWrap<DriverDeviceWrap> {
     put("rxReordered", s.rxReordered);
     put("rxMaxGapUs", s.rxMaxGapUs);
     put("ringErrors", s.ringErrors);
+    put("rxRingEmptied", s.rxRingEmptied);
     return o;
   }
 

@@ -64,6 +64,11 @@ class SplitRing {
   bool PublishAndCheckKick();
   /** True when entries were pushed but not yet published. */
   bool HasUnpublished() const { return availIdx_ != publishedIdx_; }
+  /** True when the device has used every entry we published: it holds none of ours now. */
+  bool DeviceHoldsNone() const {
+    uint16_t used = __atomic_load_n(usedIdxP_, __ATOMIC_ACQUIRE);
+    return publishedIdx_ != lastUsed_ && used == publishedIdx_;
+  }
 
   /** Next used element. kBroken when the device's used index is impossible (moved further
    *  than the ring size); the caller must stop using the ring until Reset. A used id that was

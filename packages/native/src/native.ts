@@ -242,6 +242,9 @@ export interface DriverStats {
   rxMaxGapUs: number;
   /** Back-end misbehaviour seen on the pair's rings (bad used id/len/idx, bad num_buffers). */
   ringErrors: number;
+  /** Receive passes that found every posted buffer used: the device had none to fill (a frame
+   *  arriving then is dropped by the device because this driver was late, not by its fault). */
+  rxRingEmptied: number;
 }
 
 /** One-way latency since startRx: sender's timestamp in the frame to its verification. */

@@ -251,6 +251,22 @@ test("RX: counts lost, reordered, duplicated, corrupted and foreign frames", asy
   });
 });
 
+test("RX: rxRingEmptied counts the passes that found every posted buffer used (the device had none left)", async (t) => {
+  await withDevice({ queueSize: 64, memSize: 4 << 20, features: VERSION_1 }, async (d) => {
+    const rxq = new FakeDeviceQueue(d, 0, 64);
+    d.startRx(0);
+    await waitFor(() => rxq.pending() === 64, 3000, "rx buffers posted");
+    deliver(d, rxq, Array.from({ length: 10 }, (_, i) => frame(i)), { mrg: false });
+    await waitFor(() => d.stats(0).rxPackets === 10);
+    t.is(d.stats(0).rxRingEmptied, 0, "10 of 64 used: the device still held 54");
+    await waitFor(() => rxq.pending() === 64, 3000, "rx buffers re-posted");
+    deliver(d, rxq, Array.from({ length: 64 }, (_, i) => frame(10 + i)), { mrg: false });
+    await waitFor(() => d.stats(0).rxPackets === 74);
+    t.true(d.stats(0).rxRingEmptied >= 1, "all 64 used at once: the device had none left");
+    t.is(d.stats(0).rxLost, 0);
+  });
+});
+
 test("RX latency: the sender's timestamp in each frame gives percentiles since startRx; unstamped frames give none", async (t) => {
   await withDevice({ queueSize: 64, memSize: 4 << 20, features: VERSION_1 }, async (d) => {
     const rxq = new FakeDeviceQueue(d, 0, 64);
