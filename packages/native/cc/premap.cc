@@ -6,10 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <condition_variable>
-#include <deque>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 namespace vhd::premap {
@@ -23,15 +20,11 @@ struct Kept {
   uint64_t start;
   size_t len;
   void* base;
-  bool populating;  // the populate thread works on it: nobody unmaps it until that is done
 };
 
 std::mutex mu;
-std::condition_variable populated;  // a Kept's populating went false
 std::vector<Kept> kept;
 int64_t nextId = 1;
-std::deque<int64_t> toPopulate;      // ids, in the order they were kept
-bool populateThreadUp = false;
 
 // The page-aligned range every mapping of [offset, offset + size) uses.
 bool aligned(uint64_t offset, uint64_t size, uint64_t* start, size_t* len) noexcept {
@@ -54,24 +47,13 @@ bool mapShared(int fd, uint64_t offset, uint64_t size, Mapped* out) noexcept {
   if (!aligned(offset, size, &start, &len)) return false;
   struct stat st;
   if (fstat(fd, &st) == 0) {
-    std::unique_lock<std::mutex> g(mu);
+    std::lock_guard<std::mutex> g(mu);
     for (size_t i = 0; i < kept.size(); i++) {
       const Kept& k = kept[i];
       if (k.dev == st.st_dev && k.ino == st.st_ino && k.start == start && k.len == len) {
-        // Taken mid-populate: wait (the taker may unmap it; the thread must be done with it).
-        // Either way `i` may have moved: look it up again.
-        int64_t id = k.id;
-        populated.wait(g, [&] {
-          for (const Kept& x : kept) if (x.id == id) return !x.populating;
-          return true;
-        });
-        i = kept.size();
-        for (size_t j = 0; j < kept.size(); j++) if (kept[j].id == id) i = j;
-        if (i == kept.size()) break;  // released meanwhile: map anew below
-        const Kept& taken = kept[i];
-        out->base = taken.base;
+        out->base = k.base;
         out->len = len;
-        out->at = static_cast<uint8_t*>(taken.base) + (offset - start);
+        out->at = static_cast<uint8_t*>(k.base) + (offset - start);
         kept.erase(kept.begin() + (long)i);  // the caller owns (and will munmap) it now
         return true;
       }
@@ -107,28 +89,6 @@ static void populateResident(void* base, size_t len) noexcept {
   }
 }
 
-// One thread populates kept mappings in the background, so keep() costs an mmap() and not a
-// walk of a whole guest's memory on the caller's thread (vfe-vhostd's event loop).
-static void populateLoop() noexcept {
-  std::unique_lock<std::mutex> g(mu);
-  while (!toPopulate.empty()) {
-    int64_t id = toPopulate.front();
-    toPopulate.pop_front();
-    Kept* k = nullptr;
-    for (Kept& x : kept) if (x.id == id) k = &x;
-    if (!k) continue;  // taken or released before its turn
-    k->populating = true;
-    void* base = k->base;
-    size_t len = k->len;
-    g.unlock();
-    populateResident(base, len);
-    g.lock();
-    for (Kept& x : kept) if (x.id == id) x.populating = false;
-    populated.notify_all();
-  }
-  populateThreadUp = false;
-}
-
 int64_t keep(int fd, uint64_t offset, uint64_t size) noexcept {
   uint64_t start;
   size_t len;
@@ -139,18 +99,10 @@ int64_t keep(int fd, uint64_t offset, uint64_t size) noexcept {
   if (S_ISREG(st.st_mode) && offset + size > (uint64_t)st.st_size) return -EINVAL;
   void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
   if (m == MAP_FAILED) return -errno;
+  populateResident(m, len);
   std::lock_guard<std::mutex> g(mu);
   int64_t id = nextId++;
-  kept.push_back(Kept{id, st.st_dev, st.st_ino, start, len, m, false});
-  toPopulate.push_back(id);
-  if (!populateThreadUp) {
-    try {
-      std::thread(populateLoop).detach();
-      populateThreadUp = true;
-    } catch (...) {
-      toPopulate.clear();  // no thread: the mapping is kept unpopulated (faults on first touch)
-    }
-  }
+  kept.push_back(Kept{id, st.st_dev, st.st_ino, start, len, m});
   return id;
 }
 
@@ -158,11 +110,7 @@ void release(int64_t id) noexcept {
   void* base = nullptr;
   size_t len = 0;
   {
-    std::unique_lock<std::mutex> g(mu);
-    populated.wait(g, [&] {
-      for (const Kept& x : kept) if (x.id == id) return !x.populating;
-      return true;
-    });
+    std::lock_guard<std::mutex> g(mu);
     for (size_t i = 0; i < kept.size(); i++) {
       if (kept[i].id != id) continue;
       base = kept[i].base;

@@ -20,9 +20,7 @@ struct Mapped {
 // for the same file range is taken instead of a new one. False with errno set on failure.
 bool mapShared(int fd, uint64_t offset, uint64_t size, Mapped* out) noexcept;
 
-// Maps a range now and keeps it for mapShared(); an id (> 0) for release(), or -errno. Its
-// resident pages get page-table entries on a background thread; mapShared() and release()
-// of a range still being populated wait for that (nobody unmaps it under the thread).
+// Maps a range now and keeps it for mapShared(); an id (> 0) for release(), or -errno.
 int64_t keep(int fd, uint64_t offset, uint64_t size) noexcept;
 
 // Unmaps a kept mapping nobody has taken (a taken or unknown id is ignored).

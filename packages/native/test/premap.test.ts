@@ -52,26 +52,3 @@ test("a kept mapping is taken by the engine's memory table and carries traffic; 
     g2.close();
   }
 });
-
-test("kept mappings released while the populate thread may be working on them: no crash, none left", async (t) => {
-  const size = 64 * 1024 * 1024;
-  const fd = native.memfdCreate("premap-race", size);
-  const fs = await import("node:fs");
-  try {
-    const page = Buffer.alloc(1 << 20, 0x5a);
-    for (let off = 0; off < size; off += page.length) fs.writeSync(fd, page, 0, page.length, off); // resident: work to populate
-    const base = native.premapCount();
-    for (let i = 0; i < 20; i++) {
-      const id = native.premapKeep(fd, 0n, BigInt(size));
-      if (i % 2 === 0) native.premapRelease(id); // at once: waits for the populate thread if it took it
-      else {
-        const again = native.premapKeep(fd, 0n, BigInt(size));
-        native.premapRelease(again);
-        native.premapRelease(id);
-      }
-    }
-    t.is(native.premapCount(), base, "every kept mapping was released");
-  } finally {
-    fs.closeSync(fd);
-  }
-});
