@@ -68,6 +68,7 @@ test.serial("QEMU alone moves a shared-memory guest 6 times while it writes its 
   } finally {
     for (const q of qmps) q.close();
     for (const g of guests) g.kill();
+    await Promise.all(guests.map((g) => g.wait().catch(() => undefined)));
     rmSync(dir, { recursive: true, force: true });
   }
 });

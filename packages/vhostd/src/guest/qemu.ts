@@ -156,7 +156,7 @@ export class Guest {
     proc.stdout!.on("data", (d: Buffer) => this.onSerial(d));
     proc.stderr!.on("data", (d: Buffer) => {
       this.err += d.toString();
-      fs.appendFileSync(opts.logFile, d);
+      this.appendLog(d);
     });
     const timeoutMs = opts.timeoutMs ?? 120_000;
     this.done = new Promise((resolve, reject) => {
@@ -192,7 +192,16 @@ export class Guest {
   private onSerial(d: Buffer): void {
     this.serial += d.toString().replace(/\r/g, "");
     if (Number.isNaN(this.bootedAt) && this.serial.includes("VHOSTD-BOOTED")) this.bootedAt = Date.now();
-    fs.appendFileSync(this.opts.logFile, d);
+    this.appendLog(d);
+  }
+
+  /** Output can still arrive after kill(), when a caller may have removed the log's directory. */
+  private appendLog(d: Buffer): void {
+    try {
+      fs.appendFileSync(this.opts.logFile, d);
+    } catch {
+      // the log is a copy of what `output` keeps
+    }
   }
 
   get output(): string {
