@@ -777,6 +777,17 @@ std::string Engine::injectFrame(int devId, const uint8_t* frame, uint32_t len) {
   });
 }
 
+std::string Engine::signalQueue(int devId, int q) {
+  NetDevice* d = devs_[devId];
+  return run(d->worker, [&] {
+    Virtqueue& v = d->vq[q];
+    bool rx = !d->blk && (q % 2) == 0;
+    if (rx) v.lock.lock();
+    if (v.running) v.signal();
+    if (rx) v.lock.unlock();
+  });
+}
+
 std::string Engine::kickAll(int devId) {
   NetDevice* d = devs_[devId];
   Worker& w = *workers_[d->worker];

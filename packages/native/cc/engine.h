@@ -149,6 +149,8 @@ class Engine : public EventSink {
   std::string setQueueEnabled(int devId, int q, bool en);
   std::string setQueueCall(int devId, int q, int callFd);
   std::string kickAll(int devId);
+  // One used-buffer notification on a running queue, nothing processed (a resumed ring's nudge).
+  std::string signalQueue(int devId, int q);
   // Sends one frame into a net device's switch as if the device had sent it (SEND_RARP after a
   // migration: the switch learns the MAC on this port and floods the announcement).
   std::string injectFrame(int devId, const uint8_t* frame, uint32_t len);

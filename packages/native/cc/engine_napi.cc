@@ -154,6 +154,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("setQueueEnabled", &EngineWrap::SetQueueEnabled),
                            InstanceMethod("setQueueCall", &EngineWrap::SetQueueCall),
                            InstanceMethod("kickAll", &EngineWrap::KickAll),
+                           InstanceMethod("signalQueue", &EngineWrap::SignalQueue),
                            InstanceMethod("injectFrame", &EngineWrap::InjectFrame),
                            InstanceMethod("hold", &EngineWrap::Hold),
                            InstanceMethod("close", &EngineWrap::Close),
@@ -467,6 +468,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     auto b = info[1].As<Napi::Buffer<uint8_t>>();
     check(env, engine_->injectFrame(id, b.Data(), (uint32_t)b.Length()));
     return env.Undefined();
+  }
+  Napi::Value SignalQueue(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    int q = queueArg(info, 1, id);
+    check(info.Env(), engine_->signalQueue(id, q));
+    return info.Env().Undefined();
   }
   Napi::Value KickAll(const Napi::CallbackInfo& info) {
     int id = devArg(info, 0);

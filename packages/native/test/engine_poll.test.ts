@@ -81,6 +81,22 @@ test("call fd: NO_INTERRUPT and EVENT_IDX used_event decide, once per burst", as
   for (const d of [a, b, c]) d.close();
 });
 
+test("signalQueue signals exactly the queue it names", async (t) => {
+  const eng = new native.Engine({ maxDevices: 8 }, () => {});
+  eng.addSwitch(1);
+  const a = new VNet(eng, 1, A, F.VERSION_1);
+  await sleep(20);
+  for (const fd of [a.rx.call, a.tx.call]) native._testEventFdRead(fd);
+  eng.signalQueue(1, 0);
+  t.is(native._testEventFdRead(a.rx.call), 1, "the RX queue was signalled");
+  t.is(native._testEventFdRead(a.tx.call), 0, "the TX queue was not");
+  eng.signalQueue(1, 1);
+  t.is(native._testEventFdRead(a.tx.call), 1, "then the TX queue");
+  t.throws(() => eng.signalQueue(1, 99), { instanceOf: RangeError });
+  eng.close();
+  a.close();
+});
+
 test("kickAll processes pending chains and signals every call fd", async (t) => {
   const eng = new native.Engine({ maxDevices: 8 }, () => {});
   eng.addSwitch(1);

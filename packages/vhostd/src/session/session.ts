@@ -532,7 +532,8 @@ export class VhostSession {
     // A resumed ring (a migration's destination, a reconnect) signals the driver once: an
     // interrupt that was due when the ring stopped elsewhere may never have reached the guest,
     // and with EVENT_IDX nothing new would be signalled until the guest looks by itself.
-    if (at.resumedAt !== 0) this.engine.kickAll(this.devId);
+    // Only a call: processing here would run inside an HA adoption that holds the engine.
+    if (at.resumedAt !== 0) this.engine.signalQueue(this.devId, vr.index);
   }
 
   private stopRing(vr: Vring): void {
