@@ -16,19 +16,12 @@ import { Pmd, killAllPmds } from "./pmd.js";
 import { blkLine, blkNotes, blkRun, blkTable, makeBlkDisk, type BlkImpl, type BlkResult } from "./blk.js";
 import { controlRun, controlTable, type ControlResult } from "./control.js";
 import { cpuSeconds, hostTimes, loadavg, machine, pin, rssMiB } from "./sys.js";
-
-const PF = "0000:af:00.2";
-/** The net PF's VFs in the embedded inventory: 0000:af:04.5, 05.5, 06.5, ... */
-const VFS = Array.from({ length: 8 }, (_, i) => `0000:af:${(4 + i).toString(16).padStart(2, "0")}.5`);
-const FE_CPU = 0;
-const BE_CPU = 1;
-const FE_LCORES = `0@${FE_CPU},1@${FE_CPU}`;
-const BE_LCORES = `0@${BE_CPU},1@${BE_CPU}`;
-const mac = (i: number) => `02:00:00:00:00:${(0x10 + i).toString(16)}`;
+import { instrRun, instrTable, valgrindMissing, type InstrResult } from "./instructions.js";
+import { BE_CPU, BE_LCORES, FE_CPU, FE_LCORES, PF, VFS, beVdevs, feVdevs, mac } from "./topology.js";
 
 type Impl = "ours" | "dpdk";
 type NetCase = "pvp" | "oneway";
-const CASES = ["pvp", "oneway", "latency", "idle", "control", "blk"] as const;
+const CASES = ["pvp", "oneway", "latency", "idle", "control", "blk", "instr"] as const;
 
 interface Opts {
   quick: boolean;
@@ -58,6 +51,8 @@ function usage(): never {
           vfe-vhostd, takeover after kill -9 of the keeper, keeper restart, idle CPU, RSS, journal
   blk     one QEMU guest's dd workloads (sequential 1 MiB, 4 KiB at QD 1 and 32, flush) on our
           blk VF and on qemu-storage-daemon's vhost-user-blk export of the same file
+  instr   instructions per frame of each back-end's datapath, counted by callgrind (valgrind)
+          while a one-way front-end saturates it; one run per size (not with --quick)
   cost    (always) CPU seconds per million packets of each back-end, measured in pvp/oneway
 
   --quick   one short run per case, 64 B, 1 queue pair (CI smoke)
@@ -97,6 +92,7 @@ function parseOpts(argv: string[]): Opts {
     o.warmupMs = 1000;
     o.windowMs = 3000;
     o.idleMs = 3000;
+    o.cases.delete("instr"); // minutes of valgrind start-up: not a smoke test
   }
   if (!(o.runs >= 1) || o.sizes.some((s) => !(s >= 60 && s <= 9000)) || o.qps.some((q) => !(q >= 1 && q <= 8)) || !(o.windowMs >= 2000)) throw new Error("bad --runs/--sizes/--qps/--window");
   return o;
@@ -164,14 +160,6 @@ async function vfsRunning(d: Daemon, vfs: string[]): Promise<boolean> {
     if (r.code !== 0 || r.json?.device?.state !== "running") return false;
   }
   return true;
-}
-
-function feVdevs(socks: string[], qp: number): string[] {
-  return socks.map((s, i) => `net_virtio_user${i},path=${s},queues=${qp},server=1,mac=${mac(i)}`);
-}
-
-function beVdevs(socks: string[], qp: number): string[] {
-  return socks.map((s, i) => `net_vhost${i},iface=${s},queues=${qp},client=1`);
 }
 
 async function netRun(impl: Impl, kase: NetCase, size: number, qp: number, o: Opts): Promise<NetResult> {
@@ -495,10 +483,28 @@ async function main(): Promise<void> {
     if (!failures.some((f) => f.startsWith("blk"))) fs.rmSync(dir, { recursive: true, force: true });
   }
 
+  const instr: InstrResult[] = [];
+  if (o.cases.has("instr")) {
+    if (valgrindMissing()) throw new Error("valgrind not found: run `bash scripts/install-peers.sh` first");
+    for (const size of o.sizes)
+      for (const impl of ["ours", "dpdk"] as const) {
+        const tag = `instr ${size}B ${impl}`;
+        try {
+          const res = await instrRun(impl, size, 10_000);
+          instr.push(res);
+          console.log(`${tag.padEnd(34)} ${res.perFrame.toFixed(0).padStart(6)} instructions per frame (${res.frames.toFixed(0)} frames); ${res.top.map((t) => `${t.fn} ${t.perFrame.toFixed(0)}`).join(", ")}`);
+        } catch (e) {
+          failures.push(`${tag}: ${(e as Error).message.split("\n")[0]}`);
+          console.log(`${tag.padEnd(34)} FAILED: ${(e as Error).message.split("\n")[0]}`);
+        }
+      }
+  }
+
   const parts: string[] = [];
   if (rows.length) parts.push(netTable(rows));
   if (latency.some((x) => x.impl === "ours") && latency.some((x) => x.impl === "dpdk")) parts.push(latencyTable(latency));
   if (blk.length) parts.push(blkTable(blk));
+  if (instr.length) parts.push(instrTable(instr));
   if (control.length) parts.push(controlTable(control));
   if (idle.length) {
     const io = idle.filter((x) => x.impl === "ours"), id = idle.filter((x) => x.impl === "dpdk");

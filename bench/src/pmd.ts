@@ -35,6 +35,10 @@ export interface PmdOptions {
    * creates its sockets one at a time: pass only the first.
    */
   waitSockets?: string[];
+  /** A command testpmd runs under, e.g. valgrind and its options. */
+  wrap?: string[];
+  /** How long start() waits for the ports (default 30 s). */
+  startTimeoutMs?: number;
 }
 
 let seq = 0;
@@ -79,15 +83,16 @@ export class Pmd {
       ...opts.vdevs.flatMap((v) => ["--vdev", v]),
       "--", ...(opts.interactive ? ["-i"] : []), ...opts.args,
     ];
-    const proc = spawn("dpdk-testpmd", args, { stdio: [opts.interactive ? "pipe" : "ignore", "pipe", "pipe"] });
+    const [cmd, ...pre] = [...(opts.wrap ?? []), "dpdk-testpmd"];
+    const proc = spawn(cmd, [...pre, ...args], { stdio: [opts.interactive ? "pipe" : "ignore", "pipe", "pipe"] });
     const p = new Pmd(proc, prefix, opts);
     live.add(p);
     proc.once("exit", () => live.delete(p));
     proc.once("error", () => live.delete(p));
-    fs.writeFileSync(p.logFile, `$ dpdk-testpmd ${args.join(" ")}\n`);
+    fs.writeFileSync(p.logFile, `$ ${[cmd, ...pre].join(" ")} ${args.join(" ")}\n`);
     const socks = opts.waitSockets ?? [];
     try {
-      await waitFor(() => proc.exitCode !== null || /No probed ethernet devices/.test(p.output) || (socks.length > 0 ? socks.every((s) => fs.existsSync(s)) : /Port \d+: /.test(p.output)), 30_000, `testpmd ${opts.name} to start`);
+      await waitFor(() => proc.exitCode !== null || /No probed ethernet devices/.test(p.output) || (socks.length > 0 ? socks.every((s) => fs.existsSync(s)) : /Port \d+: /.test(p.output)), opts.startTimeoutMs ?? 30_000, `testpmd ${opts.name} to start`);
       if (proc.exitCode !== null || /No probed ethernet devices/.test(p.output)) throw new Error(`testpmd ${opts.name} failed to start:\n${p.output.slice(-3000)}`);
     } catch (e) {
       await p.stop().catch(() => p.kill());

@@ -24,6 +24,10 @@ export interface DaemonOptions {
   args?: string[];
   /** HA phase 1: start the keeper (vfe-vhostd-ha) first in the same run/state dirs, and vfe-vhostd --ha. */
   ha?: boolean;
+  /** A command vfe-vhostd runs under, e.g. valgrind and its options (the benchmarks' instruction counts). */
+  wrap?: string[];
+  /** How long to wait for its first RPC answer (default 15 s; longer under valgrind). */
+  startTimeoutMs?: number;
 }
 
 export class Daemon {
@@ -129,16 +133,18 @@ export class Daemon {
     this.lastOpts = opts;
     const args = [vhostdBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug", ...(opts.server ? ["--server"] : []), ...(opts.ha ? ["--ha"] : []), ...(opts.args ?? [])];
     const out = fs.openSync(this.logFile, "a");
-    this.proc = spawn(process.execPath, args, { stdio: ["ignore", out, out], env: { ...process.env, ...opts.env } });
+    const [cmd, ...pre] = [...(opts.wrap ?? []), process.execPath];
+    this.proc = spawn(cmd, [...pre, ...args], { stdio: ["ignore", out, out], env: { ...process.env, ...opts.env } });
     fs.closeSync(out);
-    const deadline = Date.now() + 15_000;
+    const limit = opts.startTimeoutMs ?? 15_000;
+    const deadline = Date.now() + limit;
     while (Date.now() < deadline) {
       if (this.proc.exitCode !== null || this.proc.signalCode !== null) throw new Error(`vfe-vhostd exited with ${this.proc.exitCode ?? this.proc.signalCode}:\n${this.log()}`);
       const r = await this.cli(["version"]).catch(() => null);
       if (r && r.code === 0) return;
       await sleep(100);
     }
-    throw new Error(`vfe-vhostd did not answer RPC within 15 s:\n${this.log()}`);
+    throw new Error(`vfe-vhostd did not answer RPC within ${limit / 1000} s:\n${this.log()}`);
   }
 
   cli(args: string[]): Promise<CliResult> {
