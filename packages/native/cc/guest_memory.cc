@@ -94,17 +94,6 @@ std::unique_ptr<MemTable> MemTable::withRemoved(uint64_t gpa, uint64_t size, uin
   return t;
 }
 
-uint8_t* MemTable::gpaToHost(uint64_t gpa, uint64_t len) const noexcept {
-  for (const Region& r : regions_) {
-    if (gpa < r.gpa) continue;
-    uint64_t off = gpa - r.gpa;
-    if (off >= r.size) continue;
-    if (len > r.size - off) return nullptr;  // starts here but runs past the end
-    return r.host + off;
-  }
-  return nullptr;
-}
-
 uint8_t* MemTable::uvaToHost(uint64_t uva, uint64_t len) const noexcept {
   for (const Region& r : regions_) {
     if (uva < r.uva) continue;
@@ -116,7 +105,7 @@ uint8_t* MemTable::uvaToHost(uint64_t uva, uint64_t len) const noexcept {
   return nullptr;
 }
 
-int MemTable::gpaToIov(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const noexcept {
+int MemTable::gpaToIovSplit(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const noexcept {
   int n = 0;
   while (len > 0) {
     const Region* hit = nullptr;

@@ -63,12 +63,34 @@ class MemTable {
   std::unique_ptr<MemTable> withRemoved(uint64_t gpa, uint64_t size, uint64_t uva, std::string* err) const;
 
   // Host pointer for [gpa, gpa+len) when it lies entirely in one region, else nullptr.
-  uint8_t* gpaToHost(uint64_t gpa, uint64_t len) const noexcept;
+  // Inline: the datapath translates every descriptor.
+  uint8_t* gpaToHost(uint64_t gpa, uint64_t len) const noexcept {
+    for (const Region& r : regions_) {
+      if (gpa < r.gpa) continue;
+      uint64_t off = gpa - r.gpa;
+      if (off >= r.size) continue;
+      if (len > r.size - off) return nullptr;  // starts here but runs past the end
+      return r.host + off;
+    }
+    return nullptr;
+  }
   uint8_t* uvaToHost(uint64_t uva, uint64_t len) const noexcept;
   // Translates [gpa, gpa+len) that may span regions into at most maxIov segments.
   // Returns the number of segments, -1 when some byte is outside guest memory, -2 when more
   // than maxIov segments would be needed.
-  int gpaToIov(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const noexcept;
+  // Inline for the usual case (the range in one region); a range across regions is split
+  // out of line.
+  int gpaToIov(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const noexcept {
+    if (len > 0 && maxIov > 0) {
+      if (uint8_t* h = gpaToHost(gpa, len)) {
+        iov->iov_base = h;
+        iov->iov_len = (size_t)len;
+        return 1;
+      }
+    }
+    return gpaToIovSplit(gpa, len, iov, maxIov);
+  }
+  int gpaToIovSplit(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const noexcept;
 
   size_t regionCount() const noexcept { return regions_.size(); }
   const std::vector<Region>& regions() const noexcept { return regions_; }

@@ -110,13 +110,36 @@ void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev,
       ctx.dstMask[s] = 0;
     }
     up = uplink;
+    // A burst usually holds one flow: learn a source and look up a destination once per
+    // run of equal addresses (same time, same port: the table would not change). A learn
+    // may move the looked-up address, so it forgets the cached lookup.
+    uint64_t learnedKey = 0, lookedUpKey = 0;
+    bool lookedUpHit = false;
+    int lookedUpPort = -1;
     for (int i = 0; i < ctx.n; i++) {
       const uint8_t* f = ctx.pkts[i].data;
       const uint8_t* dst = f;
       const uint8_t* src = f + 6;
-      if (!(src[0] & 1)) learn(macKey(src), srcPort, ctx.nowNs);
-      int port;
-      if (!(dst[0] & 1) && lookup(macKey(dst), ctx.nowNs, &port)) {
+      if (!(src[0] & 1)) {
+        uint64_t k = macKey(src);
+        if (k != learnedKey) {
+          learn(k, srcPort, ctx.nowNs);
+          learnedKey = k;
+          lookedUpKey = 0;
+        }
+      }
+      int port = -1;
+      bool hit = false;
+      if (!(dst[0] & 1)) {
+        uint64_t k = macKey(dst);
+        if (k != lookedUpKey) {
+          lookedUpHit = lookup(k, ctx.nowNs, &lookedUpPort);
+          lookedUpKey = k;
+        }
+        hit = lookedUpHit;
+        port = lookedUpPort;
+      }
+      if (hit) {
         if (port == srcPort) continue;  // never back out the ingress port
         if (port == kUplinkPort) {
           upMask |= 1u << i;

@@ -96,6 +96,7 @@ int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
   int consumed = 0;
   const uint16_t start = vq.lastAvail;
   uint32_t done = 0;  // positions that need no delivery
+  vq.prefetchBuffers<false>(mem, start, pend);
   for (int i = 0; i < pend; i++) {
     uint16_t head;
     if (vq.headAt(vq.lastAvail, &head, ctx.reason, sizeof ctx.reason) == Pop::kBroken) {
@@ -138,14 +139,26 @@ int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
     }
     ctx.pos[ctx.n] = (uint8_t)i;
     Pkt& p = ctx.pkts[ctx.n];
-    memset(p.hdr, 0, sizeof p.hdr);
-    gather(ctx.iov + c.iovStart, c.iovCount, 0, p.hdr, hl);
-    p.hdr[10] = p.hdr[11] = 0;  // num_buffers is meaningless on TX
+    const struct iovec& seg0 = ctx.iov[c.iovStart];
+    if (seg0.iov_len >= kNetHdrMax) {
+      // A constant-size copy (two bytes past a 10-byte header are in the segment too and
+      // are cleared below).
+      memcpy(p.hdr, seg0.iov_base, kNetHdrMax);
+    } else {
+      memset(p.hdr, 0, sizeof p.hdr);
+      gather(ctx.iov + c.iovStart, c.iovCount, 0, p.hdr, hl);
+    }
+    p.hdr[10] = p.hdr[11] = 0;  // num_buffers is meaningless on TX (and not part of a 10-byte header)
     p.len = (uint32_t)(c.len - hl);
     // One copy instead of two: a frame in one segment is delivered straight from the sender's
     // buffer, which stays ours until this burst's used entries are published (netTxFinish).
     // Not when a checksum may be finalized in place: the device never writes a TX buffer.
-    p.data = (p.hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? nullptr : contiguous(ctx.iov + c.iovStart, c.iovCount, hl, p.len);
+    if (p.hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM)
+      p.data = nullptr;
+    else if (c.iovCount == 1)
+      p.data = static_cast<uint8_t*>(seg0.iov_base) + hl;  // c.len == seg0.iov_len
+    else
+      p.data = contiguous(ctx.iov + c.iovStart, c.iovCount, hl, p.len);
     if (!p.data) {
       p.data = ctx.bufs + (size_t)ctx.n * kFrameStride;
       gather(ctx.iov + c.iovStart, c.iovCount, hl, p.data, p.len);
@@ -334,6 +347,11 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue
   const uint32_t hl = (uint32_t)d.hdrLen;
   uint64_t pk = 0, by = 0, dr = 0, er = 0;
   uint16_t usedBefore = vq.usedIdx;
+  uint16_t availSeen = vq.availIdx();
+  {
+    uint16_t ready = (uint16_t)(availSeen - vq.lastAvail);  // checked per frame below
+    vq.prefetchBuffers<true>(mem, vq.lastAvail, ready < npk ? ready : npk);
+  }
   while (mask) {
     int i = __builtin_ctz(mask);
     mask &= mask - 1;
@@ -345,7 +363,14 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue
       if (hdrErr) er++;
       continue;
     }
-    int pend = vq.pending();
+    // avail->idx is read again only when the entries seen so far are used up: one load of
+    // the driver's cache line per burst, not per frame.
+    uint16_t pend16 = (uint16_t)(availSeen - vq.lastAvail);
+    if (pend16 == 0) {
+      availSeen = vq.availIdx();
+      pend16 = (uint16_t)(availSeen - vq.lastAvail);
+    }
+    int pend = pend16 > vq.size ? -1 : (int)pend16;
     if (pend < 0) {
       snprintf(ctx.reason, sizeof ctx.reason, "avail idx %u is %u entries ahead of last avail %u (ring size %u)",
                vq.availIdx(), (unsigned)(uint16_t)(vq.availIdx() - vq.lastAvail), vq.lastAvail, vq.size);
@@ -354,12 +379,16 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue
       break;
     }
     const uint64_t need = hl + (uint64_t)p.len;
-    const uint16_t end = (uint16_t)(vq.lastAvail + pend);
+    uint16_t end = (uint16_t)(vq.lastAvail + pend);
     uint16_t cur = vq.lastAvail;
     int nch = 0, niov = 0;
     uint64_t cap = 0;
     enum { kFits, kNoRoom, kBadChain, kBroken } res = kFits;
     while (cap < need) {
+      if (cur == end) {  // the buffers seen so far do not hold the frame: any new ones?
+        uint16_t a = vq.availIdx();
+        if (a != availSeen && (uint16_t)(a - vq.lastAvail) <= vq.size) availSeen = end = a;
+      }
       if (cur == end || (!d.mrg && nch == 1) || nch == kMaxRxChains) { res = kNoRoom; break; }
       uint16_t head;
       if (vq.headAt(cur, &head, ctx.reason, sizeof ctx.reason) == Pop::kBroken) { res = kBroken; break; }
@@ -396,13 +425,21 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue
       dr++;
       continue;
     }
-    // The next frame's buffer loads while this one is copied (only if another frame follows).
-    if (mask && cur != end) vq.prefetchBuffer(mem, cur);
     if (hl == 12) {
       uint16_t nb = d.mrg ? (uint16_t)nch : 1;
       memcpy(hdr + 10, &nb, 2);
     }
-    scatter(d, vq, ctx, nch, hdr, hl, p);
+    const struct iovec& seg0 = ctx.iov[ctx.chains[0].iovStart];
+    if (nch == 1 && seg0.iov_len >= need && !d.log.active()) {
+      // One receive segment takes the whole frame: two copies, the header's of constant size.
+      uint8_t* dst = static_cast<uint8_t*>(seg0.iov_base);
+      if (hl == kNetHdrMax) memcpy(dst, hdr, kNetHdrMax);
+      else memcpy(dst, hdr, 10);
+      memcpy(dst + hl, p.data, p.len);
+      vq.pushUsed(ctx.chains[0].head, (uint32_t)need);
+    } else {
+      scatter(d, vq, ctx, nch, hdr, hl, p);
+    }
     vq.lastAvail = cur;
     pk++;
     by += p.len;

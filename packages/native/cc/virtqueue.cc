@@ -66,30 +66,12 @@ bool Virtqueue::remap(const MemTable& mem, char* reason, size_t rlen) noexcept {
   return true;
 }
 
-Pop Virtqueue::headAt(uint16_t cursor, uint16_t* head, char* reason, size_t rlen) const noexcept {
-  uint16_t h = avail[2 + (cursor & mask)];
-  if (h >= size) {
-    snprintf(reason, rlen, "avail ring slot %u: head %u >= ring size %u", (unsigned)(cursor & mask), h, size);
-    return Pop::kBroken;
-  }
-  *head = h;
-  return Pop::kOk;
+void Virtqueue::badHead(uint16_t cursor, uint16_t h, char* reason, size_t rlen) const noexcept {
+  snprintf(reason, rlen, "avail ring slot %u: head %u >= ring size %u", (unsigned)(cursor & mask), h, size);
 }
 
-void Virtqueue::prefetchBuffer(const MemTable& mem, uint16_t cursor) const noexcept {
-  uint16_t h = avail[2 + (cursor & mask)];
-  if (h >= size) return;
-  const volatile VringDesc& d = desc[h];
-  if (d.flags & VRING_DESC_F_INDIRECT) return;
-  const uint8_t* p = mem.gpaToHost(d.addr, 128);
-  if (!p) return;
-  __builtin_prefetch(p, 1, 3);
-  __builtin_prefetch(p + 64, 1, 3);
-}
-
-
-bool Virtqueue::walk(const MemTable& mem, uint16_t head, bool deviceWrites, struct iovec* iov, int maxIov, Chain* out,
-                     bool* tooMany, char* reason, size_t rlen) const noexcept {
+bool Virtqueue::walkChain(const MemTable& mem, uint16_t head, bool deviceWrites, struct iovec* iov, int maxIov, Chain* out,
+                          bool* tooMany, char* reason, size_t rlen) const noexcept {
   *tooMany = false;
   out->head = head;
   out->len = 0;
@@ -156,14 +138,6 @@ bool Virtqueue::walk(const MemTable& mem, uint16_t head, bool deviceWrites, stru
   }
   out->iovCount = n - out->iovStart;
   return true;
-}
-
-void Virtqueue::pushUsed(uint16_t id, uint32_t len) noexcept {
-  volatile uint32_t* e = reinterpret_cast<volatile uint32_t*>(used + 4 + 8u * (usedIdx & mask));
-  e[0] = id;
-  e[1] = len;
-  if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 4 + 8u * (usedIdx & mask), 8);
-  usedIdx++;
 }
 
 bool Virtqueue::needCall() noexcept {

@@ -145,19 +145,66 @@ class Virtqueue {
     return n > size ? -1 : (int)n;
   }
   // Reads the head at slot `cursor` (does not advance lastAvail).
-  Pop headAt(uint16_t cursor, uint16_t* head, char* reason, size_t rlen) const noexcept;
-  // Starts loading the first buffer of the chain at avail slot `cursor` into the cache (for
-  // writing) while the current frame is copied: a cold receive buffer is most of the RX cost.
-  // Only a hint: nothing is validated beyond what makes the address safe to compute.
-  void prefetchBuffer(const MemTable& mem, uint16_t cursor) const noexcept;
+  Pop headAt(uint16_t cursor, uint16_t* head, char* reason, size_t rlen) const noexcept {
+    uint16_t h = avail[2 + (cursor & mask)];
+    if (__builtin_expect(h >= size, 0)) {
+      badHead(cursor, h, reason, rlen);
+      return Pop::kBroken;
+    }
+    *head = h;
+    return Pop::kOk;
+  }
+  // Starts loading the first buffers of the chains at avail slots [from, from+n) into the
+  // cache, before a burst walks and copies them: a buffer the driver just wrote (TX) or
+  // recycled (RX) sits in the driver's CPU's cache, and fetching them one at a time, each
+  // when first touched, was most of a small frame's cost. All the loads are independent,
+  // so they overlap. Only a hint: nothing is validated beyond what makes the address safe.
+  template <bool kForWrite>
+  void prefetchBuffers(const MemTable& mem, uint16_t from, int n) const noexcept {
+    for (int k = 0; k < n; k++) {
+      uint16_t h = avail[2 + ((uint16_t)(from + k) & mask)];
+      if (h >= size) return;
+      const volatile VringDesc& d = desc[h];
+      if (d.flags & VRING_DESC_F_INDIRECT) continue;
+      const uint8_t* p = mem.gpaToHost(d.addr, 128);
+      if (!p) continue;
+      __builtin_prefetch(p, kForWrite, 3);
+      __builtin_prefetch(p + 64, kForWrite, 3);
+    }
+  }
 
-  // Walks the chain from head into iov[*iovUsed...maxIov). All descriptors must be writable
-  // (deviceWrites) or all read-only. Returns true, or false with a reason (chain error).
-  // *tooMany is set when the only problem is running out of iov scratch.
+  // Inline for the usual chain, one direct descriptor that passes every check; anything
+  // else, or any doubt, goes to walkChain, which reads the chain afresh and says what is wrong.
   bool walk(const MemTable& mem, uint16_t head, bool deviceWrites, struct iovec* iov, int maxIov, Chain* out,
-            bool* tooMany, char* reason, size_t rlen) const noexcept;
+            bool* tooMany, char* reason, size_t rlen) const noexcept {
+    if (head < size && out->iovStart < maxIov) {
+      VringDesc d = readDesc(&desc[head]);
+      const uint16_t want = deviceWrites ? VRING_DESC_F_WRITE : 0;
+      const uint16_t checked = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT | VRING_DESC_F_WRITE;
+      if ((d.flags & checked) == want && d.len != 0) {
+        if (uint8_t* h = mem.gpaToHost(d.addr, d.len)) {
+          iov[out->iovStart].iov_base = h;
+          iov[out->iovStart].iov_len = d.len;
+          *tooMany = false;
+          out->head = head;
+          out->len = d.len;
+          out->iovCount = 1;
+          return true;
+        }
+      }
+    }
+    return walkChain(mem, head, deviceWrites, iov, maxIov, out, tooMany, reason, rlen);
+  }
+  bool walkChain(const MemTable& mem, uint16_t head, bool deviceWrites, struct iovec* iov, int maxIov, Chain* out,
+                 bool* tooMany, char* reason, size_t rlen) const noexcept;
 
-  void pushUsed(uint16_t id, uint32_t len) noexcept;
+  void pushUsed(uint16_t id, uint32_t len) noexcept {
+    volatile uint32_t* e = reinterpret_cast<volatile uint32_t*>(used + 4 + 8u * (usedIdx & mask));
+    e[0] = id;
+    e[1] = len;
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 4 + 8u * (usedIdx & mask), 8);
+    usedIdx++;
+  }
   void publishUsed() noexcept {
     __atomic_store_n(reinterpret_cast<volatile uint16_t*>(used + 2), usedIdx, __ATOMIC_RELEASE);
     if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 2, 2);
@@ -175,6 +222,9 @@ class Virtqueue {
 
   // Marks broken: stop processing, write errFd. Caller emits the event.
   void markBroken() noexcept;
+
+ private:
+  void badHead(uint16_t cursor, uint16_t h, char* reason, size_t rlen) const noexcept;
 };
 
 }  // namespace vhd
