@@ -55,12 +55,18 @@ export interface BlkResult {
   impl: BlkImpl;
   /** Workload name → wall milliseconds in the guest. */
   ms: Record<string, number>;
+  /**
+   * Workload name → the guest CPU's busy share of that time, % (its /proc/stat idle and
+   * iowait ticks). Near 100 % the emulated CPU, not the back-end, sets the pace.
+   */
+  busy: Record<string, number>;
   load: string;
 }
 
 function guestScript(ws: Workload[]): string {
-  // m NAME 'CMD': runs CMD and prints NAME=<ms> (the guest's /proc/uptime, 10 ms ticks).
-  const head = "t(){ awk '{printf \"%d\", $1 * 1000}' /proc/uptime; }; m(){ a=$(t); eval \"$2\"; echo $1=$(( $(t) - a )); }";
+  // m NAME 'CMD': runs CMD and prints NAME=<ms> idle=<ms> (the guest's /proc/uptime and its
+  // CPU's idle + iowait ticks from /proc/stat, both 10 ms units).
+  const head = "t(){ awk '{printf \"%d\", $1 * 1000}' /proc/uptime; }; i(){ awk '/^cpu /{print ($5 + $6) * 10}' /proc/stat; }; m(){ a=$(t); b=$(i); eval \"$2\"; c=$(t); e=$(i); echo $1=$(( c - a )) idle=$(( e - b )); }";
   return [head, ...ws.map((w) => `m ${w.name} '${w.cmd}'`)].join("; ");
 }
 
@@ -71,19 +77,28 @@ export function makeBlkDisk(dir: string): string {
   return disk;
 }
 
-async function runGuest(socket: string, logFile: string, ws: Workload[]): Promise<Record<string, number>> {
+interface GuestTimes {
+  ms: Record<string, number>;
+  busy: Record<string, number>;
+}
+
+async function runGuest(socket: string, logFile: string, ws: Workload[]): Promise<GuestTimes> {
   const args = shellCmdArgs(guestScript(ws));
   const cmdline = Object.entries(args).map(([k, v]) => `${k}=${v}`).join(" ").length;
   if (cmdline > 1500) throw new Error(`the guest script is ${cmdline} bytes on the kernel command line (x86 keeps 2048 in all)`);
   const run = await Guest.boot({ blk: [{ socket, server: false }], test: "shell-cmd", args, logFile, timeoutMs: 600_000 });
   const out = commandOutput(run.output) ?? "";
-  const r: Record<string, number> = {};
-  for (const m of out.matchAll(/^(\w+)=(\d+)$/gm)) r[m[1]!] = Number(m[2]);
-  for (const w of ws) if (!(w.name in r)) throw new Error(`workload ${w.name} did not report; guest output:\n${run.output.slice(-2000)}`);
+  const r: GuestTimes = { ms: {}, busy: {} };
+  for (const m of out.matchAll(/^(\w+)=(\d+) idle=(\d+)$/gm)) {
+    const ms = Number(m[2]);
+    r.ms[m[1]!] = ms;
+    r.busy[m[1]!] = ms > 0 ? Math.max(0, Math.min(100, (100 * (ms - Number(m[3]))) / ms)) : NaN;
+  }
+  for (const w of ws) if (!(w.name in r.ms)) throw new Error(`workload ${w.name} did not report; guest output:\n${run.output.slice(-2000)}`);
   return r;
 }
 
-async function runOurs(disk: string, dir: string, ws: Workload[]): Promise<Record<string, number>> {
+async function runOurs(disk: string, dir: string, ws: Workload[]): Promise<GuestTimes> {
   const d = await Daemon.start();
   try {
     await d.ok(["mgmtpf", "-a", PF]);
@@ -95,7 +110,7 @@ async function runOurs(disk: string, dir: string, ws: Workload[]): Promise<Recor
   }
 }
 
-async function runQsd(disk: string, dir: string, ws: Workload[]): Promise<Record<string, number>> {
+async function runQsd(disk: string, dir: string, ws: Workload[]): Promise<GuestTimes> {
   const sock = path.join(dir, "qsd.sock");
   fs.rmSync(sock, { force: true });
   const log = fs.openSync(path.join(dir, "qsd.log"), "a");
@@ -119,8 +134,8 @@ async function runQsd(disk: string, dir: string, ws: Workload[]): Promise<Record
 export async function blkRun(impl: BlkImpl, disk: string, dir: string, quick: boolean): Promise<BlkResult> {
   const ws = quick ? WORKLOADS.filter((w) => QUICK.has(w.name)) : WORKLOADS;
   const load = loadavg();
-  const ms = impl === "ours" ? await runOurs(disk, dir, ws) : await runQsd(disk, dir, ws);
-  return { impl, ms, load };
+  const g = impl === "ours" ? await runOurs(disk, dir, ws) : await runQsd(disk, dir, ws);
+  return { impl, ms: g.ms, busy: g.busy, load };
 }
 
 function rate(w: Workload, ms: number): number {
@@ -147,18 +162,19 @@ export function blkTable(rs: BlkResult[]): string {
     const q = qsd.map((r) => rate(w, r.ms[w.name]!));
     const mo = median(o), mq = median(q);
     const lat = w.qd ? `${((w.qd / mo) * 1e6).toFixed(0)} / ${((w.qd / mq) * 1e6).toFixed(0)}` : "–";
-    return `| ${w.label} | ${mo.toFixed(0)} | ${mq.toFixed(0)} | **${(mo / mq).toFixed(2)}** | ${lat} | ${o.map((x) => x.toFixed(0)).join(" ")} / ${q.map((x) => x.toFixed(0)).join(" ")} |`;
+    const busy = (xs: BlkResult[]) => median(xs.map((r) => r.busy[w.name]!).filter(Number.isFinite)).toFixed(0);
+    return `| ${w.label} | ${mo.toFixed(0)} | ${mq.toFixed(0)} | **${(mo / mq).toFixed(2)}** | ${lat} | ${busy(ours)} / ${busy(qsd)} | ${o.map((x) => x.toFixed(0)).join(" ")} / ${q.map((x) => x.toFixed(0)).join(" ")} |`;
   });
   return [
-    "| blk workload (guest dd, O_DIRECT) | ours (median) | qemu-storage-daemon (median) | ours/qsd | mean latency µs ours / qsd | runs ours / qsd |",
-    "|---|---|---|---|---|---|",
+    "| blk workload (guest dd, O_DIRECT) | ours (median) | qemu-storage-daemon (median) | ours/qsd | mean latency µs ours / qsd | guest CPU busy % ours / qsd | runs ours / qsd |",
+    "|---|---|---|---|---|---|---|",
     ...rows,
   ].join("\n");
 }
 
 export function blkNotes(rs: BlkResult[]): string {
   return [
-    `- blk: the same ${BLK_DISK_MIB} MiB fully allocated raw file and the same QEMU 7.2 TCG guest (\`vhost-user-blk-pci,num-queues=1\`, QEMU the vhost-user client of both), one boot per run, runs alternating which back-end goes first; ours: standalone \`vfe-vhostd\`, \`vf -a ${VF} --server --disk FILE\`; qsd: \`--blockdev driver=file,cache.direct=off,aio=threads --export type=vhost-user-blk\` (both through the host page cache). Timing from the guest's /proc/uptime (10 ms ticks). QD 32 is 32 concurrent dd processes over disjoint 8 MiB areas.`,
+    `- blk: the same ${BLK_DISK_MIB} MiB fully allocated raw file and the same QEMU 7.2 TCG guest (\`vhost-user-blk-pci,num-queues=1\`, QEMU the vhost-user client of both), one boot per run, runs alternating which back-end goes first; ours: standalone \`vfe-vhostd\`, \`vf -a ${VF} --server --disk FILE\`; qsd: \`--blockdev driver=file,cache.direct=off,aio=threads --export type=vhost-user-blk\` (both through the host page cache). Timing from the guest's /proc/uptime (10 ms ticks); guest CPU busy = 100 % minus the guest CPU's idle and iowait share of that time (/proc/stat): near 100 % the emulated CPU (TCG), not the back-end, sets the pace. QD 32 is 32 concurrent dd processes over disjoint 8 MiB areas.`,
     `- blk load (1/5/15 min) before each run: ${rs.length ? `${rs[0]!.load} … ${rs[rs.length - 1]!.load}` : "–"}.`,
   ].join("\n");
 }
