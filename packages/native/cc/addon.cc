@@ -7,6 +7,7 @@ void InitEngine(Napi::Env env, Napi::Object exports);
 void InitDriver(Napi::Env env, Napi::Object exports);
 void InitSdNotify(Napi::Env env, Napi::Object exports);
 void InitPremap(Napi::Env env, Napi::Object exports);
+void InitExitProbe(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSocket(env, exports);
@@ -15,6 +16,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDriver(env, exports);
   InitSdNotify(env, exports);
   InitPremap(env, exports);
+  InitExitProbe(env, exports);
   return exports;
 }
 

@@ -316,6 +316,22 @@ export interface NativeModule {
   eventFdRead(fd: number): number;
   memfdCreate(name: string, size: number): number;
 
+  /**
+   * One look at a process in /proc (cc/exit_probe.cc): "exiting" once every thread is on its
+   * way out (PF_EXITING or zombie), "gone" when there is no such process, else "alive".
+   */
+  processFate(pid: number): "alive" | "exiting" | "gone";
+  /**
+   * A thread that asks processFate(pid) every intervalMs and makes the eventfd `fd` readable
+   * (watch it with FdWatcher) once the answer is not "alive"; fate() tells which. close()
+   * stops the thread and closes the fds: stop the FdWatcher first.
+   */
+  ExitProbe: new (pid: number, intervalMs: number) => {
+    readonly fd: number;
+    fate(): "alive" | "exiting" | "gone";
+    close(): void;
+  };
+
   FdWatcher: new (fd: number, onReadable: () => void) => {
     stop(): void;
     ref(): void;

@@ -22,3 +22,30 @@ test("a running process is alive, a zombie is exiting, a reaped one is gone", as
   t.is(processFate(done.pid!), "gone");
   t.is(processFate(0x3fffffff), "gone", "a pid that cannot exist");
 });
+
+test("ExitProbe: its eventfd turns readable once the process is killed, and not before", async (t) => {
+  const { native } = await import("@vhostd/native");
+  const child = spawn("sleep", ["30"], { stdio: "ignore" });
+  const probe = new native.ExitProbe(child.pid!, 20);
+  let firedAt = 0;
+  const watcher = new native.FdWatcher(probe.fd, () => {
+    firedAt ||= performance.now();
+  });
+  try {
+    await sleep(200);
+    t.is(firedAt, 0, "a live process: nothing");
+    t.is(probe.fate(), "alive");
+    const killedAt = performance.now();
+    child.kill("SIGKILL");
+    for (let i = 0; i < 100 && !firedAt; i++) await sleep(20);
+    t.true(firedAt > 0, "the probe fired after the kill");
+    t.true(firedAt - killedAt < 1000, `within a second (${(firedAt - killedAt).toFixed(0)} ms)`);
+    t.not(probe.fate(), "alive");
+  } finally {
+    watcher.stop();
+    probe.close();
+    probe.close(); // twice is harmless
+  }
+  t.throws(() => new native.ExitProbe(0, 20), { message: /pid must be an integer >= 1/ });
+  t.throws(() => new native.ExitProbe(process.pid, 0), { message: /intervalMs must be 1..60000/ });
+});

@@ -28,7 +28,7 @@ export interface MirrorHolderOptions {
   lockWaitMs?: number;
 }
 
-/** How often a connected keeper's threads are looked at (watchExit): ~50 small /proc reads a second. */
+/** How often a connected keeper is looked at (watchExit): a pread of its /proc stat on a native thread. */
 const EXIT_PROBE_MS = 20;
 
 interface VfCopy {
@@ -43,6 +43,8 @@ export class MirrorHolder {
   private peer: PeerCred | null = null;
   /** The keeper whose exit we noticed before its connection closed (watchExit). */
   private exitingPid: number | undefined;
+  /** The connected keeper's exit probe (watchExit). */
+  private exitWatch: { probe: InstanceType<typeof native.ExitProbe>; watcher: InstanceType<typeof native.FdWatcher> } | undefined;
   /** Guest memory of the copies, mapped ahead of a takeover. */
   private readonly premapped: Premapped;
   private readonly vfCopies = new Map<string, VfCopy>();
@@ -131,6 +133,7 @@ export class MirrorHolder {
     this.watcher = null;
     if (this.listenFd >= 0) native.closeFd(this.listenFd);
     this.listenFd = -1;
+    this.stopExitWatch();
     this.conn?.close("vfe-vhostd stopping", false);
     this.dropCopies();
     this.premapped.dropAll();
@@ -209,19 +212,33 @@ export class MirrorHolder {
    * after the kernel has torn its memory down, which can take seconds. So we also watch its
    * threads: once every one of them is exiting, we take over without waiting for the EOF.
    */
+  /** Probes the connected keeper on a native thread (cc/exit_probe.cc); JS hears once, through an eventfd. */
   private watchExit(conn: FramedFdConnection<MirrorFrame>, pid: number): void {
-    const timer = setInterval(() => {
-      if (!conn.isOpen) return clearInterval(timer);
-      if (processFate(pid) === "alive") return;
-      clearInterval(timer);
+    this.stopExitWatch();
+    const probe = new native.ExitProbe(pid, EXIT_PROBE_MS);
+    const watcher = new native.FdWatcher(probe.fd, () => {
+      const fate = probe.fate();
+      this.stopExitWatch();
+      if (!conn.isOpen) return;
       this.exitingPid = pid;
-      conn.close(`keeper pid ${pid} is exiting (its threads have stopped; the kernel has not closed its fds yet)`, false);
-    }, EXIT_PROBE_MS);
-    timer.unref();
+      conn.close(`keeper pid ${pid} is ${fate === "gone" ? "gone" : "exiting (its threads have stopped; the kernel has not closed its fds yet)"}`, false);
+    });
+    watcher.unref();
+    this.exitWatch = { probe, watcher };
+  }
+
+  private stopExitWatch(): void {
+    if (!this.exitWatch) return;
+    this.exitWatch.watcher.stop();
+    this.exitWatch.probe.close();
+    this.exitWatch = undefined;
   }
 
   private onClose(conn: FramedFdConnection<MirrorFrame>, reason: string, violation: boolean): void {
-    if (this.conn === conn) this.conn = null;
+    if (this.conn === conn) {
+      this.conn = null;
+      this.stopExitWatch();
+    }
     if (this.offer) {
       this.offer = undefined;
       this.host?.cancelOffer(); // the keeper went away mid hand-back: we keep running
