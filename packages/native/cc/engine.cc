@@ -693,7 +693,7 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t*
     } else {
       if (d->blk) inflightRestart(d->blk->inflight, q, v.usedIdx);
       if (resumedAt) *resumedAt = v.lastAvail;
-      if (usedInMemory) *usedInMemory = v.usedInMemoryAtMap;
+      if (usedInMemory) *usedInMemory = v.usedIdxInMemory();  // mapRings wrote nothing there
       v.configured = true;
       v.kickFd = kick;
       kick = -1;

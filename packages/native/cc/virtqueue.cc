@@ -34,8 +34,7 @@ bool Virtqueue::mapRings(const MemTable& mem, const QueueSetup& s, char* reason,
   used = reinterpret_cast<volatile uint8_t*>(u);
   // Trust the ring over a possibly stale SET_VRING_BASE: we complete in order, so when the
   // used index in memory differs, resume from it (what was used is done).
-  uint16_t u_idx = __atomic_load_n(reinterpret_cast<volatile uint16_t*>(used + 2), __ATOMIC_ACQUIRE);
-  usedInMemoryAtMap = u_idx;
+  uint16_t u_idx = usedIdxInMemory();
   lastAvail = s.lastAvailIdx;
   if (u_idx != lastAvail) lastAvail = u_idx;
   usedIdx = lastAvail;

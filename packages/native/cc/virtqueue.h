@@ -125,7 +125,6 @@ class Virtqueue {
   uint16_t lastAvail = 0;
   uint16_t usedIdx = 0;     // shadow of used->idx (we are the only writer)
   uint16_t signalledUsed = 0;  // used idx at the last signal decision (EVENT_IDX "old")
-  uint16_t usedInMemoryAtMap = 0;  // used->idx as mapRings found it (logged: it may overrule the base)
 
   // ---- event rate limiting ----
   uint64_t lastEventNs = 0;
@@ -139,6 +138,11 @@ class Virtqueue {
   void unmapRings() noexcept { desc = nullptr; avail = nullptr; used = nullptr; }
 
   uint16_t availIdx() const noexcept { return __atomic_load_n(&avail[1], __ATOMIC_ACQUIRE); }
+  // used->idx as it is in guest memory (after mapRings, before we publish: the index the
+  // ring held, which may overrule the base we were given).
+  uint16_t usedIdxInMemory() const noexcept {
+    return __atomic_load_n(reinterpret_cast<volatile uint16_t*>(used + 2), __ATOMIC_ACQUIRE);
+  }
   // Pending avail entries, or -1 when avail->idx is more than size ahead (broken).
   int pending() const noexcept {
     uint16_t n = (uint16_t)(availIdx() - lastAvail);
