@@ -6,5 +6,5 @@ import { repoRoot } from "./paths.js";
 
 process.env.VHOSTD_GUEST_DIR ||= path.join(repoRoot, ".cache/guest");
 
-export { Guest, commandOutput, ensureGuestImage, guestDir, qemuArgs, shellCmdArgs } from "@vhostd/vhostd/guest";
+export { Guest, commandOutput, ensureGuestImage, guestCrash, guestDir, qemuArgs, shellCmdArgs } from "@vhostd/vhostd/guest";
 export type { GuestBlk, GuestNet, GuestOptions, GuestResultLine, GuestRun } from "@vhostd/vhostd/guest";

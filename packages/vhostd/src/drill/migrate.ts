@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Guest, Qmp, guestDir, sleep, waitFor, type GuestOptions } from "../guest/index.js";
+import { Guest, Qmp, guestCrash, guestDir, sleep, waitFor, type GuestOptions } from "../guest/index.js";
 import type { DrillOptions, EventKind } from "./options.js";
 import { rng } from "./options.js";
 import { Pair, type Daemon } from "./pair.js";
@@ -89,11 +89,7 @@ function hopKill(hop: number, o: DrillOptions, rand: () => number): HopKill {
 
 const daemonName = (d: Daemon) => (d === "vhostd" ? "vfe-vhostd" : "vfe-vhostd-ha");
 
-/** The guest kernel's first line about a crash (memory corruption shows up this way), or null. */
-function guestCrash(g: Guest): string | null {
-  const m = /^.*(Kernel panic|invalid opcode|general protection fault|BUG: |Oops|list_add corruption|list_del corruption).*$/m.exec(g.output);
-  return m ? m[0].trim() : null;
-}
+const crashOf = (g: Guest): string | null => guestCrash(g.output);
 
 export async function runMigrate(o: DrillOptions, h: FreshHooks): Promise<MigrateReport> {
   if (process.getuid?.() !== 0) throw new Error("--migrate needs root (a network namespace, TAP uplinks)");
@@ -244,10 +240,10 @@ export async function runMigrate(o: DrillOptions, h: FreshHooks): Promise<Migrat
     await qmp.execute("quit").catch(() => undefined);
     guest.kill();
     const done = Date.now();
-    const flowing = await waitFor(() => pinger!.lastReplyMs() > done + SETTLE_MS || guestCrash(next) !== null, 30_000, "pings answered again")
-      .then(() => guestCrash(next) === null)
+    const flowing = await waitFor(() => pinger!.lastReplyMs() > done + SETTLE_MS || crashOf(next) !== null, 30_000, "pings answered again")
+      .then(() => crashOf(next) === null)
       .catch(() => false);
-    const crash = guestCrash(next);
+    const crash = crashOf(next);
     if (crash) rec.broken.push(`the guest kernel crashed after the move: ${crash}`);
     const w = pinger.window(t0, Date.now());
     Object.assign(rec, { pingsSent: w.sent, pingsLost: w.lost, longestGapMs: w.longestGapMs });

@@ -97,6 +97,15 @@ export function shellCmdArgs(cmd: string): Record<string, string> {
   return { cmd: Buffer.from(cmd).toString("base64") };
 }
 
+/**
+ * The guest kernel's first line about a crash, or null. Memory a migration lost shows up
+ * this way (docs/recovery.md), so the drill and the migration tests both look for it.
+ */
+export function guestCrash(output: string): string | null {
+  const m = /^.*(Kernel panic|invalid opcode|general protection fault|BUG: |Oops|list_add corruption|list_del corruption|stack-protector).*$/m.exec(output);
+  return m ? m[0].trim() : null;
+}
+
 /** The text a shell-cmd test printed between its markers. */
 export function commandOutput(output: string): string | null {
   const m = /VHOSTD-OUTPUT-BEGIN\n([\s\S]*?)VHOSTD-OUTPUT-END/.exec(output);
