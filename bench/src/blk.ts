@@ -66,14 +66,15 @@ export interface BlkResult {
 function guestScript(ws: Workload[]): string {
   // m NAME 'CMD': runs CMD and prints NAME=<ms> idle=<ms> (the guest's /proc/uptime and its
   // CPU's idle + iowait ticks from /proc/stat, both 10 ms units).
-  const head = "t(){ awk '{printf \"%d\", $1 * 1000}' /proc/uptime; }; i(){ awk '/^cpu /{print ($5 + $6) * 10}' /proc/stat; }; m(){ a=$(t); b=$(i); eval \"$2\"; c=$(t); e=$(i); echo $1=$(( c - a )) idle=$(( e - b )); }";
+  const head = "t(){ awk '{printf \"%d\",$1*1000}' /proc/uptime; }; i(){ awk '/^cpu /{print($5+$6)*10}' /proc/stat; }; m(){ a=$(t);b=$(i); eval \"$2\"; echo $1=$(($(t)-a)) idle=$(($(i)-b)); }";
   return [head, ...ws.map((w) => `m ${w.name} '${w.cmd}'`)].join("; ");
 }
 
 /** A fully allocated file (not sparse, so neither side gets the cheap hole path). */
 export function makeBlkDisk(dir: string): string {
   const disk = path.join(dir, "disk.raw");
-  execFileSync("dd", ["if=/dev/urandom", `of=${disk}`, "bs=1M", `count=${BLK_DISK_MIB}`, "status=none"]);
+  // conv=fsync: its writeback would otherwise run during the first run (ours or qsd, whichever goes first).
+  execFileSync("dd", ["if=/dev/urandom", `of=${disk}`, "bs=1M", `count=${BLK_DISK_MIB}`, "conv=fsync", "status=none"]);
   return disk;
 }
 

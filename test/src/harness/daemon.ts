@@ -28,6 +28,8 @@ export interface DaemonOptions {
   wrap?: string[];
   /** How long to wait for its first RPC answer (default 15 s; longer under valgrind). */
   startTimeoutMs?: number;
+  /** Node options for both daemons, e.g. --cpu-prof (not allowed in NODE_OPTIONS). */
+  nodeArgs?: string[];
 }
 
 export class Daemon {
@@ -50,7 +52,7 @@ export class Daemon {
   static async start(opts: DaemonOptions = {}): Promise<Daemon> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-test-"));
     const d = new Daemon(dir, path.join(dir, "run"), path.join(dir, "state"));
-    if (opts.ha) await d.startKeeper(opts.env);
+    if (opts.ha) await d.startKeeper(opts.env, opts.nodeArgs);
     try {
       await d.launch(opts);
     } catch (e) {
@@ -66,9 +68,9 @@ export class Daemon {
   }
 
   /** Starts the keeper and waits until its inspection socket answers (it restored its replica by then). */
-  async startKeeper(env?: NodeJS.ProcessEnv): Promise<void> {
+  async startKeeper(env?: NodeJS.ProcessEnv, nodeArgs: string[] = []): Promise<void> {
     const out = fs.openSync(this.keeperLogFile, "a");
-    const k = spawn(process.execPath, [keeperBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug"], { stdio: ["ignore", out, out], env: { ...process.env, ...env } });
+    const k = spawn(process.execPath, [...nodeArgs, keeperBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug"], { stdio: ["ignore", out, out], env: { ...process.env, ...env } });
     fs.closeSync(out);
     this.keeper = k;
     const deadline = Date.now() + 15_000;
@@ -131,7 +133,7 @@ export class Daemon {
 
   async launch(opts: DaemonOptions = {}): Promise<void> {
     this.lastOpts = opts;
-    const args = [vhostdBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug", ...(opts.server ? ["--server"] : []), ...(opts.ha ? ["--ha"] : []), ...(opts.args ?? [])];
+    const args = [...(opts.nodeArgs ?? []), vhostdBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug", ...(opts.server ? ["--server"] : []), ...(opts.ha ? ["--ha"] : []), ...(opts.args ?? [])];
     const out = fs.openSync(this.logFile, "a");
     const [cmd, ...pre] = [...(opts.wrap ?? []), process.execPath];
     this.proc = spawn(cmd, [...pre, ...args], { stdio: ["ignore", out, out], env: { ...process.env, ...opts.env } });
