@@ -23,7 +23,7 @@ test.serial("drill --migrate: four hops with vfe-vhostd killed during pre-copy a
     );
   });
   t.log(r.stderr.trim());
-  t.is(r.code, 0, r.stderr);
+  t.is(r.code, 0, `${r.stderr}\n${r.stdout.slice(-6000)}`);
   const rep = JSON.parse(r.stdout);
   t.is(rep.mode, "migrate");
   if (!rep.ok) t.log(JSON.stringify(rep.hops, null, 1));

@@ -76,6 +76,9 @@ export async function runDrillCommand(argv: string[], global: GlobalOptions, out
   }
   if (report.mode === "fresh" && report.dir) err(`drill: kept ${report.dir} (daemon logs: vfe-vhostd.log, vfe-vhostd-ha.log)\n`);
   if (report.mode === "migrate" && report.dirs) err(`drill: kept ${report.dirs.join(", ")} (guest logs, disk; each pair's daemon logs)\n`);
+  // With --json the verdict is in the report; say it on stderr too, where an operator (and a
+  // test that failed on the exit status) looks first.
+  if (o.json && !report.ok && "broken" in report) err(`drill: BROKEN: ${(report.broken as string[]).join("; ")}\n`);
   if (o.json) out(JSON.stringify(report, null, 2) + "\n");
   else out(report.mode === "fresh" ? renderFreshTable(report) : report.mode === "migrate" ? renderMigrateTable(report) : renderTargetTable(report));
   return report.ok ? EXIT_KEPT : EXIT_BROKEN;
