@@ -84,7 +84,7 @@ function control(pid: number, flag: "-z" | "-d"): void {
  * Format: `fn=`/`cfn=` name a function (`(id) name` once, `(id)` after); a cost line is
  * "position Ir"; the line after `calls=` is the inclusive cost of that call, not self cost.
  */
-export function readDump(file: string): { total: number; top: Array<{ fn: string; ir: number }> } {
+function readDump(file: string): { total: number; top: Array<{ fn: string; ir: number }> } {
   const names = new Map<string, string>();
   const self = new Map<string, number>();
   let total = NaN, fn = "?", afterCalls = false;

@@ -211,8 +211,8 @@ export class MirrorHolder {
    * A killed keeper's datapath stops at once, but its fds (this connection's EOF) close only
    * after the kernel has torn its memory down, which can take seconds. So we also watch its
    * threads: once every one of them is exiting, we take over without waiting for the EOF.
+   * The probe runs on a native thread (cc/exit_probe.cc); JS hears once, through an eventfd.
    */
-  /** Probes the connected keeper on a native thread (cc/exit_probe.cc); JS hears once, through an eventfd. */
   private watchExit(conn: FramedFdConnection<MirrorFrame>, pid: number): void {
     this.stopExitWatch();
     const probe = new native.ExitProbe(pid, EXIT_PROBE_MS);
