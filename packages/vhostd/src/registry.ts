@@ -3,9 +3,13 @@
 // carrying the vfe errno; every change is one log line and one "change" event.
 //
 // Journal before acknowledging. With a journal, every change is durable in it before the
-// promise resolves (and so before the RPC reply is sent). Changes are serialized, and the
-// order inside each one is chosen so that a kill -9 between any two steps leaves a journal
-// that describes a consistent state (no VF without its PF; an add either fully there or not):
+// promise resolves (and so before the RPC reply is sent). Changes are serialized, except that
+// VF adds overlap each other: an add checks and reserves its devId, socket, MAC and disk in
+// turn with every other change, then opens and journals while the next add is checked (each
+// add waits on a round trip to the keeper and an fdatasync, mostly idle time). Every other
+// change waits until no add is in flight. The order inside each change is chosen so that a
+// kill -9 between any two steps leaves a journal that describes a consistent state (no VF
+// without its PF; an add either fully there or not):
 //
 //   mgmtpf -a: validate -> host.addPf -> journal pf/ -> books -> reply
 //              (journal fails: host.removePf, answer EIO; killed before the commit: the PF
@@ -153,6 +157,9 @@ export class Registry extends EventEmitter {
   private readonly log: Logger;
   private readonly reserved: Set<string>;
   private lock: Promise<unknown> = Promise.resolve();
+  /** VF adds past their checks, opening and journaling: dev -> spec (its devId, socket, MAC, disk are taken). */
+  private readonly adding = new Map<string, VfSpec>();
+  private readonly addsInFlight = new Set<Promise<unknown>>();
   private closing = false;
   private readonly journal: RegistryJournal | undefined;
   /** VFs restored from the journal whose session could not be opened: dev -> why. */
@@ -170,14 +177,23 @@ export class Registry extends EventEmitter {
     this.journal = opts.journal;
   }
 
-  /** Runs `fn` after every earlier change finished (changes never interleave). */
-  private serial<T>(fn: () => T | Promise<T>): Promise<T> {
-    const run = this.lock.then(() => {
+  /**
+   * Runs `fn` after every earlier change finished, including every VF add in flight, so
+   * changes never interleave. `addsMayRun`: only the earlier changes' serial parts (a VF
+   * add's checks and reservation).
+   */
+  private serial<T>(fn: () => T | Promise<T>, addsMayRun = false): Promise<T> {
+    const run = this.lock.then(async () => {
+      if (!addsMayRun) await this.addsSettled();
       if (this.closing) throw new VfeError(VhostdErr.SHUTTING_DOWN);
       return fn();
     });
     this.lock = run.catch(() => undefined);
     return run;
+  }
+
+  private async addsSettled(): Promise<void> {
+    while (this.addsInFlight.size > 0) await Promise.allSettled([...this.addsInFlight]);
   }
 
   /* ---------------------------------- PFs ----------------------------------------- */
@@ -251,9 +267,24 @@ export class Registry extends EventEmitter {
 
   /* ---------------------------------- VFs ----------------------------------------- */
 
-  addVf(request: AddVfRequest): Promise<VfSpec> {
+  async addVf(request: AddVfRequest): Promise<VfSpec> {
+    // In flight from the moment its reservation is made, in the same turn: a change queued
+    // behind this one sees it and waits.
+    const { done } = await this.serial(() => {
+      const r = this.reserveVf(request);
+      const p = this.completeAdd(r.spec, r.diskCreated);
+      this.addsInFlight.add(p);
+      const untrack = () => this.addsInFlight.delete(p);
+      p.then(untrack, untrack);
+      return { done: p }; // wrapped: the serial part ends here, not when the add does
+    }, true);
+    return done;
+  }
+
+  /** A VF add's checks; on success its devId, socket, MAC and disk are taken (`adding`). */
+  private reserveVf(request: AddVfRequest): { spec: VfSpec; diskCreated: boolean } {
     let req = request;
-    return this.serial(async () => {
+    {
       const dev = canonical(req.vfdev, "VF");
       const where = this.inv.vf(dev);
       if (!where) {
@@ -263,6 +294,7 @@ export class Registry extends EventEmitter {
       const pf = this.pfs.get(where.pf.dev);
       if (!pf) throw new VfeError(VfeErr.NO_PF_DEVICE, `PF ${where.pf.dev} of ${dev} is not added (mgmtpf -a ${where.pf.dev})`);
       if (this.vfs.has(dev)) throw new VfeError(VfeErr.ADD_VF_ALREADY_ADD, `${dev} is already added`);
+      if (this.adding.has(dev)) throw new VfeError(VfeErr.ADD_VF_ALREADY_ADD, `${dev} is being added`);
       const info = pf.info;
 
       // Parameters.
@@ -301,7 +333,7 @@ export class Registry extends EventEmitter {
         mac = m;
       }
       if (info.type === "net") {
-        for (const other of this.vfs.values()) {
+        for (const other of this.vfsAndAdding()) {
           if (other.kind === "net" && other.mac === mac) throw new VfeError(LinuxErrno.EEXIST, `MAC ${mac} is used by VF ${other.dev}`);
         }
       }
@@ -323,14 +355,14 @@ export class Registry extends EventEmitter {
         }
         for (const f of ["readonly", "direct"] as const) if (req[f] !== undefined && typeof req[f] !== "boolean") throw einval(`${f}: must be a boolean`);
         if (req.disk !== DISK_NULL) {
-          for (const other of this.vfs.values()) {
+          for (const other of this.vfsAndAdding()) {
             if (other.disk?.path === req.disk) throw new VfeError(LinuxErrno.EEXIST, `disk ${req.disk} is used by VF ${other.dev}`);
           }
         }
       }
 
-      if (this.vfs.size >= MAX_LIVE_VFS) throw new VfeError(VfeErr.ADD_VF_EXCEED_VPORT_LIMIT, `at most ${MAX_LIVE_VFS} VFs`);
-      const devId = this.lowestFree(new Set([...this.vfs.values()].map((v) => v.devId)));
+      if (this.vfs.size + this.adding.size >= MAX_LIVE_VFS) throw new VfeError(VfeErr.ADD_VF_EXCEED_VPORT_LIMIT, `at most ${MAX_LIVE_VFS} VFs`);
+      const devId = this.lowestFree(new Set([...this.vfsAndAdding()].map((v) => v.devId)));
       // Last check before anything changes on disk: a missing backing file is created here.
       const disk =
         info.type === "blk"
@@ -352,32 +384,50 @@ export class Registry extends EventEmitter {
         queuePairs,
         ...(disk ? { disk: disk.spec } : {}),
       };
-      try {
-        await this.host.open(spec);
-      } catch (e) {
-        this.log.warn({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} could not be opened`);
-        if (disk?.created) fs.rmSync(disk.spec.path, { force: true }); // never acknowledged: leave nothing behind
-        throw this.hostError(e, VhostdErr.SESSION_START);
-      }
-      try {
-        await this.journal?.putVf(vfRecord(spec));
-      } catch (e) {
-        this.log.error({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} not added: journal write failed; closing its session`);
-        await this.host.close(dev).catch(() => undefined);
-        if (disk?.created) fs.rmSync(disk.spec.path, { force: true });
-        throw journalFailure(e);
-      }
-      this.unrestoredVfs.delete(dev);
-      this.vfs.set(dev, spec);
+      this.adding.set(dev, spec);
       this.sockets.set(socketPath, dev);
-      pf.vfs.add(dev);
-      this.log.info(
-        { event: "vf_added", vf: dev, pf: info.dev, socket: socketPath, mode, devId, switchId: pf.switchId, mac, mtu, queuePairs, uuid, ...(disk ? { disk: disk.spec } : {}) },
-        `VF ${dev} added on ${socketPath} (${mode})`,
-      );
-      this.emit("change", { op: "vf_added", spec } satisfies RegistryEvent);
-      return spec;
-    });
+      return { spec, diskCreated: disk?.created ?? false };
+    }
+  }
+
+  /** A reserved VF add: open its session, journal it, book it; on failure nothing is left. */
+  private async completeAdd(spec: VfSpec, diskCreated: boolean): Promise<VfSpec> {
+    const { dev, socketPath, mode } = spec;
+    const giveUp = () => {
+      this.adding.delete(dev);
+      this.sockets.delete(socketPath);
+      if (diskCreated) fs.rmSync(spec.disk!.path, { force: true }); // never acknowledged: leave nothing behind
+    };
+    try {
+      await this.host.open(spec);
+    } catch (e) {
+      this.log.warn({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} could not be opened`);
+      giveUp();
+      throw this.hostError(e, VhostdErr.SESSION_START);
+    }
+    try {
+      await this.journal?.putVf(vfRecord(spec));
+    } catch (e) {
+      this.log.error({ vf: dev, socket: socketPath, err: (e as Error).message }, `VF ${dev} not added: journal write failed; closing its session`);
+      await this.host.close(dev).catch(() => undefined);
+      giveUp();
+      throw journalFailure(e);
+    }
+    this.adding.delete(dev);
+    this.unrestoredVfs.delete(dev);
+    this.vfs.set(dev, spec);
+    this.pfs.get(spec.pf)!.vfs.add(dev); // a PF is not removed while an add is in flight
+    this.log.info(
+      { event: "vf_added", vf: dev, pf: spec.pf, socket: socketPath, mode, devId: spec.devId, switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, queuePairs: spec.queuePairs, uuid: spec.uuid, ...(spec.disk ? { disk: spec.disk } : {}) },
+      `VF ${dev} added on ${socketPath} (${mode})`,
+    );
+    this.emit("change", { op: "vf_added", spec } satisfies RegistryEvent);
+    return spec;
+  }
+
+  private *vfsAndAdding(): Iterable<VfSpec> {
+    yield* this.vfs.values();
+    yield* this.adding.values();
   }
 
   removeVf(vfdev: string): Promise<void> {
@@ -594,6 +644,7 @@ export class Registry extends EventEmitter {
   /** Closes every session (daemon shutdown); further changes are refused. */
   async shutdown(): Promise<void> {
     await this.lock;
+    await this.addsSettled();
     this.closing = true;
     this.log.info({ event: "shutdown", vfs: this.vfs.size, pfs: this.pfs.size }, "registry shutting down");
     await this.host.shutdown();

@@ -7,7 +7,9 @@ import { Writable } from "node:stream";
 import { VfeError } from "@vhostd/proto";
 import { ConfigError, DEFAULT_CONFIG, loadConfig, parseConfig } from "../src/config.js";
 import { Inventory, deriveMac } from "../src/inventory.js";
+import { Journal } from "../src/journal.js";
 import { Registry, type RegistryEvent } from "../src/registry.js";
+import type { VfSpec } from "../src/vf_host.js";
 import { FakeHost } from "./registry_fake_host.js";
 
 function setup() {
@@ -185,4 +187,66 @@ test("changes are serialized and refused after shutdown", async (t) => {
   await reg.shutdown();
   t.true(host.shut);
   await errno(t, reg.addVf({ vfdev: "0000:af:06.5" }), -1101);
+});
+
+/** A host whose open takes a while (a keeper round trip), counting how many overlap. */
+class SlowHost extends FakeHost {
+  inFlight = 0;
+  maxInFlight = 0;
+  failDevs = new Set<string>();
+  override async open(vf: VfSpec): Promise<void> {
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    await new Promise((r) => setTimeout(r, 5));
+    this.inFlight--;
+    if (this.failDevs.has(vf.dev)) throw new Error(`refused ${vf.dev}`);
+    this.open_.push(vf);
+  }
+}
+
+test("VF adds overlap: checks and reservations stay exclusive, every add journaled, other changes wait for them", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-reg-"));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const j = Journal.open(path.join(dir, "journal"));
+  const host = new SlowHost();
+  const inv = new Inventory(loadConfig());
+  const reg = new Registry({ inventory: inv, host, log: pino({ level: "silent" }), defaultMode: "client", iface: "/tmp/vf-", journal: j });
+  const PF = "0000:af:00.2";
+  await reg.addPf(PF);
+  const vf = (i: number) => inv.vfAddress(PF, i)!;
+  host.failDevs.add(vf(3));
+  const adds = [
+    ...Array.from({ length: 24 }, (_, i) => reg.addVf({ vfdev: vf(i), socket_file: path.join(dir, `v${i}.sock`) })),
+    reg.addVf({ vfdev: vf(0), socket_file: path.join(dir, "again.sock") }), // same VF, in flight
+    reg.addVf({ vfdev: vf(30), socket_file: path.join(dir, "v1.sock") }), // a socket taken by an add in flight
+    reg.addVf({ vfdev: vf(31), socket_file: path.join(dir, "v31.sock"), mac: inv.defaultMac(vf(2)) }), // a MAC taken likewise
+    reg.addVf({ vfdev: vf(32), socket_file: path.join(dir, "v3.sock") }), // v3.sock: its add fails, but only later
+  ];
+  const removal = reg.removeVf(vf(5)); // queued behind adds in flight: waits for them, then finds the VF
+  const r = await Promise.allSettled(adds);
+  await removal;
+  const failed = r.map((x, i) => (x.status === "rejected" ? [i, (x.reason as VfeError).errno] : undefined)).filter(Boolean);
+  t.deepEqual(failed, [
+    [3, -1100],
+    [24, -1014],
+    [25, -1038],
+    [26, -17],
+    [27, -1038],
+  ]);
+  t.true(host.maxInFlight > 4, `adds overlapped (at most ${host.maxInFlight} opens at once)`);
+  const specs = reg.allVfs();
+  t.is(specs.length, 22);
+  t.is(new Set(specs.map((s) => s.devId)).size, 22, "devIds unique");
+  t.is(new Set(specs.map((s) => s.socketPath)).size, 22);
+  t.deepEqual(
+    j.read().vfs.map((v) => v.dev).sort(),
+    specs.map((s) => s.dev).sort(),
+    "the journal holds exactly the VFs that were acknowledged",
+  );
+  t.false(specs.some((s) => s.dev === vf(5)));
+  // The failed add freed its socket: taken again now.
+  await reg.addVf({ vfdev: vf(40), socket_file: path.join(dir, "v3.sock") });
+  await errno(t, reg.removePf(PF), -1013);
+  await reg.shutdown();
+  await j.close();
 });
