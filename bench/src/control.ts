@@ -63,7 +63,7 @@ async function listCount(d: Daemon): Promise<number> {
 }
 
 export async function controlRun(n: number, idleMs: number): Promise<ControlResult> {
-  const d = await Daemon.start({ ha: true });
+  const d = await Daemon.start({ ha: true, logLevel: "info" });
   try {
     await rpc(d, "mgmtpf", { add: true, dev: PF });
     const t0 = performance.now();

@@ -120,7 +120,7 @@ export async function instrRun(impl: InstrImpl, size: number, windowMs: number):
   let ok = false;
   try {
     if (impl === "ours") {
-      d = await Daemon.start({ args: ["--log-level", "info"], wrap: callgrind(out, impl), startTimeoutMs: 180_000 });
+      d = await Daemon.start({ logLevel: "info", wrap: callgrind(out, impl), startTimeoutMs: 180_000 });
       pin(d.proc!.pid!, String(BE_CPU));
       await d.ok(["mgmtpf", "-a", PF]);
     }

@@ -140,7 +140,7 @@ for (const sig of ["SIGINT", "SIGTERM"] as const)
   });
 
 async function startOurs(env?: NodeJS.ProcessEnv): Promise<Daemon> {
-  const d = await Daemon.start({ args: ["--log-level", "info"], env });
+  const d = await Daemon.start({ logLevel: "info", env });
   daemons.add(d);
   pin(d.proc!.pid!, String(BE_CPU));
   await d.ok(["mgmtpf", "-a", PF]);
@@ -522,7 +522,7 @@ async function main(): Promise<void> {
   const loads = [...allNet.map((x) => x.load), ...idle.map((x) => x.load)];
   const netNotes = rows.length > 0 || idle.length > 0 || latency.length > 0;
   const notes = [
-    ...(control.length ? [`- Control plane: \`Daemon.start({ ha: true })\` (keeper + vfe-vhostd --ha, debug logging), ${control[0]!.vfs} server-mode VFs without front-ends added by sequential RPC calls, removed again one by one, and added again by ${ADD_CLIENTS} RPC clients at once (each takes the next VF); idle CPU is both daemons' utime+stime over ${o.quick ? 2 : 10} s; restore and take-back times include starting the process.`] : []),
+    ...(control.length ? [`- Control plane: \`Daemon.start({ ha: true })\` (keeper + vfe-vhostd --ha, info logging as installed), ${control[0]!.vfs} server-mode VFs without front-ends added by sequential RPC calls, removed again one by one, and added again by ${ADD_CLIENTS} RPC clients at once (each takes the next VF); idle CPU is both daemons' utime+stime over ${o.quick ? 2 : 10} s; restore and take-back times include starting the process.`] : []),
     ...(blk.length ? [blkNotes(blk)] : []),
     ...(latency.length ? [`- Latency: the project's front-end driver on both ports (it listens, the back-end connects; its thread on CPU ${FE_CPU}, back-ends pinned as below); our engine busy-polls 200 µs after its last work before it sleeps on the kick eventfds (at ${LAT_PPS} pps a frame comes every 1000 µs, so each one wakes it), or ${LAT_POLL_US} µs with VHOSTD_POLL_US=${LAT_POLL_US} (it never sleeps at this rate: DPDK's way, a whole core); every frame carries its CLOCK_MONOTONIC send time, taken per burst, and the receiving port takes the time when it finds the frame in its used ring, so the figure includes both back-ends' reaction to a kick and the driver's wake-up on the call eventfd. Percentiles from 1 µs buckets over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up.`] : []),
     ...(netNotes ? [] : failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),

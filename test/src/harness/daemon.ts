@@ -30,6 +30,8 @@ export interface DaemonOptions {
   startTimeoutMs?: number;
   /** Node options for both daemons, e.g. --cpu-prof (not allowed in NODE_OPTIONS). */
   nodeArgs?: string[];
+  /** Both daemons' --log-level (default debug: tests read the logs; benchmarks run info, as installed). */
+  logLevel?: "debug" | "info";
 }
 
 export class Daemon {
@@ -39,6 +41,7 @@ export class Daemon {
   readonly logFile: string;
   readonly keeperLogFile: string;
   private lastOpts: DaemonOptions = {};
+  private logLevel: "debug" | "info" = "debug";
 
   private constructor(
     readonly dir: string,
@@ -52,6 +55,7 @@ export class Daemon {
   static async start(opts: DaemonOptions = {}): Promise<Daemon> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-test-"));
     const d = new Daemon(dir, path.join(dir, "run"), path.join(dir, "state"));
+    d.logLevel = opts.logLevel ?? "debug";
     if (opts.ha) await d.startKeeper(opts.env, opts.nodeArgs);
     try {
       await d.launch(opts);
@@ -70,7 +74,7 @@ export class Daemon {
   /** Starts the keeper and waits until its inspection socket answers (it restored its replica by then). */
   async startKeeper(env?: NodeJS.ProcessEnv, nodeArgs: string[] = []): Promise<void> {
     const out = fs.openSync(this.keeperLogFile, "a");
-    const k = spawn(process.execPath, [...nodeArgs, keeperBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug"], { stdio: ["ignore", out, out], env: { ...process.env, ...env } });
+    const k = spawn(process.execPath, [...nodeArgs, keeperBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", this.logLevel], { stdio: ["ignore", out, out], env: { ...process.env, ...env } });
     fs.closeSync(out);
     this.keeper = k;
     const deadline = Date.now() + 15_000;
@@ -133,7 +137,7 @@ export class Daemon {
 
   async launch(opts: DaemonOptions = {}): Promise<void> {
     this.lastOpts = opts;
-    const args = [...(opts.nodeArgs ?? []), vhostdBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", "debug", ...(opts.server ? ["--server"] : []), ...(opts.ha ? ["--ha"] : []), ...(opts.args ?? [])];
+    const args = [...(opts.nodeArgs ?? []), vhostdBin, "--run-dir", this.runDir, "--state-dir", this.stateDir, "--log-level", this.logLevel, ...(opts.server ? ["--server"] : []), ...(opts.ha ? ["--ha"] : []), ...(opts.args ?? [])];
     const out = fs.openSync(this.logFile, "a");
     const [cmd, ...pre] = [...(opts.wrap ?? []), process.execPath];
     this.proc = spawn(cmd, [...pre, ...args], { stdio: ["ignore", out, out], env: { ...process.env, ...opts.env } });
