@@ -1,17 +1,20 @@
-// JS glue of the front-end driver (DriverDevice in native.ts) plus two test-support
-// functions for the frame format (_buildFrame, _checkFrame). Argument checking lives here;
-// driver_device.cc trusts what it gets.
+// JS glue of the front-end drivers (DriverDevice and BlkDriver in native.ts) plus two
+// test-support functions for the frame format (_buildFrame, _checkFrame). Argument checking
+// lives here; driver_device.cc and driver_blk.cc trust what they get.
 #include <napi.h>
 
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 
+#include "driver_blk.h"
 #include "driver_device.h"
 #include "test_frame.h"
 
 namespace {
 
+using vhd::drv::BlkDriver;
 using vhd::drv::DriverDevice;
 
 [[noreturn]] void ThrowType(Napi::Env env, const std::string& msg) {
@@ -242,6 +245,160 @@ class DriverDeviceWrap : public Napi::ObjectWrap<DriverDeviceWrap> {
   std::unique_ptr<DriverDevice> dev_;
 };
 
+class BlkDriverWrap : public Napi::ObjectWrap<BlkDriverWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "BlkDriver",
+                       {
+                           InstanceAccessor<&BlkDriverWrap::MemFd>("memFd"),
+                           InstanceAccessor<&BlkDriverWrap::MemSize>("memSize"),
+                           InstanceAccessor<&BlkDriverWrap::MemAddr>("memAddr"),
+                           InstanceAccessor<&BlkDriverWrap::MaxQueueDepth>("maxQueueDepth"),
+                           InstanceMethod<&BlkDriverWrap::Ring>("ring"),
+                           InstanceMethod<&BlkDriverWrap::ResetRings>("resetRings"),
+                           InstanceMethod<&BlkDriverWrap::StartLoad>("startLoad"),
+                           InstanceMethod<&BlkDriverWrap::StopLoad>("stopLoad"),
+                           InstanceMethod<&BlkDriverWrap::ClearStats>("clearStats"),
+                           InstanceMethod<&BlkDriverWrap::Stats>("stats"),
+                           InstanceMethod<&BlkDriverWrap::Request>("request"),
+                           InstanceMethod<&BlkDriverWrap::Close>("close"),
+                       });
+  }
+
+  explicit BlkDriverWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BlkDriverWrap>(info) {
+    Napi::Env env = info.Env();
+    BlkDriver::Options o;
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      Napi::Object opts = ObjectArg(env, info[0], "options");
+      o.queueSize = uint32_t(OptInt(env, opts, "queueSize", 128, 4, 32768));
+      if (o.queueSize & (o.queueSize - 1)) ThrowRange(env, "queueSize must be a power of two");
+      o.memSize = uint64_t(OptInt(env, opts, "memSize", 0, 0, double(1ull << 40)));
+      if (o.memSize % 4096) ThrowRange(env, "memSize must be a multiple of 4096");
+    }
+    uint64_t need = BlkDriver::RequiredMemory(o.queueSize);
+    if (o.memSize && o.memSize < need)
+      ThrowRange(env, "memSize must be at least " + std::to_string(need) + " for a queue of size " + std::to_string(o.queueSize));
+    std::string err;
+    dev_ = BlkDriver::Create(o, &err);
+    if (!dev_) throw Napi::Error::New(env, "BlkDriver: " + err);
+  }
+
+ private:
+  BlkDriver& Dev(Napi::Env env) {
+    if (!dev_) throw Napi::Error::New(env, "BlkDriver is closed");
+    return *dev_;
+  }
+
+  Napi::Value MemFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), Dev(info.Env()).memFd()); }
+  Napi::Value MemSize(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), double(Dev(info.Env()).memSize()));
+  }
+  Napi::Value MemAddr(const Napi::CallbackInfo& info) {
+    return Napi::BigInt::New(info.Env(), Dev(info.Env()).memAddr());
+  }
+  Napi::Value MaxQueueDepth(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), BlkDriver::MaxQueueDepth(Dev(info.Env()).queueSize()));
+  }
+
+  Napi::Value Ring(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BlkDriver& d = Dev(env);
+    IntArg(env, info[0], "queue", 0, 0);  // one request queue
+    vhd::drv::BlkDriverRingInfo r = d.Ring();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("desc", Napi::BigInt::New(env, r.desc));
+    o.Set("avail", Napi::BigInt::New(env, r.avail));
+    o.Set("used", Napi::BigInt::New(env, r.used));
+    o.Set("kickFd", Napi::Number::New(env, r.kickFd));
+    o.Set("callFd", Napi::Number::New(env, r.callFd));
+    return o;
+  }
+
+  Napi::Value ResetRings(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Dev(env).ResetRings(BigIntArg(env, info[0], "features"));
+    return env.Undefined();
+  }
+
+  Napi::Value StartLoad(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BlkDriver& d = Dev(env);
+    Napi::Object o = ObjectArg(env, info[0], "options");
+    vhd::drv::BlkLoadConfig c;
+    c.queueDepth = uint32_t(IntArg(env, o.Get("queueDepth"), "queueDepth", 1, BlkDriver::MaxQueueDepth(d.queueSize())));
+    c.writePercent = uint32_t(IntArg(env, o.Get("writePercent"), "writePercent", 0, 100));
+    c.sectors = uint64_t(IntArg(env, o.Get("sectors"), "sectors", vhd::drv::kBlkSectorsPerBlock, 9007199254740991.0));
+    c.seed = uint64_t(OptInt(env, o, "seed", 1, 0, 9007199254740991.0));
+    std::string err;
+    if (!d.StartLoad(c, &err)) throw Napi::Error::New(env, "startLoad: " + err);
+    return env.Undefined();
+  }
+  Napi::Value StopLoad(const Napi::CallbackInfo& info) {
+    Dev(info.Env()).StopLoad();
+    return info.Env().Undefined();
+  }
+  Napi::Value ClearStats(const Napi::CallbackInfo& info) {
+    Dev(info.Env()).ClearStats();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    vhd::drv::BlkStatsC s = Dev(env).Stats();
+    Napi::Object o = Napi::Object::New(env);
+    auto put = [&](const char* k, uint64_t v) { o.Set(k, Napi::Number::New(env, double(v))); };
+    auto us = [&](const char* k, uint64_t ns) { o.Set(k, Napi::Number::New(env, double(ns) / 1000.0)); };
+    put("submitted", s.submitted);
+    put("completed", s.completed);
+    put("reads", s.reads);
+    put("writes", s.writes);
+    put("errors", s.errors);
+    put("ringErrors", s.ringErrors);
+    put("inFlight", s.inFlight);
+    o.Set("running", Napi::Boolean::New(env, s.running));
+    o.Set("broken", Napi::Boolean::New(env, s.broken));
+    put("latencyCount", s.latCount);
+    us("p50Us", s.p50Ns);
+    us("p99Us", s.p99Ns);
+    us("maxUs", s.maxNs);
+    return o;
+  }
+
+  Napi::Value Request(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BlkDriver& d = Dev(env);
+    if (!info[0].IsString()) ThrowType(env, "type must be \"read\" or \"write\"");
+    std::string type = info[0].As<Napi::String>().Utf8Value();
+    if (type != "read" && type != "write") ThrowType(env, "type must be \"read\" or \"write\"");
+    uint64_t sector = uint64_t(IntArg(env, info[1], "sector", 0, 9007199254740991.0));
+    auto out = Napi::Buffer<uint8_t>::New(env, vhd::drv::kBlkBlockSize);
+    if (type == "write") {
+      if (!info[2].IsBuffer()) ThrowType(env, "data must be a Buffer of 4096 bytes");
+      auto in = info[2].As<Napi::Buffer<uint8_t>>();
+      if (in.Length() != vhd::drv::kBlkBlockSize) ThrowRange(env, "data must be a Buffer of 4096 bytes");
+      std::memcpy(out.Data(), in.Data(), vhd::drv::kBlkBlockSize);
+    } else if (info.Length() > 2 && !info[2].IsUndefined()) {
+      ThrowType(env, "a read takes no data");
+    }
+    uint32_t timeoutMs = 5000;
+    if (info.Length() > 3 && !info[3].IsUndefined()) timeoutMs = uint32_t(IntArg(env, info[3], "timeoutMs", 1, 600000));
+    std::string err;
+    int status = d.RunOne(type == "write" ? vhd::drv::kBlkTypeOut : vhd::drv::kBlkTypeIn, sector, out.Data(), timeoutMs, &err);
+    if (status < 0) throw Napi::Error::New(env, "request: " + err);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("status", Napi::Number::New(env, status));
+    o.Set("data", out);
+    return o;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    dev_.reset();  // stops the thread, closes fds, unmaps
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<BlkDriver> dev_;
+};
+
 Napi::Value BuildFrame(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = ObjectArg(env, info[0], "options");
@@ -278,6 +435,7 @@ Napi::Value CheckFrame(const Napi::CallbackInfo& info) {
 
 void InitDriver(Napi::Env env, Napi::Object exports) {
   exports.Set("DriverDevice", DriverDeviceWrap::Define(env));
+  exports.Set("BlkDriver", BlkDriverWrap::Define(env));
   exports.Set("_buildFrame", Napi::Function::New(env, BuildFrame, "_buildFrame"));
   exports.Set("_checkFrame", Napi::Function::New(env, CheckFrame, "_checkFrame"));
 }

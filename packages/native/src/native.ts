@@ -259,7 +259,8 @@ export interface DriverLatency {
   maxUs: number;
 }
 
-export interface NativeDriverDevice {
+/** What the vhost-user handshake (FrontendDriver) needs of a driver device: memory and rings. */
+export interface NativeDriverRings {
   readonly memFd: number;
   readonly memSize: number;
   /** Address of the memory in this process; used as both guest and user address (like virtio-user). */
@@ -267,6 +268,10 @@ export interface NativeDriverDevice {
   ring(queue: number): DriverRing;
   /** Lay out the rings again (indices back to 0) as after a fresh negotiation. */
   resetRings(features: bigint): void;
+  close(): void;
+}
+
+export interface NativeDriverDevice extends NativeDriverRings {
   startTx(pair: number, opts: TxOptions): void;
   stopTx(pair: number): void;
   startRx(pair: number): void;
@@ -278,6 +283,65 @@ export interface NativeDriverDevice {
   writeMem(addr: bigint, data: Buffer): void;
   readMem(addr: bigint, len: number): Buffer;
   close(): void;
+}
+
+export interface BlkDriverOptions {
+  /** Ring size, power of two, 4..32768 (default 128); at most queueSize / 3 requests in flight. */
+  queueSize?: number;
+  /** Bytes of memfd memory; default (0) the minimum for the ring and buffers. */
+  memSize?: number;
+}
+
+export interface BlkLoadOptions {
+  /** Requests kept in flight, 1..maxQueueDepth. */
+  queueDepth: number;
+  /** Share of writes, 0..100 (the rest are reads). */
+  writePercent: number;
+  /** 4 KiB requests go to random 4 KiB-aligned blocks of [0, sectors) (512-byte sectors, >= 8). */
+  sectors: number;
+  /** xorshift seed (default 1), for a repeatable sector sequence. */
+  seed?: number;
+}
+
+export interface BlkDriverStats {
+  submitted: number;
+  completed: number;
+  reads: number;
+  writes: number;
+  /** Completed requests whose status byte was not VIRTIO_BLK_S_OK (0). */
+  errors: number;
+  /** Back-end misbehaviour on the ring (used id not in flight, impossible used index). */
+  ringErrors: number;
+  inFlight: number;
+  running: boolean;
+  /** Unusable until the next handshake (resetRings): impossible used index or a timed-out request. */
+  broken: boolean;
+  /** Submit-to-completion latency since startLoad/clearStats: 1 µs buckets up to 65.5 ms, max exact. */
+  latencyCount: number;
+  p50Us: number;
+  p99Us: number;
+  maxUs: number;
+}
+
+/**
+ * The front-end driver as a virtio-blk load generator on one request queue (cc/driver_blk.h):
+ * a native thread keeps queueDepth 4 KiB requests in flight and busy-polls for completions.
+ */
+export interface NativeBlkDriver extends NativeDriverRings {
+  /** queueSize / 3: each request is a chain of three descriptors. */
+  readonly maxQueueDepth: number;
+  startLoad(opts: BlkLoadOptions): void;
+  /** Stops submitting; requests in flight still complete (watch stats().inFlight). */
+  stopLoad(): void;
+  /** Zeroes counters and latency (not inFlight): the start of a measurement window. */
+  clearStats(): void;
+  stats(): BlkDriverStats;
+  /**
+   * One 4 KiB request while no load runs, polled for on the calling (JS) thread for up to
+   * timeoutMs (default 5000): a write sends data (4096 bytes), a read returns it. status is the
+   * device's status byte (0 OK). Throws when it cannot be sent or does not complete in time.
+   */
+  request(type: "read" | "write", sector: number, data?: Buffer, timeoutMs?: number): { status: number; data: Buffer };
 }
 
 /* --------------------------------------------------------------------- the module itself */
@@ -341,6 +405,7 @@ export interface NativeModule {
   Engine: new (opts: EngineOptions, onEvent: (ev: EngineEvent) => void) => NativeEngine;
 
   DriverDevice: new (opts: DriverOptions) => NativeDriverDevice;
+  BlkDriver: new (opts?: BlkDriverOptions) => NativeBlkDriver;
 
   /* test support (driver frame format, cc/test_frame.cc) */
   _buildFrame(opts: { dstMac: string; srcMac: string; frameSize: number; streamId?: number; seq: number | bigint; txNs?: bigint }): Buffer;
