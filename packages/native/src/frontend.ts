@@ -1,7 +1,9 @@
 // The project's own vhost-user front-end: the VM (or DPDK virtio-user) side of the protocol
-// over a unix socket, driving a native DriverDevice (guest memory + rings + traffic thread).
+// over a unix socket, driving a native device (guest memory + rings + traffic thread): a
+// virtio-net DriverDevice by default, or another kind through open() (blk_frontend.ts).
 // Used by drills, benchmarks and tests; every message it sends is also available raw.
 import {
+  ConfigFlag,
   HEADER_SIZE,
   MESSAGES,
   MsgFlag,
@@ -16,7 +18,7 @@ import {
   requestName,
   type Header,
 } from "@vhostd/proto";
-import { native, type NativeDriverDevice } from "./native.js";
+import { native, type NativeDriverDevice, type NativeDriverRings } from "./native.js";
 
 export interface FrontendOptions {
   queuePairs?: number;
@@ -70,6 +72,33 @@ interface Pending {
 
 type Watcher = InstanceType<typeof native.FdWatcher>;
 
+/** The device a FrontendDriver sets up: what the handshake must know beyond the options. */
+export interface FrontendDevice<D extends NativeDriverRings> {
+  device: D;
+  /** Virtqueues to set up (net: 2 per queue pair). */
+  queues: number;
+  queueSize: number;
+  /** GET_QUEUE_NUM must answer at least this (net: queue pairs); 0 = do not ask. */
+  minQueueNum: number;
+  /** Used when the options give no wantFeatures / wantProtocolFeatures. */
+  wantFeatures: bigint;
+  wantProtocolFeatures: bigint;
+}
+
+/** The virtio-net DriverDevice of the options (the default device). */
+function netDevice(o: FrontendOptions): FrontendDevice<NativeDriverDevice> {
+  const queuePairs = o.queuePairs ?? 1;
+  const queueSize = o.queueSize ?? 256;
+  return {
+    device: new native.DriverDevice({ queuePairs, queueSize, memSize: o.memSize }),
+    queues: 2 * queuePairs,
+    queueSize,
+    minQueueNum: queuePairs > 1 ? queuePairs : 0,
+    wantFeatures: DEFAULT_WANT_FEATURES,
+    wantProtocolFeatures: DEFAULT_WANT_PROTOCOL_FEATURES,
+  };
+}
+
 /** ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK */
 const STATUS_DRIVER_OK = 0x1 | 0x2 | 0x8 | 0x4;
 
@@ -98,10 +127,13 @@ function checkOptions(o: FrontendOptions): void {
   }
 }
 
-export class FrontendDriver {
-  readonly device: NativeDriverDevice;
+export class FrontendDriver<D extends NativeDriverRings = NativeDriverDevice> {
+  readonly device: D;
   readonly mac: string;
+  /** net: queue pairs of the options (meaningless for other devices). */
   readonly queuePairs: number;
+  /** Virtqueues set up by handshake(). */
+  readonly queues: number;
   readonly queueSize: number;
   /** Negotiated virtio features (0 until handshake()). */
   features = 0n;
@@ -124,37 +156,48 @@ export class FrontendDriver {
   private isClosed = true;
   private shutDown = false;
 
+  private readonly spec: FrontendDevice<D>;
+
   private constructor(
     private readonly path: string,
     private readonly mode: "client" | "server",
     private readonly opts: FrontendOptions,
+    makeDevice: (o: FrontendOptions) => FrontendDevice<D>,
   ) {
     checkOptions(opts);
     this.queuePairs = opts.queuePairs ?? 1;
-    this.queueSize = opts.queueSize ?? 256;
     this.mac = (opts.mac ?? randomMac()).toLowerCase();
-    this.device = new native.DriverDevice({ queuePairs: this.queuePairs, queueSize: this.queueSize, memSize: opts.memSize });
+    this.spec = makeDevice(opts);
+    this.device = this.spec.device;
+    this.queues = this.spec.queues;
+    this.queueSize = this.spec.queueSize;
     this.newConnectionState();
     this.resolveClosed(); // no connection yet
   }
 
   /** Client: connects to a back-end listening on path, retrying until connectTimeoutMs. */
-  static async connect(path: string, opts: FrontendOptions = {}): Promise<FrontendDriver> {
-    const f = new FrontendDriver(path, "client", opts);
-    try {
-      await f.reconnect();
-    } catch (e) {
-      f.close();
-      throw e;
-    }
-    return f;
+  static connect(path: string, opts: FrontendOptions = {}): Promise<FrontendDriver> {
+    return FrontendDriver.open(path, "client", opts, netDevice);
   }
 
   /** Server: listens on path and resolves once a back-end connected (like QEMU server=on). */
-  static async listen(path: string, opts: FrontendOptions = {}): Promise<FrontendDriver> {
-    const f = new FrontendDriver(path, "server", opts);
+  static listen(path: string, opts: FrontendOptions = {}): Promise<FrontendDriver> {
+    return FrontendDriver.open(path, "server", opts, netDevice);
+  }
+
+  /**
+   * connect() (client) or listen() (server) with a device other than virtio-net; makeDevice
+   * runs after the options were checked and owns nothing until it returns.
+   */
+  static async open<D extends NativeDriverRings>(
+    path: string,
+    mode: "client" | "server",
+    opts: FrontendOptions,
+    makeDevice: (o: FrontendOptions) => FrontendDevice<D>,
+  ): Promise<FrontendDriver<D>> {
+    const f = new FrontendDriver<D>(path, mode, opts, makeDevice);
     try {
-      f.listenFd = native.unixListen(path, 4);
+      if (mode === "server") f.listenFd = native.unixListen(path, 4);
       await f.reconnect();
     } catch (e) {
       f.close();
@@ -287,6 +330,15 @@ export class FrontendDriver {
     if (v !== 0n) throw new Error(`${requestName(req)} rejected by the back-end (ack ${v === -1n ? `of ${r!.payload.length} bytes` : v})`);
   }
 
+  /** GET_CONFIG of [offset, offset+size) of the device config space (needs the CONFIG protocol feature). */
+  async getConfig(offset: number, size: number): Promise<Buffer> {
+    if (!hasFeature(this.protocolFeatures, ProtocolFeature.CONFIG)) throw new Error("GET_CONFIG needs the CONFIG protocol feature, not negotiated");
+    const r = await this.request(Req.GET_CONFIG, codec.config.encode({ offset, size, flags: ConfigFlag.FRONTEND, data: Buffer.alloc(size) }));
+    const c = codec.config.decode(r!.payload, "GET_CONFIG reply");
+    if (c.offset !== offset || c.size !== size) throw new Error(`GET_CONFIG reply is for ${c.offset}+${c.size}, asked ${offset}+${size}`);
+    return c.data;
+  }
+
   private async getU64(req: Req): Promise<bigint> {
     const r = await this.request(req);
     return codec.u64.decode(r!.payload, `${requestName(req)} reply`);
@@ -304,20 +356,21 @@ export class FrontendDriver {
     await this.request(Req.SET_OWNER);
     const offered = await this.getU64(Req.GET_FEATURES);
     this.offeredFeatures = offered;
-    const want = this.opts.wantFeatures ?? DEFAULT_WANT_FEATURES;
+    const want = this.opts.wantFeatures ?? this.spec.wantFeatures;
     const features = offered & want;
     let pf = 0n;
     if (hasFeature(features, F.VHOST_USER_PROTOCOL_FEATURES)) {
       const offeredPf = await this.getU64(Req.GET_PROTOCOL_FEATURES);
       this.offeredProtocolFeatures = offeredPf;
-      pf = offeredPf & (this.opts.wantProtocolFeatures ?? DEFAULT_WANT_PROTOCOL_FEATURES);
+      pf = offeredPf & (this.opts.wantProtocolFeatures ?? this.spec.wantProtocolFeatures);
       await this.request(Req.SET_PROTOCOL_FEATURES, codec.u64.encode(pf));
       this.protocolFeatures = pf; // REPLY_ACK applies from the next message on
     }
-    if (this.queuePairs > 1) {
-      if (!hasFeature(pf, ProtocolFeature.MQ)) throw new Error(`${this.queuePairs} queue pairs need the MQ protocol feature`);
+    const minQueueNum = this.spec.minQueueNum;
+    if (minQueueNum > 0) {
+      if (!hasFeature(pf, ProtocolFeature.MQ)) throw new Error(`${minQueueNum} queue pairs need the MQ protocol feature`);
       const n = await this.getU64(Req.GET_QUEUE_NUM);
-      if (n < BigInt(this.queuePairs)) throw new Error(`back-end offers ${n} queue pairs, ${this.queuePairs} wanted`);
+      if (n < BigInt(minQueueNum)) throw new Error(`back-end offers ${n} queue pairs, ${minQueueNum} wanted`);
     }
     await this.set(Req.SET_FEATURES, codec.u64.encode(features));
     this.features = features;
@@ -325,7 +378,7 @@ export class FrontendDriver {
     d.resetRings(features);
     const region = { guestAddr: d.memAddr, size: BigInt(d.memSize), userAddr: d.memAddr, mmapOffset: 0n };
     await this.set(Req.SET_MEM_TABLE, codec.memTable.encode([region]), [d.memFd]);
-    const nq = 2 * this.queuePairs;
+    const nq = this.queues;
     for (let q = 0; q < nq; q++) {
       const r = d.ring(q);
       await this.set(Req.SET_VRING_NUM, codec.vringState.encode({ index: q, num: this.queueSize }));
