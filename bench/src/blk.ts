@@ -3,11 +3,11 @@
 // (vhost-user-blk-pci, QEMU the vhost-user client of both) running the same dd workloads.
 // The guest runs under TCG (no KVM here), so absolute numbers are bounded by the emulated CPU;
 // the ratio is what counts.
-import { execFileSync, spawn } from "node:child_process";
-import fs from "node:fs";
+import { execFileSync } from "node:child_process";
 import path from "node:path";
-import { Daemon, sleep } from "../../test/dist/src/harness/daemon.js";
+import { Daemon } from "../../test/dist/src/harness/daemon.js";
 import { Guest, commandOutput, shellCmdArgs } from "../../test/dist/src/harness/qemu.js";
+import { Qsd } from "../../test/dist/src/harness/qsd.js";
 import { loadavg } from "./sys.js";
 
 const PF = "0000:af:00.3";
@@ -99,12 +99,27 @@ async function runGuest(socket: string, logFile: string, ws: Workload[]): Promis
   return r;
 }
 
-async function runOurs(disk: string, dir: string, ws: Workload[]): Promise<GuestTimes> {
+/**
+ * A standalone vfe-vhostd with our blk VF listening on `sock` (server mode) for `disk`; the
+ * caller stops it. onStarted sees the daemon before any VF exists (e.g. to pin it).
+ */
+export async function startOursBlk(disk: string, sock: string, onStarted: (d: Daemon) => void = () => {}): Promise<Daemon> {
   const d = await Daemon.start();
   try {
+    onStarted(d);
     await d.ok(["mgmtpf", "-a", PF]);
-    const sock = path.join(dir, "ours.sock");
     await d.ok(["vf", "-a", VF, "-v", sock, "--server", "--disk", disk]);
+  } catch (e) {
+    await d.stop();
+    throw e;
+  }
+  return d;
+}
+
+async function runOurs(disk: string, dir: string, ws: Workload[]): Promise<GuestTimes> {
+  const sock = path.join(dir, "ours.sock");
+  const d = await startOursBlk(disk, sock);
+  try {
     return await runGuest(sock, path.join(dir, "guest-ours.log"), ws);
   } finally {
     await d.stop();
@@ -113,22 +128,12 @@ async function runOurs(disk: string, dir: string, ws: Workload[]): Promise<Guest
 
 async function runQsd(disk: string, dir: string, ws: Workload[]): Promise<GuestTimes> {
   const sock = path.join(dir, "qsd.sock");
-  fs.rmSync(sock, { force: true });
-  const log = fs.openSync(path.join(dir, "qsd.log"), "a");
   // Page cache on both sides (ours opens the file without O_DIRECT unless --direct): cache.direct=off.
-  const qsd = spawn(
-    "qemu-storage-daemon",
-    ["--blockdev", `driver=file,node-name=f0,filename=${disk},cache.direct=off,aio=threads`, "--export", `type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=${sock},writable=on,num-queues=1`],
-    { stdio: ["ignore", log, log] },
-  );
+  const qsd = await Qsd.start({ disk, socket: sock, logFile: path.join(dir, "qsd.log") });
   try {
-    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await sleep(50);
-    if (!fs.existsSync(sock)) throw new Error("qemu-storage-daemon did not create its socket");
     return await runGuest(sock, path.join(dir, "guest-qsd.log"), ws);
   } finally {
-    qsd.kill("SIGTERM");
-    await new Promise((r) => qsd.once("exit", r));
-    fs.closeSync(log);
+    await qsd.stop();
   }
 }
 
