@@ -13,7 +13,8 @@ import { Daemon, sleep, waitFor } from "../../test/dist/src/harness/daemon.js";
 import { repoRoot } from "../../test/dist/src/harness/paths.js";
 import { FrontendDriver } from "../../packages/native/dist/src/index.js";
 import { Pmd, killAllPmds } from "./pmd.js";
-import { blkLine, blkNotes, blkRun, blkTable, makeBlkDisk, type BlkImpl, type BlkResult } from "./blk.js";
+import { BLK_DISK_MIB, blkLine, blkNotes, blkRun, blkTable, makeBlkDisk, type BlkImpl, type BlkResult } from "./blk.js";
+import { blkHostLine, blkHostNotes, blkHostRun, blkHostTable, warmPageCache, type BlkHostImpl, type BlkHostResult } from "./blk_host.js";
 import { ADD_CLIENTS, controlRun, controlTable, type ControlResult } from "./control.js";
 import { cpuSeconds, hostTimes, loadavg, machine, pin, rssMiB } from "./sys.js";
 import { instrRun, instrTable, valgrindMissing, type InstrResult } from "./instructions.js";
@@ -21,7 +22,7 @@ import { BE_CPU, BE_LCORES, FE_CPU, FE_LCORES, PF, VFS, beVdevs, feVdevs, mac } 
 
 type Impl = "ours" | "dpdk";
 type NetCase = "pvp" | "oneway";
-const CASES = ["pvp", "oneway", "latency", "idle", "control", "blk", "instr"] as const;
+const CASES = ["pvp", "oneway", "latency", "idle", "control", "blk", "blkhost", "instr"] as const;
 
 interface Opts {
   quick: boolean;
@@ -51,6 +52,8 @@ function usage(): never {
           vfe-vhostd, takeover after kill -9 of the keeper, keeper restart, idle CPU, RSS, journal
   blk     one QEMU guest's dd workloads (sequential 1 MiB, 4 KiB at QD 1 and 32, flush) on our
           blk VF and on qemu-storage-daemon's vhost-user-blk export of the same file
+  blkhost the project's driver (no guest) keeps 4 KiB random reads / writes in flight at QD 1
+          and 32 on our blk VF and on qemu-storage-daemon, same file: IOPS, latency, CPU/request
   instr   instructions per frame of each back-end's datapath, counted by callgrind (valgrind)
           while a one-way front-end saturates it; one run per size (not with --quick)
   cost    (always) CPU seconds per million packets of each back-end, measured in pvp/oneway
@@ -483,6 +486,32 @@ async function main(): Promise<void> {
     if (!failures.some((f) => f.startsWith("blk"))) fs.rmSync(dir, { recursive: true, force: true });
   }
 
+  const blkHost: BlkHostResult[] = [];
+  if (o.cases.has("blkhost")) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-bench-blkhost-"));
+    const disk = makeBlkDisk(dir);
+    warmPageCache(disk);
+    const timing = { warmupMs: o.warmupMs, windowMs: o.windowMs };
+    let failed = false;
+    for (let r = 0; r < o.runs; r++) {
+      const order: BlkHostImpl[] = r % 2 === 0 ? ["ours", "qsd"] : ["qsd", "ours"];
+      for (const impl of order) {
+        const tag = `blkhost run ${r + 1}/${o.runs} ${impl}`;
+        try {
+          const res = await blkHostRun(impl, disk, dir, timing, o.quick);
+          blkHost.push(...res);
+          console.log(`${tag.padEnd(34)} ${blkHostLine(res)}`);
+        } catch (e) {
+          failed = true;
+          failures.push(`${tag}: ${(e as Error).message.split("\n")[0]}`);
+          console.log(`${tag.padEnd(34)} FAILED: ${(e as Error).message.split("\n")[0]}`);
+        }
+      }
+    }
+    if (!failed) fs.rmSync(dir, { recursive: true, force: true });
+    else console.error(`  (blkhost logs kept in ${dir})`);
+  }
+
   const instr: InstrResult[] = [];
   if (o.cases.has("instr")) {
     if (valgrindMissing()) throw new Error("valgrind not found: run `bash scripts/install-peers.sh` first");
@@ -504,6 +533,7 @@ async function main(): Promise<void> {
   if (rows.length) parts.push(netTable(rows));
   if (latency.some((x) => x.impl === "ours") && latency.some((x) => x.impl === "dpdk")) parts.push(latencyTable(latency));
   if (blk.length) parts.push(blkTable(blk));
+  if (blkHost.length) parts.push(blkHostTable(blkHost));
   if (instr.length) parts.push(instrTable(instr));
   if (control.length) parts.push(controlTable(control));
   if (idle.length) {
@@ -524,6 +554,7 @@ async function main(): Promise<void> {
   const notes = [
     ...(control.length ? [`- Control plane: \`Daemon.start({ ha: true })\` (keeper + vfe-vhostd --ha, info logging as installed), ${control[0]!.vfs} server-mode VFs without front-ends added by sequential RPC calls, removed again one by one, and added again by ${ADD_CLIENTS} RPC clients at once (each takes the next VF); idle CPU is both daemons' utime+stime over ${o.quick ? 2 : 10} s; restore and take-back times include starting the process.`] : []),
     ...(blk.length ? [blkNotes(blk)] : []),
+    ...(blkHost.length ? [blkHostNotes(blkHost, { warmupMs: o.warmupMs, windowMs: o.windowMs }, BLK_DISK_MIB)] : []),
     ...(latency.length ? [`- Latency: the project's front-end driver on both ports (it listens, the back-end connects; its thread on CPU ${FE_CPU}, back-ends pinned as below); our engine busy-polls 200 µs after its last work before it sleeps on the kick eventfds (at ${LAT_PPS} pps a frame comes every 1000 µs, so each one wakes it), or ${LAT_POLL_US} µs with VHOSTD_POLL_US=${LAT_POLL_US} (it never sleeps at this rate: DPDK's way, a whole core); every frame carries its CLOCK_MONOTONIC send time, taken per burst, and the receiving port takes the time when it finds the frame in its used ring, so the figure includes both back-ends' reaction to a kick and the driver's wake-up on the call eventfd. Percentiles from 1 µs buckets over a ${o.windowMs / 1000} s window after ${o.warmupMs / 1000} s of warm-up.`] : []),
     ...(netNotes ? [] : failures.length ? [`- Failed runs (excluded): ${failures.join("; ")}`] : []),
   ];
