@@ -33,6 +33,7 @@ test.serial("pnpm bench --quick: every case runs once against its peer and print
     ["idle table", /\| back-end CPU, % of a core/],
     ["control-plane table", /\| add 64 VFs one by one over RPC .* \| \d/],
     ["blk table", /\| 4 KiB read, QD 1, 10000 ops \(IOPS\) \| \d/],
+    ["blkhost table", /\| 4 KiB random read, QD 1 \| \d+ \| \d+ \| /],
   ] as const)
     t.regex(r.out, re, `the ${what} is printed`);
 });
