@@ -11,7 +11,9 @@
 // the head), 3s+1 (data), 3s+2 (status).
 //
 // Threading: the load thread and JS-thread calls share the device under mu_; the thread
-// holds it for one bounded pass (submit, then pop at most one ring's worth) at a time.
+// holds it for one bounded pass at a time (pop at most one ring's worth, then refill to the
+// queue depth). Kicks go through the kick eventfd only when the back-end asks (EVENT_IDX
+// avail_event or no VRING_USED_F_NO_NOTIFY); used-buffer notifications stay suppressed.
 #pragma once
 #include <atomic>
 #include <cstdint>
