@@ -2,7 +2,7 @@
 // BlkDriver (one request queue, a 4 KiB load generator; cc/driver_blk.h), and the one piece
 // of virtio-blk config it needs, the capacity.
 import { ProtocolFeature, VirtioFeatureBit as F, bit, hasFeature } from "@vhostd/proto";
-import { FrontendDriver, type FrontendOptions } from "./frontend.js";
+import { FrontendDriver, type FrontendDevice, type FrontendOptions } from "./frontend.js";
 import { native, type NativeBlkDriver } from "./native.js";
 
 /** VERSION_1, EVENT_IDX and protocol features; the BLK_ limits only say what the device accepts,
@@ -28,7 +28,7 @@ export type BlkFrontendOptions = Omit<FrontendOptions, "queuePairs" | "mac">;
 
 export type BlkFrontend = FrontendDriver<NativeBlkDriver>;
 
-function blkDevice(o: FrontendOptions) {
+function blkDevice(o: FrontendOptions): FrontendDevice<NativeBlkDriver> {
   const queueSize = o.queueSize ?? 128;
   return {
     device: new native.BlkDriver({ queueSize, memSize: o.memSize }),

@@ -186,8 +186,8 @@ export class FrontendDriver<D extends NativeDriverRings = NativeDriverDevice> {
   }
 
   /**
-   * connect() (client) or listen() (server) with a device other than virtio-net; makeDevice
-   * runs after the options were checked and owns nothing until it returns.
+   * connect() (client) or listen() (server) with any device (blk_frontend.ts: a BlkDriver);
+   * makeDevice runs once the options are checked, and close() closes the device it made.
    */
   static async open<D extends NativeDriverRings>(
     path: string,
