@@ -62,6 +62,26 @@ Napi::Object ObjectArg(Napi::Env env, Napi::Value v, const char* name) {
   return v.As<Napi::Object>();
 }
 
+// What both driver classes tell JS about their guest memory and rings (same shape for net and blk).
+enum MemField { kMemFd, kMemSize, kMemAddr };
+template <class Device>
+Napi::Value MemInfo(Napi::Env env, Device& d, MemField f) {
+  if (f == kMemFd) return Napi::Number::New(env, d.memFd());
+  if (f == kMemSize) return Napi::Number::New(env, double(d.memSize()));
+  return Napi::BigInt::New(env, d.memAddr());
+}
+
+template <class RingInfo>
+Napi::Object RingObject(Napi::Env env, const RingInfo& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("desc", Napi::BigInt::New(env, r.desc));
+  o.Set("avail", Napi::BigInt::New(env, r.avail));
+  o.Set("used", Napi::BigInt::New(env, r.used));
+  o.Set("kickFd", Napi::Number::New(env, r.kickFd));
+  o.Set("callFd", Napi::Number::New(env, r.callFd));
+  return o;
+}
+
 class DriverDeviceWrap : public Napi::ObjectWrap<DriverDeviceWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -116,26 +136,15 @@ class DriverDeviceWrap : public Napi::ObjectWrap<DriverDeviceWrap> {
     return uint32_t(IntArg(info.Env(), info[0], "pair", 0, d.queuePairs() - 1));
   }
 
-  Napi::Value MemFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), Dev(info.Env()).memFd()); }
-  Napi::Value MemSize(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), double(Dev(info.Env()).memSize()));
-  }
-  Napi::Value MemAddr(const Napi::CallbackInfo& info) {
-    return Napi::BigInt::New(info.Env(), Dev(info.Env()).memAddr());
-  }
+  Napi::Value MemFd(const Napi::CallbackInfo& info) { return MemInfo(info.Env(), Dev(info.Env()), kMemFd); }
+  Napi::Value MemSize(const Napi::CallbackInfo& info) { return MemInfo(info.Env(), Dev(info.Env()), kMemSize); }
+  Napi::Value MemAddr(const Napi::CallbackInfo& info) { return MemInfo(info.Env(), Dev(info.Env()), kMemAddr); }
 
   Napi::Value Ring(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     DriverDevice& d = Dev(env);
     uint32_t q = uint32_t(IntArg(env, info[0], "queue", 0, d.numQueues() - 1));
-    vhd::drv::DriverRingInfo r = d.Ring(q);
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("desc", Napi::BigInt::New(env, r.desc));
-    o.Set("avail", Napi::BigInt::New(env, r.avail));
-    o.Set("used", Napi::BigInt::New(env, r.used));
-    o.Set("kickFd", Napi::Number::New(env, r.kickFd));
-    o.Set("callFd", Napi::Number::New(env, r.callFd));
-    return o;
+    return RingObject(env, d.Ring(q));
   }
 
   Napi::Value ResetRings(const Napi::CallbackInfo& info) {
@@ -289,13 +298,9 @@ class BlkDriverWrap : public Napi::ObjectWrap<BlkDriverWrap> {
     return *dev_;
   }
 
-  Napi::Value MemFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), Dev(info.Env()).memFd()); }
-  Napi::Value MemSize(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), double(Dev(info.Env()).memSize()));
-  }
-  Napi::Value MemAddr(const Napi::CallbackInfo& info) {
-    return Napi::BigInt::New(info.Env(), Dev(info.Env()).memAddr());
-  }
+  Napi::Value MemFd(const Napi::CallbackInfo& info) { return MemInfo(info.Env(), Dev(info.Env()), kMemFd); }
+  Napi::Value MemSize(const Napi::CallbackInfo& info) { return MemInfo(info.Env(), Dev(info.Env()), kMemSize); }
+  Napi::Value MemAddr(const Napi::CallbackInfo& info) { return MemInfo(info.Env(), Dev(info.Env()), kMemAddr); }
   Napi::Value MaxQueueDepth(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), BlkDriver::MaxQueueDepth(Dev(info.Env()).queueSize()));
   }
@@ -304,14 +309,7 @@ class BlkDriverWrap : public Napi::ObjectWrap<BlkDriverWrap> {
     Napi::Env env = info.Env();
     BlkDriver& d = Dev(env);
     IntArg(env, info[0], "queue", 0, 0);  // one request queue
-    vhd::drv::BlkDriverRingInfo r = d.Ring();
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("desc", Napi::BigInt::New(env, r.desc));
-    o.Set("avail", Napi::BigInt::New(env, r.avail));
-    o.Set("used", Napi::BigInt::New(env, r.used));
-    o.Set("kickFd", Napi::Number::New(env, r.kickFd));
-    o.Set("callFd", Napi::Number::New(env, r.callFd));
-    return o;
+    return RingObject(env, d.Ring());
   }
 
   Napi::Value ResetRings(const Napi::CallbackInfo& info) {
