@@ -7,10 +7,10 @@
 // (-overcommit mem-lock=on): on our test hosts (kernel 6.18, DAMON pageout) a live migration
 // of a guest with shared memory loses guest writes unless its pages are locked, even with no
 // vhost-user device at all (docs/recovery.md, "Drilling live migration"). And single-threaded
-// TCG (`-accel tcg,thread=single`): with the default multi-threaded TCG the vCPU runs outside
-// QEMU's big lock, and a migration's dirty-page sync misses some of the guest CPU's writes
-// (measured: QEMU alone loses pages once the host's CPUs are contended; the drill's guests
-// crashed after ~1 move in 25). With one vCPU it costs nothing.
+// TCG (`-accel tcg,thread=single`, free with one vCPU): a migration here still loses some of
+// the guest CPU's writes when the host's CPUs are contended, even with QEMU alone; with the
+// vCPU under QEMU's big lock the drill's guests stopped crashing (0 in 24 runs, about 1 in 5
+// before), though QEMU alone under heavy contention still lost pages once.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
