@@ -52,7 +52,9 @@ function differingPages(a, b) {
   return out;
 }
 
-/** The rings QEMU knows (guest-physical addresses), to name a differing page that holds one. */
+/** The rings QEMU knows (guest-physical addresses), to name a differing page that holds one.
+ *  Asked of the source only, once it has stopped: on a running vhost-user device this query
+ *  sends GET_VRING_BASE, which stops the ring. */
 async function rings(qmp) {
   const out = [];
   for (const v of await qmp.execute("x-query-virtio").catch(() => [])) {

@@ -9,7 +9,7 @@
 // vhost-user device at all (docs/recovery.md, "Drilling live migration"). And single-threaded
 // TCG (`-accel tcg,thread=single`, free with one vCPU): a migration here still loses some of
 // the guest CPU's writes when the host's CPUs are contended, even with QEMU alone; with the
-// vCPU under QEMU's big lock the drill's guests stopped crashing (0 in 24 runs, about 1 in 5
+// vCPU under QEMU's big lock the drill's guests crashed less (2 in 37 runs, about 1 in 8
 // before), though QEMU alone under heavy contention still lost pages once.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
