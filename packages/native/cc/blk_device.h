@@ -112,6 +112,8 @@ void blkFreeSlots(BlkSlot* s);
 int blkPoll(NetDevice& d, WorkerCtx& ctx) noexcept;
 // Worker: completions are waiting (the idle check before sleeping).
 bool blkBusy(NetDevice& d) noexcept;
+// True while operations are with the kernel (submitted, not completed).
+inline bool blkWaiting(NetDevice& d) noexcept { return d.blk->io.inFlight() > 0; }
 // Worker: waits until every request taken from queue q (q < 0: every queue) completed and its
 // used entry is published (at most ~30 s; false on timeout, the slots then stay allocated).
 bool blkDrain(NetDevice& d, int q, WorkerCtx& ctx) noexcept;

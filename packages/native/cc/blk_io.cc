@@ -143,6 +143,7 @@ int IoRing::submit() noexcept {
   int r = sysEnter(fd_, toSubmit_, 0, 0);
   if (r < 0) return -errno;
   toSubmit_ -= (unsigned)r <= toSubmit_ ? (unsigned)r : toSubmit_;
+  inFlight_ += (unsigned)r;
   return r;
 }
 

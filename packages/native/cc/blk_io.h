@@ -39,6 +39,8 @@ class IoRing {
   // EBUSY mean "later": they stay queued).
   int submit() noexcept;
   unsigned queued() const noexcept { return toSubmit_; }
+  // Operations the kernel took and has not completed (or we have not reaped) yet.
+  unsigned inFlight() const noexcept { return inFlight_; }
 
   // Calls fn(user, res) for every posted completion; returns how many.
   template <typename F>
@@ -56,6 +58,7 @@ class IoRing {
       fn(user, res);
       n++;
     }
+    inFlight_ -= (unsigned)n <= inFlight_ ? (unsigned)n : inFlight_;
     return n;
   }
   // Completions posted and not reaped yet.
@@ -80,6 +83,7 @@ class IoRing {
   struct io_uring_cqe* cqes_ = nullptr;
   unsigned localTail_ = 0;  // our copy of the SQ tail (we are the only producer)
   unsigned toSubmit_ = 0;
+  unsigned inFlight_ = 0;
 };
 
 }  // namespace vhd

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -286,7 +287,13 @@ void Engine::workerMain(Worker& w) {
       continue;
     }
     if (ctx.nowNs - lastWork < pollNs) {
-      __builtin_ia32_pause();
+      // Waiting on blk I/O the kernel handed to its io-wq workers: give them the CPU if they
+      // share ours, or spinning starves the very work we wait for (returns at once if not).
+      bool ioWaiting = false;
+      for (NetDevice* d : w.devs)
+        if (d->blk && blkWaiting(*d)) ioWaiting = true;
+      if (ioWaiting) sched_yield();
+      else __builtin_ia32_pause();
       continue;
     }
     // Idle long enough: ask for kicks, then re-check before sleeping (the driver may have
