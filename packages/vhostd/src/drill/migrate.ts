@@ -16,6 +16,7 @@ import { Pair, type Daemon } from "./pair.js";
 import { Pinger } from "./pinger.js";
 import type { FreshHooks } from "./fresh.js";
 import { rpc } from "./rpc.js";
+import { probeStall, type StallSample } from "./stall_probe.js";
 import { renderTable } from "./report.js";
 
 const NET_PF = "0000:af:00.2";
@@ -51,8 +52,8 @@ export interface HopRecord {
   allowedLost: number;
   /** Longest silence between two ping replies across the hop: the downtime a peer saw. */
   longestGapMs: number;
-  /** When a peer saw more than a second of silence: the destination net VF's queues then (why?). */
-  stallQueues?: unknown;
+  /** Samples of the destination while pings were silent for over a second after the move (why?). */
+  stallProbe?: StallSample[];
   broken: string[];
 }
 
@@ -240,15 +241,19 @@ export async function runMigrate(o: DrillOptions, h: FreshHooks): Promise<Migrat
     await qmp.execute("quit").catch(() => undefined);
     guest.kill();
     const done = Date.now();
+    let settled = false;
+    const probing = probeStall(qNext, next.proc.pid, dst.runDir, NET_VF, pinger, done, () => settled).catch(() => [] as StallSample[]);
     const flowing = await waitFor(() => pinger!.lastReplyMs() > done + SETTLE_MS || crashOf(next) !== null, 30_000, "pings answered again")
       .then(() => crashOf(next) === null)
       .catch(() => false);
+    settled = true;
+    const stall = await probing;
+    if (stall.length) rec.stallProbe = stall;
     const crash = crashOf(next);
     if (crash) rec.broken.push(`the guest kernel crashed after the move: ${crash}`);
     const w = pinger.window(t0, Date.now());
     Object.assign(rec, { pingsSent: w.sent, pingsLost: w.lost, longestGapMs: w.longestGapMs });
     rec.allowedLost = Math.ceil((rec.downtimeMs + (victim === "keeper" && kill !== "none" ? o.maxGapMs : 0)) / PING_MS) + SLACK_PINGS;
-    if (rec.longestGapMs > 1000) rec.stallQueues = (await rpc(dst.runDir, ["vf", "-i", NET_VF]).catch(() => undefined))?.device?.queues;
     if (!flowing && !crash) rec.broken.push(`pings not answered within 30 s of the switch-over`);
     if (rec.pingsLost > rec.allowedLost) rec.broken.push(`lost ${rec.pingsLost} pings, the ${rec.downtimeMs} ms downtime explains ${rec.allowedLost}`);
     report.hops.push(rec);
