@@ -758,6 +758,13 @@ std::string Engine::setQueueCall(int devId, int q, int callFd) {
     bool rx = (q % 2) == 0;
     if (rx) v.lock.lock();
     std::swap(v.callFd, call);
+    // A running ring signals its new call fd once. A front-end that swaps fds without waiting
+    // for us (SET_VRING_CALL has no reply) may never read what we signalled on the old one:
+    // QEMU starts a ring on its "masked" notifier, discards that notifier's events, then sends
+    // the guest's. A call lost there leaves EVENT_IDX waiting for an index we have passed, and
+    // the guest hears nothing until it looks by itself (seconds). A spurious interrupt is
+    // harmless.
+    if (v.running) v.signal();
     if (rx) v.lock.unlock();
   });
   closeFd(call);

@@ -97,6 +97,35 @@ test("signalQueue signals exactly the queue it names", async (t) => {
   a.close();
 });
 
+test("a running ring's new call fd is signalled once: a call the front-end discarded on the old one is not lost", async (t) => {
+  // QEMU starts a vhost-user ring on its "masked" notifier, discards that notifier's events,
+  // then sends the guest's notifier. A frame delivered in between was signalled on the masked
+  // one only; with EVENT_IDX the guest's used_event stays at that frame, and no later frame
+  // would be signalled. The swap itself must signal.
+  const eng = new native.Engine({ maxDevices: 8 }, () => {});
+  eng.addSwitch(1);
+  const a = new VNet(eng, 1, A, F.VERSION_1);
+  const c = new VNet(eng, 3, C, F.VERSION_1 | F.EVENT_IDX);
+  c.postRx(16);
+  c.rx.setUsedEvent(0); // interrupt me as soon as used idx passes 0
+  await sleep(10);
+  a.send(frame(C, A));
+  t.true(await waitFor(() => c.rx.usedIdx() === 1));
+  await sleep(10);
+  t.is(native._testEventFdRead(c.rx.call), 1, "signalled on the first (masked) fd, which QEMU discards");
+  const guestFd = native._testEventFd();
+  eng.setQueueCall(3, 0, guestFd);
+  t.is(native._testEventFdRead(guestFd), 1, "the swap signalled the new fd");
+  a.send(frame(C, A)); // used_event still 0: no call for this one, and none needed
+  t.true(await waitFor(() => c.rx.usedIdx() === 2));
+  await sleep(10);
+  t.is(native._testEventFdRead(guestFd), 0);
+  native._testCloseFd(guestFd);
+  eng.close();
+  a.close();
+  c.close();
+});
+
 test("kickAll processes pending chains and signals every call fd", async (t) => {
   const eng = new native.Engine({ maxDevices: 8 }, () => {});
   eng.addSwitch(1);

@@ -531,7 +531,9 @@ export class VhostSession {
     vr.base = at.resumedAt;
     // A resumed ring (a migration's destination, a reconnect) signals the driver once: an
     // interrupt that was due when the ring stopped elsewhere may never have reached the guest,
-    // and with EVENT_IDX nothing new would be signalled until the guest looks by itself.
+    // and with EVENT_IDX nothing new would be signalled until the guest looks by itself. (QEMU
+    // may discard this one: it sends the guest's call fd only after the kick; the engine
+    // signals again when a running ring's call fd changes.)
     // Only a call: processing here would run inside an HA adoption that holds the engine.
     if (at.resumedAt !== 0) this.engine.signalQueue(this.devId, vr.index);
   }
