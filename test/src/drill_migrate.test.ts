@@ -17,11 +17,28 @@ function netnsList(): string[] {
 test.serial("drill --migrate: four hops with vfe-vhostd killed during pre-copy and after switch-over; every block verifies, losses fit the downtimes", async (t) => {
   if (!needPeer(t, "qemu-system-x86_64") || !needPeer(t, "ip") || !needPeer(t, "ping")) return;
   const dirsBefore = new Set(fs.readdirSync("/tmp").filter((n) => n.startsWith("vhostd-drill-")));
-  const r = await new Promise<{ code: number; stderr: string; stdout: string }>((resolve) => {
-    execFile(process.execPath, [cliBin, "drill", "--migrate", "--hops", "4", "--json"], { timeout: 900_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
-      resolve({ code: err ? (typeof err.code === "number" ? err.code : -1) : 0, stdout, stderr }),
-    );
-  });
+  const drill = () =>
+    new Promise<{ code: number; stderr: string; stdout: string }>((resolve) => {
+      execFile(process.execPath, [cliBin, "drill", "--migrate", "--hops", "4", "--json"], { timeout: 900_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+        resolve({ code: err ? (typeof err.code === "number" ? err.code : -1) : 0, stdout, stderr }),
+      );
+    });
+  let r = await drill();
+  // One more run only when the guest kernel crashed and nothing else broke: QEMU 7.2's TCG
+  // migration loses guest-CPU writes on this 2-vCPU host, also with no vhost-user device at all
+  // (scripts/migration-memcmp.mjs --qemu-only; docs/recovery.md), in about 1 run in 8. Any other
+  // failure, or a second crash, fails the test.
+  const broken = (() => {
+    try {
+      return JSON.parse(r.stdout).broken as string[];
+    } catch {
+      return undefined;
+    }
+  })();
+  if (r.code !== 0 && broken?.length && broken.every((b) => /the guest kernel crashed after the move|the guest crashed on host/.test(b))) {
+    t.log(`first run: the guest crashed (QEMU's TCG memory loss, see docs/recovery.md); running once more. ${broken.join("; ")}`);
+    r = await drill();
+  }
   t.log(r.stderr.trim());
   t.is(r.code, 0, `${r.stderr}\n${r.stdout.slice(-6000)}`);
   const rep = JSON.parse(r.stdout);
