@@ -10,6 +10,7 @@ export const NET_FEATURES =
   bit(F.VHOST_USER_PROTOCOL_FEATURES) |
   bit(F.RING_INDIRECT_DESC) |
   bit(F.RING_EVENT_IDX) |
+  bit(F.IN_ORDER) |
   bit(F.NET_MRG_RXBUF) |
   bit(F.NET_MQ) |
   bit(F.NET_CTRL_VQ) |
