@@ -240,10 +240,12 @@ static void failOnMemFault(NetDevice& d, EventSink& ev) noexcept {
 
 int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
   int work = 0;
+  bool ioWaiting = false;
   for (NetDevice* d : w.devs) {
     if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // one relaxed load per device
     if (d->blk) {
       work += blkPoll(*d, ctx);
+      ioWaiting |= blkWaiting(*d);
       continue;
     }
     for (int p = 0; p < d->maxQueuePairs; p++) {
@@ -266,6 +268,7 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
       s->forward(kUplinkPort, 0, ctx, nullptr, 0);
     }
   }
+  w.ioWaiting = ioWaiting;
   return work;
 }
 
@@ -289,10 +292,7 @@ void Engine::workerMain(Worker& w) {
     if (ctx.nowNs - lastWork < pollNs) {
       // Waiting on blk I/O the kernel handed to its io-wq workers: give them the CPU if they
       // share ours, or spinning starves the very work we wait for (returns at once if not).
-      bool ioWaiting = false;
-      for (NetDevice* d : w.devs)
-        if (d->blk && blkWaiting(*d)) ioWaiting = true;
-      if (ioWaiting) sched_yield();
+      if (w.ioWaiting) sched_yield();
       else __builtin_ia32_pause();
       continue;
     }

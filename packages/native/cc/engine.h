@@ -75,6 +75,7 @@ struct Worker {
   std::atomic<bool> stop{false};
   std::vector<NetDevice*> devs;            // worker thread only
   std::vector<L2Switch*> uplinkSwitches;   // worker thread only
+  bool ioWaiting = false;                  // worker thread only: a blk device has I/O with the kernel (last pollOnce)
   std::unique_ptr<WorkerCtx> ctx;
   std::vector<void*> dstPtr;
   std::vector<uint32_t> dstMask;
