@@ -139,6 +139,7 @@ export class Keeper {
         version: k.version.version.slice(0, 64),
         initial: { epoch: contents.epoch, seq: contents.seq },
         hasState: () => Object.keys(k.state.devices).length > 0,
+        journalDeltas: (ds) => k.journalDeltas(ds),
         onDelta: (d) => k.onDelta(d),
         onSnapshot: (s) => k.onSnapshot(s),
         getSnapshot: () => ({ devices: { ...k.state.devices }, sessions: {}, fds: {} }),
@@ -241,9 +242,9 @@ export class Keeper {
 
   /* ------------------------------------------------------------------------ sync */
 
-  private async onDelta(d: DeltaMsg): Promise<void> {
-    // Validate the whole delta first: a bad op changes nothing.
-    const entries: Array<{ op: HaOp; entry?: DeviceEntry; kind: "pf" | "vf"; dev: string }> = d.ops.map((op) => {
+  /** Validates a delta: a bad op refuses the whole delta, which then changes nothing. */
+  private deltaEntries(d: DeltaMsg): Array<{ op: HaOp; entry?: DeviceEntry; kind: "pf" | "vf"; dev: string }> {
+    return d.ops.map((op) => {
       if (op.table !== "devices") throw new KeeperError(`[errno -22] table ${op.table} is not used by this keeper (HA phase 1)`, -22);
       if (op.op === "put") {
         const entry = this.validEntry(op.key, op.value);
@@ -254,7 +255,26 @@ export class Keeper {
       if (!m || !dev || dev !== m[2]) throw new KeeperError(`[errno -22] ${op.key.slice(0, 64)}: not a pf/ or vf/ key`, -22);
       return { op, kind: m[1] as "pf" | "vf", dev };
     });
-    await this.replica.apply(d.epoch, d.seq, d.ops);
+  }
+
+  /** The valid ones of a run of deltas go to the replica in one transaction (one flush). */
+  private async journalDeltas(ds: DeltaMsg[]): Promise<Array<Error | null>> {
+    const refused = ds.map((d) => {
+      try {
+        this.deltaEntries(d);
+        return null;
+      } catch (e) {
+        return e as Error;
+      }
+    });
+    const last = ds[ds.length - 1]!;
+    await this.replica.apply(last.epoch, last.seq, ds.flatMap((d, i) => (refused[i] ? [] : d.ops)));
+    return refused;
+  }
+
+  /** Applies a journaled delta; one that fails is taken back in the replica and refused. */
+  private async onDelta(d: DeltaMsg): Promise<void> {
+    const entries = this.deltaEntries(d);
     for (const { op, entry, kind, dev } of entries) {
       try {
         if (kind === "pf") await this.applyPf(dev, entry?.kind === "pf" ? entry.value : undefined, "delta");

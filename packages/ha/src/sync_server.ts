@@ -3,9 +3,11 @@
 // ROUTER (keeper) ↔ DEALER (vhostd): both ends send whenever they like (deltas one way,
 // acks and heartbeats both ways) without REQ/REP's lock-step, and the ROUTER knows which
 // connection a message came from, so a newer vhostd replaces an older one and a stale one
-// is told so. Hello, deltas, snapshots and snapshot requests are handled strictly one at a
-// time, in arrival order: a delta is acknowledged only after onDelta resolved (durable in
-// the journal and applied), and the next one is not even looked at before that.
+// is told so. Hello, deltas, snapshots and snapshot requests are handled strictly in arrival
+// order: a delta is acknowledged only after it is durable in the journal and applied. Deltas
+// that are queued together (vhostd pipelines concurrent changes) are journaled together, one
+// disk flush for all of them, and then applied and answered one by one in seq order. A
+// refused delta is answered with a nack and still counts as handled: the stream goes on.
 import { EventEmitter } from "node:events";
 import { chmodSync } from "node:fs";
 import { performance } from "node:perf_hooks";
@@ -39,8 +41,16 @@ export interface SyncServerOptions {
   hasState?: () => boolean;
   /** A vhostd said hello (after the epoch check). */
   onHello?: (hello: HelloMsg) => void | Promise<void>;
-  /** Resolves once the delta is durable in the journal and applied; a rejection nacks it. */
+  /**
+   * Makes deltas durable, all in one journal write. One entry per delta: null, or why it is
+   * refused (it is then nacked, and neither journaled nor applied). Without it, onDelta
+   * journals each delta itself.
+   */
+  journalDeltas?: (deltas: DeltaMsg[]) => Promise<Array<Error | null>>;
+  /** Applies a delta (journaled by then if journalDeltas is given); a rejection nacks it. */
   onDelta: (delta: DeltaMsg) => Promise<void>;
+  /** Most deltas journaled in one write (default 64). */
+  maxDeltaBatch?: number;
   /** The replica, for a restarted vhostd taking its state back. */
   getSnapshot: () => HaState | Promise<HaState>;
   /** A full state pushed by vhostd (after a gap, or to a keeper that lost its replica). */
@@ -224,6 +234,15 @@ export class SyncServer extends EventEmitter {
   private async drain(): Promise<void> {
     this.working = true;
     while (this.work.length > 0 && !this.closed) {
+      const batch = this.takeDeltaBatch();
+      if (batch) {
+        try {
+          await this.applyDeltas(batch.id, batch.deltas);
+        } catch (err) {
+          this.opts.log.error({ err: (err as Error).message, deltas: batch.deltas.length }, "sync: delta batch failed");
+        }
+        continue;
+      }
       const { id, msg } = this.work.shift()!;
       try {
         await this.handle(id, msg);
@@ -232,6 +251,54 @@ export class SyncServer extends EventEmitter {
       }
     }
     this.working = false;
+  }
+
+  /**
+   * The queued deltas at the head of the work queue that apply in a row: from the current
+   * peer, the next seqs of the current epoch, and no two touching the same key (a refused
+   * delta's key is taken back in the journal, which must not undo a later delta's write).
+   * Undefined when the head is anything else: it goes the one-at-a-time way.
+   */
+  private takeDeltaBatch(): { id: Buffer; deltas: DeltaMsg[] } | undefined {
+    const p = this.peer_;
+    if (!this.opts.journalDeltas || !p) return undefined;
+    const max = this.opts.maxDeltaBatch ?? 64;
+    const deltas: DeltaMsg[] = [];
+    const keys = new Set<string>();
+    while (deltas.length < max && this.work.length > 0) {
+      const { id, msg } = this.work[0]!;
+      if (msg.type !== "delta" || !id.equals(p.id) || msg.epoch !== this.seq.epoch || msg.seq !== this.seq.lastSeq + 1 + deltas.length) break;
+      const mine = msg.ops.map((op) => `${op.table}/${op.key}`);
+      if (mine.some((k) => keys.has(k))) break;
+      for (const k of mine) keys.add(k);
+      deltas.push(msg);
+      this.work.shift();
+    }
+    return deltas.length > 0 ? { id: p.id, deltas } : undefined;
+  }
+
+  /** Journals `deltas` (next seqs, in order) at once, then applies and answers each in turn. */
+  private async applyDeltas(id: Buffer, deltas: DeltaMsg[]): Promise<void> {
+    let refused: Array<Error | null>;
+    try {
+      refused = this.opts.journalDeltas ? await this.opts.journalDeltas(deltas) : deltas.map(() => null);
+    } catch (err) {
+      refused = deltas.map(() => err as Error);
+    }
+    for (const [i, d] of deltas.entries()) {
+      let err = refused[i] ?? null;
+      if (!err) {
+        try {
+          await this.opts.onDelta(d);
+        } catch (e) {
+          err = e as Error;
+        }
+      }
+      // Handled either way: a refused delta changed nothing the journal does not describe.
+      this.seq.commit(d.epoch, d.seq);
+      if (err) this.nack(id, d.epoch, d.seq, "delta", "apply_failed", `delta ${d.seq} not applied: ${err.message}`);
+      else this.send(id, { type: "ack", epoch: d.epoch, seq: d.seq, of: "delta" });
+    }
   }
 
   private async handle(id: Buffer, msg: SyncMessage): Promise<void> {
@@ -292,15 +359,7 @@ export class SyncServer extends EventEmitter {
     const decision = this.seq.decide(d.epoch, d.seq);
     switch (decision.kind) {
       case "apply":
-        try {
-          await this.opts.onDelta(d);
-        } catch (err) {
-          this.nack(id, d.epoch, d.seq, "delta", "apply_failed", `delta ${d.seq} not applied: ${(err as Error).message}`);
-          return;
-        }
-        this.seq.commit(d.epoch, d.seq);
-        this.send(id, { type: "ack", epoch: d.epoch, seq: d.seq, of: "delta" });
-        return;
+        return this.applyDeltas(id, [d]);
       case "duplicate":
         this.opts.log.debug({ epoch: d.epoch, seq: d.seq }, "sync: replayed delta acknowledged again, not applied");
         this.send(id, { type: "ack", epoch: d.epoch, seq: d.seq, of: "delta" });

@@ -156,6 +156,49 @@ test.serial("hello/welcome, socket 0600, 1000 deltas acked in order and applied 
   k.server.close();
 });
 
+test.serial("queued deltas are journaled together, then applied and answered one by one; a refused one does not stop the stream", async (t) => {
+  const endpoint = haSyncEndpoint(runDir());
+  const { log } = captureLog();
+  const batches: number[][] = [];
+  const applied: number[] = [];
+  const server = new SyncServer({
+    endpoint,
+    log,
+    journalDeltas: async (ds) => {
+      batches.push(ds.map((d) => d.seq));
+      await new Promise((r) => setTimeout(r, 2)); // a disk flush: the next deltas queue meanwhile
+      return ds.map((d) => (d.ops.some((op) => op.key.startsWith("bad")) ? new Error("[errno -22] bad key") : null));
+    },
+    onDelta: async (d) => {
+      if (d.ops.some((op) => op.key.startsWith("fails"))) throw new Error("[errno -2] cannot open");
+      applied.push(d.seq);
+    },
+    getSnapshot: () => emptyState(),
+    onSnapshot: async () => {},
+    heartbeatMs: 50,
+    peerTimeoutMs: 300,
+  });
+  await server.start();
+  const client = new HaClient({ endpoint, log, epoch: 1, heartbeatMs: 50, peerTimeoutMs: 300 });
+  await client.connect();
+  await client.hello();
+  // Two deltas on the same key never share a batch (a refused one's take-back would undo the other).
+  const keys = Array.from({ length: 200 }, (_, i) => (i === 50 ? "bad50" : i === 120 ? "fails120" : i === 150 ? "d149" : `d${i}`));
+  const results = await Promise.allSettled(keys.map((k) => client.send([put(k, 1)])));
+  const refused = results.flatMap((r, i) => (r.status === "rejected" ? [[i + 1, (r.reason as Error).message]] : []));
+  t.deepEqual(refused.map(([seq]) => seq), [51, 121]);
+  t.regex(String(refused[0]![1]), /errno -22/);
+  t.regex(String(refused[1]![1]), /errno -2\b/);
+  t.deepEqual(applied, Array.from({ length: 200 }, (_, i) => i + 1).filter((s) => s !== 51 && s !== 121), "all others applied, in order");
+  t.deepEqual(batches.flat(), Array.from({ length: 200 }, (_, i) => i + 1), "each delta journaled once, in order");
+  t.true(batches.length < 100, `${batches.length} journal writes for 200 deltas`);
+  t.true(batches.every((b) => !(b.includes(149) && b.includes(151))), "d149 twice: never in one batch");
+  t.is(server.lastSeq, 200, "the refused deltas were handled: no gap, no snapshot needed");
+  t.is((await client.send([put("next", 1)])).seq, 201);
+  client.close();
+  server.close();
+});
+
 test.serial("a replayed seq is acked again but not applied; a gap is nacked; stale epochs are rejected", async (t) => {
   const endpoint = haSyncEndpoint(runDir());
   const k = await keeper(endpoint);

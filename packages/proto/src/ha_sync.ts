@@ -421,7 +421,7 @@ export class SyncSequencer {
     return { kind: "apply" };
   }
 
-  /** Records a delta as durable and applied; only the next seq of the current epoch is accepted. */
+  /** Records a delta as handled (applied, or refused and nacked); only the next seq of the current epoch is accepted. */
   commit(epoch: number, seq: number): void {
     if (epoch !== this.epoch_ || seq !== this.lastSeq_ + 1)
       throw new Error(`commit(${epoch}, ${seq}) out of order (at ${this.epoch_}/${this.lastSeq_})`);

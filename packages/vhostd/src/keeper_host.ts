@@ -277,19 +277,26 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
    * Applies one op to the desired state and to the keeper. A put that fails is taken back
    * (the registry will not journal it); a del stays (the registry removes anyway) and reaches
    * the keeper with the next snapshot.
+   *
+   * The desired state and the delta's seq follow call order (the serial part), but the
+   * keeper's answer is awaited outside it: concurrent changes (adds from several RPC clients)
+   * travel together and the keeper journals them in one flush.
    */
-  private change(op: HaOp, revertOnFailure: boolean): Promise<void> {
-    return this.serial(async () => {
-      const had = Object.hasOwn(this.desired, op.key);
-      const prev = this.desired[op.key];
+  private async change(op: HaOp, revertOnFailure: boolean): Promise<void> {
+    let had = false;
+    let prev: unknown;
+    const revert = () => {
+      // Only if nothing changed the key since: a later change of it must not be undone.
+      if (!revertOnFailure || this.desired[op.key] !== op.value) return;
+      if (had) this.desired[op.key] = prev;
+      else delete this.desired[op.key];
+    };
+    const sent = await this.serial(async () => {
+      had = Object.hasOwn(this.desired, op.key);
+      prev = this.desired[op.key];
       if (op.op === "put") this.desired[op.key] = op.value;
       else delete this.desired[op.key];
-      if (this.restoring) return;
-      const revert = () => {
-        if (!revertOnFailure) return;
-        if (had) this.desired[op.key] = prev;
-        else delete this.desired[op.key];
-      };
+      if (this.restoring) return undefined;
       if (this.closed || !this.client.keeperUp) {
         revert();
         this.needSync = true;
@@ -297,17 +304,25 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       }
       try {
         if (this.needSync) await this.sync("before a change");
-        await this.client.send([op]);
       } catch (e) {
         revert();
         this.needSync = true;
-        // The keeper answered (it refused): bring it back in step with the desired state now.
-        // A keeper that did not answer gets the snapshot when it is up again (keeper_up), so
-        // the RPC's answer is never delayed by a second timeout.
-        if (e instanceof HaSyncError && e.code === "apply_failed") await this.sync("after a refused change").catch(() => undefined);
         throw keeperError(e);
       }
+      return { acked: this.client.send([op]) }; // wrapped: not awaited inside the serial part
     });
+    if (!sent) return;
+    try {
+      await sent.acked;
+    } catch (e) {
+      revert();
+      this.needSync = true;
+      // The keeper answered (it refused): bring it back in step with the desired state before
+      // answering. A keeper that did not answer gets the snapshot when it is up again
+      // (keeper_up), so the RPC's answer is never delayed by a second timeout.
+      if (e instanceof HaSyncError && e.code === "apply_failed") await this.serial(() => this.sync("after a refused change")).catch(() => undefined);
+      throw keeperError(e);
+    }
   }
 
   private async sync(why: string): Promise<void> {
