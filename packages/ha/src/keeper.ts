@@ -22,12 +22,13 @@ import { createConnection, createServer, type Server, type Socket } from "node:n
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
-import { closeFds } from "@vhostd/native";
+import { closeFds, native } from "@vhostd/native";
 import { emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type SnapshotMsg } from "@vhostd/proto";
 import {
   KEEPER_MAX_LINE_BYTES,
   EngineVfHost,
   createVfHost,
+  keeperBeaconPath,
   keeperSocketPath,
   mirrorLockDir,
   mirrorSharedPath,
@@ -122,6 +123,8 @@ export class Keeper {
       if (host instanceof EngineVfHost) {
         // Sessions vfe-vhostd took over while we were down come back first, in place; only
         // then is anything else opened (reconcile leaves the adopted ones untouched).
+        // Before the mirror connects: vfe-vhostd looks for it when it starts watching us.
+        native.armExitBeacon(keeperBeaconPath(opts.runDir));
         k.mirror = new MirrorSender(opts.runDir, log.child({ component: "mirror" }));
         await k.adoptTakenBack(host, desired.entries);
       }

@@ -8,6 +8,7 @@ void InitDriver(Napi::Env env, Napi::Object exports);
 void InitSdNotify(Napi::Env env, Napi::Object exports);
 void InitPremap(Napi::Env env, Napi::Object exports);
 void InitExitProbe(Napi::Env env, Napi::Object exports);
+void InitExitBeacon(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSocket(env, exports);
@@ -17,6 +18,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSdNotify(env, exports);
   InitPremap(env, exports);
   InitExitProbe(env, exports);
+  InitExitBeacon(env, exports);
   return exports;
 }
 

@@ -386,15 +386,25 @@ export interface NativeModule {
    */
   processFate(pid: number): "alive" | "exiting" | "gone";
   /**
-   * A thread that asks processFate(pid) every intervalMs and makes the eventfd `fd` readable
-   * (watch it with FdWatcher) once the answer is not "alive"; fate() tells which. close()
-   * stops the thread and closes the fds: stop the FdWatcher first.
+   * A thread that makes the eventfd `fd` readable (watch it with FdWatcher) once
+   * processFate(pid) is not "alive"; fate() tells which. With `beaconPath`, the live exit
+   * beacon of pid (armExitBeacon), it sleeps until the kernel reports the beacon's owner dead
+   * and only then reads /proc (mode "beacon"); otherwise, or when that file does not check out
+   * (beaconError says why), it asks every intervalMs (mode "poll"). close() stops the thread
+   * and closes the fds: stop the FdWatcher first.
    */
-  ExitProbe: new (pid: number, intervalMs: number) => {
+  ExitProbe: new (pid: number, intervalMs: number, beaconPath?: string) => {
     readonly fd: number;
+    readonly mode: "beacon" | "poll";
+    readonly beaconError: string;
     fate(): "alive" | "exiting" | "gone";
     close(): void;
   };
+  /**
+   * Publishes this process's exit beacon at `path` (cc/exit_beacon.h): a thread of ours owns
+   * its robust futex until the process dies. Once per process; returns the owner's tid.
+   */
+  armExitBeacon(path: string): number;
 
   FdWatcher: new (fd: number, onReadable: () => void) => {
     stop(): void;

@@ -8,7 +8,7 @@ export * from "./keeper_host.js";
 export { createVfHost, EngineVfHost, type VfHostOptions } from "./session/host.js";
 export { Journal } from "./journal.js";
 export { MirrorHolder } from "./ha/mirror_holder.js";
-export { MIRROR_CODEC, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./ha/mirror_codec.js";
+export { MIRROR_CODEC, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./ha/mirror_codec.js";
 export type { MirrorSink } from "./session/host.js";
 export { rng } from "./drill/options.js";
 export { keeperCall } from "./drill/rpc.js";

@@ -199,6 +199,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
         fds_per_vf: m.fdsPerVf,
         running: m.running,
         takeovers: m.takeovers,
+        ...(m.exitWatch ? { exit_watch: m.exitWatch } : {}),
         ...(m.lastTakeover ? { last_takeover: m.lastTakeover } : {}),
       },
     };

@@ -2,6 +2,10 @@
 // exiting before the kernel has closed its fds.
 import test from "ava";
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { processFate } from "../src/ha/process_exit.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -48,4 +52,107 @@ test("ExitProbe: its eventfd turns readable once the process is killed, and not 
   }
   t.throws(() => new native.ExitProbe(0, 20), { message: /pid must be an integer >= 1/ });
   t.throws(() => new native.ExitProbe(process.pid, 0), { message: /intervalMs must be 1..60000/ });
+});
+
+/** A child process that arms its exit beacon at `path` and then idles; resolves once armed. */
+async function beaconChild(path: string) {
+  const nativeUrl = new URL("../../../native/dist/src/index.js", import.meta.url).href;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", `const { native } = await import(${JSON.stringify(nativeUrl)}); native.armExitBeacon(${JSON.stringify(path)}); console.log("ARMED"); setInterval(() => {}, 1000);`], { stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on("data", (d: Buffer) => String(d).includes("ARMED") && resolve());
+    child.once("exit", (code) => reject(new Error(`beacon child exited (${code})`)));
+  });
+  return child;
+}
+
+function threadWakeups(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${process.pid}/task`)) {
+    try {
+      out.set(tid, Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`/proc/${process.pid}/task/${tid}/status`, "utf8"))![1]));
+    } catch {
+      // that thread ended
+    }
+  }
+  return out;
+}
+
+test.serial("ExitProbe with the keeper's exit beacon: no wake-up while it lives, fires at once on kill -9", async (t) => {
+  const { native } = await import("@vhostd/native");
+  const dir = mkdtempSync(path.join(tmpdir(), "vhostd-beacon-"));
+  const file = path.join(dir, "keeper.beacon");
+  const child = await beaconChild(file);
+  t.is(statSync(file).mode & 0o777, 0o600);
+  const before = threadWakeups();
+  const probe = new native.ExitProbe(child.pid!, 20, file);
+  t.is(probe.mode, "beacon", probe.beaconError);
+  let firedAt = 0;
+  const watcher = new native.FdWatcher(probe.fd, () => {
+    firedAt ||= performance.now();
+  });
+  try {
+    await sleep(500);
+    t.is(firedAt, 0, "a live keeper: nothing");
+    // The probe's thread is new; a polling one would have woken ~25 times by now.
+    const fresh = [...threadWakeups()].filter(([tid]) => !before.has(tid));
+    t.true(fresh.length >= 1, "the probe thread is there");
+    t.true(fresh.every(([, n]) => n <= 3), `no wake-ups while the keeper lives: ${JSON.stringify(fresh)}`);
+    const killedAt = performance.now();
+    child.kill("SIGKILL");
+    for (let i = 0; i < 200 && !firedAt; i++) await sleep(5);
+    t.true(firedAt > 0, "the probe fired after the kill");
+    t.log(`kill -9 to the probe firing: ${(firedAt - killedAt).toFixed(1)} ms`);
+    t.true(firedAt - killedAt < 200, `within 200 ms (${(firedAt - killedAt).toFixed(1)} ms)`);
+    t.not(probe.fate(), "alive");
+  } finally {
+    watcher.stop();
+    probe.close();
+    child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.serial("ExitProbe falls back to polling /proc when the beacon does not check out; close() never hangs", async (t) => {
+  const { native } = await import("@vhostd/native");
+  const dir = mkdtempSync(path.join(tmpdir(), "vhostd-beacon-"));
+  const file = path.join(dir, "keeper.beacon");
+  const child = await beaconChild(file);
+  const other = spawn("sleep", ["30"], { stdio: "ignore" });
+  const probes: Array<InstanceType<typeof native.ExitProbe>> = [];
+  try {
+    const cases: Array<[string, RegExp]> = [];
+    probes.push(new native.ExitProbe(other.pid!, 20, file));
+    cases.push(["another pid's beacon", /the beacon of pid \d+, not \d+/]);
+    probes.push(new native.ExitProbe(child.pid!, 20, path.join(dir, "missing")));
+    cases.push(["no file", /open: No such file/]);
+    for (const [name, bytes] of [["garbage", randomBytes(64)], ["short", Buffer.from("VHBEACON")], ["zero owner", Buffer.concat([Buffer.from("VHBEACON"), Buffer.from([1, 0, 0, 0]), Buffer.alloc(52)])]] as const) {
+      const f = path.join(dir, name.replace(" ", "_"));
+      writeFileSync(f, bytes, { mode: 0o600 });
+      probes.push(new native.ExitProbe(child.pid!, 20, f));
+      cases.push([name, name === "short" ? /size 8 is not 64/ : name === "garbage" ? /not a beacon of this version/ : /the beacon of pid 0/]);
+    }
+    symlinkSync(file, path.join(dir, "link"));
+    probes.push(new native.ExitProbe(child.pid!, 20, path.join(dir, "link")));
+    cases.push(["a symlink", /open: Too many levels of symbolic links/]);
+    probes.forEach((p, i) => {
+      t.is(p.mode, "poll", cases[i]![0]);
+      t.regex(p.beaconError, cases[i]![1], cases[i]![0]);
+    });
+    // The beacon mode's close() wakes its sleeping thread at once, however often it is done.
+    for (let i = 0; i < 50; i++) {
+      const p = new native.ExitProbe(child.pid!, 20, file);
+      t.is(p.mode, "beacon");
+      const t0 = performance.now();
+      p.close();
+      t.true(performance.now() - t0 < 100, "close() returns promptly");
+    }
+    t.throws(() => native.armExitBeacon("keeper.beacon"), { message: /path must be absolute/ });
+    t.is(native.armExitBeacon(path.join(dir, "mine")) > 0, true, "this worker arms its own (a thread that sleeps until it exits)");
+    t.throws(() => native.armExitBeacon(path.join(dir, "again")), { message: /armed its beacon already/ });
+  } finally {
+    for (const p of probes) p.close();
+    child.kill("SIGKILL");
+    other.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

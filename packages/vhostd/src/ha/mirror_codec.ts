@@ -32,6 +32,11 @@ export function mirrorSharedPath(runDir: string): string {
   return path.join(runDir, "engine-shared");
 }
 
+/** <run-dir>/keeper.beacon: the keeper's exit beacon (native armExitBeacon / ExitProbe). */
+export function keeperBeaconPath(runDir: string): string {
+  return path.join(runDir, "keeper.beacon");
+}
+
 export function mirrorSocketPath(runDir: string): string {
   return path.join(runDir, MIRROR_SOCKET_NAME);
 }

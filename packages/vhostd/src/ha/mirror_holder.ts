@@ -13,7 +13,7 @@ import { FramedFdConnection, checkPeerCred, closeFds, native, type PeerCred } fr
 import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
 import type { VfRuntime, VfSpec } from "../vf_host.js";
 import { createVfHost, type EngineVfHost } from "../session/host.js";
-import { MIRROR_CODEC, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./mirror_codec.js";
+import { MIRROR_CODEC, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./mirror_codec.js";
 import { processFate } from "./process_exit.js";
 import { Premapped } from "./premapped.js";
 
@@ -28,7 +28,7 @@ export interface MirrorHolderOptions {
   lockWaitMs?: number;
 }
 
-/** How often a connected keeper is looked at (watchExit): a pread of its /proc stat on a native thread. */
+/** How often a connected keeper without a usable exit beacon is looked at (watchExit): a pread of its /proc stat on a native thread. */
 const EXIT_PROBE_MS = 20;
 
 interface VfCopy {
@@ -85,6 +85,8 @@ export class MirrorHolder {
     fdsPerVf: Record<string, number>;
     running: string[];
     takeovers: number;
+    /** How a connected keeper's death is noticed: its exit beacon, or polling /proc. */
+    exitWatch: "beacon" | "poll" | null;
     lastTakeover?: MirrorHolder["lastTakeover"];
   } {
     let fdsHeld = 0;
@@ -102,6 +104,7 @@ export class MirrorHolder {
       fdsPerVf,
       running: this.host?.devs() ?? [],
       takeovers: this.takeovers,
+      exitWatch: this.exitWatch?.probe.mode ?? null,
       ...(this.lastTakeover ? { lastTakeover: this.lastTakeover } : {}),
     };
   }
@@ -211,11 +214,15 @@ export class MirrorHolder {
    * A killed keeper's datapath stops at once, but its fds (this connection's EOF) close only
    * after the kernel has torn its memory down, which can take seconds. So we also watch its
    * threads: once every one of them is exiting, we take over without waiting for the EOF.
-   * The probe runs on a native thread (cc/exit_probe.cc); JS hears once, through an eventfd.
+   * The probe runs on a native thread (cc/exit_probe.cc) that sleeps on the keeper's exit
+   * beacon until the kernel reports the keeper dying (polls /proc when it has no beacon);
+   * JS hears once, through an eventfd.
    */
   private watchExit(conn: FramedFdConnection<MirrorFrame>, pid: number): void {
     this.stopExitWatch();
-    const probe = new native.ExitProbe(pid, EXIT_PROBE_MS);
+    const probe = new native.ExitProbe(pid, EXIT_PROBE_MS, keeperBeaconPath(this.opts.runDir));
+    if (probe.mode === "beacon") this.opts.log.debug({ keeperPid: pid }, "HA mirror: watching the keeper's exit beacon");
+    else this.opts.log.warn({ keeperPid: pid, why: probe.beaconError }, `HA mirror: no usable exit beacon of keeper ${pid} (${probe.beaconError}); polling /proc every ${EXIT_PROBE_MS} ms`);
     const watcher = new native.FdWatcher(probe.fd, () => {
       const fate = probe.fate();
       this.stopExitWatch();
