@@ -72,6 +72,7 @@ test.serial("state and ha status show the keeper running the VF, vfe-vhostd afte
     t.is(ha.mirror.copies, 1, "vfe-vhostd holds a copy of the session");
     t.true(ha.mirror.fds_per_vf[VF] >= 4, "connection, memory and ring fds are held");
     t.deepEqual(ha.mirror.running, []);
+    t.is(ha.mirror.exit_watch, "beacon", "a killed keeper is noticed through its exit beacon, not by polling /proc");
     const noAge = (r: { keeper: Record<string, unknown> }) => ({ ...r, keeper: { ...r.keeper, heartbeat_age_ms: 0 } });
     t.deepEqual(noAge(await d.ok(["ha", "-S"])), noAge(ha), "-S is the same action");
     const haTable = await d.cli(["ha", "status", "-o", "table"]);
@@ -94,6 +95,7 @@ test.serial("state and ha status show the keeper running the VF, vfe-vhostd afte
     t.deepEqual(back.mirror.running, []);
     t.is(back.mirror.copies, 1);
     await waitFor(async () => (await d.ok(["ha", "status"])).keeper.connected === true, 5000, "keeper connected again");
+    await waitFor(async () => (await d.ok(["ha", "status"])).mirror.exit_watch === "beacon", 5000, "the restarted keeper's beacon is watched");
     t.is((await d.ok(["ha", "status"])).keeper.reconnects, 1, "the keeper's return is counted");
     const text = await scrape(metrics);
     t.regex(text, /^vhostd_keeper_reconnects_total 1$/m);

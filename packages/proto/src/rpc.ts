@@ -464,6 +464,7 @@ const HA_STATUS_FIELDS: readonly ResultField[] = [
       { name: "fds_per_vf", type: "object", help: "VF -> fds held", vfe: false },
       { name: "running", type: "array", help: "VFs vfe-vhostd runs itself since a takeover", vfe: false },
       { name: "takeovers", type: "number", help: "takeovers since vfe-vhostd started", vfe: false },
+      { name: "exit_watch", type: "string", help: "how a killed keeper is noticed: beacon (its exit beacon's robust futex) or poll (/proc every 20 ms)", optional: true, vfe: false },
       { name: "last_takeover", type: "object", help: "when, why, VFs adopted, failed, ms", optional: true, vfe: false },
     ],
   },
