@@ -73,6 +73,13 @@ test.serial("a QEMU guest keeps pinging through keeper kills, keeper restarts an
     await waitFor(async () => (await d.ok(["vf", "-i", VF_ECHO])).device.queues[1].packets > echoed + 5, 30_000, "pings flow again after both died");
     const outageMs = Date.now() - t0;
     const resumed = await d.ok(["vf", "-i", VF_GUEST]);
+    // vf -i's last_avail_idx is the ring's live index, also after both daemons died: on the
+    // guest's TX queue it moves exactly with the frames taken.
+    await sleep(600);
+    const later = await d.ok(["vf", "-i", VF_GUEST]);
+    const [tx0, tx1] = [resumed.device.queues[1], later.device.queues[1]];
+    t.true(later.device.queues[1].packets > tx0.packets, "the guest sent in between");
+    t.is((tx1.last_avail_idx - tx0.last_avail_idx) & 0xffff, (tx1.packets - tx0.packets) & 0xffff, `TX last_avail_idx ${tx0.last_avail_idx} -> ${tx1.last_avail_idx} with packets ${tx0.packets} -> ${tx1.packets}`);
     const after = await d.ok(["vf", "-l", PF]); // while the guest still runs
     const run = await guest.wait();
     await echo.stop();

@@ -737,6 +737,13 @@ std::string Engine::stopQueue(int devId, int q, uint16_t* lastAvail) {
   });
 }
 
+int Engine::queueLastAvail(int devId, int q) const noexcept {
+  const NetDevice* d = devs_[devId];
+  const Virtqueue& v = d->vq[q];
+  if (!__atomic_load_n(&v.running, __ATOMIC_ACQUIRE)) return -1;
+  return __atomic_load_n(&v.lastAvail, __ATOMIC_RELAXED);
+}
+
 std::string Engine::setQueueEnabled(int devId, int q, bool en) {
   NetDevice* d = devs_[devId];
   return run(d->worker, [&] {

@@ -152,6 +152,9 @@ class Engine : public EventSink {
   std::string kickAll(int devId);
   // One used-buffer notification on a running queue, nothing processed (a resumed ring's nudge).
   std::string signalQueue(int devId, int q);
+  // Where a running queue stands now (the next avail index it will take); -1 when it does not
+  // run. Read without a round trip to the worker: a relaxed load of a field only it writes.
+  int queueLastAvail(int devId, int q) const noexcept;
   // Sends one frame into a net device's switch as if the device had sent it (SEND_RARP after a
   // migration: the switch learns the MAC on this port and floods the announcement).
   std::string injectFrame(int devId, const uint8_t* frame, uint32_t len);

@@ -155,6 +155,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("setQueueCall", &EngineWrap::SetQueueCall),
                            InstanceMethod("kickAll", &EngineWrap::KickAll),
                            InstanceMethod("signalQueue", &EngineWrap::SignalQueue),
+                           InstanceMethod("queueLastAvail", &EngineWrap::QueueLastAvail),
                            InstanceMethod("injectFrame", &EngineWrap::InjectFrame),
                            InstanceMethod("hold", &EngineWrap::Hold),
                            InstanceMethod("close", &EngineWrap::Close),
@@ -441,6 +442,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     uint16_t last = 0;
     check(info.Env(), engine_->stopQueue(id, q, &last));
     return Napi::Number::New(info.Env(), last);
+  }
+  Napi::Value QueueLastAvail(const Napi::CallbackInfo& info) {
+    int id = devArg(info, 0);
+    int q = queueArg(info, 1, id);
+    return Napi::Number::New(info.Env(), engine_->queueLastAvail(id, q));
   }
   Napi::Value SetQueueEnabled(const Napi::CallbackInfo& info) {
     int id = devArg(info, 0);

@@ -163,6 +163,8 @@ export interface NativeEngine {
   setQueueCall(devId: number, queue: number, callFd: number): void;
   /** Process every running queue of the device once and signal each call fd once (after a restart). */
   kickAll(devId: number): void;
+  /** The next avail index a running queue will take (what it has processed up to); -1 when it does not run. */
+  queueLastAvail(devId: number, queue: number): number;
   /** One used-buffer notification (call) on a running queue; nothing is processed. */
   signalQueue(devId: number, queue: number): void;
   /** One Ethernet frame (no virtio header) into the device's switch as if the device sent it. */

@@ -120,13 +120,19 @@ test("no receive buffers: drop and count; disabled or stopped queue: drop", asyn
   eng.setQueueEnabled(2, 0, true);
   a.send(frame(B, A));
   t.true(await waitFor(() => b.rx.usedIdx() === 1));
+  t.is(eng.queueLastAvail(2, 0), 1, "the live index of a running queue");
   t.is(eng.stopQueue(2, 0), 1);
+  t.is(eng.queueLastAvail(2, 0), -1, "a stopped queue has none");
   a.send(frame(B, A));
   t.true(await waitFor(() => counter(eng, 2, 0, "drops") === 3n));
   // restart from the returned index; traffic resumes
   eng.startQueue(2, 0, b.rx.cfg(1));
   a.send(frame(B, A));
   t.true(await waitFor(() => b.rx.usedIdx() === 2));
+  t.is(eng.queueLastAvail(2, 0), 2);
+  t.throws(() => eng.queueLastAvail(2, 99), { message: /queue/ });
+  t.throws(() => eng.queueLastAvail(77, 0), { message: /out of range/ });
+  t.throws(() => eng.queueLastAvail(9, 0), { message: /does not exist/ });
   eng.close();
   a.close();
   b.close();

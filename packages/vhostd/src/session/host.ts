@@ -260,6 +260,12 @@ class VfSession {
     return { packets: at(0), bytes: at(1), drops: at(2), kicks: at(3), calls: at(4), errors: at(5) };
   }
 
+  /** Live while the queue runs (the engine's own index); otherwise the index it resumes at. */
+  private lastAvail(queue: number, started: boolean, base: number): number {
+    const live = started ? this.engine.queueLastAvail(this.spec.devId, queue) : -1;
+    return live >= 0 ? live : base;
+  }
+
   runtime(owner: string): VfRuntime {
     const s = this.session;
     const hex = (v: bigint) => `0x${v.toString(16)}`;
@@ -277,7 +283,7 @@ class VfSession {
         size: v.num,
         enabled: v.enabled,
         started: v.started,
-        lastAvailIdx: v.base,
+        lastAvailIdx: this.lastAvail(v.index, v.started, v.base),
         ...(v.addr ? { desc: hex(v.addr.desc), avail: hex(v.addr.avail), used: hex(v.addr.used) } : {}),
         ...this.counters(v.index),
       })),
