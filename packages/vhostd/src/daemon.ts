@@ -8,7 +8,9 @@
 //      leaving the journal untouched; a corrupt record is logged by key and skipped);
 //   3. bump the epoch durably (the keeper rejects a stale one);
 //   4. restore every PF, then every VF, through the registry and the VfHost;
-//   5. only then serve RPC.
+//   5. only then serve RPC. (HA: the snapshot of the restored state goes to the keeper as the
+//      first step of KeeperVfHost's serial part, so every change waits behind it; the keeper
+//      runs every VF throughout.)
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";

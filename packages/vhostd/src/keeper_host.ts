@@ -211,28 +211,35 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
   }
 
   /**
-   * Ends the restore phase: connects, waits (bounded) for the keeper and pushes the desired
-   * state as a snapshot. Without a keeper it returns anyway; the snapshot goes out when the
-   * keeper appears.
+   * Ends the restore phase and connects. The desired state goes to the keeper as a snapshot
+   * once it welcomes us (waiting at most startWaitMs), as the first step of the serial part:
+   * so RPC can be served at once, and every change waits behind that snapshot. The keeper
+   * runs every VF meanwhile (a vhostd restart is invisible to front-ends). Without a keeper
+   * the snapshot goes out when it appears. `synced` settles when that first step is over.
    */
   async start(): Promise<void> {
     this.restoring = false;
     this.mirror.listen();
     await this.client.connect();
     const t0 = performance.now();
-    try {
-      await withTimeout(this.client.hello(), this.opts.startWaitMs ?? 3000, "keeper did not welcome us");
-    } catch (e) {
-      this.log.warn({ event: "keeper_unavailable", err: (e as Error).message }, "keeper unavailable at start; changes fail until it is up, the state follows when it comes");
-      return;
-    }
-    try {
-      await this.serial(() => this.sync("start"));
-      this.log.info({ event: "keeper_synced", devices: Object.keys(this.desired).length, ms: Math.round(performance.now() - t0) }, "keeper runs the journaled state");
-    } catch (e) {
-      this.log.warn({ err: (e as Error).message }, "snapshot to the keeper failed; retried when the keeper is up again");
-    }
+    this.synced = this.serial(async () => {
+      try {
+        await withTimeout(this.client.hello(), this.opts.startWaitMs ?? 3000, "keeper did not welcome us");
+      } catch (e) {
+        this.log.warn({ event: "keeper_unavailable", err: (e as Error).message }, "keeper unavailable at start; changes fail until it is up, the state follows when it comes");
+        return;
+      }
+      try {
+        await this.sync("start");
+        this.log.info({ event: "keeper_synced", devices: Object.keys(this.desired).length, ms: Math.round(performance.now() - t0) }, "keeper runs the journaled state");
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message }, "snapshot to the keeper failed; retried when the keeper is up again");
+      }
+    });
   }
+
+  /** The first snapshot after start() is over (sent and acknowledged, or given up). */
+  synced: Promise<void> = Promise.resolve();
 
   addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): Promise<void> {
     return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfValue(pf, switchId, kind, uplinkTap) }, true);
