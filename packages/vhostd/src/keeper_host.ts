@@ -215,14 +215,14 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
    * once it welcomes us (waiting at most startWaitMs), as the first step of the serial part:
    * so RPC can be served at once, and every change waits behind that snapshot. The keeper
    * runs every VF meanwhile (a vhostd restart is invisible to front-ends). Without a keeper
-   * the snapshot goes out when it appears. `synced` settles when that first step is over.
+   * the snapshot goes out when it appears.
    */
   async start(): Promise<void> {
     this.restoring = false;
     this.mirror.listen();
     await this.client.connect();
     const t0 = performance.now();
-    this.synced = this.serial(async () => {
+    void this.serial(async () => {
       try {
         await withTimeout(this.client.hello(), this.opts.startWaitMs ?? 3000, "keeper did not welcome us");
       } catch (e) {
@@ -237,9 +237,6 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       }
     });
   }
-
-  /** The first snapshot after start() is over (sent and acknowledged, or given up). */
-  synced: Promise<void> = Promise.resolve();
 
   addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): Promise<void> {
     return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfValue(pf, switchId, kind, uplinkTap) }, true);
