@@ -100,7 +100,12 @@ export async function controlRun(n: number, idleMs: number): Promise<ControlResu
     await waitFor(async () => (await listCount(d)) === n, 30_000, "vf -l lists every VF again", 5);
     const restoreMs = performance.now() - t1;
 
-    // kill -9 the keeper: vfe-vhostd's takeover, from its own log.
+    // kill -9 the keeper: vfe-vhostd's takeover, from its own log. The restarted vfe-vhostd
+    // serves RPC before the keeper has pushed it every session copy: wait for the copies.
+    await waitFor(async () => {
+      const m = (await rpc(d, "ha", { status: true })).mirror as { connected?: boolean; copies?: number } | undefined;
+      return m?.connected === true && m.copies === n;
+    }, 30_000, "vfe-vhostd holds a copy of every session again", 5);
     const logAt = d.log().length;
     await d.killKeeper();
     let takeoverMs = NaN;

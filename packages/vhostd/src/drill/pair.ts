@@ -7,7 +7,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { controlPlaneUp, keeperCall } from "./rpc.js";
+import { controlPlaneUp, keeperCall, mirrorComplete } from "./rpc.js";
 
 const here = dirname(fileURLToPath(import.meta.url)); // <vhostd package>/dist/src/drill
 const vhostdPkg = resolve(here, "../../..");
@@ -85,8 +85,9 @@ export class Pair {
 
   /**
    * Starts one daemon and resolves once it serves: the keeper when its inspection socket
-   * answers (it restored its replica by then), vfe-vhostd when `version` answers. This is
-   * readiness for the drill's sequencing only; recovery times are measured by the caller.
+   * answers (it restored its replica by then), vfe-vhostd when `version` answers and, with a
+   * keeper, once it holds a copy of every session again (so a keeper kill after it is adopted).
+   * This is readiness for the drill's sequencing only; recovery times are measured by the caller.
    */
   async startDaemon(d: Daemon): Promise<void> {
     const args =
@@ -105,11 +106,19 @@ export class Pair {
         const tail = readFileSync(this.logFile(d), "utf8").trimEnd().split("\n").slice(-3).join(" | ");
         throw new Error(`${d === "keeper" ? "vfe-vhostd-ha" : "vfe-vhostd"} exited during start-up (${p.exitCode ?? p.signalCode}): ${tail}`);
       }
-      const up = d === "keeper" ? await keeperCall(this.runDir, { method: "version" }).then(() => true, () => false) : await controlPlaneUp(this.runDir, false);
+      const up =
+        d === "keeper"
+          ? await keeperCall(this.runDir, { method: "version" }).then(() => true, () => false)
+          : (await controlPlaneUp(this.runDir, false)) && (!this.running("keeper") || (await mirrorComplete(this.runDir)));
       if (up) return;
       await sleep(25);
     }
     throw new Error(`${d} did not come up within 30 s; see ${this.logFile(d)}`);
+  }
+
+  private running(d: Daemon): boolean {
+    const p = this.procs[d];
+    return p !== undefined && p.exitCode === null && p.signalCode === null;
   }
 
   /** SIGKILL and wait until the kernel has reaped it (so its sockets are really gone). */

@@ -60,6 +60,20 @@ export async function controlPlaneUp(runDir: string, haExpected: boolean): Promi
 }
 
 /**
+ * HA: vfe-vhostd holds a copy of every session the keeper runs (its mirror reconnected and
+ * pushed them), so a keeper kill from now on is adopted. A restarted vfe-vhostd answers RPC
+ * before that.
+ */
+export async function mirrorComplete(runDir: string): Promise<boolean> {
+  try {
+    const s = await rpc(runDir, ["ha", "status"], 1000);
+    return s.keeper?.connected === true && s.mirror?.connected === true && typeof s.keeper.vfs === "number" && s.mirror.copies === s.keeper.vfs;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Polls until the control plane is whole again; resolves with the ms since t0, or undefined
  * after limitMs. HA: `version` must report a connected keeper, and `vf -i probeVf` must get
  * the VF's runtime from it: right after a keeper kill vfe-vhostd may not have noticed yet
