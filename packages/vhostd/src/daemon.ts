@@ -11,7 +11,7 @@
 //   5. only then serve RPC. (HA: the snapshot of the restored state goes to the keeper as the
 //      first step of KeeperVfHost's serial part, so every change waits behind it; the keeper
 //      runs every VF throughout.)
-import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
@@ -385,7 +385,9 @@ export class Daemon {
       await journal.close().catch(() => undefined);
       throw e;
     }
-    writeFileSync(paths.pidFile, `${process.pid}\n`, { mode: 0o644 });
+    // Whole or absent, never empty: a reader may look the moment the RPC socket appears.
+    writeFileSync(`${paths.pidFile}.tmp`, `${process.pid}\n`, { mode: 0o644 });
+    renameSync(`${paths.pidFile}.tmp`, paths.pidFile);
     log.info(
       {
         version: version.version,

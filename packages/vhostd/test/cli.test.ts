@@ -40,11 +40,13 @@ async function startDaemon(extra: string[] = []): Promise<{ runDir: string; stat
   child.stdout!.on("data", (d) => (log += d));
   child.stderr!.on("data", (d) => (log += d));
   const sock = join(runDir, "vfe-vhostd.sock");
-  for (let i = 0; i < 200 && !existsSync(sock); i++) {
+  // Serving once the pid file is there too (written just after the socket listens).
+  const ready = () => existsSync(sock) && existsSync(join(runDir, "vfe-vhostd.pid"));
+  for (let i = 0; i < 200 && !ready(); i++) {
     if (child.exitCode !== null) throw new Error(`daemon exited: ${log}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  if (!existsSync(sock)) throw new Error(`daemon did not create ${sock}: ${log}`);
+  if (!ready()) throw new Error(`daemon did not create ${sock} and its pid file: ${log}`);
   return { runDir, stateDir, child, log: () => log };
 }
 

@@ -12,6 +12,8 @@ export { sleep, waitFor } from "./wait.js";
 
 export interface CliResult {
   code: number;
+  /** Why it did not exit by itself: the signal that ended it (a timeout kills it). */
+  signal?: string;
   stdout: string;
   stderr: string;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -175,7 +177,8 @@ export class Daemon {
           json = undefined;
         }
         const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-        resolve({ code, stdout, stderr, json });
+        const signal = err && typeof err.code !== "number" ? `${err.signal ?? "?"}${err.killed ? " (killed: no exit within 20 s)" : ""}` : undefined;
+        resolve({ code, ...(signal ? { signal } : {}), stdout, stderr, json });
       });
     });
   }
@@ -183,7 +186,7 @@ export class Daemon {
   /** Runs a CLI command that must succeed, returning its JSON. */
   async ok(args: string[]): Promise<any> {
     const r = await this.cli(args);
-    if (r.code !== 0) throw new Error(`vfe-vhost-cli ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
+    if (r.code !== 0) throw new Error(`vfe-vhost-cli ${args.join(" ")} failed (${r.code}${r.signal ? `, ${r.signal}` : ""}): ${r.stdout}${r.stderr}`);
     return r.json;
   }
 
