@@ -206,7 +206,7 @@ class ExitProbe : public Napi::ObjectWrap<ExitProbe> {
       done_.store(true);
       return;
     }
-    int everyMs = beacon_ ? 1 : intervalMs_;
+    int everyMs = beacon_ && !futexFailed_.load() ? 1 : intervalMs_;
     for (;;) {
       int fate = probe(pid_, statFd_);
       if (fate != kAlive) {
@@ -234,12 +234,18 @@ class ExitProbe : public Napi::ObjectWrap<ExitProbe> {
         __atomic_compare_exchange_n(word, &v, v | FUTEX_WAITERS, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
         continue;
       }
-      syscall(SYS_futex, word, FUTEX_WAIT, v, nullptr, nullptr, 0);  // woken, EAGAIN or EINTR: look again
+      // Woken, EAGAIN (the word moved) or EINTR: look again. Anything else would spin: poll instead.
+      if (syscall(SYS_futex, word, FUTEX_WAIT, v, nullptr, nullptr, 0) != 0 && errno != EAGAIN && errno != EINTR) {
+        futexFailed_.store(true);
+        return true;
+      }
     }
   }
 
   Napi::Value Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), readyFd_); }
-  Napi::Value Mode(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), beacon_ ? "beacon" : "poll"); }
+  Napi::Value Mode(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), beacon_ && !futexFailed_.load() ? "beacon" : "poll");
+  }
   Napi::Value BeaconError(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), beaconError_); }
   Napi::Value FateOf(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), fateName(fate_.load(std::memory_order_acquire)));
@@ -281,6 +287,7 @@ class ExitProbe : public Napi::ObjectWrap<ExitProbe> {
   std::atomic<int> fate_{kAlive};
   std::atomic<bool> stop_{false};
   std::atomic<bool> done_{false};
+  std::atomic<bool> futexFailed_{false};  // FUTEX_WAIT refused: the thread polls /proc instead
   exit_beacon::Layout* beacon_ = nullptr;
   uint32_t tid_ = 0;
   std::string beaconError_;
