@@ -7,6 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Daemon, waitFor } from "../../test/dist/src/harness/daemon.js";
 import { call } from "../../packages/vhostd/dist/src/cli/client.js";
+import { mirrorComplete } from "../../packages/vhostd/dist/src/drill/rpc.js";
 import { cpuSeconds, rssMiB } from "./sys.js";
 
 const PF = "0000:af:00.2";
@@ -102,10 +103,7 @@ export async function controlRun(n: number, idleMs: number): Promise<ControlResu
 
     // kill -9 the keeper: vfe-vhostd's takeover, from its own log. The restarted vfe-vhostd
     // serves RPC before the keeper has pushed it every session copy: wait for the copies.
-    await waitFor(async () => {
-      const m = (await rpc(d, "ha", { status: true })).mirror as { connected?: boolean; copies?: number } | undefined;
-      return m?.connected === true && m.copies === n;
-    }, 30_000, "vfe-vhostd holds a copy of every session again", 5);
+    await waitFor(() => mirrorComplete(d.runDir), 30_000, "vfe-vhostd holds a copy of every session again", 5);
     const logAt = d.log().length;
     await d.killKeeper();
     let takeoverMs = NaN;
