@@ -66,6 +66,9 @@ test.serial("dirty log: with LOG_ALL every page the engine writes (receive buffe
     t.true((b.protocolFeatures & bit(ProtocolFeature.LOG_SHMFD)) !== 0n, "LOG_SHMFD negotiated");
     // b learns its MAC into the switch by sending once; then a's frames are unicast to it.
     a.device.startRx(0);
+    // One frame only: a's driver thread must have posted its receive buffers, or it is dropped.
+    const aRx = a.device.ring(0);
+    await waitFor(() => a.device.readMem(aRx.avail + 2n, 2).readUInt16LE(0) > 0, 10_000, "a's receive buffers posted");
     b.device.startTx(0, { dstMac: a.mac, srcMac: b.mac, frameSize: 64, count: 1, streamId: 99 });
     await waitFor(() => a.device.stats(0).rxPackets >= 1, 10_000, "b's hello at a");
 
