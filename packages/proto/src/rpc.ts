@@ -139,6 +139,17 @@ export function socketPathProblem(s: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Why a socket path given for a new VF is not in its one spelling (undefined if it is). VFs
+ * and the reserved sockets are compared as strings, and "/run/x/../vf.sock" or "/run//vf.sock"
+ * would alias another VF's socket. Only new VFs are held to it: a journal written before this
+ * rule may name such a path, and its VF must still come back.
+ */
+export function socketPathAliasProblem(s: string): string | undefined {
+  if (s.slice(1).split("/").some((c) => c === "" || c === "." || c === "..")) return 'socket path has an empty, "." or ".." component';
+  return undefined;
+}
+
 /* ---------------------------------- blk disks ---------------------------------------- */
 
 /** `--disk null`: a disk without storage (reads return whatever the buffers held, writes vanish). */
@@ -778,7 +789,7 @@ export function checkParamValue(name: string, spec: ParamSpec, v: unknown): stri
       return n;
     }
     case "path": {
-      const p = socketPathProblem(v);
+      const p = socketPathProblem(v) ?? socketPathAliasProblem(v);
       if (p) throw bad(p);
       return v;
     }

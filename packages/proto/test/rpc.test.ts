@@ -11,6 +11,7 @@ import {
   methodSpec,
   normalizeMac,
   normalizePciAddr,
+  socketPathAliasProblem,
   socketPathProblem,
   validateParams,
 } from "../src/index.js";
@@ -44,6 +45,13 @@ test("PCI addresses, MACs and socket paths", (t) => {
   t.is(normalizeMac("00:00:00:00:00:00"), undefined);
   t.is(socketPathProblem("/tmp/a"), undefined);
   t.truthy(socketPathProblem("tmp/a"));
+  // one spelling per socket, so no VF can alias another's socket or a reserved one
+  t.regex(socketPathAliasProblem("/run/vhostd/x/../vfe-vhostd.sock")!, /component/);
+  t.regex(socketPathAliasProblem("/run//vhostd/vf.sock")!, /component/);
+  t.regex(socketPathAliasProblem("/run/./vf.sock")!, /component/);
+  t.is(socketPathAliasProblem("/run/vhostd/vf-0000:af:04.5"), undefined);
+  t.is(socketPathAliasProblem("/run/vhostd/..vf.sock"), undefined);
+  t.is(socketPathProblem("/run//vhostd/vf.sock"), undefined, "a journal may name such a path: its VF comes back");
   t.truthy(socketPathProblem("/" + "a".repeat(107)));
   t.is(socketPathProblem("/" + "a".repeat(106)), undefined);
   t.truthy(socketPathProblem("/" + "é".repeat(60))); // 121 bytes

@@ -1,6 +1,6 @@
 // Where vfe-vhostd and its tools keep things. Other tools (the keeper, scripts, tests)
 // depend on these names exactly.
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { RPC_SOCKET_NAME } from "@vhostd/proto";
 
 export const DEFAULT_RUN_DIR = "/run/vhostd";
@@ -32,8 +32,10 @@ export interface Paths {
 
 /** Flag, else environment, else default. */
 export function resolvePaths(opts: { runDir?: string; stateDir?: string }, env: NodeJS.ProcessEnv = process.env): Paths {
-  const runDir = opts.runDir || env[ENV_RUN_DIR] || DEFAULT_RUN_DIR;
-  const stateDir = opts.stateDir || env[ENV_STATE_DIR] || DEFAULT_STATE_DIR;
+  // One spelling (absolute, no "//", "." or ".."): default VF sockets are <run-dir>/vf-<DEVICE>
+  // and must pass the same one-spelling rule as a socket given with `vf -a -v`.
+  const runDir = resolve(opts.runDir || env[ENV_RUN_DIR] || DEFAULT_RUN_DIR);
+  const stateDir = resolve(opts.stateDir || env[ENV_STATE_DIR] || DEFAULT_STATE_DIR);
   return {
     runDir,
     stateDir,

@@ -42,6 +42,7 @@ import {
   isUuid,
   normalizeMac,
   normalizePciAddr,
+  socketPathAliasProblem,
   socketPathProblem,
 } from "@vhostd/proto";
 import { prepareDisk } from "./disk.js";
@@ -301,11 +302,11 @@ export class Registry extends EventEmitter {
       let socketPath = req.socket_file;
       if (socketPath === undefined || socketPath === null) {
         socketPath = `${this.opts.iface}${dev}`;
-        const p = socketPathProblem(socketPath);
+        const p = socketPathProblem(socketPath) ?? socketPathAliasProblem(socketPath);
         if (p) throw new VfeError(VfeErr.ADD_VF_NO_ACCESS_SOCKET_PATH, `default socket ${socketPath}: ${p}`);
       } else {
         if (typeof socketPath !== "string") throw einval("socket_file: must be a string");
-        const p = socketPathProblem(socketPath);
+        const p = socketPathProblem(socketPath) ?? socketPathAliasProblem(socketPath);
         if (p) throw einval(`socket_file: ${p}`);
       }
       const owner = this.sockets.get(socketPath);
