@@ -173,6 +173,24 @@ function fdIndex(t: string, b: Body, field: string, count: number): number {
   return int(t, b, field, -1, count - 1);
 }
 
+/** A ring size as a front-end may set it: a power of two up to 32768 (0: not set yet, where allowed). */
+function ringSize(t: string, b: Body, field: string, zeroOk: boolean): number {
+  const n = int(t, b, field, zeroOk ? 0 : 1, 32768);
+  if (n !== 0 && (n & (n - 1)) !== 0) fail(t, field, "must be a power of two");
+  return n;
+}
+
+const U64_MAX = (1n << 64n) - 1n;
+
+/** A memory region as SET_MEM_TABLE could have set it: not empty, no range wrapping past 2^64. */
+function region(w: string, rb: Body, count: number): MirrorRegion {
+  const r = { guestAddr: hex64(w, rb, "guestAddr"), size: hex64(w, rb, "size"), userAddr: hex64(w, rb, "userAddr"), mmapOffset: hex64(w, rb, "mmapOffset"), fd: int(w, rb, "fd", 0, count - 1) };
+  const size = BigInt(r.size);
+  if (size === 0n) fail(w, "size", "must not be 0");
+  for (const f of ["guestAddr", "userAddr", "mmapOffset"] as const) if (BigInt(r[f]) > U64_MAX - (size - 1n)) fail(w, f, "range wraps past 2^64");
+  return r;
+}
+
 function validateVring(v: unknown, i: number, count: number): MirrorVring {
   const t = `vring[${i}]`;
   const b = fields(t, v, ["index", "num", "addr", "base", "kick", "call", "err", "kicked", "enabled", "started"]);
@@ -185,7 +203,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
   if (index !== i) fail(t, "index", `must be ${i}`);
   return {
     index,
-    num: int(t, b, "num", 0, 32768),
+    num: ringSize(t, b, "num", true),
     addr,
     base: int(t, b, "base", 0, 0xffff),
     kick: fdIndex(t, b, "kick", count),
@@ -210,11 +228,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
       protocolFeatures: hex64(t, s, "protocolFeatures"),
       status: int(t, s, "status", 0, 0xff),
       owner: bool(t, s, "owner"),
-      regions: list(t, s, "regions", MAX_REGIONS).map((x, i) => {
-        const rb = fields(`region[${i}]`, x, ["guestAddr", "size", "userAddr", "mmapOffset", "fd"]);
-        const w = `region[${i}]`;
-        return { guestAddr: hex64(w, rb, "guestAddr"), size: hex64(w, rb, "size"), userAddr: hex64(w, rb, "userAddr"), mmapOffset: hex64(w, rb, "mmapOffset"), fd: int(w, rb, "fd", 0, count - 1) };
-      }),
+      regions: list(t, s, "regions", MAX_REGIONS).map((x, i) => region(`region[${i}]`, fields(`region[${i}]`, x, ["guestAddr", "size", "userAddr", "mmapOffset", "fd"]), count)),
       vrings: list(t, s, "vrings", MAX_RINGS).map((x, i) => validateVring(x, i, count)),
     },
   };
@@ -225,7 +239,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
   if (s.inflight !== undefined) {
     const w = `${t}.inflight`;
     const ib = fields(w, s.inflight, ["fd", "size", "offset", "numQueues", "queueSize"]);
-    rec.session.inflight = { fd: int(w, ib, "fd", 0, count - 1), size: hex64(w, ib, "size"), offset: hex64(w, ib, "offset"), numQueues: int(w, ib, "numQueues", 1, MAX_RINGS), queueSize: int(w, ib, "queueSize", 1, 32768) };
+    rec.session.inflight = { fd: int(w, ib, "fd", 0, count - 1), size: hex64(w, ib, "size"), offset: hex64(w, ib, "offset"), numQueues: int(w, ib, "numQueues", 1, MAX_RINGS), queueSize: ringSize(w, ib, "queueSize", false) };
   }
   if (s.writeback !== undefined) rec.session.writeback = int(t, s, "writeback", 0, 1);
   if (r.reply !== undefined) {

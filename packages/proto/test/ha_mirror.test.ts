@@ -75,6 +75,15 @@ test("hostile vf records are refused with the field named", (t) => {
   const bigRing = rec();
   bigRing.session.vrings[0]!.num = 65536;
   refused(t, { ...base, rec: bigRing }, /num/);
+  const oddRing = rec();
+  oddRing.session.vrings[0]!.num = 1000;
+  refused(t, { ...base, rec: oddRing }, /num must be a power of two/);
+  const emptyRegion = rec();
+  emptyRegion.session.regions[0]!.size = "0x0";
+  refused(t, { ...base, rec: emptyRegion }, /size must not be 0/);
+  const wraps = rec();
+  wraps.session.regions[0]!.guestAddr = "0xffffffffffff0000";
+  refused(t, { ...base, rec: wraps }, /guestAddr range wraps/);
   const wrongIndex = rec();
   wrongIndex.session.vrings[1]!.index = 5;
   refused(t, { ...base, rec: wrongIndex }, /index/);

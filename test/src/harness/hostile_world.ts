@@ -31,7 +31,9 @@ export interface StreamCheck {
 
 export class HostileWorld {
   readonly vhostdPid: number;
-  readonly keeperPid: number;
+  keeperPid: number;
+  /** Between killKeeper() and restartKeeper(): vfe-vhostd runs every VF itself. */
+  keeperDown = false;
   private lastRx = [0, 0];
 
   private constructor(
@@ -132,7 +134,7 @@ export class HostileWorld {
    */
   async problem(moving = false): Promise<string | null> {
     if (!this.alive(this.d.proc, this.vhostdPid)) return `vfe-vhostd (pid ${this.vhostdPid}) is gone or was replaced`;
-    if (!this.alive(this.d.keeper, this.keeperPid)) return `vfe-vhostd-ha (pid ${this.keeperPid}) is gone or was replaced`;
+    if (!this.keeperDown && !this.alive(this.d.keeper, this.keeperPid)) return `vfe-vhostd-ha (pid ${this.keeperPid}) is gone or was replaced`;
     for (const [i, w] of (["a->b", "b->a"] as const).entries()) {
       const s = this.stream(w);
       if (s.dup || s.corrupt || s.reordered) return `victim stream ${w}: ${JSON.stringify(s)}`;
@@ -147,6 +149,32 @@ export class HostileWorld {
     const v = await this.rpc("version", {}).catch((e: Error) => ({ error: e.message }));
     if (!v.result) return `RPC does not answer: ${JSON.stringify(v)}`;
     return null;
+  }
+
+  private async haStatus(): Promise<any> {
+    return (await this.rpc("ha", { status: true }).catch(() => ({}))).result ?? {};
+  }
+
+  /** kill -9 of the keeper; resolves once vfe-vhostd runs every VF (a takeover, no reconnect). */
+  async killKeeper(): Promise<void> {
+    await this.d.killKeeper();
+    this.keeperDown = true;
+    await waitFor(async () => ((await this.haStatus()).mirror?.running ?? []).includes(VF_A), 15_000, "vfe-vhostd to take over");
+  }
+
+  /** Starts a keeper again; resolves once it runs every VF again and vfe-vhostd holds their copies. */
+  async restartKeeper(): Promise<void> {
+    await this.d.startKeeper();
+    this.keeperPid = this.d.keeper!.pid!;
+    this.keeperDown = false;
+    await waitFor(
+      async () => {
+        const s = await this.haStatus();
+        return s.keeper?.connected === true && s.mirror?.connected === true && (s.mirror?.running ?? []).length === 0 && s.mirror.copies === s.keeper.vfs;
+      },
+      30_000,
+      "the keeper to take every VF back",
+    );
   }
 
   /** Stops the victims' streams and says what is wrong with them, or null. */
