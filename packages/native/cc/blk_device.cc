@@ -281,7 +281,7 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
   s.bytes = 0;
   s.useDirect = false;
   const volatile VringDesc* table = v.desc;
-  uint32_t tableSize = v.size, budget = v.size;
+  uint32_t tableSize = v.size;
   bool inIndirect = false;
   uint16_t idx = head;
   int nIov = 0, firstW = -1;
@@ -291,16 +291,17 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
   uint64_t lastWAddr = 0;
   uint32_t lastWLen = 0;
   const char* bad = nullptr;
+  // Every step costs the worker (and every device it serves) time, so the walk is bounded by
+  // what a valid request can be, not by what the tables could hold: header + SEG_MAX data
+  // descriptors + status (the indirect descriptor itself aside). Longer is a loop or a driver
+  // that ignores SEG_MAX: the queue breaks. Once a descriptor made the request bad nothing
+  // more is translated or checked; the rest of the walk (within the same bound) only looks
+  // for the status byte, so that the request can still be answered with IOERR.
   for (;;) {
     if (idx >= tableSize) {
       snprintf(ctx.reason, sizeof ctx.reason, "%sdesc %u: next index beyond table of %u", inIndirect ? "indirect " : "", idx, tableSize);
       return false;
     }
-    if (budget == 0) {
-      snprintf(ctx.reason, sizeof ctx.reason, "%schain longer than %u descriptors (loop?)", inIndirect ? "indirect " : "", tableSize);
-      return false;
-    }
-    budget--;
     VringDesc dsc = readDesc(&table[idx]);
     if (dsc.flags & VRING_DESC_F_INDIRECT) {
       const char* why = nullptr;
@@ -315,42 +316,44 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
         return false;
       }
       table = reinterpret_cast<const volatile VringDesc*>(t);
-      tableSize = budget = dsc.len / 16;
+      // A 16-bit next reaches 65536 entries at most; the chain bound below stops far earlier.
+      tableSize = dsc.len / 16 < 65536u ? dsc.len / 16 : 65536u;
       inIndirect = true;
       idx = 0;
       continue;
     }
-    ndesc++;
-    if (ndesc > kBlkSegMax + 2 && !bad) bad = "more descriptors than SEG_MAX";
+    if (++ndesc > kBlkMaxChain) {
+      snprintf(ctx.reason, sizeof ctx.reason, "request (head %u): chain longer than %u descriptors (SEG_MAX %u + header + status; a loop?)",
+               head, kBlkMaxChain, kBlkSegMax);
+      return false;
+    }
     bool w = (dsc.flags & VRING_DESC_F_WRITE) != 0;
-    if (ndesc == 1 && w) firstIsW = true;
-    if (dsc.len == 0) {
-      if (!bad) bad = "zero-length descriptor";
-    } else {
-      if (!w && haveW && !bad) bad = "device-readable descriptor after a device-writable one";
-      if (dsc.len > kBlkSizeMax + 16 && !bad) bad = "descriptor larger than SIZE_MAX";
-      if (w) {
-        haveW = true;
-        lastWAddr = dsc.addr;
-        lastWLen = dsc.len;
-        wlen += dsc.len;
-      } else {
-        rlen += dsc.len;
-      }
-      if (!bad) {
+    if (w) {
+      haveW = true;
+      lastWAddr = dsc.addr;
+      lastWLen = dsc.len;
+    }
+    if (!bad) {
+      if (ndesc == 1 && w) firstIsW = true;
+      if (dsc.len == 0) bad = "zero-length descriptor";
+      else if (!w && haveW) bad = "device-readable descriptor after a device-writable one";
+      else if (dsc.len > kBlkSizeMax + 16) bad = "descriptor larger than SIZE_MAX";
+      else {
         int got = mem.gpaToIov(dsc.addr, dsc.len, s.iov + nIov, kBlkMaxIov - nIov);
         if (got == -1) bad = "buffer outside guest memory";
         else if (got == -2) bad = "more memory segments than the device takes";
         else {
           if (w && firstW < 0) firstW = nIov;
           nIov += got;
+          if (w) wlen += dsc.len;
+          else rlen += dsc.len;
         }
       }
     }
     if (!(dsc.flags & VRING_DESC_F_NEXT)) break;
     idx = dsc.next;
   }
-  if (!haveW) {
+  if (!haveW || lastWLen == 0) {
     snprintf(ctx.reason, sizeof ctx.reason, "request (head %u) has no device-writable status byte", head);
     return false;
   }
@@ -423,6 +426,9 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
     case VIRTIO_BLK_T_DISCARD:
     case VIRTIO_BLK_T_WRITE_ZEROES: {
       bool discard = hdr.type == VIRTIO_BLK_T_DISCARD;
+      // Only what the driver accepted exists (virtio 1.2 5.2.6.2: UNSUPP otherwise).
+      if (!d.has(discard ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES))
+        return finish(d, q, s, VIRTIO_BLK_S_UNSUPP, ctx, discard ? "DISCARD without VIRTIO_BLK_F_DISCARD negotiated" : "WRITE_ZEROES without VIRTIO_BLK_F_WRITE_ZEROES negotiated"), true;
       if (b.readonly) return finish(d, q, s, VIRTIO_BLK_S_IOERR, ctx, nullptr), true;
       if (outLen == 0 || outLen % 16 || outLen / 16 > kBlkMaxDiscardSeg)
         return finish(d, q, s, VIRTIO_BLK_S_IOERR, ctx, "discard/write-zeroes ranges: not 1..max_seg 16-byte segments"), true;

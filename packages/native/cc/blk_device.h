@@ -46,6 +46,7 @@ constexpr uint32_t VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
 // packages/vhostd/src/session/blk_model.ts) and enforces on every request.
 constexpr uint32_t kBlkSegMax = 126;             // data descriptors per request (SEG_MAX)
 constexpr uint32_t kBlkSizeMax = 1u << 20;       // bytes per data descriptor (SIZE_MAX)
+constexpr uint32_t kBlkMaxChain = kBlkSegMax + 2;  // descriptors per request: header, data, status
 constexpr int kBlkMaxIov = 128;                  // host segments per request
 constexpr uint32_t kBlkMaxSlots = 256;           // requests in flight per queue
 constexpr uint32_t kBlkMaxDiscardSectors = 1u << 22;  // 2 GiB per discard / write-zeroes

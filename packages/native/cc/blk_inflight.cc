@@ -91,7 +91,8 @@ void InflightArea::swap(InflightArea& o) noexcept {
 void inflightRestart(InflightArea& a, int q, uint16_t usedIdx) noexcept {
   InflightQueue* iq = a.queue(q);
   if (!iq) return;
-  for (uint32_t i = 0; i < iq->descNum; i++) __atomic_store_n(&iq->desc[i].inflight, (uint8_t)0, __ATOMIC_RELAXED);
+  const uint32_t n = a.queueSize();  // never the area's desc_num: the front-end writes it
+  for (uint32_t i = 0; i < n; i++) __atomic_store_n(&iq->desc[i].inflight, (uint8_t)0, __ATOMIC_RELAXED);
   __atomic_store_n(&iq->usedIdx, usedIdx, __ATOMIC_RELEASE);
 }
 

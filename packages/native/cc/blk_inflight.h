@@ -63,15 +63,17 @@ class InflightArea {
 };
 
 // Worker, when a request is taken / after its used entry is published / at a ring's start.
+// Every index is bounded by queueSize(), the value we checked and keep privately: the
+// front-end can rewrite desc_num (or anything else in the area) at any moment.
 inline void inflightTake(InflightArea& a, int q, uint16_t head) noexcept {
   InflightQueue* iq = a.queue(q);
-  if (!iq || head >= iq->descNum) return;
+  if (!iq || head >= a.queueSize()) return;
   iq->desc[head].counter = a.nextCounter();
   __atomic_store_n(&iq->desc[head].inflight, (uint8_t)1, __ATOMIC_RELEASE);
 }
 inline void inflightDone(InflightArea& a, int q, uint16_t head) noexcept {
   InflightQueue* iq = a.queue(q);
-  if (!iq || head >= iq->descNum) return;
+  if (!iq || head >= a.queueSize()) return;
   iq->lastBatchHead = head;
   __atomic_store_n(&iq->desc[head].inflight, (uint8_t)0, __ATOMIC_RELEASE);
 }

@@ -518,6 +518,16 @@ std::string Engine::setBlkInflight(int devId, int fd, uint64_t size, uint64_t of
     // Requests in flight were marked in the old area: let them finish there first.
     if (!blkDrain(*d, -1, *w.ctx)) post(d->devId, -1, EvKind::kRingError, "requests still in flight after 30 s at an inflight area change");
     d->blk->inflight.swap(area);
+    // A ring already running with another size than the new area's queues: stop it (its
+    // heads could not all be tracked), the others go on.
+    for (int q = 0; q < d->blk->numQueues; q++) {
+      Virtqueue& v = d->vq[q];
+      if (!v.running || v.broken || !d->blk->inflight.queue(q) || v.size == d->blk->inflight.queueSize()) continue;
+      v.markBroken();
+      char msg[160];
+      snprintf(msg, sizeof msg, "ring size %u differs from the inflight area's queue size %u", v.size, d->blk->inflight.queueSize());
+      post(d->devId, q, EvKind::kQueueBroken, msg);
+    }
   });  // `area` now holds the old one and unmaps it here
 }
 
@@ -695,6 +705,11 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t*
       snprintf(reason, sizeof reason, "guest memory region 0x%" PRIx64 " shrank under us earlier; send a new memory table",
                shrunk->gpa);
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
+    } else if (d->blk && d->blk->inflight.queue(q) && qs.setup.size != d->blk->inflight.queueSize()) {
+      // Heads index the area's table, which has queueSize entries: a ring of another size
+      // would need entries the area does not have (or leave some never tracked).
+      result = "queue " + std::to_string(q) + ": ring size " + std::to_string(qs.setup.size) +
+               " differs from the inflight area's queue size " + std::to_string(d->blk->inflight.queueSize());
     } else if (!v.mapRings(*d->mem, qs.setup, reason, sizeof reason)) {
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
     } else {
