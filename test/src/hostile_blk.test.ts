@@ -112,10 +112,14 @@ async function ackOf(fe: BlkFrontend, req: Req, payload: Buffer, fds: number[] =
   return r!.payload.readBigUInt64LE(0);
 }
 
-/** SET_VRING_ADDR with the ring's own addresses: the back-end restarts the running ring in place. */
-function restartRing(fe: BlkFrontend): Promise<bigint> {
+/**
+ * SET_VRING_ADDR with the ring's own addresses: the back-end restarts the running ring in place
+ * (with `usedLog`, logging its used ring at that guest-physical address, VHOST_VRING_F_LOG).
+ */
+function restartRing(fe: BlkFrontend, usedLog?: bigint): Promise<bigint> {
   const r = fe.device.ring(0);
-  return ackOf(fe, Req.SET_VRING_ADDR, codec.vringAddr.encode({ index: 0, flags: 0, desc: r.desc, used: r.used, avail: r.avail, log: 0n }));
+  const flags = usedLog === undefined ? 0 : 1;
+  return ackOf(fe, Req.SET_VRING_ADDR, codec.vringAddr.encode({ index: 0, flags, desc: r.desc, used: r.used, avail: r.avail, log: usedLog ?? 0n }));
 }
 
 async function getInflight(fe: BlkFrontend, queueSize: number): Promise<number> {
@@ -258,6 +262,121 @@ test.serial("DISCARD and WRITE_ZEROES the driver did not negotiate are answered 
     r.publish(r.chain(4 * used, [{ addr: r.header(T_IN), len: 16 }, { addr: r.alloc(512), len: 512, write: true }, { addr: status, len: 1, write: true }]));
     await waitFor(() => r.usedIdx() === used + 1, 5000, "the read's completion");
     t.is(r.read(status, 1)[0], 0);
+    await stillServing(t, d, pid);
+  } finally {
+    fe?.close();
+    await d.stop();
+  }
+});
+
+test.serial("dirty log truncated after SET_LOG_BASE: the next logged write stops only this VF's queues, until a new log", async (t) => {
+  const d = await blkDaemon([[VF_H, "h"]]);
+  const pid = d.proc?.pid;
+  let fe: BlkFrontend | undefined;
+  const fds: number[] = [];
+  try {
+    fe = await connectBlk(d.sock("h"), {
+      connectTimeoutMs: 10_000,
+      wantFeatures: BLK_WANT_FEATURES | bit(VirtioFeatureBit.LOG_ALL),
+      wantProtocolFeatures: BLK_WANT_PROTOCOL_FEATURES | bit(ProtocolFeature.LOG_SHMFD),
+    });
+    await fe.handshake();
+    t.not(fe.features & bit(VirtioFeatureBit.LOG_ALL), 0n, "LOG_ALL negotiated: every write into guest memory is logged");
+    const logBytes = Math.ceil(fe.device.memSize / 4096 / 8 / 4096) * 4096;
+    const setLog = async () => {
+      const fd = native.memfdCreate("hostile-log", logBytes);
+      fds.push(fd);
+      const r = await fe!.request(Req.SET_LOG_BASE, codec.log.encode({ size: BigInt(logBytes), offset: 0n }), [fd]);
+      t.is(codec.u64.decode(r!.payload), 0n, "log accepted");
+      return fd;
+    };
+    const log = await setLog();
+    // The driver's guest addresses are its own virtual addresses, far beyond what a log covers:
+    // log the used ring at guest-physical 0 instead (the front-end chooses that address).
+    t.is(await restartRing(fe, 0n), 0n, "the ring logs its used ring");
+    t.is(fe.device.request("read", 0).status, 0, "a logged request");
+    fs.ftruncateSync(log, 0);
+    try {
+      fe.device.request("read", 8, undefined, 2000); // its status byte is logged: SIGBUS in the daemon
+    } catch {
+      // the queue may stop before this request completes
+    }
+    const line = await d.waitForLog((l) => l.vf === VF_H && l.level >= 40 && /^dirty log of 0x[0-9a-f]+ bytes shrank under us \(SIGBUS/.test(`${l.msg}`), 10_000).catch(() => undefined);
+    t.truthy(line, "a warning names the VF and the dirty log");
+    await stillServing(t, d, pid);
+    t.not(await restartRing(fe, 0n), 0n, "the ring does not start again on the faulted log");
+    await setLog();
+    t.is(await restartRing(fe, 0n), 0n, "with a new log its addresses are taken");
+    const kick = codec.vringFd.encode({ index: 0, noFd: false });
+    t.is(await ackOf(fe, Req.SET_VRING_KICK, kick, [fe.device.ring(0).kickFd]), 0n, "and it starts again");
+    t.is(fe.device.request("read", 0).status, 0, "and serves requests");
+  } finally {
+    fe?.close();
+    for (const fd of fds) native.closeFd(fd);
+    await d.stop();
+  }
+});
+
+test.serial("inflight area: ours is sealed; one handed back with SET_INFLIGHT_FD and then truncated stops only this VF's queues", async (t) => {
+  const d = await blkDaemon([[VF_H, "h"]]);
+  const pid = d.proc?.pid;
+  let fe: BlkFrontend | undefined;
+  const fds: number[] = [];
+  try {
+    fe = await connectBlk(d.sock("h"), { connectTimeoutMs: 10_000, wantProtocolFeatures: WANT_INFLIGHT });
+    await fe.handshake();
+    const ours = await getInflight(fe, fe.queueSize);
+    fds.push(ours);
+    t.throws(() => fs.ftruncateSync(ours, 0), { code: "EPERM" }, "our area cannot shrink (F_SEAL_SHRINK)");
+    t.throws(() => fs.ftruncateSync(ours, 1 << 20), { code: "EPERM" }, "nor grow (F_SEAL_GROW)");
+
+    const bytes = Math.ceil((16 + 16 * fe.queueSize) / 64) * 64;
+    const theirs = native.memfdCreate("hostile-inflight", bytes);
+    fds.push(theirs);
+    const area = codec.inflight.encode({ mmapSize: BigInt(bytes), mmapOffset: 0n, numQueues: 1, queueSize: fe.queueSize });
+    t.is(await ackOf(fe, Req.SET_INFLIGHT_FD, area, [theirs]), 0n, "the handed-back area is accepted");
+    t.is(fe.device.request("write", 0, Buffer.alloc(4096, 1)).status, 0);
+    fs.ftruncateSync(theirs, 0);
+    try {
+      fe.device.request("write", 8, Buffer.alloc(4096, 2), 2000); // marks its head in the area: SIGBUS in the daemon
+    } catch {
+      // the queue may stop before this request completes
+    }
+    const line = await d.waitForLog((l) => l.vf === VF_H && l.level >= 40 && /^inflight area of 0x[0-9a-f]+ bytes shrank under us \(SIGBUS/.test(`${l.msg}`), 10_000).catch(() => undefined);
+    t.truthy(line, "a warning names the VF and the inflight area");
+    await stillServing(t, d, pid);
+    t.not(await restartRing(fe), 0n, "the ring does not start again on the faulted area");
+  } finally {
+    fe?.close();
+    for (const fd of fds) native.closeFd(fd);
+    await d.stop();
+  }
+});
+
+test.serial("GET_INFLIGHT_FD repeated: one area per session (each replaces the last), sized by the device's queues and the ring limit", async (t) => {
+  const d = await blkDaemon([[VF_H, "h"]]);
+  const pid = d.proc!.pid!;
+  let fe: BlkFrontend | undefined;
+  try {
+    fe = await connectBlk(d.sock("h"), { connectTimeoutMs: 10_000, wantProtocolFeatures: WANT_INFLIGHT });
+    await fe.handshake();
+    const openFds = () => fs.readdirSync(`/proc/${pid}/fd`).length;
+    native.closeFd(await getInflight(fe, fe.queueSize));
+    const before = openFds();
+    for (let i = 0; i < 200; i++) native.closeFd(await getInflight(fe, fe.queueSize));
+    t.true(openFds() <= before + 2, `the daemon holds ${openFds()} fds after 200 more areas (${before} after the first)`);
+    // Beyond the device's one queue, or beyond the largest ring: refused before any memfd is made.
+    for (const [numQueues, queueSize] of [
+      [2, 128],
+      [1, 65536 / 2 + 1],
+      [1, 65535],
+    ] as const) {
+      const r = await fe.request(Req.GET_INFLIGHT_FD, codec.inflight.encode({ mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize })).catch(() => undefined);
+      t.true(r === undefined || r.fds.length === 0, `no area for ${numQueues} queue(s) of ${queueSize}`);
+      for (const fd of r?.fds ?? []) native.closeFd(fd);
+      if (!fe.connected) break; // a protocol violation ends the session: fine too
+    }
+    t.true(openFds() <= before + 2);
     await stillServing(t, d, pid);
   } finally {
     fe?.close();

@@ -510,7 +510,7 @@ std::string Engine::setBlkInflight(int devId, int fd, uint64_t size, uint64_t of
   if (!d->blk) return "device " + std::to_string(devId) + " is not a blk device";
   InflightArea area;
   if (fd >= 0) {
-    std::string e = area.map(fd, size, offset, numQueues, queueSize, fresh, pending);
+    std::string e = area.map(fd, size, offset, numQueues, queueSize, fresh, pending, d->mem->faultShared());
     if (!e.empty()) return e;
   }
   Worker& w = *workers_[d->worker];
@@ -603,7 +603,7 @@ std::string Engine::setDirtyLog(int devId, int fd, uint64_t size, uint64_t offse
   NetDevice* d = devs_[devId];
   DirtyLog fresh;
   std::string err;
-  if (fd >= 0 && !fresh.map(fd, size, offset, &err)) return err;
+  if (fd >= 0 && !fresh.map(fd, size, offset, d->mem->faultShared(), &err)) return err;
   // Every writer holds an RX lock or is the owner: under all of them nobody is mid-write.
   err = run(d->worker, [&] {
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
@@ -705,6 +705,10 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t*
       snprintf(reason, sizeof reason, "guest memory region 0x%" PRIx64 " shrank under us earlier; send a new memory table",
                shrunk->gpa);
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
+    } else if (d->log.faulted()) {  // what we write would not be logged: the migration would lose it
+      result = "queue " + std::to_string(q) + ": the dirty log shrank under us earlier; send a new log (SET_LOG_BASE)";
+    } else if (d->blk && d->blk->inflight.faulted()) {  // its tracking would be our zero pages
+      result = "queue " + std::to_string(q) + ": the inflight area shrank under us earlier; reconnect with a new area";
     } else if (d->blk && d->blk->inflight.queue(q) && qs.setup.size != d->blk->inflight.queueSize()) {
       // Heads index the area's table, which has queueSize entries: a ring of another size
       // would need entries the area does not have (or leave some never tracked).
