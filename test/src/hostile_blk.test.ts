@@ -223,8 +223,9 @@ test.serial("self-looping indirect tables over 4 GiB: each hostile queue breaks 
     }
     const max = Math.max(...during);
     t.log(`victim latency: before max ${Math.max(...before).toFixed(1)} ms; after the hostile kicks max ${max.toFixed(1)} ms over ${during.length} requests`);
-    // Generous: this host's 2 vCPUs are shared, a plain request sometimes takes ~100 ms here.
-    t.true(max < 500, `a request of the other VF took ${max.toFixed(1)} ms while the hostile chains were walked`);
+    // Generous: this host's 2 vCPUs are shared (a plain request sometimes takes ~100 ms here);
+    // before the fix the three walks held the worker 1.2-2 s unloaded, 4.6 s here.
+    t.true(max < 800, `a request of the other VF took ${max.toFixed(1)} ms while the hostile chains were walked`);
     for (const vf of hostile) {
       const line = await d.waitForLog((l) => l.vf === vf && l.level >= 40 && /chain longer than 128 descriptors/.test(`${l.msg}`), 5000).catch(() => undefined);
       t.truthy(line, `${vf}: its queue is broken, naming the VF and why`);
