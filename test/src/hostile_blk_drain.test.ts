@@ -97,9 +97,11 @@ test.serial("a backing that stops answering: GET_VRING_BASE returns within the d
     const cliMs = Date.now() - c0;
     const { b: base, ms: baseMs } = await baseP;
     t.log(`GET_VRING_BASE answered in ${baseMs} ms (base ${base}); vf -i of another VF took ${cliMs} ms`);
+    // Bounds far above the 0.5 s drain (a CLI start alone takes 1-2 s on this loaded host) and
+    // far below the 30 s the JS thread used to wait (vf -i then timed out after 20 s).
     t.is(info.code, 0, "vf -i of another VF answers");
-    t.true(cliMs < 5000, `vf -i of another VF took ${cliMs} ms while one drain hung`);
-    t.true(baseMs < 5000, `GET_VRING_BASE took ${baseMs} ms`);
+    t.true(cliMs < 10_000, `vf -i of another VF took ${cliMs} ms while one drain hung`);
+    t.true(baseMs < 10_000, `GET_VRING_BASE took ${baseMs} ms`);
     t.is(base, 1, "the base is the used index: the hung write is not counted done (it runs again on restart)");
     const line = await d
       .waitForLog((l) => l.vf === VF_H && /1 request\(s\) still with the backing after \d+ ms at a ring stop/.test(`${l.msg}`), 5000)
@@ -111,7 +113,7 @@ test.serial("a backing that stops answering: GET_VRING_BASE returns within the d
     await d.waitForLog((l) => l.vf === VF_H && /front-end disconnected/.test(`${l.msg}`), 5000);
     const c1 = Date.now();
     t.is((await d.cli(["vf", "-i", VF_V])).code, 0);
-    t.true(Date.now() - c1 < 5000, "the control plane answers after the disconnect too");
+    t.true(Date.now() - c1 < 10_000, "the control plane answers after the disconnect too");
 
     // Thaw: the kernel now reads the write's data from guest memory, which must still be ours.
     ffs.thaw();
