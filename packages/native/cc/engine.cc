@@ -570,9 +570,17 @@ uint32_t Engine::drainBlk(NetDevice* d, int q) {
   Worker& w = *workers_[d->worker];
   const uint64_t deadline = monoNs() + (uint64_t)kBlkDrainWaitMs * 1000000ull;
   uint32_t left = 0;
+  bool slow = false;
   for (;;) {
-    if (!run(d->worker, [&] { left = blkDrainStep(*d, q, *w.ctx); }).empty()) return left;
-    if (left == 0 || monoNs() > deadline) return left;
+    if (!run(d->worker, [&] {
+          left = blkDrainStep(*d, q, *w.ctx);
+          slow = d->blk->abandonedTotal > 0;
+        }).empty())
+      return left;
+    // A backing that still holds requests abandoned earlier gets no more waiting until it has
+    // answered: a disconnect stops every queue in turn, and the JS thread must not wait for
+    // each of them (HA heartbeats, every other VF's control plane).
+    if (left == 0 || slow || monoNs() > deadline) return left;
     usleep(1000);
   }
 }
