@@ -195,9 +195,13 @@ std::string install() {
 
 bool installed() noexcept { return gInstalled.load(); }
 
-// Claims a free slot in [0, end) or returns -1.
-static int claim(int end, uint64_t* mine) noexcept {
-  for (int i = 0; i < end; i++) {
+// Lowest index that may be free (a hint: add() starts there, remove() lowers it), so that
+// registering thousands of mappings (an HA takeover of every VF) is not quadratic.
+std::atomic<int> gFreeHint{0};
+
+// Claims a free slot in [begin, end) or returns -1.
+static int claim(int begin, int end, uint64_t* mine) noexcept {
+  for (int i = begin; i < end; i++) {
     Slot* sp = slotAt(i);
     if (!sp) { i += kChunkSlots - 1 - i % kChunkSlots; continue; }
     uint64_t st = sp->state.load(std::memory_order_relaxed);
@@ -212,11 +216,13 @@ static int claim(int end, uint64_t* mine) noexcept {
 
 int add(void* base, size_t len, uint8_t* host, uint64_t gpa, uint64_t size, MemFault* fault, MapKind kind) noexcept {
   uint64_t mine = 0;
-  int i = claim(kMaxSlots, &mine);
+  int hint = gFreeHint.load(std::memory_order_relaxed);
+  int i = claim(hint, kMaxSlots, &mine);
+  if (i < 0) i = claim(0, hint, &mine);
   if (i < 0) {
     // Every allocated slot is in use: allocate the next chunk (once, by whoever gets here first).
     std::lock_guard<std::mutex> g(gGrow);
-    i = claim(kMaxSlots, &mine);  // another add may have grown it meanwhile
+    i = claim(0, kMaxSlots, &mine);  // another add may have grown it meanwhile
     if (i < 0) {
       int c = 0;
       while (c < kMaxChunks && gChunks[c].load(std::memory_order_relaxed)) c++;
@@ -224,10 +230,11 @@ int add(void* base, size_t len, uint8_t* host, uint64_t gpa, uint64_t size, MemF
       Slot* chunk = new (std::nothrow) Slot[kChunkSlots];
       if (!chunk) return -1;
       gChunks[c].store(chunk, std::memory_order_release);
-      i = claim(kMaxSlots, &mine);
+      i = claim(c * kChunkSlots, kMaxSlots, &mine);
       if (i < 0) return -1;
     }
   }
+  gFreeHint.store(i + 1, std::memory_order_relaxed);
   Slot& s = *slotAt(i);
   s.base.store(reinterpret_cast<uintptr_t>(base), std::memory_order_relaxed);
   s.len.store(len, std::memory_order_relaxed);
@@ -256,6 +263,9 @@ void remove(int handle) noexcept {
   while (gInflight.load(std::memory_order_seq_cst) != 0) sched_yield();
   s.state.store((st & ~(uint64_t)3) | kFree, std::memory_order_release);
   gLive.fetch_sub(1, std::memory_order_relaxed);
+  int h = gFreeHint.load(std::memory_order_relaxed);
+  while (handle < h && !gFreeHint.compare_exchange_weak(h, handle, std::memory_order_relaxed)) {
+  }
 }
 
 bool faulted(int handle) noexcept {
