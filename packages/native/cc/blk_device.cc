@@ -26,6 +26,7 @@ BlkDevice::~BlkDevice() {
     blkFreeSlots(s);
     s = nullptr;
   }
+  for (BlkSlot* s : retiredSlots) blkFreeSlots(s);
   if (directFd >= 0) ::close(directFd);
   if (fd >= 0) ::close(fd);
 }
@@ -88,7 +89,13 @@ uint32_t blkInflight(const NetDevice& d, int q) noexcept {
   return (uint16_t)(v.lastAvail - v.usedIdx);
 }
 
-static inline uint64_t userData(int q, uint32_t slot) { return ((uint64_t)q << 32) | slot; }
+// An operation's user data: slot index, queue and the generation of the queue's slot array
+// (an operation of an abandoned array comes back with an old generation).
+constexpr uint64_t kCancelUser = ~0ull;  // our IORING_OP_ASYNC_CANCEL requests
+constexpr uint32_t kGenMask = 0xffffff;
+static inline uint64_t userData(const BlkDevice& b, int q, uint32_t slot) {
+  return ((uint64_t)(b.slotGen[q] & kGenMask) << 40) | ((uint64_t)q << 32) | slot;
+}
 
 // ------------------------------------------------------------------------ completion
 
@@ -126,7 +133,7 @@ static int completeInOrder(NetDevice& d, int q) noexcept {
 
 // Queues the slot's (remaining) operation on the io_uring; false when it cannot be queued.
 static bool queueOp(BlkDevice& b, int q, uint32_t idx, BlkSlot& s) noexcept {
-  uint64_t user = userData(q, idx);
+  uint64_t user = userData(b, q, idx);
   switch (s.op) {
     case BlkOp::kRead:
       return b.io.readv(s.useDirect ? b.directFd : b.fd, s.iov + s.iovFirst, s.iovEnd - s.iovFirst, s.off, user);
@@ -152,9 +159,19 @@ static void ioFailed(NetDevice& d, int q, BlkSlot& s, int err, WorkerCtx& ctx) n
 // One completion from the io_uring.
 static void onCompletion(NetDevice& d, uint64_t user, int res, WorkerCtx& ctx, uint32_t* touched) noexcept {
   BlkDevice& b = *d.blk;
-  int q = (int)(user >> 32);
+  if (user == kCancelUser) return;
+  int q = (int)((user >> 32) & 0xff);
   uint32_t idx = (uint32_t)user;
-  if (q < 0 || q >= kMaxQueues || !b.slots[q] || idx > b.slotMask[q]) return;  // cannot happen: we wrote it
+  if (q >= kMaxQueues) return;  // cannot happen: we wrote it
+  if ((uint32_t)(user >> 40) != (b.slotGen[q] & kGenMask)) {
+    // An abandoned request's operation came back (done or cancelled): its memory is free now.
+    if (b.abandonedOps[q]) {
+      b.abandonedOps[q]--;
+      b.abandonedTotal--;
+    }
+    return;
+  }
+  if (!b.slots[q] || idx > b.slotMask[q]) return;  // cannot happen: we wrote it
   BlkSlot& s = b.slots[q][idx];
   if (s.state != SlotState::kInflight) return;
   *touched |= 1u << q;
@@ -281,7 +298,7 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
   s.bytes = 0;
   s.useDirect = false;
   const volatile VringDesc* table = v.desc;
-  uint32_t tableSize = v.size, budget = v.size;
+  uint32_t tableSize = v.size;
   bool inIndirect = false;
   uint16_t idx = head;
   int nIov = 0, firstW = -1;
@@ -291,16 +308,17 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
   uint64_t lastWAddr = 0;
   uint32_t lastWLen = 0;
   const char* bad = nullptr;
+  // Every step costs the worker (and every device it serves) time, so the walk is bounded by
+  // what a valid request can be, not by what the tables could hold: header + SEG_MAX data
+  // descriptors + status (the indirect descriptor itself aside). Longer is a loop or a driver
+  // that ignores SEG_MAX: the queue breaks. Once a descriptor made the request bad nothing
+  // more is translated or checked; the rest of the walk (within the same bound) only looks
+  // for the status byte, so that the request can still be answered with IOERR.
   for (;;) {
     if (idx >= tableSize) {
       snprintf(ctx.reason, sizeof ctx.reason, "%sdesc %u: next index beyond table of %u", inIndirect ? "indirect " : "", idx, tableSize);
       return false;
     }
-    if (budget == 0) {
-      snprintf(ctx.reason, sizeof ctx.reason, "%schain longer than %u descriptors (loop?)", inIndirect ? "indirect " : "", tableSize);
-      return false;
-    }
-    budget--;
     VringDesc dsc = readDesc(&table[idx]);
     if (dsc.flags & VRING_DESC_F_INDIRECT) {
       const char* why = nullptr;
@@ -315,42 +333,44 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
         return false;
       }
       table = reinterpret_cast<const volatile VringDesc*>(t);
-      tableSize = budget = dsc.len / 16;
+      // A 16-bit next reaches 65536 entries at most; the chain bound below stops far earlier.
+      tableSize = dsc.len / 16 < 65536u ? dsc.len / 16 : 65536u;
       inIndirect = true;
       idx = 0;
       continue;
     }
-    ndesc++;
-    if (ndesc > kBlkSegMax + 2 && !bad) bad = "more descriptors than SEG_MAX";
+    if (++ndesc > kBlkMaxChain) {
+      snprintf(ctx.reason, sizeof ctx.reason, "request (head %u): chain longer than %u descriptors (SEG_MAX %u + header + status; a loop?)",
+               head, kBlkMaxChain, kBlkSegMax);
+      return false;
+    }
     bool w = (dsc.flags & VRING_DESC_F_WRITE) != 0;
-    if (ndesc == 1 && w) firstIsW = true;
-    if (dsc.len == 0) {
-      if (!bad) bad = "zero-length descriptor";
-    } else {
-      if (!w && haveW && !bad) bad = "device-readable descriptor after a device-writable one";
-      if (dsc.len > kBlkSizeMax + 16 && !bad) bad = "descriptor larger than SIZE_MAX";
-      if (w) {
-        haveW = true;
-        lastWAddr = dsc.addr;
-        lastWLen = dsc.len;
-        wlen += dsc.len;
-      } else {
-        rlen += dsc.len;
-      }
-      if (!bad) {
+    if (w) {
+      haveW = true;
+      lastWAddr = dsc.addr;
+      lastWLen = dsc.len;
+    }
+    if (!bad) {
+      if (ndesc == 1 && w) firstIsW = true;
+      if (dsc.len == 0) bad = "zero-length descriptor";
+      else if (!w && haveW) bad = "device-readable descriptor after a device-writable one";
+      else if (dsc.len > kBlkSizeMax + 16) bad = "descriptor larger than SIZE_MAX";
+      else {
         int got = mem.gpaToIov(dsc.addr, dsc.len, s.iov + nIov, kBlkMaxIov - nIov);
         if (got == -1) bad = "buffer outside guest memory";
         else if (got == -2) bad = "more memory segments than the device takes";
         else {
           if (w && firstW < 0) firstW = nIov;
           nIov += got;
+          if (w) wlen += dsc.len;
+          else rlen += dsc.len;
         }
       }
     }
     if (!(dsc.flags & VRING_DESC_F_NEXT)) break;
     idx = dsc.next;
   }
-  if (!haveW) {
+  if (!haveW || lastWLen == 0) {
     snprintf(ctx.reason, sizeof ctx.reason, "request (head %u) has no device-writable status byte", head);
     return false;
   }
@@ -423,6 +443,9 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
     case VIRTIO_BLK_T_DISCARD:
     case VIRTIO_BLK_T_WRITE_ZEROES: {
       bool discard = hdr.type == VIRTIO_BLK_T_DISCARD;
+      // Only what the driver accepted exists (virtio 1.2 5.2.6.2: UNSUPP otherwise).
+      if (!d.has(discard ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES))
+        return finish(d, q, s, VIRTIO_BLK_S_UNSUPP, ctx, discard ? "DISCARD without VIRTIO_BLK_F_DISCARD negotiated" : "WRITE_ZEROES without VIRTIO_BLK_F_WRITE_ZEROES negotiated"), true;
       if (b.readonly) return finish(d, q, s, VIRTIO_BLK_S_IOERR, ctx, nullptr), true;
       if (outLen == 0 || outLen % 16 || outLen / 16 > kBlkMaxDiscardSeg)
         return finish(d, q, s, VIRTIO_BLK_S_IOERR, ctx, "discard/write-zeroes ranges: not 1..max_seg 16-byte segments"), true;
@@ -496,40 +519,77 @@ static int takeRequests(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
   return taken;
 }
 
+// Whether queue q may take new requests now (see BlkDevice: abandoned operations, drains).
+static inline bool mayTake(const BlkDevice& b, int q) { return b.abandonedOps[q] == 0 && !b.hold[q]; }
+
 int blkPoll(NetDevice& d, WorkerCtx& ctx) noexcept {
   BlkDevice& b = *d.blk;
   int work = 0;
   if (b.io.queued()) b.io.submit();  // left over after EAGAIN
   if (b.io.hasCompletions()) work += reapAll(d, ctx);
+  if (b.abandonedTotal == 0 && (!b.retiredSlots.empty() || !b.retiredMem.empty())) {
+    // Every abandoned operation is back: nothing points into these any more.
+    for (BlkSlot* s : b.retiredSlots) blkFreeSlots(s);
+    b.retiredSlots.clear();
+    b.retiredMem.clear();
+  }
   for (int q = 0; q < b.numQueues; q++)
-    if (active(d.vq[q])) work += takeRequests(d, q, ctx);
+    if (active(d.vq[q]) && mayTake(b, q)) work += takeRequests(d, q, ctx);
   return work;
 }
 
 bool blkBusy(NetDevice& d) noexcept { return d.blk->io.hasCompletions() || d.blk->io.queued() > 0; }
 
-static uint64_t nowMs() noexcept {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000ull + (uint64_t)ts.tv_nsec / 1000000ull;
+bool blkTakes(const NetDevice& d, int q) noexcept { return mayTake(*d.blk, q); }
+
+uint32_t blkDrainStep(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
+  BlkDevice& b = *d.blk;
+  const int first = q < 0 ? 0 : q, end = q < 0 ? b.numQueues : q + 1;
+  for (int i = first; i < end; i++) b.hold[i] = true;
+  if (b.io.queued()) b.io.submit();
+  reapAll(d, ctx);
+  uint32_t n = 0;
+  for (int i = first; i < end; i++) {
+    completeInOrder(d, i);
+    n += blkInflight(d, i);
+  }
+  return n;
 }
 
-bool blkDrain(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
+uint32_t blkAbandon(NetDevice& d, int q) noexcept {
   BlkDevice& b = *d.blk;
-  auto pending = [&]() {
-    uint32_t n = 0;
-    for (int i = q < 0 ? 0 : q; i < (q < 0 ? b.numQueues : q + 1); i++) n += blkInflight(d, i);
-    return n;
-  };
-  uint64_t deadline = nowMs() + 30000;
-  for (;;) {
-    if (b.io.queued()) b.io.submit();
-    reapAll(d, ctx);
-    for (int i = 0; i < b.numQueues; i++) completeInOrder(d, i);
-    if (pending() == 0) return true;
-    if (nowMs() > deadline) return false;
-    b.io.wait(50);
+  const int first = q < 0 ? 0 : q, end = q < 0 ? b.numQueues : q + 1;
+  uint32_t abandoned = 0;
+  for (int i = first; i < end; i++) {
+    b.hold[i] = false;
+    Virtqueue& v = d.vq[i];
+    BlkSlot* sl = b.slots[i];
+    uint32_t window = blkInflight(d, i);
+    if (!sl || window == 0) continue;
+    uint32_t ops = 0;
+    for (uint16_t p = v.usedIdx; p != v.lastAvail; p++) {
+      uint32_t idx = p & b.slotMask[i];
+      if (sl[idx].state != SlotState::kInflight) continue;  // done, waiting for an earlier one
+      ops++;
+      b.io.cancel(userData(b, i, idx), kCancelUser);  // best effort: the completion counts either way
+    }
+    b.abandonedOps[i] += ops;
+    b.abandonedTotal += ops;
+    b.retiredSlots.push_back(sl);
+    b.slots[i] = nullptr;
+    b.slotGen[i]++;
+    abandoned += window;
+    v.lastAvail = v.usedIdx;  // taken again from here once the kernel gave the old ones back
   }
+  if (b.io.queued()) b.io.submit();
+  return abandoned;
+}
+
+bool blkQuiet(NetDevice& d) noexcept {
+  BlkDevice& b = *d.blk;
+  if (b.io.queued()) b.io.submit();
+  if (b.io.hasCompletions()) b.io.reap([&](uint64_t, int) {});
+  return b.io.inFlight() == 0 && b.io.queued() == 0;
 }
 
 }  // namespace vhd

@@ -12,7 +12,9 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "blk_inflight.h"
 #include "blk_io.h"
@@ -46,6 +48,7 @@ constexpr uint32_t VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
 // packages/vhostd/src/session/blk_model.ts) and enforces on every request.
 constexpr uint32_t kBlkSegMax = 126;             // data descriptors per request (SEG_MAX)
 constexpr uint32_t kBlkSizeMax = 1u << 20;       // bytes per data descriptor (SIZE_MAX)
+constexpr uint32_t kBlkMaxChain = kBlkSegMax + 2;  // descriptors per request: header, data, status
 constexpr int kBlkMaxIov = 128;                  // host segments per request
 constexpr uint32_t kBlkMaxSlots = 256;           // requests in flight per queue
 constexpr uint32_t kBlkMaxDiscardSectors = 1u << 22;  // 2 GiB per discard / write-zeroes
@@ -83,6 +86,10 @@ struct BlkParams {
   char serial[kBlkIdBytes] = {};
 };
 
+// A drain waits this long for the backing (JS thread, in short steps between which the worker
+// serves every other device); what is still with the backing then is abandoned (blkAbandon).
+constexpr int kBlkDrainWaitMs = 500;
+
 struct BlkDevice {
   int fd = -1, directFd = -1;
   bool null = false, readonly = false;
@@ -97,6 +104,18 @@ struct BlkDevice {
   BlkSlot* slots[kMaxQueues] = {};  // owner worker only (swapped in by startQueue)
   uint32_t slotMask[kMaxQueues] = {};
   InflightArea inflight;            // INFLIGHT_SHMFD (owner worker; swapped in by the engine)
+  // Requests abandoned by a stop whose drain ran out of time stay with the kernel: their
+  // operations may still read or write the guest memory they point into. Until every one of
+  // them has come back (completed or cancelled, its completion then ignored: the slot array
+  // has a new generation), the queue takes nothing new (a request taken again must not race
+  // the old one) and the slot arrays and memory tables they use stay allocated and mapped.
+  // Owner worker only.
+  uint32_t slotGen[kMaxQueues] = {};       // generation of slots[q] (in every op's user data)
+  uint32_t abandonedOps[kMaxQueues] = {};  // operations of retired slot arrays still in the kernel
+  uint32_t abandonedTotal = 0;
+  bool hold[kMaxQueues] = {};              // a drain is in progress: take nothing new
+  std::vector<BlkSlot*> retiredSlots;
+  std::vector<std::unique_ptr<MemTable>> retiredMem;
   ~BlkDevice();
 };
 
@@ -112,11 +131,21 @@ void blkFreeSlots(BlkSlot* s);
 int blkPoll(NetDevice& d, WorkerCtx& ctx) noexcept;
 // Worker: completions are waiting (the idle check before sleeping).
 bool blkBusy(NetDevice& d) noexcept;
+// Worker: queue q takes new requests (no drain holds it, no abandoned operation is out).
+bool blkTakes(const NetDevice& d, int q) noexcept;
 // True while operations are with the kernel (submitted, not completed).
 inline bool blkWaiting(NetDevice& d) noexcept { return d.blk->io.inFlight() > 0; }
-// Worker: waits until every request taken from queue q (q < 0: every queue) completed and its
-// used entry is published (at most ~30 s; false on timeout, the slots then stay allocated).
-bool blkDrain(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
+// Worker, one step of a drain of queue q (q < 0: every queue): holds new requests back,
+// submits, reaps and publishes what completed; returns the requests still in flight.
+uint32_t blkDrainStep(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
+// Worker: gives up on the requests still in flight on queue q (q < 0: every queue): cancels
+// their operations (IORING_OP_ASYNC_CANCEL), retires their slots (see BlkDevice), rewinds the
+// queue to its used index (they are taken again, by whoever runs the ring next, once the
+// kernel gave every one back) and releases the drain's hold. Returns the requests abandoned.
+uint32_t blkAbandon(NetDevice& d, int q) noexcept;
+// Worker: a removed device's I/O is still with the kernel: reap (ignoring) its completions.
+// True once nothing is left, and the device may be deleted.
+bool blkQuiet(NetDevice& d) noexcept;
 // Requests taken from queue q and not completed yet.
 uint32_t blkInflight(const NetDevice& d, int q) noexcept;
 

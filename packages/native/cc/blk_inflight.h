@@ -8,7 +8,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+
+#include "sigbus_guard.h"
 
 namespace vhd {
 
@@ -46,13 +49,18 @@ class InflightArea {
   // Maps and checks `size` bytes of fd at offset for numQueues rings of queueSize. `fresh`:
   // the area was just created by us (GET_INFLIGHT_FD) and is initialized; otherwise every
   // field the front-end could have changed is checked (version, sizes, flags 0/1) and
-  // *pending gets the number of requests still marked per queue. "" or why not.
-  std::string map(int fd, uint64_t size, uint64_t offset, uint32_t numQueues, uint32_t queueSize, bool fresh, uint32_t* pending);
+  // *pending gets the number of requests still marked per queue. "" or why not. The mapping is
+  // under the SIGBUS guard (a fault is recorded in `fault`, the device's record); a fresh area
+  // is sealed against shrinking and growing first.
+  std::string map(int fd, uint64_t size, uint64_t offset, uint32_t numQueues, uint32_t queueSize, bool fresh, uint32_t* pending,
+                  std::shared_ptr<MemFault> fault);
   void unmap() noexcept;
   void swap(InflightArea& o) noexcept;
   InflightQueue* queue(int q) const noexcept { return (q >= 0 && (uint32_t)q < numQueues_) ? queues_[q] : nullptr; }
   uint32_t queueSize() const noexcept { return queueSize_; }
   uint64_t nextCounter() noexcept { return ++counter_; }
+  // The front-end shrank the area's file: (part of) it is our zero pages now.
+  bool faulted() const noexcept { return sigbus::faulted(guard_); }
 
  private:
   void* map_ = nullptr;
@@ -60,18 +68,22 @@ class InflightArea {
   InflightQueue* queues_[64] = {};
   uint32_t numQueues_ = 0, queueSize_ = 0;
   uint64_t counter_ = 0;  // highest counter seen or given: orders takes across restarts
+  int guard_ = -1;                   // SIGBUS registry handle
+  std::shared_ptr<MemFault> fault_;  // outlives the registration (the handler writes to it)
 };
 
 // Worker, when a request is taken / after its used entry is published / at a ring's start.
+// Every index is bounded by queueSize(), the value we checked and keep privately: the
+// front-end can rewrite desc_num (or anything else in the area) at any moment.
 inline void inflightTake(InflightArea& a, int q, uint16_t head) noexcept {
   InflightQueue* iq = a.queue(q);
-  if (!iq || head >= iq->descNum) return;
+  if (!iq || head >= a.queueSize()) return;
   iq->desc[head].counter = a.nextCounter();
   __atomic_store_n(&iq->desc[head].inflight, (uint8_t)1, __ATOMIC_RELEASE);
 }
 inline void inflightDone(InflightArea& a, int q, uint16_t head) noexcept {
   InflightQueue* iq = a.queue(q);
-  if (!iq || head >= iq->descNum) return;
+  if (!iq || head >= a.queueSize()) return;
   iq->lastBatchHead = head;
   __atomic_store_n(&iq->desc[head].inflight, (uint8_t)0, __ATOMIC_RELEASE);
 }

@@ -2,7 +2,6 @@
 #include "blk_io.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -137,6 +136,16 @@ bool IoRing::fallocate(int fd, int mode, uint64_t off, uint64_t len, uint64_t us
   return true;
 }
 
+bool IoRing::cancel(uint64_t target, uint64_t user) noexcept {
+  struct io_uring_sqe* e = nextSqe();
+  if (!e) return false;
+  e->opcode = IORING_OP_ASYNC_CANCEL;
+  e->fd = -1;
+  e->addr = target;
+  e->user_data = user;
+  return true;
+}
+
 int IoRing::submit() noexcept {
   if (toSubmit_ == 0) return 0;
   __atomic_store_n(sqTail_, localTail_, __ATOMIC_RELEASE);
@@ -145,16 +154,6 @@ int IoRing::submit() noexcept {
   toSubmit_ -= (unsigned)r <= toSubmit_ ? (unsigned)r : toSubmit_;
   inFlight_ += (unsigned)r;
   return r;
-}
-
-void IoRing::wait(int ms) noexcept {
-  if (hasCompletions()) return;
-  struct pollfd p{efd_, POLLIN, 0};
-  if (poll(&p, 1, ms) > 0) {
-    uint64_t v;
-    ssize_t r = read(efd_, &v, sizeof v);
-    (void)r;
-  }
 }
 
 }  // namespace vhd

@@ -34,6 +34,10 @@ class IoRing {
   bool writev(int fd, const struct iovec* iov, int n, uint64_t off, int rwFlags, uint64_t user) noexcept;
   bool fdatasync(int fd, uint64_t user) noexcept;
   bool fallocate(int fd, int mode, uint64_t off, uint64_t len, uint64_t user) noexcept;
+  // Asks the kernel to cancel the operation whose user data is `target` (its completion then
+  // carries -ECANCELED, or its result if it was too far along); this request's own completion
+  // carries `user`.
+  bool cancel(uint64_t target, uint64_t user) noexcept;
 
   // Hands the queued operations to the kernel. Returns how many it took, or -errno (EAGAIN and
   // EBUSY mean "later": they stay queued).
@@ -63,8 +67,6 @@ class IoRing {
   }
   // Completions posted and not reaped yet.
   bool hasCompletions() const noexcept { return *cqHead_ != __atomic_load_n(cqTail_, __ATOMIC_ACQUIRE); }
-  // Sleeps up to ms for a completion (used only while draining a queue).
-  void wait(int ms) noexcept;
 
  private:
   struct io_uring_sqe* nextSqe() noexcept;

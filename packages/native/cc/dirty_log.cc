@@ -3,6 +3,7 @@
 #include "premap.h"
 
 #include <string>
+#include <utility>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,7 +12,7 @@
 
 namespace vhd {
 
-bool DirtyLog::map(int fd, uint64_t size, uint64_t offset, std::string* err) noexcept {
+bool DirtyLog::map(int fd, uint64_t size, uint64_t offset, std::shared_ptr<MemFault> fault, std::string* err) noexcept {
   struct stat st;
   if (fstat(fd, &st) != 0) {
     *err = "log fd: fstat failed";
@@ -26,7 +27,17 @@ bool DirtyLog::map(int fd, uint64_t size, uint64_t offset, std::string* err) noe
     *err = "log mmap failed";
     return false;
   }
+  // The file can shrink after the size check: a fault in the log becomes zero pages and a
+  // device fault (its queues stop) instead of the death of the process.
+  int guard = sigbus::add(pm.base, pm.len, pm.at, 0, size, fault.get(), MapKind::kDirtyLog);
+  if (guard < 0) {
+    munmap(pm.base, pm.len);
+    *err = "log cannot be put under the SIGBUS guard (" + std::to_string(sigbus::liveCount()) + " mappings registered)";
+    return false;
+  }
   unmap();
+  guard_ = guard;
+  fault_ = std::move(fault);
   map_ = pm.base;
   mapLen_ = pm.len;
   base_ = pm.at;
@@ -35,6 +46,9 @@ bool DirtyLog::map(int fd, uint64_t size, uint64_t offset, std::string* err) noe
 }
 
 void DirtyLog::unmap() noexcept {
+  sigbus::remove(guard_);  // first: no handler may MAP_FIXED into the range once it is unmapped
+  guard_ = -1;
+  fault_.reset();
   if (map_) munmap(map_, mapLen_);
   map_ = nullptr;
   base_ = nullptr;
@@ -47,6 +61,8 @@ void DirtyLog::swap(DirtyLog& o) noexcept {
   std::swap(map_, o.map_);
   std::swap(mapLen_, o.mapLen_);
   std::swap(size_, o.size_);
+  std::swap(guard_, o.guard_);
+  std::swap(fault_, o.fault_);
 }
 
 void DirtyLog::mark(uint64_t gpa, uint64_t len) noexcept {

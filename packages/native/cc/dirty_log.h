@@ -7,7 +7,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+
+#include "sigbus_guard.h"
 
 namespace vhd {
 
@@ -19,9 +22,11 @@ constexpr uint64_t kLogPageShift = 12;
 class DirtyLog {
  public:
   ~DirtyLog() { unmap(); }
-  // Maps `size` bytes of fd at offset (MAP_SHARED), replacing any earlier map. The caller
-  // swaps logs only on the owner worker with every RX lock held, so no writer sees a change.
-  bool map(int fd, uint64_t size, uint64_t offset, std::string* err) noexcept;
+  // Maps `size` bytes of fd at offset (MAP_SHARED), replacing any earlier map, under the SIGBUS
+  // guard (the front-end may shrink the file later: a fault is recorded in `fault`, the
+  // device's record). The caller swaps logs only on the owner worker with every RX lock held,
+  // so no writer sees a change.
+  bool map(int fd, uint64_t size, uint64_t offset, std::shared_ptr<MemFault> fault, std::string* err) noexcept;
   void unmap() noexcept;
   void swap(DirtyLog& o) noexcept;
 
@@ -29,6 +34,8 @@ class DirtyLog {
   bool on = false;
   bool active() const noexcept { return on && base_ != nullptr; }
   uint64_t bytes() const noexcept { return size_; }
+  // The front-end shrank the log file: (part of) it is our zero pages now.
+  bool faulted() const noexcept { return sigbus::faulted(guard_); }
 
   // Marks [gpa, gpa + len). Pages beyond the log are counted, not written.
   void mark(uint64_t gpa, uint64_t len) noexcept;
@@ -41,6 +48,8 @@ class DirtyLog {
   void* map_ = nullptr;
   size_t mapLen_ = 0;
   uint64_t size_ = 0;
+  int guard_ = -1;                   // SIGBUS registry handle
+  std::shared_ptr<MemFault> fault_;  // outlives the registration (the handler writes to it)
   std::atomic<uint64_t> outOfRange_{0};
 };
 

@@ -127,6 +127,13 @@ void Engine::close() {
     std::lock_guard<std::mutex> g(w->mu);
     for (auto& c : w->cmds) c->done = true;  // never run; nobody waits (JS thread is here)
     w->cmds.clear();
+    // Removed devices with I/O still out: the process is going away (the kernel cancels or
+    // finishes the operations when their io_uring closes).
+    for (NetDevice* d : w->retiring) {
+      delete d->blk;
+      delete d;
+    }
+    w->retiring.clear();
   }
   for (auto& d : devs_) {
     if (!d) continue;
@@ -268,6 +275,15 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
       s->forward(kUplinkPort, 0, ctx, nullptr, 0);
     }
   }
+  for (size_t i = 0; i < w.retiring.size();) {
+    NetDevice* d = w.retiring[i];
+    if (!blkQuiet(*d)) { i++; continue; }
+    if (d->blk->ioInEpoll) epoll_ctl(w.epfd, EPOLL_CTL_DEL, d->blk->io.eventFd(), nullptr);
+    delete d->blk;
+    delete d;  // unmaps its memory: no operation points into it any more
+    w.retiring[i] = w.retiring.back();
+    w.retiring.pop_back();
+  }
   w.ioWaiting = ioWaiting;
   return work;
 }
@@ -308,10 +324,17 @@ void Engine::workerMain(Worker& w) {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool again = w.pendingCmds.load(std::memory_order_acquire) != 0;
     for (NetDevice* d : w.devs) {
+      if (d->blk) {
+        // A queue that takes nothing for now (drain, abandoned I/O) waits for its io_uring's
+        // eventfd, not for the requests the driver keeps adding.
+        for (int q = 0; q < d->blk->numQueues; q++)
+          if (txActive(d->vq[q]) && d->vq[q].pending() != 0 && blkTakes(*d, q)) again = true;
+        if (blkBusy(*d)) again = true;
+        continue;
+      }
       forPolled(d, [&](Virtqueue& v) {
         if (txActive(v) && v.pending() != 0) again = true;
       });
-      if (d->blk && blkBusy(*d)) again = true;
     }
     if (!again) {
       int n = epoll_wait(w.epfd, evs, 64, pollOnly ? 1 : -1);
@@ -510,14 +533,24 @@ std::string Engine::setBlkInflight(int devId, int fd, uint64_t size, uint64_t of
   if (!d->blk) return "device " + std::to_string(devId) + " is not a blk device";
   InflightArea area;
   if (fd >= 0) {
-    std::string e = area.map(fd, size, offset, numQueues, queueSize, fresh, pending);
+    std::string e = area.map(fd, size, offset, numQueues, queueSize, fresh, pending, d->mem->faultShared());
     if (!e.empty()) return e;
   }
-  Worker& w = *workers_[d->worker];
+  // Requests in flight were marked in the old area: let them finish there first.
+  drainBlk(d, -1);
   return run(d->worker, [&] {
-    // Requests in flight were marked in the old area: let them finish there first.
-    if (!blkDrain(*d, -1, *w.ctx)) post(d->devId, -1, EvKind::kRingError, "requests still in flight after 30 s at an inflight area change");
+    abandonBlk(d, -1, true, "at an inflight area change");
     d->blk->inflight.swap(area);
+    // A ring already running with another size than the new area's queues: stop it (its
+    // heads could not all be tracked), the others go on.
+    for (int q = 0; q < d->blk->numQueues; q++) {
+      Virtqueue& v = d->vq[q];
+      if (!v.running || v.broken || !d->blk->inflight.queue(q) || v.size == d->blk->inflight.queueSize()) continue;
+      v.markBroken();
+      char msg[160];
+      snprintf(msg, sizeof msg, "ring size %u differs from the inflight area's queue size %u", v.size, d->blk->inflight.queueSize());
+      post(d->devId, q, EvKind::kQueueBroken, msg);
+    }
   });  // `area` now holds the old one and unmaps it here
 }
 
@@ -532,14 +565,46 @@ int Engine::deviceQueues(int devId) const {
   return d->blk ? d->blk->numQueues : 2 * d->maxQueuePairs;
 }
 
+uint32_t Engine::drainBlk(NetDevice* d, int q) {
+  if (!d->blk || (q >= 0 && (q >= d->blk->numQueues || !d->vq[q].running))) return 0;
+  Worker& w = *workers_[d->worker];
+  const uint64_t deadline = monoNs() + (uint64_t)kBlkDrainWaitMs * 1000000ull;
+  uint32_t left = 0;
+  bool slow = false;
+  for (;;) {
+    if (!run(d->worker, [&] {
+          left = blkDrainStep(*d, q, *w.ctx);
+          slow = d->blk->abandonedTotal > 0;
+        }).empty())
+      return left;
+    // A backing that still holds requests abandoned earlier gets no more waiting until it has
+    // answered: a disconnect stops every queue in turn, and the JS thread must not wait for
+    // each of them (HA heartbeats, every other VF's control plane).
+    if (left == 0 || slow || monoNs() > deadline) return left;
+    usleep(1000);
+  }
+}
+
+void Engine::abandonBlk(NetDevice* d, int q, bool broken, const char* when) noexcept {
+  if (!d->blk) return;
+  const int first = q < 0 ? 0 : q, end = q < 0 ? d->blk->numQueues : q + 1;
+  for (int i = first; i < end; i++) {
+    uint32_t n = blkAbandon(*d, i);
+    if (!n) continue;
+    char msg[224];
+    snprintf(msg, sizeof msg,
+             "%u request(s) still with the backing after %d ms %s: %s without them; they run again from the used index once "
+             "the backing has answered",
+             n, kBlkDrainWaitMs, when, broken ? "the queue stops" : "stopped");
+    if (broken && d->vq[i].running && !d->vq[i].broken) d->vq[i].markBroken();
+    post(d->devId, i, broken ? EvKind::kQueueBroken : EvKind::kRingError, msg);
+  }
+}
+
 void Engine::stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept {
   Virtqueue& v = d->vq[q];
-  if (d->blk && q < d->blk->numQueues && !blkDrain(*d, q, *w.ctx)) {
-    // The backing did not answer in time: its slots stay allocated (the kernel may still
-    // write through them) and the queue stops without their completions.
-    d->blk->slots[q] = nullptr;
-    post(d->devId, q, EvKind::kRingError, "requests still in flight after 30 s; queue stopped without them");
-  }
+  // What a drain (drainBlk, before this command) left: given up, the memory it uses kept.
+  if (d->blk && q < d->blk->numQueues) abandonBlk(d, q, false, "at a ring stop");
   bool rx = (q % 2) == 0;
   if (rx) v.lock.lock();
   __atomic_store_n(&v.running, false, __ATOMIC_RELEASE);
@@ -555,9 +620,14 @@ void Engine::stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept {
 std::string Engine::removeDevice(int devId) {
   NetDevice* d = devs_[devId];
   Worker& w = *workers_[d->worker];
+  drainBlk(d, -1);
+  bool retiring = false;  // the worker deletes it once its I/O is back
   std::string err = run(d->worker, [&] {
     for (int q = 0; q < kMaxQueues; q++) stopQueueOnWorker(w, d, q);
-    if (d->blk && d->blk->ioInEpoll) {
+    if (d->blk && (d->blk->abandonedTotal > 0 || d->blk->io.inFlight() > 0)) {
+      retiring = true;
+      w.retiring.push_back(d);  // its io_uring's eventfd stays in epoll: completions wake us
+    } else if (d->blk && d->blk->ioInEpoll) {
       epoll_ctl(w.epfd, EPOLL_CTL_DEL, d->blk->io.eventFd(), nullptr);
       d->blk->ioInEpoll = false;
     }
@@ -575,6 +645,7 @@ std::string Engine::removeDevice(int devId) {
     closeFd(v.callFd);
     closeFd(v.errFd);
   }
+  if (retiring) return "";
   delete d->blk;
   delete d;  // unmaps its memory
   return "";
@@ -593,7 +664,7 @@ std::string Engine::setDirtyLog(int devId, int fd, uint64_t size, uint64_t offse
   NetDevice* d = devs_[devId];
   DirtyLog fresh;
   std::string err;
-  if (fd >= 0 && !fresh.map(fd, size, offset, &err)) return err;
+  if (fd >= 0 && !fresh.map(fd, size, offset, d->mem->faultShared(), &err)) return err;
   // Every writer holds an RX lock or is the owner: under all of them nobody is mid-write.
   err = run(d->worker, [&] {
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
@@ -604,10 +675,10 @@ std::string Engine::setDirtyLog(int devId, int fd, uint64_t size, uint64_t offse
 }
 
 std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
-  Worker& w = *workers_[d->worker];
+  // Requests in flight use the old table's mappings: let them finish first.
+  drainBlk(d, -1);
   std::string err = run(d->worker, [&] {
-    // Requests in flight write into the old table's mappings: finish them first.
-    if (d->blk && !blkDrain(*d, -1, *w.ctx)) post(d->devId, -1, EvKind::kRingError, "requests still in flight after 30 s at a memory table change");
+    abandonBlk(d, -1, true, "at a memory table change");
     if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // report it against the old table
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
     std::swap(d->mem, t);  // t now holds the old table
@@ -625,8 +696,11 @@ std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
       }
     }
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.unlock();
+    // Abandoned operations may still point into the old table: keep it until they are back.
+    if (d->blk && d->blk->abandonedTotal > 0) d->blk->retiredMem.push_back(std::move(t));
   });
-  // t (the old table) is destroyed here, after the swap: nobody can reach it any more.
+  // t (the old table, unless retired above) is destroyed here, after the swap: nobody can
+  // reach it any more.
   return err;
 }
 
@@ -679,6 +753,7 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t*
     if (!slots) { closeFd(kick); closeFd(call); closeFd(errfd); return "out of memory for request slots"; }
   }
   std::string result;
+  drainBlk(d, q);  // a running ring is stopped first
   std::string err = run(d->worker, [&] {
     Virtqueue& v = d->vq[q];
     stopQueueOnWorker(w, d, q);
@@ -695,6 +770,15 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t*
       snprintf(reason, sizeof reason, "guest memory region 0x%" PRIx64 " shrank under us earlier; send a new memory table",
                shrunk->gpa);
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
+    } else if (d->log.faulted()) {  // what we write would not be logged: the migration would lose it
+      result = "queue " + std::to_string(q) + ": the dirty log shrank under us earlier; send a new log (SET_LOG_BASE)";
+    } else if (d->blk && d->blk->inflight.faulted()) {  // its tracking would be our zero pages
+      result = "queue " + std::to_string(q) + ": the inflight area shrank under us earlier; reconnect with a new area";
+    } else if (d->blk && d->blk->inflight.queue(q) && qs.setup.size != d->blk->inflight.queueSize()) {
+      // Heads index the area's table, which has queueSize entries: a ring of another size
+      // would need entries the area does not have (or leave some never tracked).
+      result = "queue " + std::to_string(q) + ": ring size " + std::to_string(qs.setup.size) +
+               " differs from the inflight area's queue size " + std::to_string(d->blk->inflight.queueSize());
     } else if (!v.mapRings(*d->mem, qs.setup, reason, sizeof reason)) {
       result = std::string("queue ") + std::to_string(q) + ": " + reason;
     } else {
@@ -730,6 +814,7 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t*
 std::string Engine::stopQueue(int devId, int q, uint16_t* lastAvail) {
   NetDevice* d = devs_[devId];
   Worker& w = *workers_[d->worker];
+  drainBlk(d, q);
   return run(d->worker, [&] {
     Virtqueue& v = d->vq[q];
     stopQueueOnWorker(w, d, q);

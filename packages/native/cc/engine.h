@@ -74,6 +74,9 @@ struct Worker {
   std::atomic<int> pendingCmds{0};
   std::atomic<bool> stop{false};
   std::vector<NetDevice*> devs;            // worker thread only
+  // Removed blk devices whose abandoned I/O is still with the kernel: deleted (memory unmapped)
+  // by the worker once it has all come back (worker thread only).
+  std::vector<NetDevice*> retiring;
   std::vector<L2Switch*> uplinkSwitches;   // worker thread only
   bool ioWaiting = false;                  // worker thread only: a blk device has I/O with the kernel (last pollOnce)
   std::unique_ptr<WorkerCtx> ctx;
@@ -170,6 +173,14 @@ class Engine : public EventSink {
   void syncAll();
   std::string swapMem(NetDevice* d, std::unique_ptr<MemTable> t);
   void stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept;
+  // Waits (JS thread, at most kBlkDrainWaitMs, in short steps that leave the worker to its
+  // other devices) until the requests in flight on blk queue q (q < 0: all) completed; new
+  // requests are held back meanwhile. Returns the requests still in flight (the command that
+  // follows abandons them: blkAbandon).
+  uint32_t drainBlk(NetDevice* d, int q);
+  // Worker: abandons what a drain left on queue q (q < 0: all), reporting it; `broken`: the
+  // queues that lost requests stop with an error (they keep running otherwise: a stop).
+  void abandonBlk(NetDevice* d, int q, bool broken, const char* when) noexcept;
   void workerMain(Worker& w);
   int pollOnce(Worker& w, WorkerCtx& ctx) noexcept;
 

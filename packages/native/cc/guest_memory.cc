@@ -73,8 +73,8 @@ std::unique_ptr<MemTable> MemTable::withAdded(const RegionSpec& s, std::string* 
   // becomes zero pages and a device fault instead of the death of the process.
   m->guard = sigbus::add(p, mapLen, pm.at, s.gpa, s.size, fault_.get());
   if (m->guard < 0) {
-    *err = "region " + hex(s.gpa) + ": more than " + std::to_string(sigbus::kSlots) +
-           " guest memory mappings in this process (SIGBUS guard is full)";
+    *err = "region " + hex(s.gpa) + ": cannot be put under the SIGBUS guard (" + std::to_string(sigbus::liveCount()) +
+           " mappings registered, at most " + std::to_string(sigbus::kMaxSlots) + ")";
     return nullptr;  // ~Mapping unmaps
   }
   auto t = std::make_unique<MemTable>(fault_);

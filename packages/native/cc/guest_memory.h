@@ -54,6 +54,7 @@ class MemTable {
   explicit MemTable(std::shared_ptr<MemFault> f) : fault_(std::move(f)) {}
   std::unique_ptr<MemTable> emptyLike() const { return std::make_unique<MemTable>(fault_); }
   MemFault& fault() const noexcept { return *fault_; }
+  const std::shared_ptr<MemFault>& faultShared() const noexcept { return fault_; }
   // The first region whose mapping the SIGBUS guard replaced, or nullptr.
   const Region* faultedRegion() const noexcept;
 

@@ -12,20 +12,34 @@
 #include <cinttypes>
 #include <cstdio>
 #include <mutex>
+#include <new>
 
 namespace vhd {
 
 void MemFault::describe(char* out, size_t len) noexcept {
   uint64_t a = addr.load(std::memory_order_relaxed), host = regionHost.load(std::memory_order_relaxed);
   uint64_t gpa = regionGpa.load(std::memory_order_relaxed), size = regionSize.load(std::memory_order_relaxed);
-  if (a >= host && a - host < size)
-    snprintf(out, len, "guest memory region 0x%" PRIx64 "+0x%" PRIx64 " shrank under us (SIGBUS at guest 0x%" PRIx64
-             "); the device's queues are stopped until the front-end sends a new memory table",
-             gpa, size, gpa + (a - host));
-  else
-    snprintf(out, len, "guest memory region 0x%" PRIx64 "+0x%" PRIx64 " shrank under us (SIGBUS at host 0x%" PRIx64
-             "); the device's queues are stopped until the front-end sends a new memory table",
-             gpa, size, a);
+  switch (static_cast<MapKind>(kind.load(std::memory_order_relaxed))) {
+    case MapKind::kDirtyLog:
+      snprintf(out, len, "dirty log of 0x%" PRIx64 " bytes shrank under us (SIGBUS at log byte 0x%" PRIx64
+               "); the device's queues are stopped until the front-end sends a new log (SET_LOG_BASE)",
+               size, a - host);
+      break;
+    case MapKind::kInflight:
+      snprintf(out, len, "inflight area of 0x%" PRIx64 " bytes shrank under us (SIGBUS at area byte 0x%" PRIx64
+               "); the device's queues are stopped until the front-end reconnects with a new area",
+               size, a - host);
+      break;
+    default:
+      if (a >= host && a - host < size)
+        snprintf(out, len, "guest memory region 0x%" PRIx64 "+0x%" PRIx64 " shrank under us (SIGBUS at guest 0x%" PRIx64
+                 "); the device's queues are stopped until the front-end sends a new memory table",
+                 gpa, size, gpa + (a - host));
+      else
+        snprintf(out, len, "guest memory region 0x%" PRIx64 "+0x%" PRIx64 " shrank under us (SIGBUS at host 0x%" PRIx64
+                 "); the device's queues are stopped until the front-end sends a new memory table",
+                 gpa, size, a);
+  }
   recorded.store(false, std::memory_order_release);
 }
 
@@ -50,9 +64,13 @@ struct Slot {
   std::atomic<uint64_t> gpa{0}, size{0};
   std::atomic<MemFault*> fault{nullptr};
   std::atomic<bool> faulted{false};
+  std::atomic<uint8_t> kind{0};
 };
 
-Slot gSlots[kSlots];
+// Chunks are published once (release) and never freed: the handler may read any chunk whose
+// pointer it loaded, at any time. Only add() allocates, under gGrow.
+std::atomic<Slot*> gChunks[kMaxChunks];
+std::mutex gGrow;
 std::atomic<int> gHigh{0};      // slots [0, gHigh) may be live; the handler scans only those
 std::atomic<int> gInflight{0};  // handlers between their first and last look at the registry
 std::atomic<int> gLive{0};
@@ -61,6 +79,12 @@ struct sigaction gOld;          // written once before the handler is installed
 uintptr_t gPage = 4096;
 
 inline uint64_t phase(uint64_t st) { return st & 3; }
+
+// The slot of a handle, or nullptr when its chunk does not exist (yet).
+inline Slot* slotAt(int i) noexcept {
+  Slot* c = gChunks[i / kChunkSlots].load(std::memory_order_acquire);
+  return c ? &c[i % kChunkSlots] : nullptr;
+}
 
 void* zeroPages(uintptr_t at, uintptr_t len) noexcept {
   return mmap(reinterpret_cast<void*>(at), (size_t)len, PROT_READ | PROT_WRITE,
@@ -73,7 +97,9 @@ bool handleGuest(uintptr_t a) noexcept {
   bool done = false;
   int n = gHigh.load(std::memory_order_acquire);
   for (int i = 0; i < n && !done; i++) {
-    Slot& s = gSlots[i];
+    Slot* sp = slotAt(i);
+    if (!sp) { i += kChunkSlots - 1 - i % kChunkSlots; continue; }  // not allocated: skip its chunk
+    Slot& s = *sp;
     uint64_t st = s.state.load(std::memory_order_seq_cst);
     if (phase(st) != kLive) continue;
     uintptr_t base = s.base.load(std::memory_order_relaxed), len = s.len.load(std::memory_order_relaxed);
@@ -81,6 +107,7 @@ bool handleGuest(uintptr_t a) noexcept {
     uintptr_t host = s.host.load(std::memory_order_relaxed);
     uint64_t gpa = s.gpa.load(std::memory_order_relaxed), size = s.size.load(std::memory_order_relaxed);
     MemFault* f = s.fault.load(std::memory_order_relaxed);
+    uint8_t kind = s.kind.load(std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (s.state.load(std::memory_order_relaxed) != st) continue;  // changed under us: not a stable entry
     // The faulting page is past the file's new end, and so is every page after it: replace
@@ -96,6 +123,7 @@ bool handleGuest(uintptr_t a) noexcept {
         f->regionGpa.store(gpa, std::memory_order_relaxed);
         f->regionSize.store(size, std::memory_order_relaxed);
         f->regionHost.store(host, std::memory_order_relaxed);
+        f->kind.store(kind, std::memory_order_relaxed);
       }
       f->hits.fetch_add(1, std::memory_order_release);
       int fd = f->wakeFd.load(std::memory_order_relaxed);
@@ -167,33 +195,66 @@ std::string install() {
 
 bool installed() noexcept { return gInstalled.load(); }
 
-int add(void* base, size_t len, uint8_t* host, uint64_t gpa, uint64_t size, MemFault* fault) noexcept {
-  for (int i = 0; i < kSlots; i++) {
-    Slot& s = gSlots[i];
-    uint64_t st = s.state.load(std::memory_order_relaxed);
+// Lowest index that may be free (a hint: add() starts there, remove() lowers it), so that
+// registering thousands of mappings (an HA takeover of every VF) is not quadratic.
+std::atomic<int> gFreeHint{0};
+
+// Claims a free slot in [begin, end) or returns -1.
+static int claim(int begin, int end, uint64_t* mine) noexcept {
+  for (int i = begin; i < end; i++) {
+    Slot* sp = slotAt(i);
+    if (!sp) { i += kChunkSlots - 1 - i % kChunkSlots; continue; }
+    uint64_t st = sp->state.load(std::memory_order_relaxed);
     if (phase(st) != kFree) continue;
-    uint64_t mine = (((st >> 2) + 1) << 2) | kWriting;
-    if (!s.state.compare_exchange_strong(st, mine, std::memory_order_acq_rel)) continue;
-    s.base.store(reinterpret_cast<uintptr_t>(base), std::memory_order_relaxed);
-    s.len.store(len, std::memory_order_relaxed);
-    s.host.store(reinterpret_cast<uintptr_t>(host), std::memory_order_relaxed);
-    s.gpa.store(gpa, std::memory_order_relaxed);
-    s.size.store(size, std::memory_order_relaxed);
-    s.fault.store(fault, std::memory_order_relaxed);
-    s.faulted.store(false, std::memory_order_relaxed);
-    int h = gHigh.load(std::memory_order_relaxed);
-    while (h < i + 1 && !gHigh.compare_exchange_weak(h, i + 1, std::memory_order_acq_rel)) {
-    }
-    s.state.store((mine & ~(uint64_t)3) | kLive, std::memory_order_seq_cst);  // publishes the fields
-    gLive.fetch_add(1, std::memory_order_relaxed);
+    uint64_t m = (((st >> 2) + 1) << 2) | kWriting;
+    if (!sp->state.compare_exchange_strong(st, m, std::memory_order_acq_rel)) continue;
+    *mine = m;
     return i;
   }
   return -1;
 }
 
+int add(void* base, size_t len, uint8_t* host, uint64_t gpa, uint64_t size, MemFault* fault, MapKind kind) noexcept {
+  uint64_t mine = 0;
+  int hint = gFreeHint.load(std::memory_order_relaxed);
+  int i = claim(hint, kMaxSlots, &mine);
+  if (i < 0) i = claim(0, hint, &mine);
+  if (i < 0) {
+    // Every allocated slot is in use: allocate the next chunk (once, by whoever gets here first).
+    std::lock_guard<std::mutex> g(gGrow);
+    i = claim(0, kMaxSlots, &mine);  // another add may have grown it meanwhile
+    if (i < 0) {
+      int c = 0;
+      while (c < kMaxChunks && gChunks[c].load(std::memory_order_relaxed)) c++;
+      if (c == kMaxChunks) return -1;
+      Slot* chunk = new (std::nothrow) Slot[kChunkSlots];
+      if (!chunk) return -1;
+      gChunks[c].store(chunk, std::memory_order_release);
+      i = claim(c * kChunkSlots, kMaxSlots, &mine);
+      if (i < 0) return -1;
+    }
+  }
+  gFreeHint.store(i + 1, std::memory_order_relaxed);
+  Slot& s = *slotAt(i);
+  s.base.store(reinterpret_cast<uintptr_t>(base), std::memory_order_relaxed);
+  s.len.store(len, std::memory_order_relaxed);
+  s.host.store(reinterpret_cast<uintptr_t>(host), std::memory_order_relaxed);
+  s.gpa.store(gpa, std::memory_order_relaxed);
+  s.size.store(size, std::memory_order_relaxed);
+  s.fault.store(fault, std::memory_order_relaxed);
+  s.faulted.store(false, std::memory_order_relaxed);
+  s.kind.store(static_cast<uint8_t>(kind), std::memory_order_relaxed);
+  int h = gHigh.load(std::memory_order_relaxed);
+  while (h < i + 1 && !gHigh.compare_exchange_weak(h, i + 1, std::memory_order_acq_rel)) {
+  }
+  s.state.store((mine & ~(uint64_t)3) | kLive, std::memory_order_seq_cst);  // publishes the fields
+  gLive.fetch_add(1, std::memory_order_relaxed);
+  return i;
+}
+
 void remove(int handle) noexcept {
-  if (handle < 0 || handle >= kSlots) return;
-  Slot& s = gSlots[handle];
+  if (handle < 0 || handle >= kMaxSlots || !slotAt(handle)) return;
+  Slot& s = *slotAt(handle);
   uint64_t st = s.state.load(std::memory_order_relaxed);
   s.state.store((st & ~(uint64_t)3) | kDying, std::memory_order_seq_cst);
   // Dekker with handleGuest (both seq_cst): a handler that entered before the store above is
@@ -202,10 +263,15 @@ void remove(int handle) noexcept {
   while (gInflight.load(std::memory_order_seq_cst) != 0) sched_yield();
   s.state.store((st & ~(uint64_t)3) | kFree, std::memory_order_release);
   gLive.fetch_sub(1, std::memory_order_relaxed);
+  int h = gFreeHint.load(std::memory_order_relaxed);
+  while (handle < h && !gFreeHint.compare_exchange_weak(h, handle, std::memory_order_relaxed)) {
+  }
 }
 
 bool faulted(int handle) noexcept {
-  return handle >= 0 && handle < kSlots && gSlots[handle].faulted.load(std::memory_order_relaxed);
+  if (handle < 0 || handle >= kMaxSlots) return false;
+  Slot* s = slotAt(handle);
+  return s && s->faulted.load(std::memory_order_relaxed);
 }
 
 int liveCount() noexcept { return gLive.load(std::memory_order_relaxed); }
