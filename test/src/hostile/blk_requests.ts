@@ -121,19 +121,6 @@ const requests: RequestSpec[] = [
       return chain(a, i, [[hdr(a, T_WRITE_ZEROES), 16, R], [data(a), 16, R], [a.status, 1, W]]);
     },
   },
-  {
-    name: "130 data segments (over SEG_MAX)",
-    expect: "error",
-    build: (a, i) => {
-      const t = a.at(8);
-      const ds: Desc[] = [d(hdr(a, T_IN), 16, F_NEXT, 1)];
-      for (let k = 0; k < 130; k++) ds.push(d(data(a) + BigInt(512 * k), 512, F_WRITE | F_NEXT, k + 2));
-      ds.push(d(a.status, 1, F_WRITE));
-      a.mem.write(t, descBytes(...ds));
-      a.ring.writeDesc(i, d(t, 16 * ds.length, F_INDIRECT));
-      return i;
-    },
-  },
   { name: "a data descriptor of 2 MiB (over SIZE_MAX)", expect: "error", build: (a, i) => chain(a, i, [[hdr(a, T_IN), 16, R], [a.at(64), 2 << 20, W], [a.status, 1, W]]) },
   { name: "a zero-length data descriptor", expect: "error", build: (a, i) => chain(a, i, [[hdr(a, T_IN), 16, R], [data(a), 0, W], [a.status, 1, W]]) },
   { name: "a readable descriptor after a writable one", expect: "error", build: (a, i) => chain(a, i, [[hdr(a, T_OUT), 16, R], [data(a), 512, W], [data(a) + 512n, 512, R], [a.status, 1, W]]) },
@@ -164,6 +151,8 @@ function requestCase(c: RequestSpec, k: number): HostileCase {
 
 interface BreakSpec {
   name: string;
+  /** Writes what takes long to write (not timed); publish() then only links and kicks. */
+  prepare?(a: BlkAttacker): void;
   publish(a: BlkAttacker): void;
 }
 
@@ -187,7 +176,7 @@ const breaks: BreakSpec[] = [
     // 16 MiB of table (1M entries) where every entry leads to the next and the last to the
     // first: the walk must stop at what a chain may be, not at the table's end.
     name: "an indirect table of 1M entries looping through all of them",
-    publish: (a) => {
+    prepare: (a) => {
       const n = (16 << 20) / 16;
       const t = a.mem.scratch(32 << 20) - BigInt(16 << 20);
       const b = Buffer.alloc(16 * n);
@@ -201,7 +190,22 @@ const breaks: BreakSpec[] = [
       b.writeUInt32LE(16, 8);
       b.writeUInt16LE(F_NEXT, 12);
       a.mem.write(t, b);
-      a.ring.writeDesc(0, d(t, 16 * n, F_INDIRECT));
+    },
+    publish: (a) => {
+      a.ring.writeDesc(0, d(a.mem.scratch(32 << 20) - BigInt(16 << 20), 16 << 20, F_INDIRECT));
+      a.ring.publish(0);
+    },
+  },
+  {
+    // header + 130 data + status: longer than a request can be (header + SEG_MAX 126 + status)
+    name: "130 data segments (over SEG_MAX)",
+    publish: (a) => {
+      const t = a.at(8);
+      const ds: Desc[] = [d(hdr(a, T_IN), 16, F_NEXT, 1)];
+      for (let k = 0; k < 130; k++) ds.push(d(data(a) + BigInt(512 * k), 512, F_WRITE | F_NEXT, k + 2));
+      ds.push(d(a.status, 1, F_WRITE));
+      a.mem.write(t, descBytes(...ds));
+      a.ring.writeDesc(0, d(t, 16 * ds.length, F_INDIRECT));
       a.ring.publish(0);
     },
   },
@@ -219,6 +223,7 @@ function breakCase(c: BreakSpec): HostileCase {
       try {
         const seen = w.keeperLogLines().length;
         const used = a.ring.usedIdx();
+        c.prepare?.(a);
         const t0 = Date.now();
         c.publish(a);
         const logged = () => w.keeperLogLines().slice(seen).some((l) => l.vf === VF_BLK && l.level >= 40 && l.queue === 0);
