@@ -330,8 +330,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     flag("adminMac", &pc->adminMac);
     flag("reportLock", &pc->reportLock);
     Napi::Value l = o.Get("lockedMac");
-    pc->lockKey = 0;
-    if (!l.IsUndefined() && !(l.IsString() && l.As<Napi::String>().Utf8Value().empty())) {
+    if (l.IsString() && l.As<Napi::String>().Utf8Value().empty()) {
+      pc->lockKey = 0;
+    } else if (!l.IsUndefined()) {
       uint8_t m[6];
       if (!l.IsString() || !parseMac(l.As<Napi::String>().Utf8Value(), m) || (m[0] & 1))
         throwType(env, "portSecurity.lockedMac must be a unicast MAC like \"52:54:00:12:34:56\"");
