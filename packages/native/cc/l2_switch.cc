@@ -168,7 +168,9 @@ L2Switch::Admit L2Switch::learn(uint64_t key, int port, uint64_t now) noexcept {
   }
   if (!slot) slot = reuse;  // no empty slot: an aged one, or none (the table is full)
   if (slot && slot->key == key) {
-    if (slot->pinned && slot->port != port) return port == kUplinkPort ? Admit::kNotLearned : Admit::kDropped;
+    // Another port's own MAC never moves. A port allowed any source (trust, spoofchk off, the
+    // uplink) still sends it: forwarded, not learned (a VM bridging or reflecting frames).
+    if (slot->pinned && slot->port != port) return Admit::kNotLearned;
     if (slot->port == port && slot->counted) {
       slot->seenNs = now;
       return Admit::kLearned;

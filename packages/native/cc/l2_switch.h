@@ -6,7 +6,8 @@
 // has a MAC of its own, pinned in the FDB to it: the operator's (vf -a --mac), or the VF's
 // default one until the first source MAC the port sends locks the port to that one. A pinned
 // MAC never moves to another port and never ages. With spoofchk (the default) a VF's frame
-// whose source is not the port's MAC is dropped and counted (kSpoofed); `trust` lifts that.
+// whose source is not the port's MAC is dropped and counted (kSpoofed); `trust` (or spoofchk
+// off) lifts that: such a port's frames with another port's MAC are forwarded, never learned.
 // Every port owns at most `limit` FDB entries: invented sources cannot fill the table.
 #pragma once
 #include <atomic>
