@@ -174,3 +174,45 @@ test.serial("an operator-set MAC is locked before the VM sends anything; trust a
     await d.stop();
   }
 });
+
+test.serial("HA: a port's learned lock survives a keeper kill; after the takeover the attacker still cannot claim the victim's MAC", async (t) => {
+  const d = await Daemon.start({ ha: true });
+  const drivers: FrontendDriver[] = [];
+  try {
+    const [att, vic, peer] = await threeVfs(d);
+    drivers.push(att, vic, peer);
+    // The victim's first frames lock its port to its guest's MAC (not the VF's default).
+    vic.device.startTx(0, { dstMac: peer.mac, srcMac: vic.mac, frameSize: 128, count: 50, streamId: 2, ratePps: 5000 });
+    await waitFor(() => peer.device.stats(0).rxPackets >= 50, 20_000, "the victim's first frames at the peer");
+    await waitFor(() => d.keeperLog().includes(`switch port locked to source MAC ${vic.mac}`), 10_000, "the keeper's engine reported the lock");
+    t.is((await d.ok(["vf", "-i", VF_VIC])).device.mac_locked, vic.mac.toUpperCase(), "vf -i through the keeper");
+    const pi = await d.ok(["mgmtpf", "-i", PF]);
+    t.like(pi.fdb.find((e: { mac: string }) => e.mac === vic.mac.toUpperCase()), { port: VF_VIC, locked: true });
+    await waitFor(async () => {
+      const s = await d.ok(["ha", "status"]);
+      return s.mirror?.copies === 3 && s.keeper?.vfs === 3;
+    }, 10_000, "vfe-vhostd holds every session's copy");
+    await new Promise((r) => setTimeout(r, 300)); // the lock's mirror push is on its way
+
+    const logAt = d.log().length;
+    await d.killKeeper();
+    await waitFor(() => d.log().slice(logAt).includes('"takeover_done"'), 15_000, "vfe-vhostd took over");
+    t.is((await d.ok(["vf", "-i", VF_VIC])).device.mac_locked, vic.mac.toUpperCase(), "the lock came with the session");
+
+    // The attacker goes first after the takeover (the victim sends nothing).
+    const attRx = att.device.stats(0).rxPackets;
+    att.device.startTx(0, { dstMac: peer.mac, srcMac: vic.mac, frameSize: 128, count: 100, streamId: 3, ratePps: 5000 });
+    await waitFor(() => att.device.stats(0).txPackets >= 100, 20_000, "the attacker's frames sent");
+    const vicRx = vic.device.stats(0).rxPackets;
+    await peerToVictim(peer, vic, 500);
+    await waitFor(() => vic.device.stats(0).rxPackets >= vicRx + 500, 20_000, "the peer's frames at the victim");
+    t.is(att.device.stats(0).rxPackets, attRx, "nothing bound to the victim reached the attacker");
+    const ai = (await d.ok(["vf", "-i", VF_ATT])).device;
+    t.is(ai.queues.find((q: { index: number }) => q.index === 1).spoofed, 100);
+    const pi2 = await d.ok(["mgmtpf", "-i", PF]);
+    t.like(pi2.fdb.find((e: { mac: string }) => e.mac === vic.mac.toUpperCase()), { port: VF_VIC, locked: true });
+  } finally {
+    for (const f of drivers) f.close();
+    await d.stop();
+  }
+});
