@@ -110,12 +110,25 @@ std::string L2Switch::configurePort(int port, const PortConfig& c, uint64_t now)
   ps = PortState{};
   ps.cfg = c;
   ps.limit = c.trust ? kFdbLimitTrusted : kFdbLimitVf;
-  uint64_t own = c.adminMac ? c.macKey : c.lockKey ? c.lockKey : c.macKey;
-  if (!own || groupKey(own) || own == kZeroMacKey) return "";
-  char m[24];
-  formatMac(own, m, sizeof m);
-  if (!pin(own, port, now)) return std::string("MAC ") + m + " is already another port's MAC on this switch";
-  if (c.adminMac || c.lockKey) ps.lockKey = own;
+  auto usable = [](uint64_t k) { return k && !groupKey(k) && k != kZeroMacKey; };
+  if (c.adminMac) {
+    if (!usable(c.macKey)) return "";
+    if (!pin(c.macKey, port, now)) {
+      char m[24];
+      formatMac(c.macKey, m, sizeof m);
+      return std::string("MAC ") + m + " is already another port's MAC on this switch";
+    }
+    ps.lockKey = c.macKey;
+    return "";
+  }
+  // A carried lock, else the default MAC's reservation. Either may be another port's by now
+  // (a guest locked to it): then the port locks on its first frame instead; never a failure,
+  // since this runs at restore and HA adoption too.
+  if (usable(c.lockKey) && pin(c.lockKey, port, now)) {
+    ps.lockKey = c.lockKey;
+    return "";
+  }
+  if (usable(c.macKey)) pin(c.macKey, port, now);
   return "";
 }
 
@@ -317,7 +330,12 @@ void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev,
       snprintf(ctx.reason, sizeof ctx.reason, "%s", a);
       ctx.events->post(srcPort, -1, EvKind::kPortLocked, ctx.reason);
     }
-    if (dropped && d && srcQueue >= 0) {
+    // Formatted only when the event will be posted (at most once a second per queue): a VM
+    // that keeps spoofing costs a counter add per burst, not a printf.
+    Virtqueue* sq = d && srcQueue >= 0 ? &d->vq[srcQueue] : nullptr;
+    if (dropped && sq && sq->lastEventNs && ctx.nowNs - sq->lastEventNs < 1000000000ull) {
+      sq->suppressedEvents++;
+    } else if (dropped && sq) {
       formatMac(droppedKey, a, sizeof a);
       formatMac(ownKey, b, sizeof b);
       snprintf(ctx.reason, sizeof ctx.reason,

@@ -77,7 +77,7 @@ class L2Switch {
   void removeMember(NetDevice* d);
   void purgePort(int port) noexcept;
   // (Re)configures a member's port security: its learned entries are forgotten and its MAC
-  // (or lock) pinned. "" or why not (the MAC is another port's).
+  // (or lock) pinned. "" or why not (an operator-set MAC that is another port's).
   std::string configurePort(int port, const PortConfig& c, uint64_t now);
   const PortState& portState(int port) const { return port == kUplinkPort ? up_ : ports_[port]; }
   // Whether a frame from `port` with this source would pass port security (SEND_RARP's check):

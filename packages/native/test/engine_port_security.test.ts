@@ -206,3 +206,26 @@ test("RARP (injectFrame) is refused for a MAC that is not the VF's own", async (
   eng.close();
   for (const d of [a, v, u]) d.close();
 });
+
+test("a VF whose MAC another VF's guest already locked is still added (it locks on its first frame); a taken operator's MAC is refused", async (t) => {
+  const { eng } = mkEngine();
+  const guest = "52:54:00:77:00:01";
+  const a = new VNet(eng, 1, ATT);
+  const peer = new VNet(eng, 3, PEER);
+  peer.postRx(16);
+  a.send(frame(PEER, guest, 64, 0x31));
+  t.true(await waitFor(() => received(peer, 0x31) === 1));
+  t.is(eng.portState(1).lockedMac, guest);
+  // Restore or HA adoption of a VF whose default MAC (or carried lock) is that guest's MAC.
+  const b = new VNet(eng, 2, guest);
+  const c = new VNet(eng, 4, VIC, undefined, { portSecurity: { lockedMac: guest } });
+  t.is(eng.portState(2).lockedMac, "");
+  t.is(eng.portState(4).lockedMac, "");
+  t.deepEqual(eng.fdb(1).filter((e) => e.mac === guest).map((e) => e.devId), [1], "the MAC stays with the port that has it");
+  b.send(frame(PEER, "52:54:00:77:00:02", 64, 0x32));
+  t.true(await waitFor(() => received(peer, 0x32) === 1), "b locks to its own first source");
+  t.throws(() => eng.addNetDevice(5, { switchId: 1, mac: guest, mtu: 1500, maxQueuePairs: 1, portSecurity: { adminMac: true } }), { message: /already another port's MAC/ });
+  t.false(eng.fdb(1).some((e) => e.devId === 5));
+  eng.close();
+  for (const d of [a, b, c, peer]) d.close();
+});
