@@ -610,7 +610,11 @@ export class EngineVfHost implements VfHost {
       () => this.mirrorVf(spec.dev),
       () => this.mirror?.replied(spec.dev),
     );
-    if (lockedMac && spec.kind === "net") vf.lockedMac = lockedMac;
+    if (spec.kind === "net" && !portSecurityOf(spec).macAdmin) {
+      // What the engine pinned: a carried lock another port holds by now is not the port's.
+      const locked = this.engine.portState(spec.devId).lockedMac;
+      if (locked) vf.lockedMac = locked;
+    }
     this.vfs.set(spec.dev, vf);
     this.byDevId.set(spec.devId, vf);
     if (lock) this.locks.set(spec.dev, lock);
