@@ -125,7 +125,8 @@ export async function instrRun(impl: InstrImpl, size: number, windowMs: number):
       await d.ok(["mgmtpf", "-a", PF]);
     }
     fe = await Pmd.start({ name: "fe", dir, lcores: FE_LCORES, vdevs: feVdevs(socks, 1), waitSockets: [socks[0]], args: flowgenArgs(size, 1) });
-    if (d) for (let i = 0; i < 2; i++) await d.ok(["vf", "-a", VFS[i], "-v", socks[i]]);
+    // --spoofchk off: flowgen sends one fixed source MAC from both ports (see main.ts).
+    if (d) for (let i = 0; i < 2; i++) await d.ok(["vf", "-a", VFS[i], "-v", socks[i], "--spoofchk", "off"]);
     else be = await Pmd.start({ name: "be", dir, lcores: BE_LCORES, vdevs: beVdevs(socks, 1), wrap: callgrind(out, impl), startTimeoutMs: 180_000, args: ["--stats-period", "3600", "--forward-mode=io", "--auto-start", "--total-num-mbufs=32768"] });
     const f = fe;
     await waitFor(() => f.rxTotal() > 10_000, 180_000, "frames at the front-end");

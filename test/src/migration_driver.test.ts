@@ -158,10 +158,15 @@ test.serial("SEND_RARP after a switch-over: a RARP frame from the guest's MAC is
     const [a, b, c] = drivers as [FrontendDriver, FrontendDriver, FrontendDriver];
     t.true((b.protocolFeatures & bit(ProtocolFeature.RARP)) !== 0n, "RARP negotiated");
     for (const f of drivers) f.device.startRx(0);
-    const moved = "52:54:00:aa:bb:cc";
+    // The guest's own MAC (b's driver): port security allows a RARP for the VF's MAC only, and
+    // b's port, which has sent nothing yet, locks to it (its first source).
+    const moved = b.mac;
     const rarp = Buffer.alloc(8);
     Buffer.from(moved.split(":").map((x) => parseInt(x, 16))).copy(rarp);
     await setAck(b, Req.SEND_RARP, rarp);
+    // Another MAC now is refused: b's port is locked to the announced one.
+    const other = Buffer.from([0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc, 0, 0]);
+    await t.throwsAsync(setAck(b, Req.SEND_RARP, other), { message: /refused/ });
     // The broadcast reaches the other ports (not ours: no test-frame magic, so "foreign").
     await waitFor(() => a.device.stats(0).rxForeign >= 1 && c.device.stats(0).rxForeign >= 1, 10_000, "the RARP frame at a and c");
     t.is(b.device.stats(0).rxForeign, 0, "never back out of the port it came from");

@@ -21,7 +21,7 @@ interface Pair {
   sockB: string;
 }
 
-async function setup(opts: { server: boolean; queues?: number }): Promise<Pair> {
+async function setup(opts: { server: boolean; queues?: number; vfArgs?: string[] }): Promise<Pair> {
   const d = await Daemon.start();
   const sockA = d.sock("vfA");
   const sockB = d.sock("vfB");
@@ -29,8 +29,8 @@ async function setup(opts: { server: boolean; queues?: number }): Promise<Pair> 
   const mode = opts.server ? ["--server"] : [];
   await d.ok(["mgmtpf", "-a", NET_PF]);
   const qargs = q > 1 ? ["-q", String(q)] : [];
-  await d.ok(["vf", "-a", VF_A, "-v", sockA, ...mode, ...qargs]);
-  await d.ok(["vf", "-a", VF_B, "-v", sockB, ...mode, ...qargs]);
+  await d.ok(["vf", "-a", VF_A, "-v", sockA, ...mode, ...qargs, ...(opts.vfArgs ?? [])]);
+  await d.ok(["vf", "-a", VF_B, "-v", sockB, ...mode, ...qargs, ...(opts.vfArgs ?? [])]);
   return { d, sockA, sockB };
 }
 
@@ -91,7 +91,9 @@ test.serial("one way with 4 queue pairs", async (t) => {
 
 test.serial("both ways: two testpmd in io mode forward a ping-pong through the switch", async (t) => {
   if (!needPeer(t, "dpdk-testpmd")) return;
-  const { d, sockA, sockB } = await setup({ server: false });
+  // io mode sends back out whatever arrives, with the other side's source MAC: each VF
+  // reflects the other's frames, which port security allows with spoofchk off only.
+  const { d, sockA, sockB } = await setup({ server: false, vfArgs: ["--spoofchk", "off"] });
   try {
     // io mode sends back out whatever arrives; --tx-first seeds the loop from both ends.
     const a = await startPmd(d, sockA, "a", "io", "client", { txFirst: true });

@@ -1,7 +1,7 @@
 // The "devices" table as the keeper reads it: pf/<DEV> and vf/<DEV> entries, validated field
 // by field (whatever arrives on the sync socket or sits in the replica journal is untrusted).
 import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "@vhostd/proto";
-import type { PfDeviceValue, VfSpec } from "@vhostd/vhostd";
+import { portSecurityFields, type PfDeviceValue, type VfSpec } from "@vhostd/vhostd";
 
 export type DeviceEntry = { kind: "pf"; dev: string; value: PfDeviceValue } | { kind: "vf"; dev: string; value: VfSpec };
 
@@ -48,7 +48,7 @@ export function parseDeviceEntry(key: string, value: unknown): DeviceEntry {
     return { kind: "pf", dev: pf, value: { pf, switchId: int(key, o, "switchId", 0, 0xffff), kind: o.kind, ...(uplinkTap ? { uplinkTap } : {}) } };
   }
   if (key.startsWith("vf/")) {
-    const o = exact(key, value, ["dev", "pf", "kind", "devId", "switchId", "socketPath", "mode", "mac", "mtu", "queuePairs"], ["uuid", "disk"]);
+    const o = exact(key, value, ["dev", "pf", "kind", "devId", "switchId", "socketPath", "mode", "mac", "mtu", "queuePairs"], ["uuid", "disk", "spoofchk", "trust", "macAdmin"]);
     const dev = pci(key, o, "dev");
     if (key !== `vf/${dev}`) throw new Error(`${key}: holds VF ${dev}`);
     const pf = pci(key, o, "pf");
@@ -73,6 +73,12 @@ export function parseDeviceEntry(key: string, value: unknown): DeviceEntry {
       disk = { path: d.path, size: d.size, readonly: d.readonly, direct: d.direct };
     }
     if ((o.kind === "blk") !== (disk !== undefined)) throw new Error(`${key}: ${o.kind === "blk" ? "a blk VF needs a disk" : "only blk VFs have a disk"}`);
+    // Port security (absent: the defaults, as in records from before these fields).
+    for (const f of ["spoofchk", "trust", "macAdmin"] as const) {
+      if (o[f] === undefined) continue;
+      if (typeof o[f] !== "boolean") throw new Error(`${key}: ${f} must be a boolean`);
+      if (o.kind !== "net") throw new Error(`${key}: ${f} applies to net VFs only`);
+    }
     return {
       kind: "vf",
       dev,
@@ -89,6 +95,7 @@ export function parseDeviceEntry(key: string, value: unknown): DeviceEntry {
         mtu: int(key, o, "mtu", MTU_MIN, MTU_MAX),
         queuePairs: int(key, o, "queuePairs", 1, QUEUE_PAIRS_MAX),
         ...(disk ? { disk } : {}),
+        ...portSecurityFields(o as { spoofchk?: boolean; trust?: boolean; macAdmin?: boolean }),
       },
     };
   }

@@ -421,10 +421,12 @@ export class Keeper {
 
   /* ------------------------------------------------------------------ inspection */
 
-  private async answer(req: { method: string; dev?: string }): Promise<unknown> {
+  private async answer(req: { method: string; dev?: string; switchId?: number }): Promise<unknown> {
     switch (req.method) {
       case "runtime":
         return (await this.runtime(req.dev!)) ?? null;
+      case "fdb":
+        return (await this.host.fdb?.(req.switchId!)) ?? [];
       case "version":
         return this.version;
       case "list":
@@ -466,7 +468,7 @@ class InspectServer {
   constructor(
     readonly path: string,
     private readonly log: Logger,
-    private readonly handler: (req: { method: string; dev?: string }) => Promise<unknown>,
+    private readonly handler: (req: { method: string; dev?: string; switchId?: number }) => Promise<unknown>,
   ) {}
 
   async listen(): Promise<void> {
@@ -530,13 +532,18 @@ class InspectServer {
       const r = req as Record<string, unknown>;
       if (typeof r.id === "number" && Number.isSafeInteger(r.id)) id = r.id;
       else throw new Error("id must be an integer");
-      if (typeof r.method !== "string" || !["runtime", "version", "list"].includes(r.method)) throw new Error("unknown method");
+      if (typeof r.method !== "string" || !["runtime", "version", "list", "fdb"].includes(r.method)) throw new Error("unknown method");
       let dev: string | undefined;
       if (r.method === "runtime") {
         dev = typeof r.dev === "string" ? normalizePciAddr(r.dev) : undefined;
         if (!dev) throw new Error("dev must be a PCI address");
       }
-      reply = { id, result: await this.handler({ method: r.method, ...(dev ? { dev } : {}) }) };
+      let switchId: number | undefined;
+      if (r.method === "fdb") {
+        if (typeof r.switchId !== "number" || !Number.isInteger(r.switchId) || r.switchId < 0 || r.switchId > 0xffff) throw new Error("switchId must be an integer in 0..65535");
+        switchId = r.switchId;
+      }
+      reply = { id, result: await this.handler({ method: r.method, ...(dev ? { dev } : {}), ...(switchId !== undefined ? { switchId } : {}) }) };
     } catch (e) {
       reply = { id, error: (e as Error).message.slice(0, 200) };
     }

@@ -33,3 +33,12 @@ test("hostile disks are refused", (t) => {
   for (const d of bad) t.throws(() => parseDeviceEntry(`vf/${VF}`, d === undefined ? base : { ...base, disk: d }), undefined, JSON.stringify(d));
   t.throws(() => parseDeviceEntry("vf/0000:af:04.5", { ...base, dev: "0000:af:04.5", kind: "net", disk }), { message: /only blk VFs/ });
 });
+
+test("a net VF's port security rides in the devices table; absent means the defaults; hostile values are refused", (t) => {
+  const net = { ...base, kind: "net" };
+  t.deepEqual(parseDeviceEntry(`vf/${VF}`, net).value, net, "a record from before the fields");
+  const ps = { spoofchk: false, trust: true, macAdmin: true };
+  t.like(parseDeviceEntry(`vf/${VF}`, { ...net, ...ps }).value, ps);
+  t.throws(() => parseDeviceEntry(`vf/${VF}`, { ...net, trust: 1 }), { message: /trust must be a boolean/ });
+  t.throws(() => parseDeviceEntry(`vf/${VF}`, { ...base, disk, spoofchk: false }), { message: /net VFs only/ });
+});

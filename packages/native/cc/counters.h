@@ -28,6 +28,21 @@ enum Counter : int {
 constexpr const char* kCounterNames[kCountersPerQueue] = {
     "packets", "bytes", "drops", "kicks", "calls", "errors", "wakeups", "progress"};
 
+// Port security (l2_switch.h), per queue, in a second block after the first one:
+// maxDevices x kMaxQueues x kPortCountersPerQueue u64. The first block keeps its layout, so a
+// process of the previous version sharing the file reads what it always did (it maps only the
+// first block; the file is grown, never shrunk). Written by the TX queue's owner only.
+constexpr int kPortCountersPerQueue = 2;
+enum PortCounter : int {
+  kSpoofed = 0,    // frames dropped: source MAC not allowed on the port, or its FDB share full
+  kUnlearned = 1,  // frames forwarded without learning their source (a trusted port's share full)
+};
+constexpr const char* kPortCounterNames[kPortCountersPerQueue] = {"spoofed", "unlearned"};
+
+inline void addSingleWriter(uint64_t* c, uint64_t n) noexcept {
+  if (n) __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
 struct alignas(64) QueueCounters {
   uint64_t v[kCountersPerQueue];
 

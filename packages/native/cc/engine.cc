@@ -71,7 +71,7 @@ std::string Engine::start() {
   // Guest memory can shrink under a mapping (front-end ftruncate): see sigbus_guard.h.
   std::string guardErr = sigbus::install();
   if (!guardErr.empty()) return guardErr;
-  countersBytes_ = (size_t)cfg_.maxDevices * kMaxQueues * sizeof(QueueCounters);
+  countersBytes_ = (size_t)cfg_.maxDevices * kMaxQueues * (sizeof(QueueCounters) + kPortCountersPerQueue * sizeof(uint64_t));
   void* p;
   if (cfg_.sharedFd >= 0) {
     struct stat st {};
@@ -456,7 +456,8 @@ std::string Engine::uplinkStats(int id, UplinkStats* out) {
 
 // ---------------------------------------------------------------------------- devices
 
-std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs, bool keepCounters) {
+std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs, bool keepCounters,
+                                 const PortConfig& port) {
   if (devs_[devId]) return "device " + std::to_string(devId) + " already exists";
   auto it = switches_.find(switchId);
   if (it == switches_.end()) return "switch " + std::to_string(switchId) + " does not exist";
@@ -467,14 +468,45 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   d->mtu = mtu;
   d->maxQueuePairs = maxQueuePairs;
   d->sw = it->second.get();
+  {
+    PortConfig pc = port;
+    if (!pc.macKey) pc.macKey = macKey(mac);
+    SpinGuard g(d->sw->lock);
+    std::string err = d->sw->configurePort(devId, pc, monoNs());
+    if (!err.empty()) {
+      d->sw->purgePort(devId);
+      delete d;
+      return err;
+    }
+  }
   Worker& w = initDevice(d, devId, keepCounters);
   std::string err = run(d->worker, [&] { w.devs.push_back(d); });
-  if (!err.empty()) { delete d; return err; }
+  if (!err.empty()) {
+    SpinGuard g(d->sw->lock);
+    d->sw->purgePort(devId);
+    delete d;
+    return err;
+  }
   {
     SpinGuard g(d->sw->lock);
     d->sw->addMember(d);
   }
   devs_[devId] = d;
+  return "";
+}
+
+std::string Engine::setPortSecurity(int devId, const PortConfig& port) {
+  NetDevice* d = devs_[devId];
+  if (!d->sw) return "device " + std::to_string(devId) + " is not a net device";
+  SpinGuard g(d->sw->lock);
+  return d->sw->configurePort(devId, port, monoNs());
+}
+
+std::string Engine::portState(int devId, PortState* out) {
+  NetDevice* d = devs_[devId];
+  if (!d->sw) return "device " + std::to_string(devId) + " is not a net device";
+  SpinGuard g(d->sw->lock);
+  *out = d->sw->portState(devId);
   return "";
 }
 
@@ -484,6 +516,10 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
 Worker& Engine::initDevice(NetDevice* d, int devId, bool keepCounters) {
   d->mem = std::make_unique<MemTable>();
   d->ctr = reinterpret_cast<QueueCounters*>(counters_) + (size_t)devId * kMaxQueues;
+  d->portCtr = reinterpret_cast<uint64_t*>(reinterpret_cast<QueueCounters*>(counters_) + (size_t)cfg_.maxDevices * kMaxQueues) +
+               (size_t)devId * kMaxQueues * kPortCountersPerQueue;
+  if (!keepCounters)
+    for (int i = 0; i < kMaxQueues * kPortCountersPerQueue; i++) __atomic_store_n(&d->portCtr[i], 0, __ATOMIC_RELAXED);
   for (int q = 0; q < kMaxQueues; q++) {
     if (!keepCounters) d->ctr[q].reset();
     d->vq[q].ctr = &d->ctr[q];
@@ -867,6 +903,11 @@ std::string Engine::injectFrame(int devId, const uint8_t* frame, uint32_t len) {
   NetDevice* d = devs_[devId];
   if (!d->sw) return "device " + std::to_string(devId) + " is not a net device";
   if (len < 14 || len > kMaxFrame) return "frame of " + std::to_string(len) + " bytes";
+  {
+    SpinGuard g(d->sw->lock);
+    std::string why = d->sw->admits(devId, frame + 6);
+    if (!why.empty()) return why;
+  }
   Worker& w = *workers_[d->worker];
   return run(d->worker, [&] {
     WorkerCtx& ctx = *w.ctx;  // free between polling passes, which is when commands run

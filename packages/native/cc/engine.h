@@ -131,7 +131,11 @@ class Engine : public EventSink {
   std::string fdb(int id, std::vector<L2Switch::Entry>* out);
   std::string uplinkStats(int id, UplinkStats* out);
 
-  std::string addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs, bool keepCounters = false);
+  std::string addNetDevice(int devId, int switchId, const uint8_t mac[6], int mtu, int maxQueuePairs, bool keepCounters = false,
+                           const PortConfig& port = PortConfig{});
+  // Port security of a net device's switch port (l2_switch.h); its learned entries are forgotten.
+  std::string setPortSecurity(int devId, const PortConfig& port);
+  std::string portState(int devId, PortState* out);
   // A virtio-blk device on a backing file / block device (or null): see blk_device.h.
   std::string addBlkDevice(int devId, const BlkParams& p, bool keepCounters, BlkInfo* info);
   // CONFIG_WCE: write-back (true) or write-through.

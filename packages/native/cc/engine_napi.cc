@@ -84,6 +84,8 @@ const char* kindName(EvKind k) {
     case EvKind::kChainError: return "chain-error";
     case EvKind::kQueueBroken: return "queue-broken";
     case EvKind::kTapError: return "tap-error";
+    case EvKind::kSpoofed: return "spoofed";
+    case EvKind::kPortLocked: return "port-locked";
   }
   return "ring-error";
 }
@@ -157,6 +159,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("signalQueue", &EngineWrap::SignalQueue),
                            InstanceMethod("queueLastAvail", &EngineWrap::QueueLastAvail),
                            InstanceMethod("injectFrame", &EngineWrap::InjectFrame),
+                           InstanceMethod("setPortSecurity", &EngineWrap::SetPortSecurity),
+                           InstanceMethod("portState", &EngineWrap::PortStateM),
                            InstanceMethod("hold", &EngineWrap::Hold),
                            InstanceMethod("close", &EngineWrap::Close),
                            InstanceAccessor("counters", &EngineWrap::Counters, nullptr),
@@ -272,6 +276,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("mac", macStr(entries[i].mac));
       o.Set("devId", entries[i].port);
       o.Set("ageMs", (double)(entries[i].ageNs / 1000000ull));
+      o.Set("pinned", entries[i].pinned);
       arr.Set((uint32_t)i, o);
     }
     return arr;
@@ -305,8 +310,65 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (e.hasDevice(id)) throwError(env, "device " + std::to_string(id) + " already exists");
     if (!e.hasSwitch(sw)) throwError(env, "switch " + std::to_string(sw) + " does not exist");
     bool keep = o.Get("keepCounters").IsBoolean() && o.Get("keepCounters").As<Napi::Boolean>().Value();
-    check(env, e.addNetDevice(id, sw, mac, mtu, qp, keep));
+    PortConfig pc;
+    pc.macKey = macKey(mac);
+    if (!o.Get("portSecurity").IsUndefined()) portConfig(env, o.Get("portSecurity"), &pc);
+    check(env, e.addNetDevice(id, sw, mac, mtu, qp, keep, pc));
     return env.Undefined();
+  }
+  // {spoofchk?, trust?, adminMac?, lockedMac?} over pc (whose macKey is the device's MAC).
+  static void portConfig(Napi::Env env, Napi::Value v, PortConfig* pc) {
+    Napi::Object o = getObject(env, v, "portSecurity");
+    auto flag = [&](const char* name, bool* out) {
+      Napi::Value x = o.Get(name);
+      if (x.IsUndefined()) return;
+      if (!x.IsBoolean()) throwType(env, std::string("portSecurity.") + name + " must be a boolean");
+      *out = x.As<Napi::Boolean>().Value();
+    };
+    flag("spoofchk", &pc->spoofchk);
+    flag("trust", &pc->trust);
+    flag("adminMac", &pc->adminMac);
+    flag("reportLock", &pc->reportLock);
+    Napi::Value l = o.Get("lockedMac");
+    if (l.IsString() && l.As<Napi::String>().Utf8Value().empty()) {
+      pc->lockKey = 0;
+    } else if (!l.IsUndefined()) {
+      uint8_t m[6];
+      if (!l.IsString() || !parseMac(l.As<Napi::String>().Utf8Value(), m) || (m[0] & 1))
+        throwType(env, "portSecurity.lockedMac must be a unicast MAC like \"52:54:00:12:34:56\"");
+      pc->lockKey = macKey(m);
+    }
+  }
+  Napi::Value SetPortSecurity(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    PortState st;
+    check(env, engine_->portState(id, &st));
+    PortConfig pc = st.cfg;
+    pc.lockKey = st.lockKey && !st.cfg.adminMac ? st.lockKey : 0;  // a learned lock stays unless given
+    portConfig(env, info[1], &pc);
+    check(env, engine_->setPortSecurity(id, pc));
+    return env.Undefined();
+  }
+  Napi::Value PortStateM(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int id = devArg(info, 0);
+    PortState st;
+    check(env, engine_->portState(id, &st));
+    auto keyMac = [](uint64_t k) {
+      uint8_t m[6];
+      for (int i = 0; i < 6; i++) m[i] = (uint8_t)(k >> (40 - 8 * i));
+      return macStr(m);
+    };
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("spoofchk", st.cfg.spoofchk);
+    o.Set("trust", st.cfg.trust);
+    o.Set("adminMac", st.cfg.adminMac);
+    o.Set("mac", keyMac(st.cfg.macKey));
+    o.Set("lockedMac", st.lockKey ? keyMac(st.lockKey) : std::string());
+    o.Set("limit", st.limit);
+    o.Set("learned", st.learned);
+    return o;
   }
   Napi::Value AddBlkDevice(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -581,6 +643,10 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   Napi::Array names = Napi::Array::New(env, kCountersPerQueue);
   for (int i = 0; i < kCountersPerQueue; i++) names.Set((uint32_t)i, kCounterNames[i]);
   exports.Set("COUNTER_NAMES", names);
+  exports.Set("PORT_COUNTERS_PER_QUEUE", Napi::Number::New(env, kPortCountersPerQueue));
+  Napi::Array pnames = Napi::Array::New(env, kPortCountersPerQueue);
+  for (int i = 0; i < kPortCountersPerQueue; i++) pnames.Set((uint32_t)i, kPortCounterNames[i]);
+  exports.Set("PORT_COUNTER_NAMES", pnames);
   exports.Set("openTap", Napi::Function::New(env, OpenTap, "openTap"));
   exports.Set("_mapForTest", Napi::Function::New(env, MapForTest, "_mapForTest"));
   exports.Set("_testMemfd", Napi::Function::New(env, TestMemfd, "_testMemfd"));

@@ -27,7 +27,7 @@ void NetDevice::applyFeatures(uint64_t f) noexcept {
   }
 }
 
-static void rateLimitedPost(NetDevice& d, int q, EvKind kind, WorkerCtx& ctx) noexcept {
+void rateLimitedPost(NetDevice& d, int q, EvKind kind, WorkerCtx& ctx) noexcept {
   Virtqueue& vq = d.vq[q];
   if (d.mem->fault().pending()) return;  // we read zero pages (sigbus_guard.h); that report says why
   if (ctx.nowNs - vq.lastEventNs < kNsPerSec && vq.lastEventNs != 0) {

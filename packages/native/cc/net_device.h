@@ -44,7 +44,7 @@ constexpr uint8_t VIRTIO_NET_HDR_GSO_TCPV6 = 4;
 constexpr uint8_t VIRTIO_NET_HDR_GSO_UDP_L4 = 5;
 constexpr uint8_t VIRTIO_NET_HDR_GSO_ECN = 0x80;
 
-enum class EvKind { kRingError, kChainError, kQueueBroken, kTapError };
+enum class EvKind { kRingError, kChainError, kQueueBroken, kTapError, kSpoofed, kPortLocked };
 
 // Receives datapath events; must never block or allocate.
 class EventSink {
@@ -102,6 +102,7 @@ struct NetDevice {
   std::unique_ptr<MemTable> mem;  // never null; swapped only by the owner under every RX lock
   DirtyLog log;                   // SET_LOG_BASE; swapped and switched like mem
   QueueCounters* ctr = nullptr;   // kMaxQueues entries
+  uint64_t* portCtr = nullptr;    // kMaxQueues x kPortCountersPerQueue (counters.h)
 
   bool has(int bit) const noexcept { return (features >> bit) & 1; }
   // Recomputes header size, MRG_RXBUF, ring flags and default enable state (owner only,
@@ -110,6 +111,8 @@ struct NetDevice {
   void refreshEnabled(int q) noexcept;
 };
 
+// Reports ctx.reason as `kind`, rate-limited (≤ 1/s per queue, shared with chain errors).
+void rateLimitedPost(NetDevice& d, int q, EvKind kind, WorkerCtx& ctx) noexcept;
 // Reports and rate-limits (≤ 1/s per queue) a chain error; counts nothing.
 void chainError(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
 // Marks the queue broken, writes its errFd, reports "queue-broken".

@@ -11,4 +11,8 @@ export * from "./fd_channel.js";
 export function counterIndex(maxQueues: number, devId: number, queue: number, field: number): number {
   return (devId * maxQueues + queue) * native.COUNTERS_PER_QUEUE + field;
 }
+/** Index of one port security counter (PORT_COUNTER_NAMES: 0 spoofed, 1 unlearned) in NativeEngine.counters. */
+export function portCounterIndex(maxDevices: number, maxQueues: number, devId: number, queue: number, field: number): number {
+  return maxDevices * maxQueues * native.COUNTERS_PER_QUEUE + (devId * maxQueues + queue) * native.PORT_COUNTERS_PER_QUEUE + field;
+}
 export * from "./framed_conn.js";

@@ -65,6 +65,38 @@ export interface NetDeviceOptions {
   maxQueuePairs: number;
   /** HA takeover: continue the counters (and TX progress) the previous runner left in shared memory. */
   keepCounters?: boolean;
+  /** Port security of the device's switch port (default: spoofchk on, untrusted, MAC not admin). */
+  portSecurity?: PortSecurity;
+}
+
+/**
+ * A VF port's security on its switch (cc/l2_switch.h). The port's MAC is `mac` of the device:
+ * the operator's (adminMac) or its default, which the first source MAC the port sends replaces
+ * (the port locks to it). Pinned MACs never move to another port.
+ */
+export interface PortSecurity {
+  /** Drop frames whose source is not the port's MAC (default true). */
+  spoofchk?: boolean;
+  /** Any source MAC (spoofchk lifted) and a larger FDB share (default false). */
+  trust?: boolean;
+  /** The device's MAC was set by the operator: the port is locked to it from the start. */
+  adminMac?: boolean;
+  /** A lock learned earlier (e.g. by the engine of the process that ran the VF before); "" none. */
+  lockedMac?: string;
+  /** Post a "port-locked" event (reason: the MAC) when the port locks to a learned MAC. */
+  reportLock?: boolean;
+}
+
+export interface PortState {
+  spoofchk: boolean;
+  trust: boolean;
+  adminMac: boolean;
+  mac: string;
+  /** The MAC the port is locked to ("" while not yet locked). */
+  lockedMac: string;
+  /** FDB entries the port may own, and owns. */
+  limit: number;
+  learned: number;
 }
 
 /** A virtio-blk device (cc/blk_device.h): request queues 0..numQueues-1 on a backing fd. */
@@ -95,7 +127,8 @@ export interface EngineEvent {
   devId: number;
   /** Queue index, or -1 when the event is about the device or a switch. */
   queue: number;
-  kind: "ring-error" | "chain-error" | "queue-broken" | "tap-error";
+  /** spoofed: frames dropped by port security (rate-limited); port-locked: the port locked to the MAC in `reason`. */
+  kind: "ring-error" | "chain-error" | "queue-broken" | "tap-error" | "spoofed" | "port-locked";
   reason: string;
 }
 
@@ -118,6 +151,8 @@ export interface FdbEntry {
   /** Device id behind the port, or -1 for the uplink. */
   devId: number;
   ageMs: number;
+  /** A port's own MAC (admin or locked): never moves, never ages. */
+  pinned: boolean;
 }
 
 export interface NativeEngine {
@@ -167,8 +202,11 @@ export interface NativeEngine {
   queueLastAvail(devId: number, queue: number): number;
   /** One used-buffer notification (call) on a running queue; nothing is processed. */
   signalQueue(devId: number, queue: number): void;
-  /** One Ethernet frame (no virtio header) into the device's switch as if the device sent it. */
+  /** One Ethernet frame (no virtio header) into the device's switch as if the device sent it; throws when port security would drop it. */
   injectFrame(devId: number, frame: Buffer): void;
+  /** Changes a net device's port security (fields left out keep their value; a learned lock stays unless lockedMac is given). */
+  setPortSecurity(devId: number, ps: PortSecurity): void;
+  portState(devId: number): PortState;
   /** While held, workers run commands but poll no queue (an HA adoption starts every ring at once). */
   hold(on: boolean): void;
   /** Shared counter memory: see COUNTERS_PER_QUEUE / counterIndex() in index.ts. */
@@ -448,6 +486,9 @@ export interface NativeModule {
   /** Layout constants of the shared counter memory. */
   COUNTERS_PER_QUEUE: number;
   COUNTER_NAMES: string[];
+  /** Port security counters: a second block after the first (see portCounterIndex()). */
+  PORT_COUNTERS_PER_QUEUE: number;
+  PORT_COUNTER_NAMES: string[];
 }
 
 export const native: NativeModule = require("../../build/Release/vhostd_native.node");

@@ -17,7 +17,8 @@ function mkEngine(opts: { workers?: number; pollUs?: number } = {}) {
 test("unicast after learning, flooding of unknown and broadcast", async (t) => {
   const { eng } = mkEngine();
   const a = new VNet(eng, 1, A);
-  const b = new VNet(eng, 2, B);
+  // b's guest uses B, not the VF's MAC: B is unknown until b sends (and locks its port to it).
+  const b = new VNet(eng, 2, "52:54:00:00:01:0b");
   const c = new VNet(eng, 3, C);
   for (const d of [a, b, c]) d.postRx(32);
 

@@ -1,6 +1,6 @@
 // Test harness for the engine: a memfd "guest" laid out from TS (through _mapForTest) with a
 // driver-side split ring per queue, so tests can craft normal and hostile rings.
-import { native, type MemRegion, type NativeEngine, type QueueConfig } from "../src/native.js";
+import { native, type MemRegion, type NativeEngine, type PortSecurity, type QueueConfig } from "../src/native.js";
 
 export const GUEST_BASE = 0x100000000n;
 export const F = {
@@ -183,12 +183,12 @@ export class VNet {
     readonly devId: number,
     readonly macAddr: string,
     readonly features: bigint = F.VERSION_1,
-    opts: { switchId?: number; ringSize?: number; kick?: boolean; start?: boolean } = {},
+    opts: { switchId?: number; ringSize?: number; kick?: boolean; start?: boolean; portSecurity?: PortSecurity } = {},
   ) {
     this.hdrLen = features & (F.VERSION_1 | F.MRG_RXBUF) ? 12 : 10;
     this.rx = new DrvRing(this.g, opts.ringSize ?? 256, opts.kick ?? true);
     this.tx = new DrvRing(this.g, opts.ringSize ?? 256, opts.kick ?? true);
-    eng.addNetDevice(devId, { switchId: opts.switchId ?? 1, mac: macAddr, mtu: 1500, maxQueuePairs: 1 });
+    eng.addNetDevice(devId, { switchId: opts.switchId ?? 1, mac: macAddr, mtu: 1500, maxQueuePairs: 1, ...(opts.portSecurity ? { portSecurity: opts.portSecurity } : {}) });
     eng.setFeatures(devId, features);
     eng.setMemTable(devId, [this.g.region()]);
     if (opts.start ?? true) this.start();

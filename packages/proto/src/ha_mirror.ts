@@ -95,6 +95,12 @@ export interface MirrorVf {
    * whether the dead runner wrote it, and sends it (a missing reply would freeze the VM).
    */
   reply?: string;
+  /**
+   * net: the MAC the VF's switch port locked to from its first source (port security), when it
+   * is not the VF's own MAC setting. The adopter pins it before any frame flows, so no other
+   * VF can claim it in between. Optional: absent = not locked (lock on the next first frame).
+   */
+  lockedMac?: string;
 }
 
 export type MirrorFrame =
@@ -216,7 +222,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
 }
 
 function validateRec(v: unknown, count: number): MirrorVf {
-  const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply"]);
+  const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply", "lockedMac"]);
   const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["log", "inflight", "writeback"]);
   const t = "vf.rec.session";
   const rec: MirrorVf = {
@@ -246,6 +252,11 @@ function validateRec(v: unknown, count: number): MirrorVf {
     const reply = str("vf.rec", r, "reply", MAX_REPLY_HEX, 24);
     if (!/^(?:[0-9a-f]{2})+$/.test(reply)) fail("vf.rec", "reply", "must be hex bytes");
     rec.reply = reply;
+  }
+  if (r.lockedMac !== undefined) {
+    const m = str("vf.rec", r, "lockedMac", 17, 17);
+    if (!/^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/.test(m) || parseInt(m.slice(0, 2), 16) & 1 || m === "00:00:00:00:00:00") fail("vf.rec", "lockedMac", "must be a canonical unicast MAC");
+    rec.lockedMac = m;
   }
   const used = mirrorVfFdIndices(rec);
   if (new Set(used).size !== used.length) fail("vf.rec", "fds", "names one fd twice");

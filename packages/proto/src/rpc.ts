@@ -238,6 +238,8 @@ export interface CliOption {
   metavar?: string;
   /** enum params: one flag per value, e.g. {"--server": "server", "--client": "client"}. */
   valueFlags?: Readonly<Record<string, string>>;
+  /** bool params: the option takes a value, "on" or "off" (as `ip link set ... vf N spoofchk on`). */
+  onOff?: boolean;
 }
 
 export interface ParamSpec {
@@ -324,6 +326,8 @@ const QUEUE_FIELDS: readonly ResultField[] = [
   { name: "kicks", type: "number", help: "notifications received from the front-end", vfe: false },
   { name: "calls", type: "number", help: "interrupts signalled to the front-end", vfe: false },
   { name: "errors", type: "number", help: "malformed descriptor chains rejected", vfe: false },
+  { name: "spoofed", type: "number", help: "net TX: frames dropped by port security (source MAC not the VF's, or its FDB share full)", optional: true, vfe: false },
+  { name: "unlearned", type: "number", help: "net TX: frames forwarded without learning their source (a trusted VF's FDB share full)", optional: true, vfe: false },
 ];
 
 const VF_DEVICE_FIELDS: readonly ResultField[] = [
@@ -356,7 +360,26 @@ const VF_DEVICE_FIELDS: readonly ResultField[] = [
   { name: "disk_size", type: "number", help: "blk: size of the backing in bytes when it was added (a block device's from sysfs; 0 if unknown)", optional: true, vfe: false },
   { name: "readonly", type: "boolean", help: "blk: read-only disk", optional: true, vfe: false },
   { name: "direct", type: "boolean", help: "blk: O_DIRECT I/O", optional: true, vfe: false },
+  { name: "spoofchk", type: "boolean", help: "net: frames whose source MAC is not the VF's are dropped (port security)", optional: true, vfe: false },
+  { name: "trust", type: "boolean", help: "net: the VF may send any source MAC (spoofchk lifted) and owns a larger FDB share", optional: true, vfe: false },
+  { name: "mac_admin", type: "boolean", help: "net: the MAC was set by the operator (vf -a --mac): the port is locked to it", optional: true, vfe: false },
+  {
+    name: "mac_locked",
+    type: "string",
+    help: 'net: the MAC the switch port is locked to (the admin MAC, or the first source the VF sent); "" while not locked or unknown',
+    optional: true,
+    vfe: false,
+  },
   { name: "last_error", type: "string", help: "last session error", optional: true, vfe: false },
+];
+
+const FDB_FIELDS: readonly ResultField[] = [
+  { name: "mac", type: "string", help: "learned or pinned MAC address", vfe: false },
+  { name: "port", type: "string", help: 'the VF behind it, or "uplink" (the TAP)', vfe: false },
+  { name: "dev_id", type: "number", help: "engine device id of the VF (-1: uplink)", vfe: false },
+  { name: "age_ms", type: "number", help: "time since a frame from it was last seen (a locked MAC never ages out)", vfe: false },
+  { name: "locked", type: "boolean", help: "the port's own MAC (admin or locked): never moves to another port, never ages", vfe: false },
+  { name: "admin", type: "boolean", help: "the operator set it (vf -a --mac)", vfe: false },
 ];
 
 const VF_INFO_FIELDS: readonly ResultField[] = [
@@ -512,7 +535,8 @@ export const RPC_METHODS: readonly MethodSpec[] = [
     name: "mgmtpf",
     help: "Management PF device",
     description:
-      "Add, remove or list PFs. A PF must be added before any of its VFs, and can be removed only when it has no VFs.",
+      "Add, remove, list or show PFs. A PF must be added before any of its VFs, and can be removed only when it has no VFs. " +
+      "`-i` shows a net PF's L2 switch forwarding table: every MAC, the VF (or uplink) behind it, its age, and whether it is a VF's locked MAC (port security).",
     positionalMetavar: "DEVICE",
     positionalHelp: DEVICE_HELP,
     params: {
@@ -546,6 +570,19 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         required: [],
         optional: ["dev", "debug"],
         result: [{ name: "devices", type: "array", help: "added PFs (empty if none)", fields: PF_DEVICE_FIELDS, vfe: true }, ...ERRNO_FIELDS],
+      },
+      {
+        name: "info",
+        cli: { short: "-i", long: "--info" },
+        help: "show a PF and its L2 switch's forwarding table (vhostd extension)",
+        positional: { param: "dev", required: true },
+        required: ["dev"],
+        optional: ["debug"],
+        result: [
+          { name: "device", type: "object", help: "the PF", fields: PF_DEVICE_FIELDS, optional: true, vfe: false },
+          { name: "fdb", type: "array", help: "net: the switch's forwarding table, one entry per MAC (empty for blk)", fields: FDB_FIELDS, optional: true, vfe: false },
+          ...ERRNO_FIELDS,
+        ],
       },
     ],
   },
@@ -606,6 +643,20 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         vfe: false,
       },
       readonly: { type: { kind: "bool" }, help: "blk: read-only disk (VIRTIO_BLK_F_RO; writes fail)", cli: { long: "--readonly" }, vfe: false },
+      spoofchk: {
+        type: { kind: "bool" },
+        help: "net: drop frames whose source MAC is not the VF's (its --mac, or else the first source it sends); set at add time",
+        cli: { long: "--spoofchk", metavar: "on|off", onOff: true },
+        default: "on",
+        vfe: false,
+      },
+      trust: {
+        type: { kind: "bool" },
+        help: "net: a trusted VF may send any source MAC but another VF's (spoofchk lifted) and owns a larger FDB share; set at add time",
+        cli: { long: "--trust", metavar: "on|off", onOff: true },
+        default: "off",
+        vfe: false,
+      },
       direct: {
         type: { kind: "bool" },
         help: "blk: O_DIRECT reads and writes, bypassing the host page cache (requests the backing cannot align go through the cache)",
@@ -620,7 +671,7 @@ export const RPC_METHODS: readonly MethodSpec[] = [
         help: "add a pci device",
         positional: { param: "vfdev", required: true },
         required: ["vfdev"],
-        optional: ["socket_file", "uuid", "mode", "queue_pairs", "mac", "mtu", "disk", "disk_size", "readonly", "direct"],
+        optional: ["socket_file", "uuid", "mode", "queue_pairs", "mac", "mtu", "disk", "disk_size", "readonly", "direct", "spoofchk", "trust"],
         result: [{ name: "device", type: "object", help: "the VF as added (vhostd extension)", fields: VF_DEVICE_FIELDS, optional: true, vfe: false }, ...ERRNO_FIELDS],
       },
       {
@@ -937,7 +988,20 @@ export interface VfDeviceResult {
   direct?: boolean;
   /** blk, once a session exists: the cache mode the guest chose (CONFIG_WCE 1 write-back). */
   write_back?: boolean;
+  spoofchk?: boolean;
+  trust?: boolean;
+  mac_admin?: boolean;
+  mac_locked?: string;
   last_error?: string;
+}
+
+export interface FdbEntryResult {
+  mac: string;
+  port: string;
+  dev_id: number;
+  age_ms: number;
+  locked: boolean;
+  admin: boolean;
 }
 
 export interface VfInfoResult extends VfDeviceResult {
@@ -955,6 +1019,8 @@ export interface VfInfoResult extends VfDeviceResult {
     kicks: number;
     calls: number;
     errors: number;
+    spoofed?: number;
+    unlearned?: number;
   }>;
 }
 

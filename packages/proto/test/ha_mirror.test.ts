@@ -43,6 +43,7 @@ const samples: MirrorFrame[] = [
   { op: "replied", dev: "0000:af:04.5" },
   { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), reply: "0100000005000000080000000000000000" }, count: 4 },
   { op: "vf", dev: "0000:af:05.1", rec: { ...rec(), session: { ...rec().session, writeback: 0 } }, count: 4 },
+  { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), lockedMac: "52:54:00:12:34:56" }, count: 4 },
   { op: "handover" },
   { op: "take", req: 1 },
   { op: "offered", req: 1, devs: ["0000:af:04.5", "0000:af:05.5"] },
@@ -127,5 +128,11 @@ test("a blk session's inflight area rides in the record as one more fd, its geom
 test("garbage never escapes as anything but SyncError", (t) => {
   for (const junk of [Buffer.alloc(0), Buffer.from([0xc1]), Buffer.alloc(MIRROR_MAX_FRAME_BYTES + 1), std.pack([1, 2]), std.pack({ op: "nope" }), std.pack({ op: "take", req: -1 }), std.pack({ op: "offered", req: 1, devs: ["x"] })]) {
     t.throws(() => decodeMirrorFrame(junk), { instanceOf: SyncError });
+  }
+});
+
+test("a port's locked MAC rides in the record, and must be a canonical unicast MAC", (t) => {
+  for (const bad of ["01:00:5e:00:00:01", "52:54:00:12:34:5G", "52-54-00-12-34-56", "00:00:00:00:00:00", "52:54:00:12:34:56:00", 5]) {
+    refused(t, { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), lockedMac: bad }, count: 4 }, /lockedMac/);
   }
 });

@@ -16,7 +16,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import {
+  LinuxErrno,
   RPC_PROTOCOL,
+  VfeError,
   featureObject,
   ok,
   type VfDeviceResult,
@@ -34,7 +36,7 @@ import { createVfHost } from "./session/host.js";
 import { KeeperVfHost } from "./keeper_host.js";
 import { MetricsServer, parseMetricsAddress } from "./metrics.js";
 import { notifyReady, notifyStopping, startWatchdog, type Watchdog } from "./systemd.js";
-import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
+import { portSecurityOf, type SocketMode, type VfHost, type VfRuntime, type VfSpec } from "./vf_host.js";
 import type { LevelWithSilent } from "pino";
 
 export interface DaemonOptions {
@@ -122,6 +124,13 @@ export function vfDeviceResult(spec: VfSpec, rt: VfRuntime | undefined): VfDevic
     d.direct = spec.disk.direct;
     if (rt?.writeback !== undefined) d.write_back = rt.writeback;
   }
+  if (net) {
+    const ps = portSecurityOf(spec);
+    d.spoofchk = ps.spoofchk;
+    d.trust = ps.trust;
+    d.mac_admin = ps.macAdmin;
+    d.mac_locked = (rt?.lockedMac ?? (ps.macAdmin ? spec.mac : "")).toUpperCase();
+  }
   if (rt?.lastError) d.last_error = rt.lastError;
   return d;
 }
@@ -179,6 +188,13 @@ export function createHandlers(
         case "remove":
           await registry.removePf(dev!);
           return { ...ok() };
+        case "info": {
+          const [pf] = registry.listPfs(dev);
+          const rows = await registry.fdb(dev!);
+          if (!rows) throw new VfeError(LinuxErrno.EAGAIN, "the switch's table is unknown now (the keeper is restarting); try again");
+          const fdb = rows.map((r) => ({ mac: r.mac.toUpperCase(), port: r.vf, dev_id: r.devId, age_ms: r.ageMs, locked: r.pinned, admin: r.admin }));
+          return { device: pfDeviceResult(pf!, values.debug === true), fdb, ...ok() };
+        }
         default:
           return { devices: registry.listPfs(dev).map((e) => pfDeviceResult(e, values.debug === true)), ...ok() };
       }
@@ -198,6 +214,8 @@ export function createHandlers(
             disk_size: num(values.disk_size),
             readonly: typeof values.readonly === "boolean" ? values.readonly : undefined,
             direct: typeof values.direct === "boolean" ? values.direct : undefined,
+            spoofchk: typeof values.spoofchk === "boolean" ? values.spoofchk : undefined,
+            trust: typeof values.trust === "boolean" ? values.trust : undefined,
           });
           return { device: vfDeviceResult(spec, await registry.runtimeAsync(spec.dev)), ...ok() };
         }

@@ -29,7 +29,7 @@ import { join } from "node:path";
 import { open, type Database, type RootDatabase } from "lmdb";
 import { Packr } from "msgpackr";
 import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "@vhostd/proto";
-import type { SocketMode, VfKind } from "./vf_host.js";
+import { portSecurityFields, type SocketMode, type VfKind } from "./vf_host.js";
 
 /** Format of the records this code writes and understands. */
 export const JOURNAL_FORMAT = 1;
@@ -59,6 +59,10 @@ export interface VfRecord {
   devId: number;
   /** blk VFs: the backing. */
   disk?: DiskSpec;
+  /** net port security, stored only when not the default (older records have none). */
+  spoofchk?: boolean;
+  trust?: boolean;
+  macAdmin?: boolean;
 }
 
 /** A record (or the journal) is unreadable or inconsistent; names the key. */
@@ -168,7 +172,7 @@ export function parsePfRecord(key: string, value: unknown): PfRecord {
 
 /** Validates a vf/ record; the key must name the same device. */
 export function parseVfRecord(key: string, value: unknown): VfRecord {
-  const o = recordObject(key, decode(key, value), ["dev", "pf", "socketPath", "mode", "mac", "mtu", "queuePairs", "devId"], ["uuid", "disk"]);
+  const o = recordObject(key, decode(key, value), ["dev", "pf", "socketPath", "mode", "mac", "mtu", "queuePairs", "devId"], ["uuid", "disk", "spoofchk", "trust", "macAdmin"]);
   const dev = pciField(key, o, "dev");
   if (key !== VF_PREFIX + dev) throw new JournalError(key, `holds VF ${dev}, not the VF its key names`);
   const pf = pciField(key, o, "pf");
@@ -187,6 +191,10 @@ export function parseVfRecord(key: string, value: unknown): VfRecord {
     const problem = diskSpecProblem(o.disk);
     if (problem) throw new JournalError(key, problem);
   }
+  for (const f of ["spoofchk", "trust", "macAdmin"] as const) {
+    if (o[f] !== undefined && typeof o[f] !== "boolean") throw new JournalError(key, `${f} is not a boolean`);
+  }
+  if ((o.spoofchk !== undefined || o.trust !== undefined || o.macAdmin !== undefined) && o.disk !== undefined) throw new JournalError(key, "port security fields on a blk VF");
   return {
     dev,
     pf,
@@ -198,6 +206,7 @@ export function parseVfRecord(key: string, value: unknown): VfRecord {
     queuePairs: intField(key, o, "queuePairs", 1, QUEUE_PAIRS_MAX),
     devId: intField(key, o, "devId", 0, 0xffff),
     ...(o.disk !== undefined ? { disk: copyDisk(o.disk as DiskSpec) } : {}),
+    ...portSecurityFields(o as { spoofchk?: boolean; trust?: boolean; macAdmin?: boolean }),
   };
 }
 
@@ -224,6 +233,7 @@ function vfValue(r: VfRecord): Buffer {
     queuePairs: r.queuePairs,
     devId: r.devId,
     ...(r.disk ? { disk: copyDisk(r.disk) } : {}),
+    ...portSecurityFields(r),
   });
 }
 

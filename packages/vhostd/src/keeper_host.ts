@@ -24,7 +24,7 @@ import type { Logger } from "pino";
 import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, type HaOp, type HaState, type WelcomeMsg } from "@vhostd/proto";
 import { HaClient, HaSyncError } from "./ha_client.js";
 import { MirrorHolder } from "./ha/mirror_holder.js";
-import type { VfHost, VfKind, VfRuntime, VfSpec } from "./vf_host.js";
+import { portSecurityFields, type FdbRow, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "./vf_host.js";
 
 /** The keeper's local inspection socket inside the run dir (0600). */
 export const KEEPER_SOCKET_NAME = "vfe-vhostd-ha.sock";
@@ -65,6 +65,7 @@ export function vfValue(s: VfSpec): Record<string, unknown> {
     mtu: s.mtu,
     queuePairs: s.queuePairs,
     ...(s.disk ? { disk: { path: s.disk.path, size: s.disk.size, readonly: s.disk.readonly, direct: s.disk.direct } } : {}),
+    ...portSecurityFields(s),
   };
 }
 
@@ -264,6 +265,18 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       return r === null || r === undefined ? undefined : (r as VfRuntime);
     } catch {
       return undefined; // keeper restarting: runtime unknown for a moment
+    }
+  }
+
+  /** The switch's table from whoever runs the PF's VFs now (undefined while the keeper restarts). */
+  async fdb(switchId: number): Promise<FdbRow[] | undefined> {
+    if (this.closed) return undefined;
+    if (this.mirror.runsSwitch(switchId)) return this.mirror.fdb(switchId);
+    try {
+      const r = await this.runtimes.call({ method: "fdb", switchId });
+      return Array.isArray(r) ? (r as FdbRow[]) : undefined;
+    } catch {
+      return undefined;
     }
   }
 

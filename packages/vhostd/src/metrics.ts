@@ -92,6 +92,16 @@ export async function renderMetrics(src: MetricsSource): Promise<string> {
       for (const q of rts[i]?.queues ?? []) if (q.size > 0) w.sample(`vhostd_queue_${c}_total`, { vf: s.dev, queue: q.index, dir: q.index % 2 === 0 ? "rx" : "tx" }, q[c]);
     });
   }
+  // Port security (net TX queues): frames dropped, and frames forwarded with their source unlearned.
+  for (const [c, help] of [
+    ["spoofed", "frames dropped by port security: source MAC not the VF's, or its forwarding-table share full"],
+    ["unlearned", "frames forwarded without learning their source (a trusted VF's forwarding-table share full)"],
+  ] as const) {
+    w.family(`vhostd_queue_${c}`, "counter", help);
+    specs.forEach((s, i) => {
+      for (const q of rts[i]?.queues ?? []) if (q.size > 0 && q[c] !== undefined) w.sample(`vhostd_queue_${c}_total`, { vf: s.dev, queue: q.index, dir: "tx" }, q[c]!);
+    });
+  }
   const ha = await src.ha?.().catch(() => undefined);
   if (ha) {
     const k = ha.keeper as Record<string, unknown> | undefined;

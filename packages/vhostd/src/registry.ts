@@ -48,7 +48,7 @@ import {
 import { prepareDisk } from "./disk.js";
 import type { Inventory, PfInfo } from "./inventory.js";
 import { JournalConflictError, type JournalContents, type PfRecord, type VfRecord } from "./journal.js";
-import type { SocketMode, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
+import { portSecurityFields, type FdbRow, type SocketMode, type VfHost, type VfRuntime, type VfSpec } from "./vf_host.js";
 
 /** Most VFs alive at once (vfe: MAX_VDPA_SAMPLE_PORTS). */
 export const MAX_LIVE_VFS = 2048;
@@ -111,6 +111,9 @@ export interface AddVfRequest {
   disk_size?: number;
   readonly?: boolean;
   direct?: boolean;
+  /** net port security (default on / off). */
+  spoofchk?: boolean;
+  trust?: boolean;
 }
 
 export type RegistryEvent =
@@ -139,6 +142,7 @@ function vfRecord(s: VfSpec): VfRecord {
     queuePairs: s.queuePairs,
     devId: s.devId,
     ...(s.disk ? { disk: { ...s.disk } } : {}),
+    ...portSecurityFields(s),
   };
 }
 
@@ -327,6 +331,8 @@ export class Registry extends EventEmitter {
         throw new VfeError(VfeErr.EXCEED_LIMIT, `queue_pairs ${queuePairs} exceeds PF ${info.dev}'s limit ${info.maxQueuePairs}`);
       }
       if (info.type === "blk" && (req.mac !== undefined || req.mtu !== undefined)) throw einval("mac and mtu apply to net VFs only");
+      if (info.type === "blk" && (req.spoofchk !== undefined || req.trust !== undefined)) throw einval("spoofchk and trust apply to net VFs only");
+      for (const f of ["spoofchk", "trust"] as const) if (req[f] !== undefined && typeof req[f] !== "boolean") throw einval(`${f}: must be a boolean`);
       let mac = this.inv.defaultMac(dev);
       if (req.mac !== undefined) {
         const m = typeof req.mac === "string" ? normalizeMac(req.mac) : undefined;
@@ -384,6 +390,7 @@ export class Registry extends EventEmitter {
         mtu,
         queuePairs,
         ...(disk ? { disk: disk.spec } : {}),
+        ...portSecurityFields({ spoofchk: req.spoofchk, trust: req.trust, macAdmin: info.type === "net" && req.mac !== undefined }),
       };
       this.adding.set(dev, spec);
       this.sockets.set(socketPath, dev);
@@ -501,6 +508,26 @@ export class Registry extends EventEmitter {
     }
   }
 
+  /**
+   * A net PF's switch forwarding table, each entry with the VF behind it; undefined when the
+   * host cannot tell now (HA: the keeper is restarting).
+   */
+  async fdb(pfdev: string): Promise<Array<FdbRow & { vf: string; admin: boolean }> | undefined> {
+    const pf = canonical(pfdev, "PF");
+    const entry = this.pfs.get(pf);
+    if (!entry) throw new VfeError(VfeErr.NO_PF_DEVICE, `${pf} is not added`);
+    if (entry.info.type !== "net" || !this.host.fdb) return [];
+    const rows = await this.host.fdb(entry.switchId);
+    if (!rows) return undefined;
+    const byId = new Map([...entry.vfs].map((d) => this.vfs.get(d)!).map((s) => [s.devId, s]));
+    return rows
+      .map((r) => {
+        const s = byId.get(r.devId);
+        return { ...r, vf: r.devId < 0 ? "uplink" : s?.dev ?? `devId ${r.devId}`, admin: !!s && r.pinned && s.macAdmin === true && s.mac === r.mac };
+      })
+      .sort((a, b) => a.devId - b.devId || a.mac.localeCompare(b.mac));
+  }
+
   /** Journal records restore() could not register, by device (VFs and PFs). */
   unrestored(): { pfs: Map<string, string>; vfs: Map<string, string> } {
     return { pfs: new Map(this.unrestoredPfs), vfs: new Map(this.unrestoredVfs) };
@@ -596,6 +623,7 @@ export class Registry extends EventEmitter {
       mtu: rec.mtu,
       queuePairs: rec.queuePairs,
       ...(rec.disk ? { disk: { ...rec.disk } } : {}),
+      ...(info.type === "net" ? portSecurityFields(rec) : {}),
     };
     let failed: string | undefined;
     try {

@@ -27,6 +27,35 @@ export interface VfSpec {
   queuePairs: number;
   /** blk: the backing (required for blk, absent for net). */
   disk?: DiskSpec;
+  /**
+   * net port security (docs/operations.md "Port security"). Absent = the default, so records
+   * from before these fields (journal, keeper replica, sync) load unchanged:
+   * spoofchk true, trust false, macAdmin false.
+   */
+  spoofchk?: boolean;
+  trust?: boolean;
+  /** The MAC was set by the operator (vf -a --mac): the port is locked to it from the start. */
+  macAdmin?: boolean;
+}
+
+/** Port security of a net VF spec, defaults filled in. */
+export function portSecurityOf(spec: VfSpec): { spoofchk: boolean; trust: boolean; macAdmin: boolean } {
+  return { spoofchk: spec.spoofchk ?? true, trust: spec.trust ?? false, macAdmin: spec.macAdmin ?? false };
+}
+
+/** The non-default port security fields only (records stay as before for a default VF). */
+export function portSecurityFields(s: { spoofchk?: boolean; trust?: boolean; macAdmin?: boolean }): { spoofchk?: false; trust?: true; macAdmin?: true } {
+  return { ...(s.spoofchk === false ? { spoofchk: false as const } : {}), ...(s.trust ? { trust: true as const } : {}), ...(s.macAdmin ? { macAdmin: true as const } : {}) };
+}
+
+/** One forwarding table entry of a PF's switch. */
+export interface FdbRow {
+  mac: string;
+  /** Engine device id behind it, -1 for the uplink. */
+  devId: number;
+  ageMs: number;
+  /** A port's own MAC (admin or locked). */
+  pinned: boolean;
 }
 
 /** What the host reports about a live VF (merged into `vf -i` and `state`). */
@@ -45,6 +74,8 @@ export interface VfRuntime {
   owner?: string;
   /** Guest memory the session maps (hex strings). */
   regions?: Array<{ guestAddr: string; size: string; userAddr: string; mmapOffset: string }>;
+  /** net: the MAC the switch port is locked to ("" not yet). */
+  lockedMac?: string;
 }
 
 /** One virtqueue as the session and the engine's shared counters see it. */
@@ -67,6 +98,9 @@ export interface VfQueueRuntime {
   calls: number;
   /** Descriptor chains rejected as malformed. */
   errors: number;
+  /** net TX: frames dropped by port security; frames forwarded with their source unlearned. */
+  spoofed?: number;
+  unlearned?: number;
 }
 
 /**
@@ -83,6 +117,8 @@ export interface VfHost {
   /** PF lifecycle for net PFs (the L2 switch, and its TAP uplink if named); no-ops for blk. */
   addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void | Promise<void>;
   removePf(pf: string, switchId: number, kind: VfKind): void | Promise<void>;
+  /** A net PF's switch forwarding table (undefined: unknown, e.g. the keeper is restarting). */
+  fdb?(switchId: number): FdbRow[] | undefined | Promise<FdbRow[] | undefined>;
   /** Stop everything (daemon shutdown). */
   shutdown(): Promise<void>;
 }

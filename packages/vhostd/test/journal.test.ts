@@ -20,6 +20,7 @@ import {
   JournalFormatError,
   JournalMissingError,
   encodeValue,
+  parseVfRecord,
   type PfRecord,
   type VfRecord,
 } from "../src/journal.js";
@@ -365,4 +366,14 @@ test("restore: a VF whose session cannot open shows as failed; records that cann
 test("errors name the journal key in their message", (t) => {
   const e = new JournalError("vf/0000:af:04.5", "not valid msgpack");
   t.is(e.message, "journal record vf/0000:af:04.5: not valid msgpack");
+});
+
+test("port security fields: stored only when not the default, read back, and absent in older records (defaults)", (t) => {
+  // A record from before the fields: loads, no fields (the defaults apply).
+  t.deepEqual(parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...VF })), VF);
+  const withPs = { ...VF, spoofchk: false, trust: true, macAdmin: true };
+  t.deepEqual(parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...withPs })), withPs);
+  // Default values are not kept (a default VF's record stays as it was).
+  t.deepEqual(parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...VF, spoofchk: true, trust: false })), VF);
+  t.throws(() => parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...VF, trust: "yes" })), { message: /trust is not a boolean/ });
 });

@@ -147,7 +147,7 @@ function paramOpts(m: MethodSpec): OptDef[] {
       continue;
     }
     const names = [cli.short, cli.long].filter((x): x is string => !!x);
-    const isBool = p.type.kind === "bool";
+    const isBool = p.type.kind === "bool" && !cli.onOff;
     out.push({
       names,
       metavar: isBool ? undefined : cli.metavar ?? name.toUpperCase(),
@@ -170,6 +170,11 @@ function valueFlagHelp(p: ParamSpec, value: string): string {
 
 /** CLI strings to JSON values: integers become numbers. */
 function convertValue(p: ParamSpec, v: string, spelled: string): unknown {
+  if (p.type.kind === "bool" && p.cli?.onOff) {
+    if (v === "on") return true;
+    if (v === "off") return false;
+    throw new UsageError(`${spelled}: "${v.slice(0, 64)}" is not on or off`);
+  }
   if (p.type.kind === "int") {
     if (!/^-?\d+$/.test(v)) throw new UsageError(`${spelled}: "${v}" is not an integer`);
     return Number(v);
@@ -324,7 +329,7 @@ export function verbUsage(m: MethodSpec): string {
     if (p.cli.valueFlags) parts.push(`[${Object.keys(p.cli.valueFlags).join(" | ")}]`);
     else {
       const flag = p.cli.short ?? p.cli.long!;
-      parts.push(p.type.kind === "bool" ? `[${flag}]` : `[${flag} ${p.cli.metavar ?? name.toUpperCase()}]`);
+      parts.push(p.type.kind === "bool" && !p.cli.onOff ? `[${flag}]` : `[${flag} ${p.cli.metavar ?? name.toUpperCase()}]`);
     }
   }
   parts.push("[-o {json,table}]");
@@ -354,7 +359,7 @@ export function verbHelp(m: MethodSpec): string {
           const c = m.params[p]!.cli!;
           if (c.valueFlags) return `[${Object.keys(c.valueFlags).join("|")}]`;
           const flag = c.short ?? c.long!;
-          return m.params[p]!.type.kind === "bool" ? `[${flag}]` : `[${flag} ${c.metavar ?? p.toUpperCase()}]`;
+          return m.params[p]!.type.kind === "bool" && !c.onOff ? `[${flag}]` : `[${flag} ${c.metavar ?? p.toUpperCase()}]`;
         });
       out.push(`  ${PROG} ${m.name} ${a.cli.short}${pos}${opt.length ? " " + opt.join(" ") : ""}`);
     }

@@ -65,6 +65,9 @@ export function vfParams(dev: Record<string, unknown>): SavedVf {
   const out: Record<string, unknown> = {};
   for (const p of [...add.required, ...add.optional]) {
     if (dev.type !== "net" && NET_ONLY.has(p)) continue;
+    // A MAC vfe-vhostd derived (not set with --mac) is derived again at load; saving it would
+    // make it an operator's MAC, which port security treats differently (mac_admin).
+    if (p === "mac" && dev.mac_admin === false) continue;
     const v = dev[PARAM_FROM_FIELD[p] ?? p];
     if (v === undefined || v === null || v === "") continue;
     out[p] = p === "mac" ? String(v).toLowerCase() : v;

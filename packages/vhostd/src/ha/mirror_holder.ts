@@ -11,7 +11,7 @@ import fs from "node:fs";
 import type { Logger } from "pino";
 import { FramedFdConnection, checkPeerCred, closeFds, native, type PeerCred } from "@vhostd/native";
 import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
-import type { VfRuntime, VfSpec } from "../vf_host.js";
+import type { FdbRow, VfRuntime, VfSpec } from "../vf_host.js";
 import { createVfHost, type EngineVfHost } from "../session/host.js";
 import { MIRROR_CODEC, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./mirror_codec.js";
 import { processFate } from "./process_exit.js";
@@ -111,6 +111,19 @@ export class MirrorHolder {
 
   runs(dev: string): boolean {
     return this.host?.has(dev) ?? false;
+  }
+
+  /** Whether this process runs a PF's switch since a takeover. */
+  runsSwitch(switchId: number): boolean {
+    return [...(this.host?.pfList().values() ?? [])].includes(switchId);
+  }
+
+  fdb(switchId: number): FdbRow[] | undefined {
+    try {
+      return this.host?.fdb(switchId);
+    } catch {
+      return undefined;
+    }
   }
 
   runtime(dev: string): VfRuntime | undefined {

@@ -2,9 +2,9 @@
 // endpoint (client or server), the live connection and its vhost-user session.
 import fs from "node:fs";
 import type { Logger } from "pino";
-import { counterIndex, native, type EngineEvent, type NativeEngine } from "@vhostd/native";
+import { counterIndex, native, portCounterIndex, type EngineEvent, type NativeEngine } from "@vhostd/native";
 import { Req, mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
-import type { VfHost, VfKind, VfRuntime, VfSpec } from "../vf_host.js";
+import { portSecurityOf, type FdbRow, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "../vf_host.js";
 import { closeAll } from "./connection.js";
 import { VfLock } from "./vf_lock.js";
 import { VhostUserConnection } from "./connection.js";
@@ -12,7 +12,7 @@ import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";
 import { BlkModel } from "./blk_model.js";
 import type { DeviceModel } from "./device_model.js";
 import { NetModel, rarpFrame } from "./net_model.js";
-import { VhostSession, encodeReply } from "./session.js";
+import { Rejection, VhostSession, encodeReply } from "./session.js";
 
 export interface VfHostOptions {
   log: Logger;
@@ -53,6 +53,8 @@ class VfSession {
   state: VfRuntime["state"] = "waiting";
   reconnects = 0;
   lastError: string | undefined;
+  /** net: the MAC its switch port locked to from its first source (the engine reported it). */
+  lockedMac: string | undefined;
   private conn: VhostUserConnection | null = null;
   private readonly endpoint: Endpoint;
   readonly session: VhostSession;
@@ -133,6 +135,7 @@ class VfSession {
     const session = this.session.exportMirror(fds);
     const rec: MirrorVf = { conn, listen, reconnects: this.reconnects, session };
     if (this.pendingReply) rec.reply = this.pendingReply.toString("hex");
+    if (this.lockedMac) rec.lockedMac = this.lockedMac;
     return { rec, fds };
   }
 
@@ -238,6 +241,7 @@ class VfSession {
   private disconnected(reason: string, violation: boolean): void {
     this.conn = null;
     this.session.reset();
+    this.releasePortLock();
     if (violation) this.lastError = reason;
     this.log[violation ? "error" : "info"]({ reason }, "front-end disconnected");
     if (this.state === "stopped") return;
@@ -257,7 +261,9 @@ class VfSession {
   private counters(queue: number) {
     const c = this.engine.counters;
     const at = (field: number) => Number(c[counterIndex(this.engine.maxQueues, this.spec.devId, queue, field)]);
-    return { packets: at(0), bytes: at(1), drops: at(2), kicks: at(3), calls: at(4), errors: at(5) };
+    const port = (field: number) => Number(c[portCounterIndex(this.engine.maxDevices, this.engine.maxQueues, this.spec.devId, queue, field)]);
+    const ps = this.spec.kind === "net" && queue % 2 === 1 ? { spoofed: port(0), unlearned: port(1) } : {};
+    return { packets: at(0), bytes: at(1), drops: at(2), kicks: at(3), calls: at(4), errors: at(5), ...ps };
   }
 
   /** Live while the queue runs (the engine's own index); otherwise the index it resumes at. */
@@ -288,7 +294,28 @@ class VfSession {
         ...this.counters(v.index),
       })),
       ...(this.lastError ? { lastError: this.lastError } : {}),
+      ...(this.spec.kind === "net" ? { lockedMac: this.portLock() } : {}),
     };
+  }
+
+  /** The next front-end may be another VM: its first source locks the port anew. */
+  private releasePortLock(): void {
+    if (this.spec.kind !== "net" || portSecurityOf(this.spec).macAdmin) return;
+    try {
+      this.engine.setPortSecurity(this.spec.devId, { lockedMac: "" });
+    } catch {
+      /* engine closed */
+    }
+    if (this.lockedMac) this.log.info({ mac: this.lockedMac }, "switch port unlocked (front-end gone)");
+    this.lockedMac = undefined;
+  }
+
+  private portLock(): string {
+    try {
+      return this.engine.portState(this.spec.devId).lockedMac;
+    } catch {
+      return this.lockedMac ?? "";
+    }
   }
 
 }
@@ -430,7 +457,7 @@ export class EngineVfHost implements VfHost {
   adopt(spec: VfSpec, rec: MirrorVf, fds: number[]): void {
     let vf: VfSession;
     try {
-      vf = this.create(spec, true);
+      vf = this.create(spec, true, rec.lockedMac);
     } catch (err) {
       closeAll(fds);
       throw err;
@@ -544,7 +571,7 @@ export class EngineVfHost implements VfHost {
    * A new VF takes its lock now; an adopted one (`adopting`) takes it at resumeAdopted, since the
    * peer may still hold it, and continues the counters the peer left in shared memory.
    */
-  private create(spec: VfSpec, adopting = false): VfSession {
+  private create(spec: VfSpec, adopting = false, lockedMac?: string): VfSession {
     if (spec.kind !== "net" && spec.kind !== "blk") throw new HostError(`${String(spec.kind)} VFs are not implemented`, -95 /* EOPNOTSUPP */);
     if (spec.kind === "blk" && !spec.disk) throw new HostError(`blk VF ${spec.dev} has no disk`, -22);
     if (this.vfs.has(spec.dev)) throw new HostError(`VF ${spec.dev} is already open`, -17);
@@ -558,8 +585,18 @@ export class EngineVfHost implements VfHost {
     try {
       if (spec.kind === "blk") model = this.addBlk(spec, keepCounters);
       else {
-        this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs, keepCounters });
-        model = new NetModel(spec.mac, spec.mtu, spec.queuePairs, (mac) => this.engine.injectFrame(spec.devId, rarpFrame(mac)));
+        // Port security goes with the device: no frame passes the switch before it applies.
+        const ps = portSecurityOf(spec);
+        const portSecurity = { spoofchk: ps.spoofchk, trust: ps.trust, adminMac: ps.macAdmin, reportLock: true, ...(lockedMac && !ps.macAdmin ? { lockedMac } : {}) };
+        this.engine.addNetDevice(spec.devId, { switchId: spec.switchId, mac: spec.mac, mtu: spec.mtu, maxQueuePairs: spec.queuePairs, keepCounters, portSecurity });
+        model = new NetModel(spec.mac, spec.mtu, spec.queuePairs, (mac) => {
+          try {
+            this.engine.injectFrame(spec.devId, rarpFrame(mac));
+          } catch (err) {
+            // A RARP announces the VF's own MAC only (port security): refused, the session goes on.
+            throw new Rejection(`RARP announcement for ${mac} refused: ${(err as Error).message}`);
+          }
+        });
       }
     } catch (err) {
       lock?.release();
@@ -573,6 +610,11 @@ export class EngineVfHost implements VfHost {
       () => this.mirrorVf(spec.dev),
       () => this.mirror?.replied(spec.dev),
     );
+    if (spec.kind === "net" && !portSecurityOf(spec).macAdmin) {
+      // What the engine pinned: a carried lock another port holds by now is not the port's.
+      const locked = this.engine.portState(spec.devId).lockedMac;
+      if (locked) vf.lockedMac = locked;
+    }
     this.vfs.set(spec.dev, vf);
     this.byDevId.set(spec.devId, vf);
     if (lock) this.locks.set(spec.dev, lock);
@@ -658,8 +700,21 @@ export class EngineVfHost implements VfHost {
     this.engine.close();
   }
 
+  /** A net PF's switch forwarding table. */
+  fdb(switchId: number): FdbRow[] {
+    return this.engine.fdb(switchId).map((e) => ({ mac: e.mac, devId: e.devId, ageMs: e.ageMs, pinned: e.pinned }));
+  }
+
   private onEngineEvent(ev: EngineEvent): void {
     const vf = this.byDevId.get(ev.devId);
+    if (ev.kind === "port-locked") {
+      // Carried by the HA mirror so that an adopter pins it before any frame flows.
+      if (!vf) return;
+      vf.lockedMac = ev.reason;
+      this.log.info({ vf: vf.spec.dev, socket: vf.spec.socketPath, mac: ev.reason }, `switch port locked to source MAC ${ev.reason} (port security)`);
+      this.mirrorVf(vf.spec.dev);
+      return;
+    }
     this.log.warn({ vf: vf?.spec.dev ?? `devId ${ev.devId}`, socket: vf?.spec.socketPath, queue: ev.queue, kind: ev.kind }, ev.reason);
   }
 }
