@@ -7,8 +7,51 @@ import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, decodeHeader, encodeMessage, MsgFlag
 export interface VhostMessage {
   header: Header;
   payload: Buffer;
-  /** Received fds; the handler owns them (store or close). */
-  fds: number[];
+  /** Received fds: the message owns them until a handler take()s one; the rest are closed after it. */
+  fds: MessageFds;
+}
+
+/**
+ * The fds that came with one message. Ownership is explicit so a leak cannot depend on every
+ * handler's error path: a handler peek()s at an fd while it checks or applies the message and
+ * take()s the ones it keeps, only once it keeps them; whoever dispatched the message calls
+ * closeUntaken() afterwards, whatever happened (success, rejection, violation, exception).
+ */
+export class MessageFds {
+  private readonly taken: boolean[];
+  private done = false;
+
+  constructor(private readonly fds: readonly number[]) {
+    this.taken = fds.map(() => false);
+  }
+
+  get length(): number {
+    return this.fds.length;
+  }
+
+  /** The i-th fd, still the message's (valid until closeUntaken()). */
+  peek(i: number): number {
+    const fd = this.fds[i];
+    if (fd === undefined || this.done) throw new RangeError(`message has no fd ${i}`);
+    return fd;
+  }
+
+  /** The i-th fd, now the caller's to keep and close. */
+  take(i: number): number {
+    const fd = this.peek(i);
+    if (this.taken[i]) throw new Error(`fd ${i} of the message was taken twice`);
+    this.taken[i] = true;
+    return fd;
+  }
+
+  /** Closes every fd no handler took; idempotent. Returns how many it closed. */
+  closeUntaken(): number {
+    if (this.done) return 0;
+    this.done = true;
+    const left = this.fds.filter((_, i) => !this.taken[i]);
+    closeAll(left);
+    return left.length;
+  }
 }
 
 export interface ConnectionEvents {
@@ -150,10 +193,14 @@ export class VhostUserConnection {
 
   private emit(): void {
     const header = decodeHeader(this.buf);
-    const msg: VhostMessage = { header, payload: Buffer.from(this.buf.subarray(HEADER_SIZE)), fds: this.fds };
+    const msg: VhostMessage = { header, payload: Buffer.from(this.buf.subarray(HEADER_SIZE)), fds: new MessageFds(this.fds) };
     this.buf = Buffer.alloc(0);
     this.fds = [];
-    this.events.onMessage(msg);
+    try {
+      this.events.onMessage(msg);
+    } finally {
+      msg.fds.closeUntaken(); // the dispatcher did already; this covers a throwing listener
+    }
   }
 }
 

@@ -76,7 +76,7 @@ class VfSession {
         } else this.conn?.send(encodeReply(req, payload), fds);
       },
       fail: (reason) => this.conn?.close(reason, true),
-    });
+    }, spec.dev);
     const onConnected = (fd: number) => this.connected(fd);
     this.endpoint = spec.mode === "server" ? new ServerEndpoint(spec.socketPath, onConnected) : new ClientEndpoint(spec.socketPath, onConnected);
   }
