@@ -33,8 +33,8 @@ constexpr int kMaxFds = 253;
 constexpr double kMaxRecvBytes = 16 * 1024 * 1024;
 // memfd_create(2): names longer than this are rejected with EINVAL.
 constexpr size_t kMaxMemfdName = 249;
-// How long sendWithFds waits for a stalled peer before giving up with EAGAIN.
-constexpr int kSendStallMs = 1000;
+// waitWritable's longest wait (tools only; the daemons never wait for a peer).
+constexpr double kMaxWaitMs = 60 * 1000;
 
 /* ------------------------------------------------------------------ errors */
 
@@ -264,10 +264,12 @@ Napi::Value PeekBytes(const Napi::CallbackInfo& info) {
   return Napi::Buffer<char>::Copy(env, buf.get(), static_cast<size_t>(n));
 }
 
-// Sends all of data: vhost-user messages must never be cut in half, so partial writes
-// loop, and a full socket buffer is waited out (up to kSendStallMs per stall). The fds
-// go in one SCM_RIGHTS with the first chunk. On a stall timeout part of the message
-// may already be gone: the caller must treat the connection as broken.
+// Sends as much of data as the socket takes right now, never waiting: returns the bytes
+// that went (0 when the socket is full; then the fds did not go either). The fds ride in
+// one SCM_RIGHTS with the first byte, so a caller that queues the rest (send_queue.ts)
+// sends it without fds and a message's fds are never split from its first byte.
+// Waiting here would freeze the event loop, and with it every VF and the HA heartbeats,
+// for as long as one peer does not read (issue 17, item 6).
 Napi::Value SendWithFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0, "sendWithFds");
@@ -328,14 +330,26 @@ Napi::Value SendWithFds(const Napi::CallbackInfo& info) {
       continue;
     }
     if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) ThrowErrno(env, errno, "sendmsg");
-    pollfd pfd{fd, POLLOUT, 0};
-    int r = poll(&pfd, 1, kSendStallMs);
-    if (r == 0) ThrowErrno(env, EAGAIN, "sendmsg");
-    if (r < 0 && errno != EINTR) ThrowErrno(env, errno, "poll");
-    // Writable, or POLLERR/POLLHUP: the next sendmsg() reports the actual error.
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;  // full: the caller queues the rest
+    ThrowErrno(env, errno, "sendmsg");
   }
   return Napi::Number::New(env, static_cast<double>(sent));
+}
+
+// Waits up to timeoutMs for a socket to take more data (or report an error/hang-up, which
+// the next send reports). For tools and graceful stops only: it blocks the calling thread.
+Napi::Value WaitWritable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "waitWritable");
+  int timeoutMs = static_cast<int>(IntArg(info, 1, "waitWritable", "timeoutMs", 0, kMaxWaitMs));
+  pollfd pfd{fd, POLLOUT, 0};
+  int r;
+  do {
+    r = poll(&pfd, 1, timeoutMs);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) ThrowErrno(env, errno, "poll");
+  if (r > 0 && (pfd.revents & POLLNVAL)) ThrowErrno(env, EBADF, "poll");
+  return Napi::Boolean::New(env, r > 0);
 }
 
 Napi::Value SocketPair(const Napi::CallbackInfo& info) {
@@ -459,6 +473,7 @@ void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("ofdTryLock", Napi::Function::New(env, OfdTryLock, "ofdTryLock"));
   exports.Set("peekBytes", Napi::Function::New(env, PeekBytes, "peekBytes"));
   exports.Set("sendWithFds", Napi::Function::New(env, SendWithFds, "sendWithFds"));
+  exports.Set("waitWritable", Napi::Function::New(env, WaitWritable, "waitWritable"));
   exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));

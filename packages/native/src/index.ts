@@ -12,3 +12,4 @@ export function counterIndex(maxQueues: number, devId: number, queue: number, fi
   return (devId * maxQueues + queue) * native.COUNTERS_PER_QUEUE + field;
 }
 export * from "./framed_conn.js";
+export * from "./send_queue.js";

@@ -36,6 +36,21 @@ export function connectUnix(path: string): number {
   return native.unixConnect(path);
 }
 
+/**
+ * Sends all of data, waiting up to stallMs each time the socket is full: for tools (the
+ * project's front-end driver, tests), never for a daemon's sockets (use OutgoingQueue). The fds
+ * ride on the first byte. Throws EAGAIN when a stall outlasts stallMs; part of the data may have
+ * gone by then, so the connection must be treated as broken.
+ */
+export function sendAllBlocking(fd: number, data: Buffer, fds: readonly number[] = [], stallMs = 1000): number {
+  let sent = native.sendWithFds(fd, data, [...fds]);
+  while (sent < data.length) {
+    if (!native.waitWritable(fd, stallMs)) throw Object.assign(new Error("sendmsg EAGAIN (peer does not read)"), { code: "EAGAIN", errno: -11, syscall: "sendmsg" });
+    sent += native.sendWithFds(fd, sent === 0 ? data : data.subarray(sent), sent === 0 ? [...fds] : []);
+  }
+  return sent;
+}
+
 /** Closes every fd of a list, ignoring errors (for cleanup paths that must not throw). */
 export function closeFds(fds: Iterable<number>): void {
   for (const fd of fds) {

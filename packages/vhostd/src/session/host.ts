@@ -109,14 +109,22 @@ class VfSession {
         this.replies = null;
         this.pendingReply = out;
         this.onChange();
-        if (out) {
-          this.conn?.send(out, this.replyFds);
-          this.pendingReply = null;
-          this.onReplied();
-        }
+        if (out) this.sendReply(out, this.replyFds);
       },
       onClose: (reason, violation) => this.disconnected(reason, violation),
+      onDrained: () => this.replyWritten(),
     });
+  }
+
+  /** Writes the pending reply; a front-end that does not read gets it queued (onDrained follows). */
+  private sendReply(out: Buffer, fds: number[]): void {
+    if (this.conn?.send(out, fds)) this.replyWritten();
+  }
+
+  private replyWritten(): void {
+    if (!this.pendingReply) return;
+    this.pendingReply = null;
+    this.onReplied();
   }
 
   private updateState(): void {
@@ -190,8 +198,9 @@ class VfSession {
       this.log.warn({ bytes: this.resendReply.length }, "resent the reply to the last message the dead runner handled (it may have written it already)");
       // A GET_INFLIGHT_FD reply carries the area's fd, which the adopted session holds.
       const fds = this.resendReply.length >= 4 && this.resendReply.readUInt32LE(0) === Req.GET_INFLIGHT_FD ? this.session.inflightFds() : [];
-      this.conn?.send(this.resendReply, fds);
+      this.pendingReply = this.resendReply;
       this.resendReply = null;
+      this.sendReply(this.pendingReply, fds);
     }
     this.updateState();
     this.log.info({ state: this.state, queues: this.session.vrings.filter((v) => v.started).length }, "session adopted in place");
@@ -201,9 +210,16 @@ class VfSession {
   pauseMessages(): void {
     const conn = this.conn;
     if (!conn?.isOpen) return;
-    conn.detach();
+    const unsent = conn.detach();
     this.conn = null;
     this.pendingConn = conn.fd;
+    // A reply still queued for a front-end that had not read yet stays pending: the record the
+    // peer gets carries it, and resumeMessages() sends it if the hand-back does not happen.
+    if (unsent.bytes.length > 0) {
+      if (unsent.partial) this.log.error({ bytes: unsent.bytes.length }, "hand-back with a reply half written; the front-end's stream may be cut");
+      this.pendingReply = unsent.bytes;
+      this.resendReply = unsent.bytes;
+    }
   }
 
   /** A hand-back that did not happen: read messages again. */
@@ -237,6 +253,7 @@ class VfSession {
 
   private disconnected(reason: string, violation: boolean): void {
     this.conn = null;
+    this.pendingReply = null;
     this.session.reset();
     if (violation) this.lastError = reason;
     this.log[violation ? "error" : "info"]({ reason }, "front-end disconnected");
