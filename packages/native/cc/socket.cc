@@ -146,15 +146,68 @@ void RemoveStaleSocket(Napi::Env env, const std::string& path, const sockaddr_un
     ThrowErrno(env, errno, "unlink", path);
 }
 
+// Removes the private directory of BindWithMode (and what is left in it) on every path out.
+class PrivateDir {
+ public:
+  explicit PrivateDir(std::string path) : path_(std::move(path)) {}
+  ~PrivateDir() {
+    if (fd_ >= 0) {
+      unlinkat(fd_, "s", 0);
+      close(fd_);
+    }
+    rmdir(path_.c_str());
+  }
+  PrivateDir(const PrivateDir&) = delete;
+  PrivateDir& operator=(const PrivateDir&) = delete;
+  int fd_ = -1;
+ private:
+  std::string path_;
+};
+
+// Creates the socket file at `path` with exactly `mode`, never touching anything else.
+// chmod(path) after bind() follows a symlink someone swapped in between (a root daemon would
+// chmod the file it points to), and a umask around bind() is process-wide: every thread
+// (libuv's pool, the engine, a ZeroMQ I/O thread) creating a file meanwhile would get it.
+// Instead: bind in a fresh private directory (mkdtemp, 0700) next to `path` (through
+// /proc/self/fd/N/s, so the long private path never hits sun_path's 108 bytes), chmod the
+// socket there, where no one else can put a symlink, listen, then link() it to `path`. link()
+// neither follows nor replaces what is at `path` (EEXIST, reported as EADDRINUSE as bind()
+// would), and a unix socket is found through its inode, so connecting to the link works.
+void BindWithMode(Napi::Env env, int fd, const std::string& path, mode_t mode, int backlog) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  std::string tmpl = dir + "/.vhostd-bind-XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) ThrowErrno(env, errno, "bind", path);
+  PrivateDir priv(tmpl);
+  priv.fd_ = open(tmpl.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+  if (priv.fd_ < 0) ThrowErrno(env, errno, "bind", path);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::string inner = "/proc/self/fd/" + std::to_string(priv.fd_) + "/s";
+  memcpy(addr.sun_path, inner.data(), inner.size());
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) ThrowErrno(env, errno, "bind", path);
+  if (fchmodat(priv.fd_, "s", mode, 0) != 0) ThrowErrno(env, errno, "chmod", path);
+  if (listen(fd, backlog) != 0) ThrowErrno(env, errno, "listen", path);
+  if (linkat(priv.fd_, "s", AT_FDCWD, path.c_str(), 0) != 0)
+    ThrowErrno(env, errno == EEXIST ? EADDRINUSE : errno, "bind", path);
+}
+
+// unixListen(path, backlog, mode?): with a mode the file is created with it (BindWithMode);
+// without, it gets what the umask leaves.
 Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path;
   sockaddr_un addr = PathArg(info, 0, "unixListen", &path);
   int backlog = static_cast<int>(IntArg(info, 1, "unixListen", "backlog", 0, 65535));
+  bool withMode = info.Length() > 2 && !info[2].IsUndefined();
+  mode_t mode = withMode ? static_cast<mode_t>(IntArg(info, 2, "unixListen", "mode", 0, 0777)) : 0;
 
   RemoveStaleSocket(env, path, addr);
   FdGuard fd(NewUnixSocket(env));
-  // The socket file gets the umask's mode; listenUnix() in unix_socket.ts chmods it.
+  if (withMode) {
+    BindWithMode(env, fd.get(), path, mode, backlog);
+    return Napi::Number::New(env, fd.release());
+  }
   if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
     ThrowErrno(env, errno, "bind", path);
   if (listen(fd.get(), backlog) != 0) ThrowErrno(env, errno, "listen", path);

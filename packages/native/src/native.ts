@@ -349,7 +349,12 @@ export interface NativeBlkDriver extends NativeDriverRings {
 /* --------------------------------------------------------------------- the module itself */
 
 export interface NativeModule {
-  unixListen(path: string, backlog: number): number;
+  /**
+   * Listens on a filesystem unix socket. With `mode` the socket file is created with exactly
+   * that mode, and nothing at `path` is followed or replaced (EADDRINUSE): see BindWithMode in
+   * cc/socket.cc for why not chmod or umask. Without, it gets what the umask leaves.
+   */
+  unixListen(path: string, backlog: number, mode?: number): number;
   unixConnect(path: string): number;
   /** Returns -1 when no connection is pending. */
   unixAccept(listenFd: number): number;

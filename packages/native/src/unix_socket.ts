@@ -1,5 +1,4 @@
 // Typed conveniences over the unix-socket primitives of the native module.
-import { chmodSync } from "node:fs";
 import { native } from "./native.js";
 
 export interface ListenUnixOptions {
@@ -12,20 +11,11 @@ export interface ListenUnixOptions {
 /**
  * Listens on a filesystem unix socket and returns the non-blocking listening fd.
  * A socket file left by a dead server is replaced; one a live server listens on is
- * not (throws EADDRINUSE). The mode is applied right after bind, before anyone is
- * expected to connect; on failure the fd is closed.
+ * not (throws EADDRINUSE). The file is created with `mode` (no chmod after the fact,
+ * which would follow a symlink put in its place).
  */
 export function listenUnix(path: string, opts: ListenUnixOptions = {}): number {
-  const fd = native.unixListen(path, opts.backlog ?? 16);
-  if (opts.mode !== undefined) {
-    try {
-      chmodSync(path, opts.mode);
-    } catch (err) {
-      native.closeFd(fd);
-      throw err;
-    }
-  }
-  return fd;
+  return native.unixListen(path, opts.backlog ?? 16, opts.mode);
 }
 
 /**

@@ -1,6 +1,6 @@
 // Unix-socket and fd primitives of the native addon (cc/socket.cc).
 import test from "ava";
-import { fstatSync, mkdtempSync, readdirSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { chmodSync, fstatSync, lstatSync, mkdtempSync, readdirSync, readSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -70,6 +70,34 @@ test("listen, connect, accept, peerCred, socket file mode", (t) => {
   t.is(native.sendWithFds(c, Buffer.from("hello"), []), 5);
   t.is(native.recvWithFds(s, 64, 0)!.data.toString(), "hello");
   closeFds([c, s, lfd]);
+});
+
+test.serial("unixListen with a mode: the socket file has it whatever the umask; a symlink at the path is neither followed nor replaced", (t) => {
+  const old = process.umask(0o077);
+  let lfd = -1;
+  try {
+    const p = sockPath();
+    lfd = native.unixListen(p, 4, 0o660);
+    t.is(lstatSync(p).mode & 0o777, 0o660, "0660 although the umask would leave 0700");
+    t.true(lstatSync(p).isSocket());
+    const c = connectUnix(p);
+    t.true(native.unixAccept(lfd) >= 0, "connecting through the path works");
+    native.closeFd(c);
+    t.deepEqual(readdirSync(dir).filter((n) => n.startsWith(".vhostd-bind-")), [], "no private directory left behind");
+  } finally {
+    process.umask(old);
+    if (lfd >= 0) native.closeFd(lfd);
+  }
+  const target = path.join(dir, `victim-${seq++}`);
+  writeFileSync(target, "mine");
+  chmodSync(target, 0o644);
+  const link = sockPath();
+  symlinkSync(target, link);
+  const err = t.throws(() => native.unixListen(link, 4, 0o666));
+  t.is((err as NodeJS.ErrnoException).code, "EADDRINUSE");
+  t.is(statSync(target).mode & 0o777, 0o644, "the symlink's target was not chmodded");
+  t.true(lstatSync(link).isSymbolicLink(), "the symlink is still there");
+  t.deepEqual(readdirSync(dir).filter((n) => n.startsWith(".vhostd-bind-")), [], "no private directory left behind after a failure");
 });
 
 test("bytes and 3 fds (2 eventfds, a memfd) arrive and are usable", async (t) => {
