@@ -156,6 +156,10 @@ export class MirrorSender implements MirrorSink {
     this.send({ op: "pf", dev, switchId, count: tapFd >= 0 ? 1 : 0 }, tapFd >= 0 ? [tapFd] : []);
   }
 
+  reply(dev: string, reply: Buffer): void {
+    this.send({ op: "reply", dev, reply: reply.toString("hex") });
+  }
+
   replied(dev: string): void {
     this.send({ op: "replied", dev });
   }

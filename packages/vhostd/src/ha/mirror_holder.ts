@@ -188,6 +188,11 @@ export class MirrorHolder {
       case "drop":
         this.dropCopy(f.dev);
         return;
+      case "reply": {
+        const c = this.vfCopies.get(f.dev);
+        if (c) c.rec.reply = f.reply;
+        return;
+      }
       case "replied": {
         const c = this.vfCopies.get(f.dev);
         if (c) delete c.rec.reply;

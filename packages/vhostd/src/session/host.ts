@@ -33,7 +33,9 @@ export interface VfHostOptions {
  */
 export interface MirrorSink {
   vf(dev: string, rec: MirrorVf, fds: number[]): void;
-  /** The reply in the VF's last record was written. */
+  /** A message that changed nothing (refused, or read-only) has this reply to write: the copy carries it. */
+  reply(dev: string, reply: Buffer): void;
+  /** The reply in the VF's last record (or reply()) was written. */
   replied(dev: string): void;
   pf(dev: string, switchId: number, tapFd: number): void;
   drop(dev: string): void;
@@ -66,6 +68,7 @@ class VfSession {
     parentLog: Logger,
     private readonly onChange: () => void,
     private readonly onReplied: () => void = () => undefined,
+    private readonly onReplyPending: (reply: Buffer) => void = () => undefined,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
     this.session = new VhostSession(spec.devId, model, engine, this.log, {
@@ -103,12 +106,15 @@ class VfSession {
         // record carries the reply until "replied" says it was written (see MirrorVf.reply).
         this.replies = [];
         this.replyFds = [];
-        this.session.handle(msg);
+        const outcome = this.session.handle(msg);
         this.updateState();
         const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
         this.replies = null;
         this.pendingReply = out;
-        this.onChange();
+        // A message that changed nothing (refused, or one that only reads) costs the mirror no
+        // record and no fds, only its pending reply; anything else sends the whole record.
+        if (outcome !== "unchanged") this.onChange();
+        else if (out) this.onReplyPending(out);
         if (out) this.sendReply(out, this.replyFds);
       },
       onClose: (reason, violation) => this.disconnected(reason, violation),
@@ -589,6 +595,7 @@ export class EngineVfHost implements VfHost {
       this.log,
       () => this.mirrorVf(spec.dev),
       () => this.mirror?.replied(spec.dev),
+      (reply) => this.mirror?.reply(spec.dev, reply),
     );
     this.vfs.set(spec.dev, vf);
     this.byDevId.set(spec.devId, vf);
