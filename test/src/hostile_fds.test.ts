@@ -100,6 +100,24 @@ test.serial("refused requests leave none of their fds open in vfe-vhostd", async
   try {
     const pid = d.proc!.pid!;
     await floodRefusedFds(t, d, () => [pid]);
+    // Framing violations that carry fds (a bad version, an oversized payload): each ends its
+    // connection, and the fds that came with the broken message are closed with it.
+    const before = fdCount(pid);
+    for (let i = 0; i < 40; i++) {
+      const fe = await RawFrontend.connect(d.sock("h"));
+      try {
+        const head = Buffer.alloc(12);
+        head.writeUInt32LE(Req.SET_MEM_TABLE, 0);
+        head.writeUInt32LE(i % 2 === 0 ? 0x2 : 0x1, 4); // bad version | good version with...
+        head.writeUInt32LE(i % 2 === 0 ? 0 : 1 << 20, 8); // ... a payload over the limit
+        withFds(8, (fds) => fe.send(head, fds));
+        t.true(await fe.hungUp(), `violation ${i}: the session ended`);
+      } finally {
+        fe.close();
+      }
+    }
+    await sleep(300);
+    t.true(fdCount(pid) - before < 20, `framing violations with 320 fds: ${before} fds before, ${fdCount(pid)} after`);
     t.is(d.proc!.pid, pid);
     t.is(d.proc!.exitCode, null, "vfe-vhostd lives");
   } finally {
