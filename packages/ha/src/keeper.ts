@@ -17,7 +17,7 @@
 // Snapshots (vhostd's whole desired state, pushed at every vhostd start and keeper
 // reappearance): reconcile — close what is not in it, open what is missing, leave identical
 // ones untouched. A VF that cannot open stays desired and is shown "failed" by its runtime.
-import { chmodSync, existsSync, readFileSync, statSync, unlinkSync } from "node:fs";
+import { existsSync, readFileSync, statSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -475,19 +475,20 @@ class InspectServer {
     if (existsSync(this.path)) unlinkSync(this.path); // stale: answers() said nobody serves it
     const server = createServer((s) => this.onConnection(s));
     server.maxConnections = INSPECT_MAX_CONNECTIONS;
-    const old = process.umask(0o177);
+    // Created 0600 by the native bind (no process-wide umask, no chmod that follows a symlink).
+    const fd = native.unixListen(this.path, 511, 0o600);
     try {
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);
-        server.listen(this.path, () => {
+        server.listen({ fd }, () => {
           server.off("error", reject);
           resolve();
         });
       });
-    } finally {
-      process.umask(old);
+    } catch (err) {
+      native.closeFd(fd);
+      throw err;
     }
-    chmodSync(this.path, 0o600);
     this.server = server;
   }
 

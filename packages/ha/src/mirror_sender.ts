@@ -16,6 +16,8 @@ export interface TakenBack {
 }
 
 const RECONNECT_MS = 50;
+/** How long a graceful stop waits for vfe-vhostd to read the final records. */
+const HANDOVER_DRAIN_MS = 2000;
 
 export class MirrorSender implements MirrorSink {
   private conn: FramedFdConnection<MirrorFrame> | null = null;
@@ -128,7 +130,10 @@ export class MirrorSender implements MirrorSink {
     const host = this.host;
     host.mirrorAll();
     this.conn.send({ op: "handover" });
-    if (!this.conn.isOpen) return false;
+    // Sends never wait, so the final records may still be queued: they must reach vfe-vhostd
+    // before the connection closes (its EOF starts the takeover). The keeper is stopping and
+    // serves nothing else now, so waiting here (bounded) costs no one.
+    if (!this.conn.drainBlocking(HANDOVER_DRAIN_MS)) return false;
     host.setMirror(undefined); // stopping the rings must not reach vfe-vhostd as a state change
     host.stopAndUnlockAll();
     this.stopped = true;
@@ -149,6 +154,10 @@ export class MirrorSender implements MirrorSink {
 
   pf(dev: string, switchId: number, tapFd: number): void {
     this.send({ op: "pf", dev, switchId, count: tapFd >= 0 ? 1 : 0 }, tapFd >= 0 ? [tapFd] : []);
+  }
+
+  reply(dev: string, reply: Buffer): void {
+    this.send({ op: "reply", dev, reply: reply.toString("hex") });
   }
 
   replied(dev: string): void {

@@ -1,7 +1,10 @@
 // FdWatcher: calls a JS function on the JS thread whenever an fd becomes readable
-// (or errors / hangs up, so the JS side gets to read the EOF). A libuv uv_poll_t on
-// Node's own loop; no threads. The watcher never owns the fd: stop() it before
-// closing the fd, as libuv requires.
+// (or errors / hangs up, so the JS side gets to read the EOF), and optionally another
+// when it becomes writable: setEvents() chooses which interest is on (a socket with a
+// queued send watches for writable; one whose peer does not read its replies stops
+// reading). One uv_poll_t per fd on Node's own loop (libuv allows no second one on the
+// same fd, hence both interests here); no threads. The watcher never owns the fd: stop()
+// it before closing the fd, as libuv requires.
 //
 // Lifetimes:
 //  - The uv_poll_t lives in a heap Poll that libuv owns from uv_poll_init() until the
@@ -25,6 +28,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FdWatcher",
                        {InstanceMethod<&FdWatcher::Stop>("stop"),
+                        InstanceMethod<&FdWatcher::SetEvents>("setEvents"),
                         InstanceMethod<&FdWatcher::Ref>("ref"),
                         InstanceMethod<&FdWatcher::Unref>("unref")});
   }
@@ -38,10 +42,14 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
       throw Napi::RangeError::New(env, "FdWatcher: fd must be an integer >= 0");
     if (info.Length() < 2 || !info[1].IsFunction())
       throw Napi::TypeError::New(env, "FdWatcher: onReadable must be a function");
+    bool hasWritable = info.Length() > 2 && !info[2].IsUndefined();
+    if (hasWritable && !info[2].IsFunction())
+      throw Napi::TypeError::New(env, "FdWatcher: onWritable must be a function");
 
     // Everything that can throw on the JS side comes first: once uv_poll_init()
     // succeeds, the handle can only be released through uv_close().
     callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    if (hasWritable) writableCallback_ = Napi::Persistent(info[2].As<Napi::Function>());
     async_ = std::make_unique<Napi::AsyncContext>(env, "vhostd.FdWatcher");
 
     uv_loop_t* loop = nullptr;
@@ -54,7 +62,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     poll->owner = this;
     poll_ = poll.release();
 
-    r = uv_poll_start(&poll_->uv, UV_READABLE | UV_DISCONNECT, OnPoll);
+    r = uv_poll_start(&poll_->uv, events_, OnPoll);
     if (r >= 0 && napi_add_async_cleanup_hook(env, OnEnvTeardown, poll_, &poll_->hook) != napi_ok)
       r = UV_ENOMEM;
     if (r < 0) {
@@ -86,14 +94,26 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   // Runs on the JS thread from the libuv loop, i.e. outside any JS call: it needs its
   // own handle scope, and MakeCallback gives async_hooks context plus microtask and
   // nextTick processing. Nothing may throw out of here into libuv.
+  // Writable first (a flush may be what the readable side waits for), then readable.
   static void OnPoll(uv_poll_t* handle, int status, int events) {
-    FdWatcher* self = static_cast<Poll*>(handle->data)->owner;
-    if (self == nullptr) return;
+    Poll* poll = static_cast<Poll*>(handle->data);
+    if (poll->owner == nullptr) return;
+    // An error (status < 0) goes to whichever side is watching: its next syscall reports it.
+    bool writable = status < 0 || (events & UV_WRITABLE) != 0;
+    bool readable = status < 0 || (events & (UV_READABLE | UV_DISCONNECT)) != 0;
+    if (writable && (poll->owner->events_ & UV_WRITABLE) != 0) Call(poll->owner, poll->owner->writableCallback_);
+    // The first callback may have stopped the watcher: `poll` lives until OnClosed (a later
+    // loop turn), and a stopped watcher's owner is null.
+    if (readable && poll->owner != nullptr && (poll->owner->events_ & UV_READABLE) != 0)
+      Call(poll->owner, poll->owner->callback_);
+  }
+
+  static void Call(FdWatcher* self, Napi::FunctionReference& fn) {
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
     try {
       // `self` may be stopped and collected once the callback returns: not touched after.
-      self->callback_.MakeCallback(self->Value(), std::initializer_list<napi_value>{}, *self->async_);
+      fn.MakeCallback(self->Value(), std::initializer_list<napi_value>{}, *self->async_);
     } catch (const Napi::Error& e) {
       // A throwing callback is the JS program's bug: report it the way Node reports any
       // exception from an event callback ('uncaughtException', else exit), not abort().
@@ -133,6 +153,25 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     return info.Env().Undefined();
   }
 
+  // setEvents(readable, writable): which interests are on (both off: the watcher sleeps,
+  // but stays usable). Writable needs the onWritable callback.
+  Napi::Value SetEvents(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsBoolean() || !info[1].IsBoolean())
+      throw Napi::TypeError::New(env, "FdWatcher.setEvents: readable and writable must be booleans");
+    bool writable = info[1].As<Napi::Boolean>().Value();
+    if (writable && writableCallback_.IsEmpty())
+      throw Napi::TypeError::New(env, "FdWatcher.setEvents: no onWritable callback was given");
+    int events = (info[0].As<Napi::Boolean>().Value() ? UV_READABLE | UV_DISCONNECT : 0) |
+                 (writable ? UV_WRITABLE : 0);
+    if (poll_ == nullptr || events == events_) return env.Undefined();
+    // On an active handle uv_poll_start() only changes the mask; 0 stops polling.
+    int r = uv_poll_start(&poll_->uv, events, OnPoll);
+    if (r < 0) ThrowUv(env, r, "uv_poll_start");
+    events_ = events;
+    return env.Undefined();
+  }
+
   Napi::Value Ref(const Napi::CallbackInfo& info) {
     if (poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&poll_->uv));
     return info.Env().Undefined();
@@ -145,6 +184,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   Poll* poll_ = nullptr;
   Napi::FunctionReference callback_;
+  Napi::FunctionReference writableCallback_;
+  int events_ = UV_READABLE | UV_DISCONNECT;
   std::unique_ptr<Napi::AsyncContext> async_;
   bool pinned_ = false;
 };

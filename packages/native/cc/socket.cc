@@ -33,8 +33,8 @@ constexpr int kMaxFds = 253;
 constexpr double kMaxRecvBytes = 16 * 1024 * 1024;
 // memfd_create(2): names longer than this are rejected with EINVAL.
 constexpr size_t kMaxMemfdName = 249;
-// How long sendWithFds waits for a stalled peer before giving up with EAGAIN.
-constexpr int kSendStallMs = 1000;
+// waitWritable's longest wait (tools only; the daemons never wait for a peer).
+constexpr double kMaxWaitMs = 60 * 1000;
 
 /* ------------------------------------------------------------------ errors */
 
@@ -146,15 +146,68 @@ void RemoveStaleSocket(Napi::Env env, const std::string& path, const sockaddr_un
     ThrowErrno(env, errno, "unlink", path);
 }
 
+// Removes the private directory of BindWithMode (and what is left in it) on every path out.
+class PrivateDir {
+ public:
+  explicit PrivateDir(std::string path) : path_(std::move(path)) {}
+  ~PrivateDir() {
+    if (fd_ >= 0) {
+      unlinkat(fd_, "s", 0);
+      close(fd_);
+    }
+    rmdir(path_.c_str());
+  }
+  PrivateDir(const PrivateDir&) = delete;
+  PrivateDir& operator=(const PrivateDir&) = delete;
+  int fd_ = -1;
+ private:
+  std::string path_;
+};
+
+// Creates the socket file at `path` with exactly `mode`, never touching anything else.
+// chmod(path) after bind() follows a symlink someone swapped in between (a root daemon would
+// chmod the file it points to), and a umask around bind() is process-wide: every thread
+// (libuv's pool, the engine, a ZeroMQ I/O thread) creating a file meanwhile would get it.
+// Instead: bind in a fresh private directory (mkdtemp, 0700) next to `path` (through
+// /proc/self/fd/N/s, so the long private path never hits sun_path's 108 bytes), chmod the
+// socket there, where no one else can put a symlink, listen, then link() it to `path`. link()
+// neither follows nor replaces what is at `path` (EEXIST, reported as EADDRINUSE as bind()
+// would), and a unix socket is found through its inode, so connecting to the link works.
+void BindWithMode(Napi::Env env, int fd, const std::string& path, mode_t mode, int backlog) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  std::string tmpl = dir + "/.vhostd-bind-XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) ThrowErrno(env, errno, "bind", path);
+  PrivateDir priv(tmpl);
+  priv.fd_ = open(tmpl.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+  if (priv.fd_ < 0) ThrowErrno(env, errno, "bind", path);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::string inner = "/proc/self/fd/" + std::to_string(priv.fd_) + "/s";
+  memcpy(addr.sun_path, inner.data(), inner.size());
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) ThrowErrno(env, errno, "bind", path);
+  if (fchmodat(priv.fd_, "s", mode, 0) != 0) ThrowErrno(env, errno, "chmod", path);
+  if (listen(fd, backlog) != 0) ThrowErrno(env, errno, "listen", path);
+  if (linkat(priv.fd_, "s", AT_FDCWD, path.c_str(), 0) != 0)
+    ThrowErrno(env, errno == EEXIST ? EADDRINUSE : errno, "bind", path);
+}
+
+// unixListen(path, backlog, mode?): with a mode the file is created with it (BindWithMode);
+// without, it gets what the umask leaves.
 Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path;
   sockaddr_un addr = PathArg(info, 0, "unixListen", &path);
   int backlog = static_cast<int>(IntArg(info, 1, "unixListen", "backlog", 0, 65535));
+  bool withMode = info.Length() > 2 && !info[2].IsUndefined();
+  mode_t mode = withMode ? static_cast<mode_t>(IntArg(info, 2, "unixListen", "mode", 0, 0777)) : 0;
 
   RemoveStaleSocket(env, path, addr);
   FdGuard fd(NewUnixSocket(env));
-  // The socket file gets the umask's mode; listenUnix() in unix_socket.ts chmods it.
+  if (withMode) {
+    BindWithMode(env, fd.get(), path, mode, backlog);
+    return Napi::Number::New(env, fd.release());
+  }
   if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
     ThrowErrno(env, errno, "bind", path);
   if (listen(fd.get(), backlog) != 0) ThrowErrno(env, errno, "listen", path);
@@ -264,10 +317,12 @@ Napi::Value PeekBytes(const Napi::CallbackInfo& info) {
   return Napi::Buffer<char>::Copy(env, buf.get(), static_cast<size_t>(n));
 }
 
-// Sends all of data: vhost-user messages must never be cut in half, so partial writes
-// loop, and a full socket buffer is waited out (up to kSendStallMs per stall). The fds
-// go in one SCM_RIGHTS with the first chunk. On a stall timeout part of the message
-// may already be gone: the caller must treat the connection as broken.
+// Sends as much of data as the socket takes right now, never waiting: returns the bytes
+// that went (0 when the socket is full; then the fds did not go either). The fds ride in
+// one SCM_RIGHTS with the first byte, so a caller that queues the rest (send_queue.ts)
+// sends it without fds and a message's fds are never split from its first byte.
+// Waiting here would freeze the event loop, and with it every VF and the HA heartbeats,
+// for as long as one peer does not read (issue 17, item 6).
 Napi::Value SendWithFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0, "sendWithFds");
@@ -328,14 +383,26 @@ Napi::Value SendWithFds(const Napi::CallbackInfo& info) {
       continue;
     }
     if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) ThrowErrno(env, errno, "sendmsg");
-    pollfd pfd{fd, POLLOUT, 0};
-    int r = poll(&pfd, 1, kSendStallMs);
-    if (r == 0) ThrowErrno(env, EAGAIN, "sendmsg");
-    if (r < 0 && errno != EINTR) ThrowErrno(env, errno, "poll");
-    // Writable, or POLLERR/POLLHUP: the next sendmsg() reports the actual error.
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;  // full: the caller queues the rest
+    ThrowErrno(env, errno, "sendmsg");
   }
   return Napi::Number::New(env, static_cast<double>(sent));
+}
+
+// Waits up to timeoutMs for a socket to take more data (or report an error/hang-up, which
+// the next send reports). For tools and graceful stops only: it blocks the calling thread.
+Napi::Value WaitWritable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "waitWritable");
+  int timeoutMs = static_cast<int>(IntArg(info, 1, "waitWritable", "timeoutMs", 0, kMaxWaitMs));
+  pollfd pfd{fd, POLLOUT, 0};
+  int r;
+  do {
+    r = poll(&pfd, 1, timeoutMs);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) ThrowErrno(env, errno, "poll");
+  if (r > 0 && (pfd.revents & POLLNVAL)) ThrowErrno(env, EBADF, "poll");
+  return Napi::Boolean::New(env, r > 0);
 }
 
 Napi::Value SocketPair(const Napi::CallbackInfo& info) {
@@ -459,6 +526,7 @@ void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("ofdTryLock", Napi::Function::New(env, OfdTryLock, "ofdTryLock"));
   exports.Set("peekBytes", Napi::Function::New(env, PeekBytes, "peekBytes"));
   exports.Set("sendWithFds", Napi::Function::New(env, SendWithFds, "sendWithFds"));
+  exports.Set("waitWritable", Napi::Function::New(env, WaitWritable, "waitWritable"));
   exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));

@@ -6,6 +6,7 @@
 // and every fd that came with it; nothing else is disturbed.
 import { SyncError } from "@vhostd/proto";
 import { native, type RecvResult } from "./native.js";
+import { OutgoingQueue } from "./send_queue.js";
 import { closeFds } from "./unix_socket.js";
 
 export interface FrameCodec<T> {
@@ -23,6 +24,14 @@ export interface FrameCodec<T> {
 const HEADER_BYTES = 4;
 /** Frames handled per readable event before yielding to the event loop. */
 const MAX_FRAMES_PER_WAKE = 64;
+/**
+ * What may wait for a peer daemon that does not read: sends never wait (a stuck peer is its
+ * heartbeat's business, not a reason to freeze every VF), but what they queue is bounded. A
+ * full mirror of 512 VFs is ~1 MiB and ~5000 fds; queued fds are duplicates, so they count
+ * against our own fd limit.
+ */
+const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
+const MAX_QUEUED_FDS = 16384;
 
 export interface FrameEvents<T> {
   onFrame(frame: T, fds: number[]): void;
@@ -37,13 +46,21 @@ export class FramedFdConnection<T> {
   private bodyLen = -1;
   private fds: number[] = [];
   private closed = false;
+  private readonly out: OutgoingQueue;
 
   constructor(
     readonly fd: number,
     private readonly codec: FrameCodec<T>,
     private events: FrameEvents<T>,
   ) {
-    this.watcher = new native.FdWatcher(fd, () => this.onReadable());
+    // Reading goes on while sends wait: both daemons send to each other, and a side that
+    // stopped reading until its own sends went could deadlock with the other doing the same.
+    this.out = new OutgoingQueue(fd, { maxBytes: MAX_QUEUED_BYTES, maxFds: MAX_QUEUED_FDS, onBlocked: (b) => this.watcher?.setEvents(true, b) });
+    this.watcher = new native.FdWatcher(
+      fd,
+      () => this.onReadable(),
+      () => this.onWritable(),
+    );
   }
 
   /** Hands the connection to another owner (a take-back connection becomes the mirror). */
@@ -55,7 +72,11 @@ export class FramedFdConnection<T> {
     return !this.closed;
   }
 
-  /** Sends one frame and its fds (the kernel duplicates them; the caller keeps its own). */
+  /**
+   * Sends one frame and its fds (the caller keeps its own), now or, when the peer's socket is
+   * full, once it is writable again (never waiting; frames keep their order). Throws when closed,
+   * and closes and throws when the socket fails or too much waits for a peer that does not read.
+   */
   send(frame: T, fds: readonly number[] = []): void {
     if (this.closed) throw new Error(`${this.codec.name} connection is closed`);
     const want = this.codec.fdCount(frame);
@@ -65,10 +86,39 @@ export class FramedFdConnection<T> {
     buf.writeUInt32LE(body.length, 0);
     body.copy(buf, HEADER_BYTES);
     try {
-      native.sendWithFds(this.fd, buf, [...fds]);
+      this.out.push(buf, fds);
     } catch (err) {
       this.close(`send failed: ${(err as Error).message}`, false);
       throw err;
+    }
+  }
+
+  /** Bytes sent but still waiting for the peer to read them. */
+  get queuedBytes(): number {
+    return this.out.pendingBytes;
+  }
+
+  /**
+   * Waits (blocking) up to timeoutMs until every queued frame went: for a graceful stop only,
+   * when nothing else is served any more. False (and the connection closed) when it could not.
+   */
+  drainBlocking(timeoutMs: number): boolean {
+    if (this.closed) return false;
+    try {
+      if (this.out.drainBlocking(timeoutMs)) return true;
+      this.close(`peer did not read ${this.out.pendingBytes} queued bytes in ${timeoutMs} ms`, false);
+    } catch (err) {
+      this.close(`send failed: ${(err as Error).message}`, false);
+    }
+    return false;
+  }
+
+  private onWritable(): void {
+    if (this.closed) return;
+    try {
+      this.out.flush();
+    } catch (err) {
+      this.close(`send failed: ${(err as Error).message}`, false);
     }
   }
 
@@ -77,6 +127,7 @@ export class FramedFdConnection<T> {
     this.closed = true;
     this.watcher?.stop();
     this.watcher = null;
+    this.out.clear();
     closeFds(this.fds);
     this.fds = [];
     native.closeFd(this.fd);

@@ -19,6 +19,7 @@ import {
   type Header,
 } from "@vhostd/proto";
 import { native, type NativeDriverDevice, type NativeDriverRings } from "./native.js";
+import { sendAllBlocking } from "./unix_socket.js";
 
 export interface FrontendOptions {
   queuePairs?: number;
@@ -284,7 +285,8 @@ export class FrontendDriver<D extends NativeDriverRings = NativeDriverDevice> {
   /** Sends anything at all (hostile tests). Throws when not connected. */
   sendRaw(bytes: Buffer, fds: number[] = []): void {
     if (this.isClosed) throw new Error("FrontendDriver: not connected");
-    native.sendWithFds(this.fd, bytes, fds);
+    // A tool, not a daemon: waiting (up to 1 s per stall) for the back-end to read is fine here.
+    sendAllBlocking(this.fd, bytes, fds);
   }
 
   /**

@@ -16,3 +16,4 @@ export function portCounterIndex(maxDevices: number, maxQueues: number, devId: n
   return maxDevices * maxQueues * native.COUNTERS_PER_QUEUE + (devId * maxQueues + queue) * native.PORT_COUNTERS_PER_QUEUE + field;
 }
 export * from "./framed_conn.js";
+export * from "./send_queue.js";

@@ -387,7 +387,12 @@ export interface NativeBlkDriver extends NativeDriverRings {
 /* --------------------------------------------------------------------- the module itself */
 
 export interface NativeModule {
-  unixListen(path: string, backlog: number): number;
+  /**
+   * Listens on a filesystem unix socket. With `mode` the socket file is created with exactly
+   * that mode, and nothing at `path` is followed or replaced (EADDRINUSE): see BindWithMode in
+   * cc/socket.cc for why not chmod or umask. Without, it gets what the umask leaves.
+   */
+  unixListen(path: string, backlog: number, mode?: number): number;
   unixConnect(path: string): number;
   /** Returns -1 when no connection is pending. */
   unixAccept(listenFd: number): number;
@@ -407,8 +412,15 @@ export interface NativeModule {
   premapCount(): number;
   /** Takes an OFD write lock on the whole file (released with its last fd: close it to unlock); false if held elsewhere. */
   ofdTryLock(fd: number): boolean;
-  /** Sends all of data (fds ride on the first byte); throws on EAGAIN or error. */
+  /**
+   * Sends what the socket takes now, never waiting: returns the bytes that went (0 when it is
+   * full, and then the fds did not go either). The fds ride on the first byte. Throws on errors
+   * other than EAGAIN. Queue the rest with OutgoingQueue (send_queue.ts); tools may use
+   * sendAllBlocking (unix_socket.ts).
+   */
   sendWithFds(fd: number, data: Buffer, fds: number[]): number;
+  /** Waits up to timeoutMs for fd to be writable (or in error); false on timeout. Blocks: tools and graceful stops only. */
+  waitWritable(fd: number, timeoutMs: number): boolean;
   socketPair(): [number, number];
   peerCred(fd: number): PeerCred;
   closeFd(fd: number): void;
@@ -446,7 +458,13 @@ export interface NativeModule {
    */
   armExitBeacon(path: string): number;
 
-  FdWatcher: new (fd: number, onReadable: () => void) => {
+  /**
+   * Watches fd on the event loop: onReadable when readable (or hung up / in error), onWritable
+   * (if given) when writable. Starts with readable interest only; setEvents() changes that.
+   */
+  FdWatcher: new (fd: number, onReadable: () => void, onWritable?: () => void) => {
+    /** Which interests are on; writable needs onWritable. Both off: quiet until set again. */
+    setEvents(readable: boolean, writable: boolean): void;
     stop(): void;
     ref(): void;
     unref(): void;

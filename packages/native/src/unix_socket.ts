@@ -1,5 +1,4 @@
 // Typed conveniences over the unix-socket primitives of the native module.
-import { chmodSync } from "node:fs";
 import { native } from "./native.js";
 
 export interface ListenUnixOptions {
@@ -12,20 +11,11 @@ export interface ListenUnixOptions {
 /**
  * Listens on a filesystem unix socket and returns the non-blocking listening fd.
  * A socket file left by a dead server is replaced; one a live server listens on is
- * not (throws EADDRINUSE). The mode is applied right after bind, before anyone is
- * expected to connect; on failure the fd is closed.
+ * not (throws EADDRINUSE). The file is created with `mode` (no chmod after the fact,
+ * which would follow a symlink put in its place).
  */
 export function listenUnix(path: string, opts: ListenUnixOptions = {}): number {
-  const fd = native.unixListen(path, opts.backlog ?? 16);
-  if (opts.mode !== undefined) {
-    try {
-      chmodSync(path, opts.mode);
-    } catch (err) {
-      native.closeFd(fd);
-      throw err;
-    }
-  }
-  return fd;
+  return native.unixListen(path, opts.backlog ?? 16, opts.mode);
 }
 
 /**
@@ -34,6 +24,21 @@ export function listenUnix(path: string, opts: ListenUnixOptions = {}): number {
  */
 export function connectUnix(path: string): number {
   return native.unixConnect(path);
+}
+
+/**
+ * Sends all of data, waiting up to stallMs each time the socket is full: for tools (the
+ * project's front-end driver, tests), never for a daemon's sockets (use OutgoingQueue). The fds
+ * ride on the first byte. Throws EAGAIN when a stall outlasts stallMs; part of the data may have
+ * gone by then, so the connection must be treated as broken.
+ */
+export function sendAllBlocking(fd: number, data: Buffer, fds: readonly number[] = [], stallMs = 1000): number {
+  let sent = native.sendWithFds(fd, data, [...fds]);
+  while (sent < data.length) {
+    if (!native.waitWritable(fd, stallMs)) throw Object.assign(new Error("sendmsg EAGAIN (peer does not read)"), { code: "EAGAIN", errno: -11, syscall: "sendmsg" });
+    sent += native.sendWithFds(fd, sent === 0 ? data : data.subarray(sent), sent === 0 ? [...fds] : []);
+  }
+  return sent;
 }
 
 /** Closes every fd of a list, ignoring errors (for cleanup paths that must not throw). */

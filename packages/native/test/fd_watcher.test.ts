@@ -55,6 +55,34 @@ test("fires on data, then on peer close (EOF); stop() stops it", async (t) => {
   native.closeFd(b);
 });
 
+test("writable interest: fires when a full socket drains; readable off stops reading events", async (t) => {
+  const [a, b] = native.socketPair();
+  let readable = 0;
+  let writable = 0;
+  const w = new native.FdWatcher(a, () => readable++, () => writable++);
+  t.throws(() => new native.FdWatcher(b, () => undefined).setEvents(true, true), { instanceOf: TypeError }, "writable needs a callback");
+  while (native.sendWithFds(a, Buffer.alloc(1 << 16), []) > 0);
+  w.setEvents(false, true);
+  native.sendWithFds(b, Buffer.from("data for a"), []); // readable, but not watched
+  await sleep(30);
+  t.is(writable, 0, "a full socket is not writable");
+  t.is(readable, 0, "readable interest is off");
+  while (native.recvWithFds(b, 1 << 20, 0) !== null);
+  await until(() => writable > 0, "writable");
+  w.setEvents(true, false);
+  const after = writable;
+  await until(() => readable > 0, "readable again");
+  await sleep(20);
+  t.is(writable, after, "writable interest is off");
+  w.setEvents(false, false);
+  const r = readable;
+  await sleep(20);
+  t.is(readable, r, "both off: quiet");
+  w.stop();
+  t.notThrows(() => w.setEvents(true, true), "setEvents after stop() is a no-op");
+  closeFds([a, b]);
+});
+
 test("stop() before any event: later data does not fire", async (t) => {
   const [a, b] = native.socketPair();
   let calls = 0;

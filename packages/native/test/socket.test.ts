@@ -1,12 +1,13 @@
 // Unix-socket and fd primitives of the native addon (cc/socket.cc).
 import test from "ava";
-import { fstatSync, mkdtempSync, readdirSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { chmodSync, fstatSync, lstatSync, mkdtempSync, readdirSync, readSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { native } from "../src/native.js";
-import { closeFds, connectUnix, listenUnix } from "../src/unix_socket.js";
+import { OutgoingQueue, SendOverflow } from "../src/send_queue.js";
+import { closeFds, connectUnix, listenUnix, sendAllBlocking } from "../src/unix_socket.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "vhostd-sock-"));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -71,6 +72,34 @@ test("listen, connect, accept, peerCred, socket file mode", (t) => {
   closeFds([c, s, lfd]);
 });
 
+test.serial("unixListen with a mode: the socket file has it whatever the umask; a symlink at the path is neither followed nor replaced", (t) => {
+  const old = process.umask(0o077);
+  let lfd = -1;
+  try {
+    const p = sockPath();
+    lfd = native.unixListen(p, 4, 0o660);
+    t.is(lstatSync(p).mode & 0o777, 0o660, "0660 although the umask would leave 0700");
+    t.true(lstatSync(p).isSocket());
+    const c = connectUnix(p);
+    t.true(native.unixAccept(lfd) >= 0, "connecting through the path works");
+    native.closeFd(c);
+    t.deepEqual(readdirSync(dir).filter((n) => n.startsWith(".vhostd-bind-")), [], "no private directory left behind");
+  } finally {
+    process.umask(old);
+    if (lfd >= 0) native.closeFd(lfd);
+  }
+  const target = path.join(dir, `victim-${seq++}`);
+  writeFileSync(target, "mine");
+  chmodSync(target, 0o644);
+  const link = sockPath();
+  symlinkSync(target, link);
+  const err = t.throws(() => native.unixListen(link, 4, 0o666));
+  t.is((err as NodeJS.ErrnoException).code, "EADDRINUSE");
+  t.is(statSync(target).mode & 0o777, 0o644, "the symlink's target was not chmodded");
+  t.true(lstatSync(link).isSymbolicLink(), "the symlink is still there");
+  t.deepEqual(readdirSync(dir).filter((n) => n.startsWith(".vhostd-bind-")), [], "no private directory left behind after a failure");
+});
+
 test("bytes and 3 fds (2 eventfds, a memfd) arrive and are usable", async (t) => {
   const [a, b] = native.socketPair();
   const ev1 = native.eventFd(0);
@@ -114,7 +143,7 @@ test("EOF: empty data once the peer closed; null when nothing is there", async (
   native.closeFd(b);
 });
 
-test("a large send is written whole while a worker reads it", async (t) => {
+test("sendAllBlocking (tools) writes a large send whole while a worker reads it", async (t) => {
   const [a, b] = native.socketPair();
   const size = 8 * 1024 * 1024;
   const data = Buffer.alloc(size);
@@ -140,7 +169,7 @@ test("a large send is written whole while a worker reads it", async (t) => {
     worker.once("message", res);
     worker.once("error", rej);
   });
-  t.is(native.sendWithFds(a, data, [ev]), size);
+  t.is(sendAllBlocking(a, data, [ev]), size);
   const { data: received, fds } = await got;
   t.true(Buffer.from(received).equals(data));
   t.is(fds.length, 1, "the fd rode on the first chunk only");
@@ -148,10 +177,82 @@ test("a large send is written whole while a worker reads it", async (t) => {
   closeFds([a, b, ev, ...fds]);
 });
 
-test("send to a peer that never reads gives up with EAGAIN", (t) => {
+test("sendWithFds never waits: it returns what went, then 0 (and no fds) on a full socket", (t) => {
   const [a, b] = native.socketPair();
-  const err = t.throws(() => native.sendWithFds(a, Buffer.alloc(16 * 1024 * 1024), []));
+  const t0 = performance.now();
+  const big = Buffer.alloc(16 * 1024 * 1024);
+  const first = native.sendWithFds(a, big, []);
+  t.true(first > 0 && first < big.length, `a partial send (${first} bytes)`);
+  const ev = native.eventFd(0);
+  t.is(native.sendWithFds(a, Buffer.from("x"), [ev]), 0, "a full socket takes nothing");
+  t.true(performance.now() - t0 < 200, "and nothing waited");
+  t.false(native.waitWritable(a, 20), "waitWritable times out on a full socket");
+  // Nothing but the bytes of the first send is queued: no fd rode on the refused one.
+  let got = 0;
+  let fdsGot = 0;
+  for (;;) {
+    const r = native.recvWithFds(b, 1 << 20, 8);
+    if (r === null) break;
+    got += r.data.length;
+    fdsGot += r.fds.length;
+    closeFds(r.fds);
+  }
+  t.is(got, first);
+  t.is(fdsGot, 0);
+  t.true(native.waitWritable(a, 1000), "writable once the peer read");
+  closeFds([a, b, ev]);
+});
+
+test("sendAllBlocking gives up with EAGAIN on a peer that never reads", (t) => {
+  const [a, b] = native.socketPair();
+  const err = t.throws(() => sendAllBlocking(a, Buffer.alloc(16 * 1024 * 1024), [], 50));
   t.is((err as NodeJS.ErrnoException).code, "EAGAIN");
+  closeFds([a, b]);
+});
+
+test.serial("OutgoingQueue: queues what a full socket refuses, with duplicated fds, and flushes it in order", (t) => {
+  const [a, b] = native.socketPair();
+  const blocked: boolean[] = [];
+  const q = new OutgoingQueue(a, { maxBytes: 64 << 20, onBlocked: (x) => blocked.push(x) });
+  const big = Buffer.alloc(4 << 20, 1);
+  t.false(q.push(big), "a large send waits in part");
+  t.deepEqual(blocked, [true]);
+  const ev = native.eventFd(0);
+  const before = openFds();
+  t.false(q.push(Buffer.from("tail"), [ev]));
+  t.is(openFds(), before + 1, "the queued message holds a duplicate of its fd");
+  native.closeFd(ev); // the caller's own fd may go away: the duplicate is what is sent
+  let data = Buffer.alloc(0);
+  const fds: number[] = [];
+  for (let i = 0; i < 10_000 && (q.blocked || data.length < big.length + 4); i++) {
+    const r = native.recvWithFds(b, 1 << 20, 8);
+    if (r !== null) {
+      data = Buffer.concat([data, r.data]);
+      fds.push(...r.fds);
+    }
+    if (q.blocked) q.flush();
+  }
+  t.deepEqual(blocked, [true, false]);
+  t.is(data.length, big.length + 4);
+  t.is(data.subarray(big.length).toString(), "tail");
+  t.is(fds.length, 1, "the fd arrived, once");
+  t.is(openFds(), before + 1 - 1, "the duplicate was closed once sent (the received copy is open)");
+  closeFds(fds);
+  closeFds([a, b]);
+});
+
+test.serial("OutgoingQueue: a peer that does not read hits the cap (SendOverflow), and clear() closes the duplicates", (t) => {
+  const [a, b] = native.socketPair();
+  const q = new OutgoingQueue(a, { maxBytes: 4 << 20, maxFds: 2, onBlocked: () => undefined });
+  t.false(q.push(Buffer.alloc(2 << 20)));
+  t.throws(() => q.push(Buffer.alloc(4 << 20)), { instanceOf: SendOverflow });
+  const before = openFds();
+  const ev = native.eventFd(0);
+  q.push(Buffer.from("a"), [ev, ev]);
+  t.throws(() => q.push(Buffer.from("b"), [ev]), { instanceOf: SendOverflow }, "the fd cap counts duplicates");
+  q.clear();
+  native.closeFd(ev);
+  t.is(openFds(), before, "no duplicate left open");
   closeFds([a, b]);
 });
 

@@ -9,6 +9,8 @@
 //   runner -> holder   vf     {dev, rec, count}     + count fds: replaces the holder's copy
 //   runner -> holder   pf     {dev, switchId, count} + 0|1 fd (the PF's TAP uplink)
 //   runner -> holder   drop   {dev}                  the VF/PF is gone: close the copies
+//   runner -> holder   reply  {dev, reply}           a message changed nothing but has this reply
+//                                                   (hex) to write: the holder's record carries it
 //   runner -> holder   replied {dev}                 the reply in the VF's record was written
 //   runner -> holder   handover {}                   graceful stop: take everything over now
 //   keeper -> vhostd   take   {req}                  keeper (re)started: give back what you run
@@ -107,6 +109,7 @@ export type MirrorFrame =
   | { op: "vf"; dev: string; rec: MirrorVf; count: number }
   | { op: "pf"; dev: string; switchId: number; count: number }
   | { op: "drop"; dev: string }
+  | { op: "reply"; dev: string; reply: string }
   | { op: "replied"; dev: string }
   | { op: "handover" }
   | { op: "take"; req: number }
@@ -115,6 +118,13 @@ export type MirrorFrame =
   | { op: "released"; req: number };
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+
+/** A whole vhost-user reply (at least its 12-byte header), hex. */
+function replyHex(what: string, b: Body): string {
+  const reply = str(what, b, "reply", MAX_REPLY_HEX, 24);
+  if (!/^(?:[0-9a-f]{2})+$/.test(reply)) fail(what, "reply", "must be hex bytes");
+  return reply;
+}
 
 export function encodeMirrorFrame(f: MirrorFrame): Buffer {
   const buf = packr.pack(validateMirrorFrame(f));
@@ -249,9 +259,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
   }
   if (s.writeback !== undefined) rec.session.writeback = int(t, s, "writeback", 0, 1);
   if (r.reply !== undefined) {
-    const reply = str("vf.rec", r, "reply", MAX_REPLY_HEX, 24);
-    if (!/^(?:[0-9a-f]{2})+$/.test(reply)) fail("vf.rec", "reply", "must be hex bytes");
-    rec.reply = reply;
+    rec.reply = replyHex("vf.rec", r);
   }
   if (r.lockedMac !== undefined) {
     const m = str("vf.rec", r, "lockedMac", 17, 17);
@@ -266,7 +274,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
 
 function validateMirrorFrame(v: unknown): MirrorFrame {
   if (!isPlainObject(v)) throw new SyncError("malformed", "mirror frame is not a map");
-  const op = oneOf("mirror frame", v, "op", ["vf", "pf", "drop", "replied", "handover", "take", "offered", "ready", "released"] as const);
+  const op = oneOf("mirror frame", v, "op", ["vf", "pf", "drop", "reply", "replied", "handover", "take", "offered", "ready", "released"] as const);
   switch (op) {
     case "vf": {
       const b = fields("vf", v, ["op", "dev", "rec", "count"]);
@@ -276,6 +284,10 @@ function validateMirrorFrame(v: unknown): MirrorFrame {
     case "pf": {
       const b = fields("pf", v, ["op", "dev", "switchId", "count"]);
       return { op, dev: dev("pf", b), switchId: int("pf", b, "switchId", 0, 0xffff), count: int("pf", b, "count", 0, 1) };
+    }
+    case "reply": {
+      const b = fields("reply", v, ["op", "dev", "reply"]);
+      return { op, dev: dev("reply", b), reply: replyHex("reply", b) };
     }
     case "drop":
     case "replied": {

@@ -688,11 +688,14 @@ export interface MessageSpec {
   reply: "value" | "ack";
   /** For reply "value": the payload kind of that reply. */
   replyPayload?: PayloadKind;
+  /** The protocol feature that must be negotiated (SET_PROTOCOL_FEATURES) before this request is valid. */
+  needs?: ProtocolFeature;
 }
 
-function spec(req: Req, payload: PayloadKind, fds: [number, number], reply: "value" | "ack", replyPayload?: PayloadKind): [number, MessageSpec] {
+function spec(req: Req, payload: PayloadKind, fds: [number, number], reply: "value" | "ack", replyPayload?: PayloadKind, needs?: ProtocolFeature): [number, MessageSpec] {
   const s: MessageSpec = { name: Req[req], payload, fds, reply };
   if (replyPayload !== undefined) s.replyPayload = replyPayload;
+  if (needs !== undefined) s.needs = needs;
   return [req, Object.freeze(s)];
 }
 
@@ -704,6 +707,10 @@ function spec(req: Req, payload: PayloadKind, fds: [number, number], reply: "val
  * SET_LOG_BASE always gets a reply (QEMU waits for one with LOG_SHMFD and checks only its request id):
  * a u64 0 as libvhost-user sends, or an empty payload as DPDK sends;
  * GET_INFLIGHT_FD's reply carries one fd when its mmapSize is non-zero.
+ * `needs` is the protocol feature the vhost-user spec makes each request depend on ("only valid
+ * if ... is negotiated"); the back-end refuses the request before its handler sees it otherwise.
+ * (RESET_DEVICE would need RESET_DEVICE, which we never offer: it is kept as an alias of
+ * RESET_OWNER for front-ends that send it anyway.)
  */
 export const MESSAGES: ReadonlyMap<number, MessageSpec> = new Map<number, MessageSpec>([
   spec(Req.GET_FEATURES, "none", [0, 0], "value", "u64"),
@@ -711,7 +718,7 @@ export const MESSAGES: ReadonlyMap<number, MessageSpec> = new Map<number, Messag
   spec(Req.SET_OWNER, "none", [0, 0], "ack"),
   spec(Req.RESET_OWNER, "none", [0, 0], "ack"),
   spec(Req.SET_MEM_TABLE, "memTable", [0, MAX_MEM_REGIONS], "ack"),
-  spec(Req.SET_LOG_BASE, "log", [1, 1], "value", "u64"),
+  spec(Req.SET_LOG_BASE, "log", [1, 1], "value", "u64", ProtocolFeature.LOG_SHMFD),
   spec(Req.SET_LOG_FD, "none", [1, 1], "ack"),
   spec(Req.SET_VRING_NUM, "vringState", [0, 0], "ack"),
   spec(Req.SET_VRING_ADDR, "vringAddr", [0, 0], "ack"),
@@ -722,24 +729,24 @@ export const MESSAGES: ReadonlyMap<number, MessageSpec> = new Map<number, Messag
   spec(Req.SET_VRING_ERR, "vringFd", [0, 1], "ack"),
   spec(Req.GET_PROTOCOL_FEATURES, "none", [0, 0], "value", "u64"),
   spec(Req.SET_PROTOCOL_FEATURES, "u64", [0, 0], "ack"),
-  spec(Req.GET_QUEUE_NUM, "none", [0, 0], "value", "u64"),
+  spec(Req.GET_QUEUE_NUM, "none", [0, 0], "value", "u64", ProtocolFeature.MQ),
   spec(Req.SET_VRING_ENABLE, "vringState", [0, 0], "ack"),
-  spec(Req.SEND_RARP, "rarp", [0, 0], "ack"),
-  spec(Req.NET_SET_MTU, "u64", [0, 0], "ack"),
-  spec(Req.SET_BACKEND_REQ_FD, "none", [1, 1], "ack"),
+  spec(Req.SEND_RARP, "rarp", [0, 0], "ack", undefined, ProtocolFeature.RARP),
+  spec(Req.NET_SET_MTU, "u64", [0, 0], "ack", undefined, ProtocolFeature.NET_MTU),
+  spec(Req.SET_BACKEND_REQ_FD, "none", [1, 1], "ack", undefined, ProtocolFeature.BACKEND_REQ),
   spec(Req.SET_VRING_ENDIAN, "vringState", [0, 0], "ack"),
-  spec(Req.GET_CONFIG, "config", [0, 0], "value", "config"),
-  spec(Req.SET_CONFIG, "config", [0, 0], "ack"),
-  spec(Req.GET_INFLIGHT_FD, "inflight", [0, 0], "value", "inflight"),
-  spec(Req.SET_INFLIGHT_FD, "inflight", [1, 1], "ack"),
+  spec(Req.GET_CONFIG, "config", [0, 0], "value", "config", ProtocolFeature.CONFIG),
+  spec(Req.SET_CONFIG, "config", [0, 0], "ack", undefined, ProtocolFeature.CONFIG),
+  spec(Req.GET_INFLIGHT_FD, "inflight", [0, 0], "value", "inflight", ProtocolFeature.INFLIGHT_SHMFD),
+  spec(Req.SET_INFLIGHT_FD, "inflight", [1, 1], "ack", undefined, ProtocolFeature.INFLIGHT_SHMFD),
   spec(Req.RESET_DEVICE, "none", [0, 0], "ack"),
-  spec(Req.VRING_KICK, "vringState", [0, 0], "ack"),
-  spec(Req.GET_MAX_MEM_SLOTS, "none", [0, 0], "value", "u64"),
-  spec(Req.ADD_MEM_REG, "memRegion", [1, 1], "ack"),
+  spec(Req.VRING_KICK, "vringState", [0, 0], "ack", undefined, ProtocolFeature.INBAND_NOTIFICATIONS),
+  spec(Req.GET_MAX_MEM_SLOTS, "none", [0, 0], "value", "u64", ProtocolFeature.CONFIGURE_MEM_SLOTS),
+  spec(Req.ADD_MEM_REG, "memRegion", [1, 1], "ack", undefined, ProtocolFeature.CONFIGURE_MEM_SLOTS),
   // The spec says REM_MEM_REG SHOULD carry no fd but back-ends MAY accept (and must close) one.
-  spec(Req.REM_MEM_REG, "memRegion", [0, 1], "ack"),
-  spec(Req.SET_STATUS, "u64", [0, 0], "ack"),
-  spec(Req.GET_STATUS, "none", [0, 0], "value", "u64"),
+  spec(Req.REM_MEM_REG, "memRegion", [0, 1], "ack", undefined, ProtocolFeature.CONFIGURE_MEM_SLOTS),
+  spec(Req.SET_STATUS, "u64", [0, 0], "ack", undefined, ProtocolFeature.STATUS),
+  spec(Req.GET_STATUS, "none", [0, 0], "value", "u64", ProtocolFeature.STATUS),
 ]);
 
 export type Payload =

@@ -41,6 +41,7 @@ const samples: MirrorFrame[] = [
   { op: "pf", dev: "0000:af:00.2", switchId: 3, count: 0 },
   { op: "drop", dev: "0000:af:04.5" },
   { op: "replied", dev: "0000:af:04.5" },
+  { op: "reply", dev: "0000:af:04.5", reply: "030000000d0000000800000001000000000000" },
   { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), reply: "0100000005000000080000000000000000" }, count: 4 },
   { op: "vf", dev: "0000:af:05.1", rec: { ...rec(), session: { ...rec().session, writeback: 0 } }, count: 4 },
   { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), lockedMac: "52:54:00:12:34:56" }, count: 4 },
@@ -61,6 +62,16 @@ function refused(t: import("ava").ExecutionContext, body: unknown, why: RegExp):
   const err = t.throws(() => decodeMirrorFrame(std.pack(body)), { instanceOf: SyncError });
   t.regex(err!.message, why);
 }
+
+test("a reply frame carries whole hex reply bytes and nothing else", (t) => {
+  t.is(mirrorFrameFdCount({ op: "reply", dev: "0000:af:04.5", reply: "00".repeat(20) }), 0);
+  refused(t, { op: "reply", dev: "0000:af:04.5", reply: "xyz" }, /reply/);
+  refused(t, { op: "reply", dev: "0000:af:04.5", reply: "00" }, /reply/); // shorter than a header
+  refused(t, { op: "reply", dev: "0000:af:04.5", reply: "0".repeat(25) }, /reply/); // odd
+  refused(t, { op: "reply", dev: "0000:af:04.5", reply: "00".repeat(9000) }, /reply/);
+  refused(t, { op: "reply", dev: "0000:af:04.5" }, /reply/);
+  refused(t, { op: "reply", dev: "0000:af:04.5", reply: "00".repeat(20), count: 1 }, /count|field/);
+});
 
 test("hostile vf records are refused with the field named", (t) => {
   const base = { op: "vf", dev: "0000:af:04.5", rec: rec(), count: 4 };

@@ -323,6 +323,24 @@ test("MESSAGES covers the requests we serve, with sane specs", (t) => {
   t.is(MESSAGES.get(Req.GET_VRING_BASE)!.reply, "value");
   t.is(MESSAGES.get(Req.SET_VRING_BASE)!.reply, "ack");
   t.is(MESSAGES.get(Req.SEND_RARP)!.payload, "rarp");
+  // Requests the spec makes depend on a protocol feature name it, so the dispatcher checks it once.
+  const needs: Array<[Req, ProtocolFeature]> = [
+    [Req.ADD_MEM_REG, ProtocolFeature.CONFIGURE_MEM_SLOTS],
+    [Req.REM_MEM_REG, ProtocolFeature.CONFIGURE_MEM_SLOTS],
+    [Req.GET_MAX_MEM_SLOTS, ProtocolFeature.CONFIGURE_MEM_SLOTS],
+    [Req.GET_CONFIG, ProtocolFeature.CONFIG],
+    [Req.SET_CONFIG, ProtocolFeature.CONFIG],
+    [Req.SEND_RARP, ProtocolFeature.RARP],
+    [Req.NET_SET_MTU, ProtocolFeature.NET_MTU],
+    [Req.SET_STATUS, ProtocolFeature.STATUS],
+    [Req.GET_STATUS, ProtocolFeature.STATUS],
+    [Req.SET_LOG_BASE, ProtocolFeature.LOG_SHMFD],
+    [Req.GET_INFLIGHT_FD, ProtocolFeature.INFLIGHT_SHMFD],
+    [Req.SET_INFLIGHT_FD, ProtocolFeature.INFLIGHT_SHMFD],
+    [Req.GET_QUEUE_NUM, ProtocolFeature.MQ],
+  ];
+  for (const [r, f] of needs) t.is(MESSAGES.get(r)!.needs, f, `${requestName(r)} needs ${ProtocolFeature[f]}`);
+  for (const r of [Req.GET_FEATURES, Req.SET_FEATURES, Req.SET_OWNER, Req.SET_MEM_TABLE, Req.SET_VRING_KICK, Req.GET_PROTOCOL_FEATURES, Req.SET_PROTOCOL_FEATURES]) t.is(MESSAGES.get(r)!.needs, undefined, requestName(r));
 });
 
 test("checkFdCount enforces table ranges and payload-implied counts", (t) => {

@@ -11,4 +11,4 @@ export { MirrorHolder } from "./ha/mirror_holder.js";
 export { MIRROR_CODEC, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./ha/mirror_codec.js";
 export type { MirrorSink } from "./session/host.js";
 export { rng } from "./drill/options.js";
-export { keeperCall } from "./drill/rpc.js";
+export { keeperCall, rpc } from "./drill/rpc.js";

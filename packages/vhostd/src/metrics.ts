@@ -6,6 +6,7 @@
 import fs from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { Logger } from "pino";
+import { native } from "@vhostd/native";
 import type { VfRuntime, VfSpec } from "./vf_host.js";
 
 export type MetricsAddress = { kind: "tcp"; host: string; port: number } | { kind: "unix"; path: string };
@@ -155,18 +156,19 @@ export class MetricsServer {
     });
     server.maxConnections = 16;
     server.requestTimeout = 10_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      if (this.addr.kind === "unix") {
-        try {
-          fs.unlinkSync(this.addr.path);
-        } catch {
-          /* none */
-        }
-        server.listen(this.addr.path, resolve);
-      } else server.listen(this.addr.port, this.addr.host, resolve);
-    });
-    if (this.addr.kind === "unix") fs.chmodSync(this.addr.path, 0o600);
+    // A unix socket is created 0600 by the native bind, which replaces only a dead socket (not
+    // whatever file an operator's path names) and follows no symlink; Node serves the fd.
+    const fd = this.addr.kind === "unix" ? native.unixListen(this.addr.path, 511, 0o600) : -1;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        if (this.addr.kind === "unix") server.listen({ fd }, resolve);
+        else server.listen(this.addr.port, this.addr.host, resolve);
+      });
+    } catch (err) {
+      if (fd >= 0) native.closeFd(fd);
+      throw err;
+    }
     this.server = server;
     this.log.info({ metrics: this.addr }, "metrics served (OpenMetrics, GET /metrics)");
   }

@@ -9,7 +9,8 @@
 // unknown methods or params get a JSON-RPC error (with data.errno/errstr), never a crash;
 // idle or slow connections are closed; connections are capped.
 import { createConnection, createServer, type Server, type Socket } from "node:net";
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { lstatSync, unlinkSync } from "node:fs";
+import { native } from "@vhostd/native";
 import type { Logger } from "pino";
 import {
   JsonRpcCode,
@@ -71,19 +72,21 @@ export class RpcServer {
     await prepareSocketPath(this.opts.path);
     const server = createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
     server.maxConnections = this.maxConns;
-    const old = process.umask(0o177);
+    // Created 0600 by the native bind (no process-wide umask, no chmod that could follow a
+    // symlink); Node serves the listening fd.
+    const fd = native.unixListen(this.opts.path, 511, 0o600);
     try {
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);
-        server.listen(this.opts.path, () => {
+        server.listen({ fd }, () => {
           server.off("error", reject);
           resolve();
         });
       });
-    } finally {
-      process.umask(old);
+    } catch (err) {
+      native.closeFd(fd);
+      throw err;
     }
-    chmodSync(this.opts.path, 0o600);
     server.on("error", (e) => this.opts.log.error({ err: e.message }, "RPC server error"));
     server.on("drop", () => this.opts.log.warn({ max: this.maxConns }, "RPC connection refused: too many connections"));
     this.server = server;

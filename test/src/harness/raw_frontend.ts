@@ -1,6 +1,6 @@
 // A deliberately dumb vhost-user front-end for hostile tests: sends whatever bytes and fds it
 // is given and reports what came back (replies, or the back-end hanging up).
-import { native } from "@vhostd/native";
+import { native, sendAllBlocking } from "@vhostd/native";
 import { decodeHeader, encodeMessage, HEADER_SIZE, MsgFlag, codec, Req } from "@vhostd/proto";
 import { sleep } from "./wait.js";
 
@@ -23,7 +23,7 @@ export class RawFrontend {
   }
 
   send(bytes: Buffer, fds: number[] = []): void {
-    native.sendWithFds(this.fd, bytes, fds);
+    sendAllBlocking(this.fd, bytes, fds);
   }
 
   msg(req: Req | number, payload: Buffer = Buffer.alloc(0), flags = MsgFlag.VERSION, fds: number[] = []): void {

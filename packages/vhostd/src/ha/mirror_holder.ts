@@ -70,8 +70,7 @@ export class MirrorHolder {
     } catch {
       /* none */
     }
-    this.listenFd = native.unixListen(this.path, 4);
-    fs.chmodSync(this.path, 0o600);
+    this.listenFd = native.unixListen(this.path, 4, 0o600);
     this.watcher = new native.FdWatcher(this.listenFd, () => this.accept());
     this.opts.log.info({ path: this.path }, "HA mirror listening");
   }
@@ -202,6 +201,11 @@ export class MirrorHolder {
       case "drop":
         this.dropCopy(f.dev);
         return;
+      case "reply": {
+        const c = this.vfCopies.get(f.dev);
+        if (c) c.rec.reply = f.reply;
+        return;
+      }
       case "replied": {
         const c = this.vfCopies.get(f.dev);
         if (c) delete c.rec.reply;

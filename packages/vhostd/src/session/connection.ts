@@ -1,24 +1,81 @@
 // One vhost-user connection: turns a byte stream with SCM_RIGHTS fds into whole messages.
 // Everything here is hostile input: sizes are capped, fds are counted and never leaked, and
 // a framing violation ends this connection only.
-import { native, type RecvResult } from "@vhostd/native";
+import { native, OutgoingQueue, type RecvResult } from "@vhostd/native";
 import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, decodeHeader, encodeMessage, MsgFlag, type Header } from "@vhostd/proto";
 
 export interface VhostMessage {
   header: Header;
   payload: Buffer;
-  /** Received fds; the handler owns them (store or close). */
-  fds: number[];
+  /** Received fds: the message owns them until a handler take()s one; the rest are closed after it. */
+  fds: MessageFds;
+}
+
+/**
+ * The fds that came with one message. Ownership is explicit so a leak cannot depend on every
+ * handler's error path: a handler peek()s at an fd while it checks or applies the message and
+ * take()s the ones it keeps, only once it keeps them; whoever dispatched the message calls
+ * closeUntaken() afterwards, whatever happened (success, rejection, violation, exception).
+ */
+export class MessageFds {
+  private readonly taken: boolean[];
+  private done = false;
+
+  constructor(private readonly fds: readonly number[]) {
+    this.taken = fds.map(() => false);
+  }
+
+  get length(): number {
+    return this.fds.length;
+  }
+
+  /** The i-th fd, still the message's (valid until closeUntaken()). */
+  peek(i: number): number {
+    const fd = this.fds[i];
+    if (fd === undefined || this.done) throw new RangeError(`message has no fd ${i}`);
+    return fd;
+  }
+
+  /** The i-th fd, now the caller's to keep and close. */
+  take(i: number): number {
+    const fd = this.peek(i);
+    if (this.taken[i]) throw new Error(`fd ${i} of the message was taken twice`);
+    this.taken[i] = true;
+    return fd;
+  }
+
+  /** Closes every fd no handler took; idempotent. Returns how many it closed. */
+  closeUntaken(): number {
+    if (this.done) return 0;
+    this.done = true;
+    const left = this.fds.filter((_, i) => !this.taken[i]);
+    closeAll(left);
+    return left.length;
+  }
 }
 
 export interface ConnectionEvents {
   onMessage(msg: VhostMessage): void;
   /** The connection is gone (EOF, error or violation); reason is for the log. */
   onClose(reason: string, violation: boolean): void;
+  /** Everything a send() queued has gone (the front-end read enough of its replies). */
+  onDrained?(): void;
 }
 
 /** Messages handled per readable event before yielding, so one flood cannot starve other VFs. */
 const MAX_MESSAGES_PER_WAKE = 64;
+
+/**
+ * How long a front-end may leave a reply unread once its socket is full. Sends never wait
+ * (waiting would freeze every VF's control plane and the HA heartbeats), so a reply the socket
+ * does not take is queued and reading stops until it went: a front-end that never reads cannot
+ * make us hold more than one message's replies. QEMU and DPDK read every reply before their
+ * next request; a front-end that left ~200 KiB of replies unread and still does not read after
+ * this long is broken or hostile, and loses its session.
+ */
+export const REPLY_STALL_MS = 2000;
+/** What one message's replies may come to (they are a few hundred bytes at most). */
+const MAX_QUEUED_REPLY_BYTES = 256 * 1024;
 
 export class VhostUserConnection {
   private watcher: InstanceType<typeof native.FdWatcher> | null;
@@ -27,9 +84,16 @@ export class VhostUserConnection {
   /** fds that arrived with the message being assembled. */
   private fds: number[] = [];
   private closed = false;
+  private readonly out: OutgoingQueue;
+  private stallTimer: NodeJS.Timeout | null = null;
 
   constructor(readonly fd: number, private readonly events: ConnectionEvents) {
-    this.watcher = new native.FdWatcher(fd, () => this.onReadable());
+    this.out = new OutgoingQueue(fd, { maxBytes: MAX_QUEUED_REPLY_BYTES, maxFds: 8, onBlocked: (b) => this.onBlocked(b) });
+    this.watcher = new native.FdWatcher(
+      fd,
+      () => this.onReadable(),
+      () => this.onWritable(),
+    );
   }
 
   get isOpen(): boolean {
@@ -41,18 +105,62 @@ export class VhostUserConnection {
     this.send(encodeMessage(request, payload, MsgFlag.VERSION | MsgFlag.REPLY), []);
   }
 
-  send(bytes: Buffer, fds: number[]): void {
-    if (this.closed) return;
+  /**
+   * Sends now what the socket takes and queues the rest (never waits). True when all of it
+   * went; false when some waits for the front-end to read (onDrained follows) or the
+   * connection closed.
+   */
+  send(bytes: Buffer, fds: number[]): boolean {
+    if (this.closed) return false;
     try {
-      native.sendWithFds(this.fd, bytes, fds);
+      return this.out.push(bytes, fds);
     } catch (err) {
       this.close(`send failed: ${(err as Error).message}`, false);
+      return false;
     }
   }
 
-  /** Stops reading without closing the fd: it now belongs to the peer daemon's mirror copy. */
-  detach(): void {
+  /**
+   * Stops reading without closing the fd: it now belongs to the peer daemon's mirror copy.
+   * Returns what a send() queued and never wrote (the new owner sends it), and whether part of it
+   * had gone (replies are far smaller than what a unix socket takes in one piece, so in practice
+   * a reply goes whole or not at all).
+   */
+  detach(): { bytes: Buffer; partial: boolean } {
+    const unsent = this.out.unsent();
     this.stopReading();
+    return unsent;
+  }
+
+  /** Socket full: stop reading (see REPLY_STALL_MS) and watch for writable; drained: read again. */
+  private onBlocked(blocked: boolean): void {
+    if (this.closed) return;
+    this.watcher?.setEvents(!blocked, blocked);
+    if (blocked) {
+      this.stallTimer = setTimeout(() => {
+        this.close(`front-end did not read its replies for ${REPLY_STALL_MS} ms (its socket is full; ${this.out.pendingBytes} bytes of replies wait)`, true);
+      }, REPLY_STALL_MS);
+      this.stallTimer.unref();
+    } else if (this.stallTimer) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+    }
+  }
+
+  private onWritable(): void {
+    if (this.closed) return;
+    let drained: boolean;
+    try {
+      drained = this.out.flush();
+    } catch (err) {
+      this.close(`send failed: ${(err as Error).message}`, false);
+      return;
+    }
+    if (!drained) return;
+    this.events.onDrained?.();
+    // Messages that waited in the socket meanwhile (the watcher reads again from now on, but
+    // only when new data arrives if the socket's state does not change).
+    if (!this.closed) setImmediate(() => this.onReadable());
   }
 
   close(reason: string, violation: boolean): void {
@@ -67,6 +175,9 @@ export class VhostUserConnection {
     this.closed = true;
     this.watcher?.stop();
     this.watcher = null;
+    this.out.clear();
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
     closeAll(this.fds);
     this.fds = [];
     this.buf = Buffer.alloc(0);
@@ -81,6 +192,7 @@ export class VhostUserConnection {
   private onReadable(): void {
     let handled = 0;
     while (!this.closed && handled < MAX_MESSAGES_PER_WAKE) {
+      if (this.out.blocked) return; // replies wait for the front-end: read on once they went
       let need = this.bytesNeeded();
       if (need < 0) return; // violation: already closed
       if (this.buf.length === 0) need = this.wholeMessageBytes() ?? need;
@@ -111,7 +223,7 @@ export class VhostUserConnection {
       this.buf = this.buf.length === 0 ? r.data : Buffer.concat([this.buf, r.data]);
     }
     // The flood cap was hit: continue on the next turn so other VFs get the event loop too.
-    if (!this.closed) setImmediate(() => this.onReadable());
+    if (!this.closed && !this.out.blocked) setImmediate(() => this.onReadable());
   }
 
   /**
@@ -150,10 +262,14 @@ export class VhostUserConnection {
 
   private emit(): void {
     const header = decodeHeader(this.buf);
-    const msg: VhostMessage = { header, payload: Buffer.from(this.buf.subarray(HEADER_SIZE)), fds: this.fds };
+    const msg: VhostMessage = { header, payload: Buffer.from(this.buf.subarray(HEADER_SIZE)), fds: new MessageFds(this.fds) };
     this.buf = Buffer.alloc(0);
     this.fds = [];
-    this.events.onMessage(msg);
+    try {
+      this.events.onMessage(msg);
+    } finally {
+      msg.fds.closeUntaken(); // the dispatcher did already; this covers a throwing listener
+    }
   }
 }
 

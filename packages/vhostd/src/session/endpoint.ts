@@ -81,8 +81,8 @@ export class ServerEndpoint implements Endpoint {
 
   start(): void {
     if (this.listenFd < 0) {
-      this.listenFd = native.unixListen(this.path, 16);
-      fs.chmodSync(this.path, 0o660);
+      // Created 0660 as it is bound: a chmod after bind would follow a symlink swapped in.
+      this.listenFd = native.unixListen(this.path, 16, 0o660);
     }
     this.busy = false;
     // The watcher is level-triggered: watch only while free, or a waiting second front-end

@@ -33,7 +33,9 @@ export interface VfHostOptions {
  */
 export interface MirrorSink {
   vf(dev: string, rec: MirrorVf, fds: number[]): void;
-  /** The reply in the VF's last record was written. */
+  /** A message that changed nothing (refused, or read-only) has this reply to write: the copy carries it. */
+  reply(dev: string, reply: Buffer): void;
+  /** The reply in the VF's last record (or reply()) was written. */
   replied(dev: string): void;
   pf(dev: string, switchId: number, tapFd: number): void;
   drop(dev: string): void;
@@ -68,6 +70,7 @@ class VfSession {
     parentLog: Logger,
     private readonly onChange: () => void,
     private readonly onReplied: () => void = () => undefined,
+    private readonly onReplyPending: (reply: Buffer) => void = () => undefined,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
     this.session = new VhostSession(spec.devId, model, engine, this.log, {
@@ -78,7 +81,7 @@ class VfSession {
         } else this.conn?.send(encodeReply(req, payload), fds);
       },
       fail: (reason) => this.conn?.close(reason, true),
-    });
+    }, spec.dev);
     const onConnected = (fd: number) => this.connected(fd);
     this.endpoint = spec.mode === "server" ? new ServerEndpoint(spec.socketPath, onConnected) : new ClientEndpoint(spec.socketPath, onConnected);
   }
@@ -105,20 +108,31 @@ class VfSession {
         // record carries the reply until "replied" says it was written (see MirrorVf.reply).
         this.replies = [];
         this.replyFds = [];
-        this.session.handle(msg);
+        const outcome = this.session.handle(msg);
         this.updateState();
         const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
         this.replies = null;
         this.pendingReply = out;
-        this.onChange();
-        if (out) {
-          this.conn?.send(out, this.replyFds);
-          this.pendingReply = null;
-          this.onReplied();
-        }
+        // A message that changed nothing (refused, or one that only reads) costs the mirror no
+        // record and no fds, only its pending reply; anything else sends the whole record.
+        if (outcome !== "unchanged") this.onChange();
+        else if (out) this.onReplyPending(out);
+        if (out) this.sendReply(out, this.replyFds);
       },
       onClose: (reason, violation) => this.disconnected(reason, violation),
+      onDrained: () => this.replyWritten(),
     });
+  }
+
+  /** Writes the pending reply; a front-end that does not read gets it queued (onDrained follows). */
+  private sendReply(out: Buffer, fds: number[]): void {
+    if (this.conn?.send(out, fds)) this.replyWritten();
+  }
+
+  private replyWritten(): void {
+    if (!this.pendingReply) return;
+    this.pendingReply = null;
+    this.onReplied();
   }
 
   private updateState(): void {
@@ -193,8 +207,9 @@ class VfSession {
       this.log.warn({ bytes: this.resendReply.length }, "resent the reply to the last message the dead runner handled (it may have written it already)");
       // A GET_INFLIGHT_FD reply carries the area's fd, which the adopted session holds.
       const fds = this.resendReply.length >= 4 && this.resendReply.readUInt32LE(0) === Req.GET_INFLIGHT_FD ? this.session.inflightFds() : [];
-      this.conn?.send(this.resendReply, fds);
+      this.pendingReply = this.resendReply;
       this.resendReply = null;
+      this.sendReply(this.pendingReply, fds);
     }
     this.updateState();
     this.log.info({ state: this.state, queues: this.session.vrings.filter((v) => v.started).length }, "session adopted in place");
@@ -204,9 +219,16 @@ class VfSession {
   pauseMessages(): void {
     const conn = this.conn;
     if (!conn?.isOpen) return;
-    conn.detach();
+    const unsent = conn.detach();
     this.conn = null;
     this.pendingConn = conn.fd;
+    // A reply still queued for a front-end that had not read yet stays pending: the record the
+    // peer gets carries it, and resumeMessages() sends it if the hand-back does not happen.
+    if (unsent.bytes.length > 0) {
+      if (unsent.partial) this.log.error({ bytes: unsent.bytes.length }, "hand-back with a reply half written; the front-end's stream may be cut");
+      this.pendingReply = unsent.bytes;
+      this.resendReply = unsent.bytes;
+    }
   }
 
   /** A hand-back that did not happen: read messages again. */
@@ -240,6 +262,7 @@ class VfSession {
 
   private disconnected(reason: string, violation: boolean): void {
     this.conn = null;
+    this.pendingReply = null;
     this.session.reset();
     this.releasePortLock();
     if (violation) this.lastError = reason;
@@ -609,6 +632,7 @@ export class EngineVfHost implements VfHost {
       this.log,
       () => this.mirrorVf(spec.dev),
       () => this.mirror?.replied(spec.dev),
+      (reply) => this.mirror?.reply(spec.dev, reply),
     );
     if (spec.kind === "net" && !portSecurityOf(spec).macAdmin) {
       // What the engine pinned: a carried lock another port holds by now is not the port's.

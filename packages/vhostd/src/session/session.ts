@@ -27,6 +27,7 @@ import { native } from "@vhostd/native";
 import { closeAll, type VhostMessage } from "./connection.js";
 import { MAX_RING_SIZE, Vring } from "./vring.js";
 import type { DeviceModel } from "./device_model.js";
+import { RejectionLog } from "./rejection_log.js";
 
 /** Rejects one request; with REPLY_ACK the front-end gets a failure ack and the session goes on. */
 export class Rejection extends Error {}
@@ -52,6 +53,15 @@ function checkInflightGeometry(numQueues: number, queueSize: number, maxQueues: 
 }
 const MAX_LOG_BYTES = 1n << 32n;
 
+/**
+ * What handling one message did: "changed" may have changed the session's state; "unchanged"
+ * did not (a refused request, or one that only reads); "failed" ended the session.
+ */
+export type HandleOutcome = "changed" | "unchanged" | "failed";
+
+/** Requests whose handlers only read the session (what their replies carry). */
+const READ_ONLY: ReadonlySet<number> = new Set([Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_QUEUE_NUM, Req.GET_MAX_MEM_SLOTS, Req.GET_STATUS, Req.GET_CONFIG]);
+
 export interface SessionIo {
   /** fds go with the reply (SCM_RIGHTS duplicates them; the session keeps its own). */
   reply(request: number, payload: Buffer, fds?: number[]): void;
@@ -73,6 +83,8 @@ export class VhostSession {
   /** Adopted rings that ran in the previous runner, to start (resumeAdopted). */
   private toResume: Vring[] = [];
   private readonly handlers = new Map<number, Handler>();
+  /** Refusals are logged through a per-session rate limit (a front-end can send them in a loop). */
+  private readonly rejections: RejectionLog;
 
   constructor(
     readonly devId: number,
@@ -80,7 +92,9 @@ export class VhostSession {
     private readonly engine: NativeEngine,
     private readonly log: Logger,
     private readonly io: SessionIo,
+    vfName = `device ${devId}`,
   ) {
+    this.rejections = new RejectionLog(log, vfName);
     this.vrings = Array.from({ length: model.maxQueues }, (_, i) => new Vring(i));
     const h = (req: Req, fn: Handler) => this.handlers.set(req, fn.bind(this));
     h(Req.GET_FEATURES, this.getFeatures);
@@ -114,37 +128,40 @@ export class VhostSession {
     h(Req.SET_INFLIGHT_FD, this.setInflightFd);
   }
 
-  /** Dispatches one message; returns normally even when the front-end is at fault. */
-  handle(msg: VhostMessage): void {
+  /**
+   * Dispatches one message; returns normally even when the front-end is at fault. The message's
+   * fds are its own until a handler takes one (MessageFds.take); every fd not taken is closed
+   * here, whatever the outcome, so no handler's error path can leak one.
+   */
+  handle(msg: VhostMessage): HandleOutcome {
     const { header } = msg;
     const name = requestName(header.request);
     const spec = MESSAGES.get(header.request);
     const handler = this.handlers.get(header.request);
     const wantsAck = (header.flags & MsgFlag.NEED_REPLY) !== 0 && this.hasProtocol(ProtocolFeature.REPLY_ACK);
     try {
-      if (!spec || !handler) {
-        closeAll(msg.fds);
-        throw new Rejection(`unsupported request ${name}`);
-      }
+      if (!spec || !handler) throw new Rejection(`unsupported request ${name}`);
       const [minFds, maxFds] = spec.fds;
-      if (msg.fds.length < minFds || msg.fds.length > maxFds) {
-        closeAll(msg.fds);
-        throw new Violation(`${name} carried ${msg.fds.length} fds, expected ${minFds}..${maxFds}`);
-      }
+      if (msg.fds.length < minFds || msg.fds.length > maxFds) throw new Violation(`${name} carried ${msg.fds.length} fds, expected ${minFds}..${maxFds}`);
+      if (spec.needs !== undefined && !this.hasProtocol(spec.needs)) throw new Rejection(`${name} without the ${ProtocolFeature[spec.needs]} protocol feature negotiated`);
       this.log.trace({ request: name, size: header.size, fds: msg.fds.length }, "vhost-user message");
       const value = handler(msg);
       if (spec.reply === "value") this.io.reply(header.request, value ?? Buffer.alloc(0), header.request === Req.GET_INFLIGHT_FD ? this.inflightFds() : []);
       else if (wantsAck) this.io.reply(header.request, codec.u64.encode(0n));
+      return READ_ONLY.has(header.request) ? "unchanged" : "changed";
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
       const fatal = err instanceof Violation || !(err instanceof Rejection || err instanceof ProtocolError);
       if (wantsAck && !fatal && spec?.reply !== "value") {
-        this.log.warn({ request: name, reason }, "vhost-user request rejected");
+        this.rejections.rejected(name, reason);
         this.io.reply(header.request, codec.u64.encode(1n));
-        return;
+        return "unchanged";
       }
       this.log.error({ request: name, reason }, "vhost-user protocol violation, closing the session");
       this.io.fail(`${name}: ${reason}`);
+      return "failed";
+    } finally {
+      msg.fds.closeUntaken();
     }
   }
 
@@ -354,18 +371,10 @@ export class VhostSession {
 
   private setMemTable(msg: VhostMessage): void {
     const descs = codec.memTable.decode(msg.payload);
-    if (msg.fds.length !== descs.length) {
-      closeAll(msg.fds);
-      throw new Violation(`SET_MEM_TABLE has ${descs.length} regions but ${msg.fds.length} fds`);
-    }
-    const regions = descs.map((d, i) => ({ ...d, fd: msg.fds[i] }));
-    try {
-      validateRegions(regions, MAX_MEM_REGIONS);
-    } catch (err) {
-      closeAll(msg.fds);
-      throw err;
-    }
-    this.replaceMemory(regions);
+    if (msg.fds.length !== descs.length) throw new Violation(`SET_MEM_TABLE has ${descs.length} regions but ${msg.fds.length} fds`);
+    const regions = descs.map((d, i) => ({ ...d, fd: msg.fds.peek(i) }));
+    validateRegions(regions, MAX_MEM_REGIONS);
+    this.replaceMemory(regions, () => regions.forEach((_, i) => msg.fds.take(i)));
   }
 
   private getMaxMemSlots(): Buffer {
@@ -373,20 +382,19 @@ export class VhostSession {
   }
 
   private addMemReg(msg: VhostMessage): void {
-    const region: Region = { ...codec.memRegion.decode(msg.payload), fd: msg.fds[0] };
+    const region: Region = { ...codec.memRegion.decode(msg.payload), fd: msg.fds.peek(0) };
     try {
       validateRegions([...this.regions, region], MAX_MEM_SLOTS);
       this.engine.addMemRegion(this.devId, toEngine(region));
     } catch (err) {
-      closeAll([region.fd]);
       throw err instanceof Violation ? err : new Rejection((err as Error).message);
     }
-    this.regions.push(region);
+    this.regions.push({ ...region, fd: msg.fds.take(0) });
     this.log.info({ regions: this.regions.length, guestAddr: hex(region.guestAddr), size: hex(region.size) }, "memory region added");
   }
 
   private remMemReg(msg: VhostMessage): void {
-    closeAll(msg.fds); // REM_MEM_REG may carry the region's fd; we identify regions by address
+    // REM_MEM_REG may carry the region's fd (closed by the dispatcher); regions are named by address.
     const r = codec.memRegion.decode(msg.payload);
     const i = this.regions.findIndex((x) => x.guestAddr === r.guestAddr && x.size === r.size && x.userAddr === r.userAddr);
     if (i < 0) throw new Rejection(`no region at guest address ${hex(r.guestAddr)} of size ${hex(r.size)}`);
@@ -396,16 +404,19 @@ export class VhostSession {
     this.log.info({ regions: this.regions.length, guestAddr: hex(r.guestAddr) }, "memory region removed");
   }
 
-  /** New table: running rings are stopped, the table swapped, and the rings resumed in place. */
-  private replaceMemory(regions: Region[]): void {
+  /**
+   * New table: running rings are stopped, the table swapped, and the rings resumed in place.
+   * `takeFds` runs once the engine holds the table: from then on the regions' fds are ours.
+   */
+  private replaceMemory(regions: Region[], takeFds: () => void): void {
     const running = this.vrings.filter((v) => v.started);
     for (const vr of running) this.stopRing(vr);
     try {
       this.engine.setMemTable(this.devId, regions.map(toEngine));
     } catch (err) {
-      closeAll(regions.map((r) => r.fd));
       throw new Rejection(`memory table refused: ${(err as Error).message}`);
     }
+    takeFds();
     closeAll(this.regions.map((r) => r.fd));
     this.regions = regions;
     this.log.info({ regions: regions.length, bytes: hex(regions.reduce((s, r) => s + r.size, 0n)) }, "memory table set");
@@ -464,18 +475,9 @@ export class VhostSession {
 
   private setVringFd(msg: VhostMessage, which: "kickFd" | "callFd" | "errFd"): void {
     const { index, noFd } = codec.vringFd.decode(msg.payload);
-    if (noFd !== (msg.fds.length === 0)) {
-      closeAll(msg.fds);
-      throw new Violation(`ring ${index}: NOFD flag ${noFd} disagrees with ${msg.fds.length} fds`);
-    }
-    let vr: Vring;
-    try {
-      vr = this.ring(index);
-    } catch (err) {
-      closeAll(msg.fds);
-      throw err;
-    }
-    vr.replaceFd(which, noFd ? -1 : msg.fds[0]);
+    if (noFd !== (msg.fds.length === 0)) throw new Violation(`ring ${index}: NOFD flag ${noFd} disagrees with ${msg.fds.length} fds`);
+    const vr = this.ring(index);
+    vr.replaceFd(which, noFd ? -1 : msg.fds.take(0));
     if (which === "callFd") {
       if (vr.started) this.engine.setQueueCall(this.devId, index, vr.callFd);
       return;
@@ -551,21 +553,16 @@ export class VhostSession {
    * engine marks what it writes while LOG_ALL is negotiated. Always replied (0 = done).
    */
   private setLogBase(msg: VhostMessage): Buffer {
-    const fd = msg.fds[0]!;
-    if (!this.hasProtocol(ProtocolFeature.LOG_SHMFD)) {
-      closeAll(msg.fds);
-      throw new Violation("SET_LOG_BASE without LOG_SHMFD negotiated");
-    }
+    const fd = msg.fds.peek(0);
     let area: { size: bigint; offset: bigint };
     try {
       area = codec.log.decode(msg.payload);
       this.applyDirtyLog(fd, area.size, area.offset);
     } catch (err) {
-      closeAll(msg.fds);
       throw err instanceof ProtocolError || err instanceof Violation ? err : new Rejection((err as Error).message);
     }
     if (this.dirtyLog) closeAll([this.dirtyLog.fd]); // the engine already swapped to the new log
-    this.dirtyLog = { fd, size: area.size, offset: area.offset };
+    this.dirtyLog = { fd: msg.fds.take(0), size: area.size, offset: area.offset };
     this.log.info({ bytes: hex(area.size), offset: hex(area.offset) }, "dirty log set (migration)");
     return codec.u64.encode(0n);
   }
@@ -613,18 +610,17 @@ export class VhostSession {
 
   /** SET_INFLIGHT_FD: the front-end hands an area back (after our restart): checked before use. */
   private setInflightFd(msg: VhostMessage): void {
-    const fd = msg.fds[0]!;
+    const fd = msg.fds.peek(0);
     try {
       if (this.model.kind !== "blk" || !this.hasProtocol(ProtocolFeature.INFLIGHT_SHMFD)) throw new Violation("SET_INFLIGHT_FD without INFLIGHT_SHMFD on a blk device");
       const a = codec.inflight.decode(msg.payload, "SET_INFLIGHT_FD");
       const area = { fd, size: a.mmapSize, offset: a.mmapOffset, numQueues: a.numQueues, queueSize: a.queueSize };
       const pending = this.applyInflight(area, false);
       this.dropInflight(true, false);
-      this.inflight = area;
+      this.inflight = { ...area, fd: msg.fds.take(0) };
       const total = pending.reduce((s, n) => s + n, 0);
       this.log.info({ queues: a.numQueues, queueSize: a.queueSize, inflight: pending }, total > 0 ? `inflight area handed back: ${total} request(s) the previous back-end never completed are taken again in avail order` : "inflight area handed back: nothing was in flight");
     } catch (err) {
-      closeAll([fd]);
       throw err instanceof Violation || err instanceof ProtocolError ? err : new Violation(`SET_INFLIGHT_FD: ${(err as Error).message}`);
     }
   }
