@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import type { MemRegion, NativeEngine } from "@vhostd/native";
 import {
   codec,
+  decodePayload,
   encodeMessage,
   MAX_MEM_REGIONS,
   MAX_MEM_SLOTS,
@@ -144,6 +145,9 @@ export class VhostSession {
       const [minFds, maxFds] = spec.fds;
       if (msg.fds.length < minFds || msg.fds.length > maxFds) throw new Violation(`${name} carried ${msg.fds.length} fds, expected ${minFds}..${maxFds}`);
       if (spec.needs !== undefined && !this.hasProtocol(spec.needs)) throw new Rejection(`${name} without the ${ProtocolFeature[spec.needs]} protocol feature negotiated`);
+      // Handlers decode their own payloads; one that takes none checks nothing, so its size
+      // (0, or the 8 bytes some front-ends send) is checked here once.
+      if (spec.payload === "none") decodePayload("none", msg.payload, name);
       this.log.trace({ request: name, size: header.size, fds: msg.fds.length }, "vhost-user message");
       const value = handler(msg);
       if (spec.reply === "value") this.io.reply(header.request, value ?? Buffer.alloc(0), header.request === Req.GET_INFLIGHT_FD ? this.inflightFds() : []);
