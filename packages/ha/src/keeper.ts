@@ -121,6 +121,10 @@ export class Keeper {
       const desired = k.validState(contents.state, "replica", true);
       k.state = desired.state;
       if (host instanceof EngineVfHost) {
+        // A crash of ours (or of vfe-vhostd while it ran the VFs) that nobody judged yet: count
+        // it against the VF it names before running anything (crash_ledger.ts in @vhostd/vhostd).
+        const vfById = new Map(desired.entries.flatMap((e) => (e.kind === "vf" ? [[e.value.devId, e.value] as const] : [])));
+        host.claimCrashes((id) => vfById.get(id));
         // Sessions vfe-vhostd took over while we were down come back first, in place; only
         // then is anything else opened (reconcile leaves the adopted ones untouched).
         // Before the mirror connects: vfe-vhostd looks for it when it starts watching us.

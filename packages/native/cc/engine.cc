@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 
 namespace vhd {
 
@@ -69,21 +70,29 @@ Engine::~Engine() { close(); }
 
 std::string Engine::start() {
   // Guest memory can shrink under a mapping (front-end ftruncate): see sigbus_guard.h.
+  // Crash attribution first: the SIGBUS guard forwards what it does not handle to it.
+  std::string crashErr = crash::install();
+  if (!crashErr.empty()) return crashErr;
   std::string guardErr = sigbus::install();
   if (!guardErr.empty()) return guardErr;
   countersBytes_ = (size_t)cfg_.maxDevices * kMaxQueues * (sizeof(QueueCounters) + kPortCountersPerQueue * sizeof(uint64_t));
+  const size_t attrOffset = (countersBytes_ + 4095) & ~(size_t)4095;
+  mapBytes_ = attrOffset + crash::regionBytes(cfg_.maxDevices);
   void* p;
   if (cfg_.sharedFd >= 0) {
     struct stat st {};
     if (fstat(cfg_.sharedFd, &st) != 0) return std::string("fstat of the shared counters file: ") + strerror(errno);
-    if ((size_t)st.st_size < countersBytes_ && ftruncate(cfg_.sharedFd, (off_t)countersBytes_) != 0)
+    if ((size_t)st.st_size < mapBytes_ && ftruncate(cfg_.sharedFd, (off_t)mapBytes_) != 0)
       return std::string("ftruncate of the shared counters file: ") + strerror(errno);
-    p = mmap(nullptr, countersBytes_, PROT_READ | PROT_WRITE, MAP_SHARED, cfg_.sharedFd, 0);
+    p = mmap(nullptr, mapBytes_, PROT_READ | PROT_WRITE, MAP_SHARED, cfg_.sharedFd, 0);
   } else {
-    p = mmap(nullptr, countersBytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    p = mmap(nullptr, mapBytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   }
   if (p == MAP_FAILED) return std::string("mmap of counters failed: ") + strerror(errno);
   counters_ = static_cast<uint64_t*>(p);
+  attr_ = reinterpret_cast<crash::Region*>(static_cast<uint8_t*>(p) + attrOffset);
+  crash::attach(attr_, cfg_.crashRole, cfg_.maxDevices);
+  testPoison_ = testCrashMagic();
   for (int i = 0; i < cfg_.workers; i++) {
     auto w = std::make_unique<Worker>();
     w->idx = i;
@@ -159,7 +168,9 @@ void Engine::close() {
     if (w->ctx) free(w->ctx->bufs);
   }
   workers_.clear();
-  if (counters_) munmap(counters_, countersBytes_);
+  if (attr_) crash::detach(attr_);
+  attr_ = nullptr;
+  if (counters_) munmap(counters_, mapBytes_);
   counters_ = nullptr;
 }
 
@@ -203,11 +214,13 @@ static void drainCommands(Worker& w) {
     w.pendingCmds.fetch_sub(1, std::memory_order_relaxed);
     c->started = true;
     lk.unlock();
+    w.ctx->attr->setServe(crash::kCommand);  // a crash here is the JS thread's device's
     try {
       c->fn();
     } catch (...) {
       // commands report through captured state; never let anything escape the worker
     }
+    w.ctx->attr->setServe(0);
     lk.lock();
     c->done = true;
     w.cv.notify_all();
@@ -245,10 +258,52 @@ static void failOnMemFault(NetDevice& d, EventSink& ev) noexcept {
   ev.post(d.devId, -1, EvKind::kQueueBroken, reason);
 }
 
+// VHOSTD_TEST_CRASH_ON_FRAME=<hex, 4..32 bytes>: TEST-ONLY. Read once when an engine starts;
+// production units never set it. A TX frame carrying these bytes anywhere makes the worker
+// abort() the process while it serves the sending device, which is how the HA tests crash a
+// daemon "because of" one VF without a real bug (test/src/ha_poison.test.ts). Unset or
+// malformed: nothing is armed (one predictable branch per TX burst).
+std::string Engine::testCrashMagic() {
+  const char* m = getenv("VHOSTD_TEST_CRASH_ON_FRAME");
+  if (!m || !*m) return "";
+  size_t n = strlen(m);
+  std::string out;
+  if (n % 2 == 0 && n >= 8 && n <= 64) {
+    for (size_t i = 0; i < n; i += 2) {
+      char hex[3] = {m[i], m[i + 1], 0};
+      char* end = nullptr;
+      long v = strtol(hex, &end, 16);
+      if (end != hex + 2) { out.clear(); break; }
+      out.push_back((char)v);
+    }
+  }
+  if (out.empty()) {
+    fprintf(stderr, "vhostd engine: VHOSTD_TEST_CRASH_ON_FRAME ignored: must be 4..32 bytes of hex\n");
+    return "";
+  }
+  fprintf(stderr, "vhostd engine: TEST-ONLY VHOSTD_TEST_CRASH_ON_FRAME is set: a TX frame carrying %s aborts this process\n", m);
+  return out;
+}
+
+void Engine::testCrashOnFrame(const NetDevice& d, const WorkerCtx& ctx) noexcept {
+  for (int i = 0; i < ctx.n; i++) {
+    const Pkt& p = ctx.pkts[i];
+    if (memmem(p.data, p.len, testPoison_.data(), testPoison_.size())) {
+      char msg[160];
+      int len = snprintf(msg, sizeof msg, "vhostd engine: TEST-ONLY poison frame from device %d: abort()\n", d.devId);
+      ssize_t r = write(2, msg, (size_t)len);
+      (void)r;
+      abort();
+    }
+  }
+}
+
 int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
   int work = 0;
   bool ioWaiting = false;
+  crash::Slot& attr = *ctx.attr;
   for (NetDevice* d : w.devs) {
+    attr.setServe((uint64_t)(d->devId + 1));  // crash attribution: one relaxed store per device
     if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // one relaxed load per device
     if (d->blk) {
       work += blkPoll(*d, ctx);
@@ -261,11 +316,13 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
       int c = netTxBurst(*d, q, ctx);
       if (c) {
         work += c;
+        if (__builtin_expect(!testPoison_.empty(), 0)) testCrashOnFrame(*d, ctx);
         d->sw->forward(d->devId, p, ctx, d, q);
         netTxFinish(*d, q);
       }
     }
   }
+  attr.setServe(0);
   for (L2Switch* s : w.uplinkSwitches) {
     TapPort* t = s->uplink;
     if (!t) continue;
@@ -290,6 +347,8 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
 
 void Engine::workerMain(Worker& w) {
   WorkerCtx& ctx = *w.ctx;
+  ctx.attr = crash::enterThread(attr_, cfg_.crashRole, w.idx);
+  crash::Slot& attr = *ctx.attr;
   const uint64_t pollNs = (uint64_t)cfg_.pollUs * 1000ull;
   uint64_t lastWork = monoNs();
   struct epoll_event evs[64];
@@ -315,15 +374,18 @@ void Engine::workerMain(Worker& w) {
     // Idle long enough: ask for kicks, then re-check before sleeping (the driver may have
     // added buffers before it saw notifications enabled).
     bool pollOnly = false;
-    for (NetDevice* d : w.devs)
+    for (NetDevice* d : w.devs) {
+      attr.setServe((uint64_t)(d->devId + 1));  // these touch guest memory too
       forPolled(d, [&](Virtqueue& v) {
         if (!txActive(v)) return;
         v.enableNotify();
         if (v.kickFd < 0) pollOnly = true;
       });
+    }
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool again = w.pendingCmds.load(std::memory_order_acquire) != 0;
     for (NetDevice* d : w.devs) {
+      attr.setServe((uint64_t)(d->devId + 1));
       if (d->blk) {
         // A queue that takes nothing for now (drain, abandoned I/O) waits for its io_uring's
         // eventfd, not for the requests the driver keeps adding.
@@ -336,6 +398,7 @@ void Engine::workerMain(Worker& w) {
         if (txActive(v) && v.pending() != 0) again = true;
       });
     }
+    attr.setServe(0);
     if (!again) {
       int n = epoll_wait(w.epfd, evs, 64, pollOnly ? 1 : -1);
       for (int i = 0; i < n; i++) {
@@ -355,12 +418,17 @@ void Engine::workerMain(Worker& w) {
         }
       }
     }
-    for (NetDevice* d : w.devs)
+    for (NetDevice* d : w.devs) {
+      attr.setServe((uint64_t)(d->devId + 1));
       forPolled(d, [](Virtqueue& v) {
         if (txActive(v)) v.disableNotify();
       });
+    }
+    attr.setServe(0);
     lastWork = monoNs();
   }
+  crash::leaveThread(ctx.attr);
+  ctx.attr = &crash::gSpareSlot;
 }
 
 // ---------------------------------------------------------------------------- switches

@@ -17,6 +17,7 @@
 
 #include "blk_device.h"
 #include "counters.h"
+#include "crash_attr.h"
 #include "guest_memory.h"
 #include "l2_switch.h"
 #include "net_device.h"
@@ -31,6 +32,9 @@ struct EngineConfig {
   // A file (on tmpfs) holding the counters and TX progress records, shared by every process
   // that may run these devices (the HA pair); -1: private memory.
   int sharedFd = -1;
+  // Which daemon this engine belongs to, for crash attribution (crash_attr.h): 0 the keeper
+  // (vfe-vhostd-ha), 1 vfe-vhostd (and standalone).
+  int crashRole = 1;
 };
 
 struct EventRec {
@@ -117,6 +121,9 @@ class Engine : public EventSink {
   const EngineConfig& config() const { return cfg_; }
   uint64_t* counters() const { return counters_; }
   size_t countersBytes() const { return countersBytes_; }
+  // Crash attribution region (after the counters in the same mapping) and the JS thread's slot.
+  crash::Region* crashRegion() const { return attr_; }
+  size_t crashRegionBytes() const { return crash::regionBytes(cfg_.maxDevices); }
 
   bool hasSwitch(int id) const { return switches_.count(id) != 0; }
   bool hasDevice(int devId) const { return devId >= 0 && devId < cfg_.maxDevices && devs_[devId] != nullptr; }
@@ -187,11 +194,17 @@ class Engine : public EventSink {
   void abandonBlk(NetDevice* d, int q, bool broken, const char* when) noexcept;
   void workerMain(Worker& w);
   int pollOnce(Worker& w, WorkerCtx& ctx) noexcept;
+  static std::string testCrashMagic();
+  [[gnu::noinline, gnu::cold]] void testCrashOnFrame(const NetDevice& d, const WorkerCtx& ctx) noexcept;
 
   EngineConfig cfg_;
   bool started_ = false, closed_ = false;
   uint64_t* counters_ = nullptr;
   size_t countersBytes_ = 0;
+  size_t mapBytes_ = 0;  // counters, then (page-aligned) the crash attribution region
+  crash::Region* attr_ = nullptr;
+  // VHOSTD_TEST_CRASH_ON_FRAME (test-only): a TX frame carrying these bytes aborts the process.
+  std::string testPoison_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<bool> held_{false};
   std::vector<NetDevice*> devs_;

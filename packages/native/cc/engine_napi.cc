@@ -164,6 +164,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("hold", &EngineWrap::Hold),
                            InstanceMethod("close", &EngineWrap::Close),
                            InstanceAccessor("counters", &EngineWrap::Counters, nullptr),
+                           InstanceAccessor("crash", &EngineWrap::Crash, nullptr),
+                           InstanceMethod("claimCrashes", &EngineWrap::ClaimCrashes),
                            InstanceAccessor("maxDevices", &EngineWrap::MaxDevices, nullptr),
                            InstanceAccessor("maxQueues", &EngineWrap::MaxQueues, nullptr),
                        });
@@ -179,6 +181,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         cfg.maxDevices = (int)getInt(env, o.Get("maxDevices"), "opts.maxDevices", 1, 65536);
       if (!o.Get("pollUs").IsUndefined()) cfg.pollUs = (int)getInt(env, o.Get("pollUs"), "opts.pollUs", 0, 10000000);
       if (!o.Get("sharedFd").IsUndefined()) cfg.sharedFd = (int)getInt(env, o.Get("sharedFd"), "opts.sharedFd", 0, INT32_MAX);
+      if (!o.Get("crashRole").IsUndefined()) cfg.crashRole = (int)getInt(env, o.Get("crashRole"), "opts.crashRole", 0, crash::kRoles - 1);
     }
     if (info.Length() < 2 || !info[1].IsFunction()) throwType(env, "onEvent must be a function");
     engine_ = std::make_unique<Engine>(cfg);
@@ -212,6 +215,19 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::TypedArray ta = Napi::TypedArrayOf<uint64_t>::New(env, engine_->countersBytes() / 8, ab, 0, napi_biguint64_array);
     countersRef_ = Napi::Persistent(ta.As<Napi::Object>());
     abRef_ = Napi::Persistent(ab.As<Napi::Object>());
+    // Crash attribution (crash_attr.h): the JS thread's slot (serve: devId + 1 in word 0) and
+    // the ledger the TS side keeps (4 u32 per device), over the same mapping; detached at close().
+    {
+      crash::Region* r = engine_->crashRegion();
+      Napi::ArrayBuffer cab = Napi::ArrayBuffer::New(env, r, engine_->crashRegionBytes());
+      Napi::Object c = Napi::Object::New(env);
+      size_t slot0 = reinterpret_cast<uint8_t*>(&r->areas[cfg.crashRole].slots[0].serve) - reinterpret_cast<uint8_t*>(r);
+      c.Set("jsSlot", Napi::Uint32Array::New(env, 2, cab, slot0));
+      c.Set("ledger", Napi::Uint32Array::New(env, 4 * (size_t)cfg.maxDevices, cab, (size_t)r->hdr.ledgerOffset));
+      c.Set("role", Napi::Number::New(env, cfg.crashRole));
+      crashRef_ = Napi::Persistent(c);
+      crashAbRef_ = Napi::Persistent(cab.As<Napi::Object>());
+    }
     env_ = env;
     napi_add_env_cleanup_hook(env, &EngineWrap::Cleanup, this);
     hook_ = true;
@@ -555,12 +571,42 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         std::lock_guard<std::mutex> g(state_->m);
         if (state_->alive) napi_release_threadsafe_function(state_->tsfn, napi_tsfn_release);
       }
-      if (!abRef_.IsEmpty()) {
-        Napi::ArrayBuffer ab = abRef_.Value().As<Napi::ArrayBuffer>();
+      for (Napi::ObjectReference* ref : {&abRef_, &crashAbRef_}) {
+        if (ref->IsEmpty()) continue;
+        Napi::ArrayBuffer ab = ref->Value().As<Napi::ArrayBuffer>();
         if (!ab.IsDetached()) ab.Detach();
       }
     }
     return info.Env().Undefined();
+  }
+  Napi::Value Crash(const Napi::CallbackInfo& info) { return crashRef_.Value(); }
+  // Takes every crash record left in the shared file (each exactly once across processes).
+  Napi::Value ClaimCrashes(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Engine& e = live(env);
+    crash::Claimed got[crash::kRoles * crash::kRecords];
+    int n = crash::claim(e.crashRegion(), got, crash::kRoles * crash::kRecords);
+    Napi::Array arr = Napi::Array::New(env, (size_t)n);
+    for (int i = 0; i < n; i++) {
+      const crash::Record& r = got[i].rec;
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("role", (double)got[i].role);
+      o.Set("pid", (double)r.pid);
+      o.Set("tid", (double)r.tid);
+      o.Set("sig", (double)r.sig);
+      o.Set("code", (double)r.code);
+      o.Set("slot", (double)r.slot);
+      o.Set("serve", (double)r.serve - 1);  // devId, -1: none
+      o.Set("peer", (double)r.peer - 1);
+      o.Set("serveTag", (double)r.serveTag);
+      o.Set("peerTag", (double)r.peerTag);
+      o.Set("atMs", (double)r.atMs);
+      o.Set("jsException", (r.flags & crash::kRecJsException) != 0);
+      o.Set("command", (r.flags & crash::kRecCommand) != 0);
+      o.Set("external", (r.flags & crash::kRecExternal) != 0);
+      arr.Set((uint32_t)i, o);
+    }
+    return arr;
   }
   Napi::Value Counters(const Napi::CallbackInfo& info) {
     return countersRef_.Value();  // detached (length 0) after close()
@@ -570,7 +616,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<TsfnState> state_;
-  Napi::ObjectReference countersRef_, abRef_;
+  Napi::ObjectReference countersRef_, abRef_, crashRef_, crashAbRef_;
   napi_env env_ = nullptr;
   bool hook_ = false;
 };
@@ -629,6 +675,14 @@ Napi::Value TestEventFdWrite(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// An uncaught JS exception is about to end the process: record it as a crash of the device
+// given (devId, or -1: whatever the JS thread's slot names) in every engine's shared file.
+Napi::Value NoteFatalException(const Napi::CallbackInfo& info) {
+  int64_t dev = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int64Value() : -1;
+  crash::noteException(dev >= 0 && dev < INT32_MAX ? (uint64_t)dev + 1 : 0);
+  return info.Env().Undefined();
+}
+
 Napi::Value TestCloseFd(const Napi::CallbackInfo& info) {
   int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
   close(fd);
@@ -648,6 +702,7 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   for (int i = 0; i < kPortCountersPerQueue; i++) pnames.Set((uint32_t)i, kPortCounterNames[i]);
   exports.Set("PORT_COUNTER_NAMES", pnames);
   exports.Set("openTap", Napi::Function::New(env, OpenTap, "openTap"));
+  exports.Set("noteFatalException", Napi::Function::New(env, NoteFatalException, "noteFatalException"));
   exports.Set("_mapForTest", Napi::Function::New(env, MapForTest, "_mapForTest"));
   exports.Set("_testMemfd", Napi::Function::New(env, TestMemfd, "_testMemfd"));
   exports.Set("_testEventFd", Napi::Function::New(env, TestEventFd, "_testEventFd"));

@@ -330,7 +330,15 @@ static void scatter(NetDevice& d, Virtqueue& vq, WorkerCtx& ctx, int nch, const 
   }
 }
 
+// Crash attribution: the device a worker writes into, for as long as it does (crash_attr.h).
+struct PeerMark {
+  crash::Slot& s;
+  PeerMark(crash::Slot& slot, int devId) noexcept : s(slot) { s.setPeer((uint64_t)(devId + 1)); }
+  ~PeerMark() { s.setPeer(0); }
+};
+
 void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* src, uint32_t srcDone) noexcept {
+  PeerMark mark(*ctx.attr, d.devId);
   int q = pickRxQueue(d, pair);
   Virtqueue& vq = d.vq[q];
   int npk = __builtin_popcount(mask);

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "counters.h"
+#include "crash_attr.h"
 #include "dirty_log.h"
 #include "guest_memory.h"
 #include "virtqueue.h"
@@ -80,6 +81,8 @@ struct WorkerCtx {
   void** dstPtr = nullptr;   // NetDevice* per destination slot
   uint32_t* dstMask = nullptr;
   int dstCap = 0;
+  // This thread's crash attribution slot (crash_attr.h): the device served, the one delivered to.
+  crash::Slot* attr = &crash::gSpareSlot;
 };
 
 struct NetDevice {

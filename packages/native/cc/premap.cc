@@ -6,12 +6,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 namespace vhd::premap {
 
 namespace {
+
+// A kept mapping's background populate (populateResident): release() of a mapping still being
+// populated leaves the munmap to the populating thread, so it never works on a range reused.
+struct Populate {
+  enum : int { kRunning = 0, kDone = 1, kReleased = 2 };
+  std::atomic<int> state{kRunning};
+};
 
 struct Kept {
   int64_t id;
@@ -20,6 +30,7 @@ struct Kept {
   uint64_t start;
   size_t len;
   void* base;
+  std::shared_ptr<Populate> pop;
 };
 
 std::mutex mu;
@@ -71,7 +82,7 @@ bool mapShared(int fd, uint64_t offset, uint64_t size, Mapped* out) noexcept {
 // not fault. A fault needs the page's lock, which the host's reclaim (DAMON pageout) can hold
 // while it waits behind a dying keeper's exit (seen: 5.8 s). Holes stay holes (mincore), so
 // nothing is allocated that the front-end has not.
-static void populateResident(void* base, size_t len) noexcept {
+static void populateResident(void* base, size_t len, const Populate* pop) noexcept {
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -79,11 +90,13 @@ static void populateResident(void* base, size_t len) noexcept {
   const size_t pages = (len + page - 1) / page;
   std::vector<unsigned char> vec(pages);
   if (mincore(base, len, vec.data()) != 0) return;
+  const size_t chunk = (2u << 20) / page;  // a released mapping stops within one chunk
   size_t i = 0;
   while (i < pages) {
+    if (pop && pop->state.load(std::memory_order_relaxed) == Populate::kReleased) return;
     if (!(vec[i] & 1)) { i++; continue; }
     size_t j = i;
-    while (j < pages && (vec[j] & 1)) j++;
+    while (j < pages && j - i < chunk && (vec[j] & 1)) j++;
     madvise(static_cast<uint8_t*>(base) + i * page, (j - i) * page, MADV_POPULATE_WRITE);  // best effort
     i = j;
   }
@@ -99,26 +112,42 @@ int64_t keep(int fd, uint64_t offset, uint64_t size) noexcept {
   if (S_ISREG(st.st_mode) && offset + size > (uint64_t)st.st_size) return -EINVAL;
   void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
   if (m == MAP_FAILED) return -errno;
-  populateResident(m, len);
+  // On a thread of its own: populating a large guest takes hundreds of ms, and the caller's
+  // event loop is what notices a keeper dying (right after a hand-back, a crash-suspect VF's
+  // second chance may kill it at once: issue 17).
+  auto pop = std::make_shared<Populate>();
+  try {
+    std::thread([pop, m, len] {
+      populateResident(m, len, pop.get());
+      if (pop->state.exchange(Populate::kDone) == Populate::kReleased) munmap(m, len);
+    }).detach();
+  } catch (...) {
+    populateResident(m, len, nullptr);
+    pop->state.store(Populate::kDone);
+  }
   std::lock_guard<std::mutex> g(mu);
   int64_t id = nextId++;
-  kept.push_back(Kept{id, st.st_dev, st.st_ino, start, len, m});
+  kept.push_back(Kept{id, st.st_dev, st.st_ino, start, len, m, pop});
   return id;
 }
 
 void release(int64_t id) noexcept {
   void* base = nullptr;
   size_t len = 0;
+  std::shared_ptr<Populate> pop;
   {
     std::lock_guard<std::mutex> g(mu);
     for (size_t i = 0; i < kept.size(); i++) {
       if (kept[i].id != id) continue;
       base = kept[i].base;
       len = kept[i].len;
+      pop = kept[i].pop;
       kept.erase(kept.begin() + (long)i);
       break;
     }
   }
+  // Still populating: its thread unmaps it when it stops (within one chunk).
+  if (pop && pop->state.exchange(Populate::kReleased) == Populate::kRunning) return;
   if (base) munmap(base, len);
 }
 

@@ -44,11 +44,14 @@ bool Virtqueue::mapRings(const MemTable& mem, const QueueSetup& s, char* reason,
   burst = TxProgress{};
   skipN = 0;
   if (ctr) {
+    // Shared memory another process wrote (it may have died of a bug): hostile like the ring.
+    // A burst takes at most 32 chains and never more than the ring holds; done bits beyond
+    // the burst mean nothing. Anything else is ignored: the ring resumes without skipping.
     TxProgress left = TxProgress::decode(__atomic_load_n(&ctr->v[kProgress], __ATOMIC_ACQUIRE));
-    if (left.active && left.start == lastAvail && left.n > 0 && left.n <= 32) {
+    if (left.active && left.start == lastAvail && left.n > 0 && left.n <= 32 && left.n <= size) {
       skipStart = left.start;
       skipN = left.n;
-      skipMask = left.done;
+      skipMask = left.done & (left.n >= 32 ? ~0u : ((1u << left.n) - 1));
     }
   }
   return true;

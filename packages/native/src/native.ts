@@ -144,6 +144,36 @@ export interface EngineOptions {
    * devices (grown to size; the engine maps it, the caller may close its fd). Default: private.
    */
   sharedFd?: number;
+  /**
+   * Crash attribution (cc/crash_attr.h): whose area of the shared file this engine's threads
+   * write, 0 the keeper (vfe-vhostd-ha), 1 vfe-vhostd (default).
+   */
+  crashRole?: number;
+}
+
+/** A crash the fatal-signal handler of a daemon recorded before it died (NativeEngine.claimCrashes). */
+export interface CrashRecord {
+  /** The dead daemon: 0 the keeper, 1 vfe-vhostd. */
+  role: number;
+  pid: number;
+  tid: number;
+  /** The signal (0: an uncaught JS exception). */
+  sig: number;
+  code: number;
+  /** The crashing thread's slot: 0 the JS thread, 1 + w worker w, -1 not one of ours. */
+  slot: number;
+  /** The device the thread was serving (-1: none) and the one it delivered frames to (-1: none). */
+  serve: number;
+  peer: number;
+  /** The ledger's tags of those devices then (which VF used each device id). */
+  serveTag: number;
+  peerTag: number;
+  atMs: number;
+  jsException: boolean;
+  /** A worker died running a command for the JS thread: `serve` is the JS thread's device. */
+  command: boolean;
+  /** Sent by another process (SIGABRT of systemd's watchdog): `serve` is the JS thread's device. */
+  external: boolean;
 }
 
 export interface FdbEntry {
@@ -211,6 +241,14 @@ export interface NativeEngine {
   hold(on: boolean): void;
   /** Shared counter memory: see COUNTERS_PER_QUEUE / counterIndex() in index.ts. */
   readonly counters: BigUint64Array;
+  /**
+   * Crash attribution in the shared file (cc/crash_attr.h): `jsSlot[0]` = devId + 1 of the VF the
+   * JS thread handles (0: none), a plain store per message; `ledger` = 4 u32 per device id
+   * (tag, count, flags, lastAt), kept by session/crash_ledger.ts in @vhostd/vhostd.
+   */
+  readonly crash: { readonly jsSlot: Uint32Array; readonly ledger: Uint32Array; readonly role: number };
+  /** Takes every crash record either daemon left in the shared file (each exactly once). */
+  claimCrashes(): CrashRecord[];
   readonly maxDevices: number;
   readonly maxQueues: number;
   /** Stops every worker; the engine is unusable afterwards. */
@@ -431,6 +469,11 @@ export interface NativeModule {
   /** Read and reset an eventfd; returns 0 when it was not signalled. */
   eventFdRead(fd: number): number;
   memfdCreate(name: string, size: number): number;
+  /**
+   * An uncaught exception is about to end the process: records it as a crash of `devId` (-1:
+   * whatever device the JS thread's crash slot names) in every engine's shared file.
+   */
+  noteFatalException(devId: number): void;
 
   /**
    * One look at a process in /proc (cc/exit_probe.cc): "exiting" once every thread is on its

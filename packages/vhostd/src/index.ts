@@ -10,5 +10,6 @@ export { Journal } from "./journal.js";
 export { MirrorHolder } from "./ha/mirror_holder.js";
 export { MIRROR_CODEC, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./ha/mirror_codec.js";
 export type { MirrorSink } from "./session/host.js";
+export { CrashLedger, noteFatalException, vfTag, CRASH_ROLES, BREAK_AFTER, type CrashState, type CrashVerdict } from "./session/crash_ledger.js";
 export { rng } from "./drill/options.js";
 export { keeperCall, rpc } from "./drill/rpc.js";

@@ -199,6 +199,8 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
         fds_held: m.fdsHeld,
         fds_per_vf: m.fdsPerVf,
         running: m.running,
+        // VFs a keeper crash was attributed to, held (not run) until the keeper is back (issue 17)
+        ...(m.held.length ? { held: m.held } : {}),
         takeovers: m.takeovers,
         ...(m.exitWatch ? { exit_watch: m.exitWatch } : {}),
         ...(m.lastTakeover ? { last_takeover: m.lastTakeover } : {}),

@@ -3,6 +3,7 @@ import { argTokens } from "./cli/argv.js";
 import { Daemon, daemonVersion, type DaemonOptions } from "./daemon.js";
 import { isLogLevel, LOG_LEVELS } from "./log.js";
 import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, ENV_RUN_DIR, ENV_STATE_DIR } from "./paths.js";
+import { noteFatalException } from "./session/crash_ledger.js";
 
 const USAGE = `usage: vfe-vhostd [-h] [--run-dir DIR] [--state-dir DIR] [--config FILE] [--server | --client]
                   [--iface PREFIX] [--ha | --standalone] [--metrics ADDR] [--log-level LEVEL] [--version]
@@ -128,10 +129,12 @@ async function main(): Promise<void> {
   process.on("SIGINT", onSignal);
   process.on("uncaughtException", (e) => {
     daemon.log.fatal({ err: e.stack ?? String(e) }, "uncaught exception");
+    noteFatalException(e); // a crash of the VF being handled, if any (crash_ledger.ts)
     process.exit(1);
   });
   process.on("unhandledRejection", (e) => {
     daemon.log.fatal({ err: (e as Error)?.stack ?? String(e) }, "unhandled rejection");
+    noteFatalException(e);
     process.exit(1);
   });
 }

@@ -77,7 +77,8 @@ export class HaTraffic {
     private readonly tmp: string,
   ) {}
 
-  static async start(): Promise<HaTraffic> {
+  /** `env`: for both daemons (and what the test passes to their restarts). */
+  static async start(opts: { env?: NodeJS.ProcessEnv } = {}): Promise<HaTraffic> {
     const tmp = fs.mkdtempSync("/tmp/vhostd-ha-cfg-");
     const cfg = `${tmp}/config.json`;
     fs.writeFileSync(
@@ -89,7 +90,7 @@ export class HaTraffic {
         ],
       }),
     );
-    const d = await Daemon.start({ ha: true, args: ["--config", cfg] });
+    const d = await Daemon.start({ ha: true, args: ["--config", cfg], ...(opts.env ? { env: opts.env } : {}) });
     try {
       await d.ok(["mgmtpf", "-a", PF1]);
       await d.ok(["mgmtpf", "-a", PF2]);

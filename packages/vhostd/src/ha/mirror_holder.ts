@@ -36,6 +36,12 @@ interface VfCopy {
   fds: number[];
 }
 
+/** A copy a takeover did not run: its VF was implicated in the crash of the runner (crash_ledger.ts). */
+interface HeldCopy extends VfCopy {
+  spec: VfSpec;
+  reason: string;
+}
+
 export class MirrorHolder {
   private listenFd = -1;
   private watcher: InstanceType<typeof native.FdWatcher> | null = null;
@@ -48,6 +54,13 @@ export class MirrorHolder {
   /** Guest memory of the copies, mapped ahead of a takeover. */
   private readonly premapped: Premapped;
   private readonly vfCopies = new Map<string, VfCopy>();
+  /**
+   * Copies of VFs a crash of the keeper was attributed to. We hold every VF's fds while the
+   * keeper is down, so we must not die of the same VF: we never adopt or run such a copy. The
+   * restarted keeper takes it back with the others and gives it its second chance; if it
+   * crashes the keeper again, we take over once more and the VF is broken (crash_ledger.ts).
+   */
+  private readonly held = new Map<string, HeldCopy>();
   private readonly pfCopies = new Map<string, { switchId: number; fd: number }>();
   /** Runs the VFs after a takeover; created on the first one (worker threads cost nothing until then). */
   private host: EngineVfHost | undefined;
@@ -57,7 +70,11 @@ export class MirrorHolder {
   readonly path: string;
   /** For `ha status` and tests. */
   takeovers = 0;
-  lastTakeover: { at: string; why: string; vfs: number; failed: number; ms: number } | undefined;
+  /** VF copies held (not run) since a takeover: implicated in the keeper's crash. */
+  heldDevs(): string[] {
+    return [...this.held.keys()];
+  }
+  lastTakeover: { at: string; why: string; vfs: number; failed: number; ms: number; held?: number } | undefined;
 
   constructor(private readonly opts: MirrorHolderOptions) {
     this.path = mirrorSocketPath(opts.runDir);
@@ -83,6 +100,8 @@ export class MirrorHolder {
     fdsHeld: number;
     fdsPerVf: Record<string, number>;
     running: string[];
+    /** VFs implicated in the keeper's crash: copies held for the keeper, not run here. */
+    held: string[];
     takeovers: number;
     /** How a connected keeper's death is noticed: its exit beacon, or polling /proc. */
     exitWatch: "beacon" | "poll" | null;
@@ -102,14 +121,16 @@ export class MirrorHolder {
       fdsHeld,
       fdsPerVf,
       running: this.host?.devs() ?? [],
+      held: this.heldDevs(),
       takeovers: this.takeovers,
       exitWatch: this.exitWatch?.probe.mode ?? null,
       ...(this.lastTakeover ? { lastTakeover: this.lastTakeover } : {}),
     };
   }
 
+  /** Whether we answer for this VF (we run it since a takeover, or hold it for the keeper). */
   runs(dev: string): boolean {
-    return this.host?.has(dev) ?? false;
+    return (this.host?.has(dev) ?? false) || this.held.has(dev);
   }
 
   /** Whether this process runs a PF's switch since a takeover. */
@@ -126,11 +147,26 @@ export class MirrorHolder {
   }
 
   runtime(dev: string): VfRuntime | undefined {
+    const h = this.held.get(dev);
+    if (h) {
+      return {
+        state: "held",
+        connected: h.rec.conn >= 0,
+        features: h.rec.session.features,
+        protocolFeatures: h.rec.session.protocolFeatures,
+        reconnects: h.rec.reconnects,
+        queues: [],
+        owner: "vfe-vhostd",
+        lastError: `${h.reason}; held (not run) by vfe-vhostd until vfe-vhostd-ha restarts and runs it again`,
+      };
+    }
     return this.host?.runtime(dev);
   }
 
   /** `vf -r` of a VF we run (since a takeover) or hold a copy of: it ends here and now. */
   async closeVf(dev: string): Promise<void> {
+    const h = this.held.get(dev);
+    if (h) this.host?.crashes.forget(h.spec);
     this.dropCopy(dev);
     if (this.host?.has(dev)) await this.host.close(dev);
   }
@@ -151,6 +187,7 @@ export class MirrorHolder {
     this.stopExitWatch();
     this.conn?.close("vfe-vhostd stopping", false);
     this.dropCopies();
+    for (const dev of [...this.held.keys()]) this.dropCopy(dev);
     this.premapped.dropAll();
     await this.host?.shutdown();
     this.host = undefined;
@@ -280,21 +317,37 @@ export class MirrorHolder {
    * it maps the engine's shared file, which a dying keeper's teardown may keep locked.
    */
   private standbyHost(): EngineVfHost {
-    this.host ??= createVfHost({
-      log: this.opts.log.child({ component: "standby-host" }),
-      runDir: this.opts.runDir,
-      lockDir: mirrorLockDir(this.opts.runDir),
-      sharedPath: mirrorSharedPath(this.opts.runDir),
-    });
+    if (!this.host) {
+      this.host = createVfHost({
+        log: this.opts.log.child({ component: "standby-host" }),
+        runDir: this.opts.runDir,
+        lockDir: mirrorLockDir(this.opts.runDir),
+        sharedPath: mirrorSharedPath(this.opts.runDir),
+      });
+      // A crash of ours (a previous vfe-vhostd that ran VFs after a takeover) left in the file.
+      this.host.claimCrashes((id) => this.specByDevId(id));
+    }
     return this.host;
+  }
+
+  /** The registry's spec of a VF we hold a copy of, by device id (for the crash verdicts' log). */
+  private specByDevId(devId: number): VfSpec | undefined {
+    for (const dev of [...this.vfCopies.keys(), ...this.held.keys()]) {
+      const spec = this.opts.specOf(dev);
+      if (spec?.devId === devId) return spec;
+    }
+    return undefined;
   }
 
   /** Runs every VF we hold a copy of, in place. */
   private async takeover(why: string): Promise<void> {
     if (this.vfCopies.size === 0 && this.pfCopies.size === 0) return;
+    this.premapGen++; // no more deferred premapping (premapLater)
     const t0 = performance.now();
     const log = this.opts.log;
     const host = this.standbyHost();
+    // Did the keeper crash (rather than being killed), and because of which VF? (crash_ledger.ts)
+    host.claimCrashes((id) => this.specByDevId(id));
     const tHost = performance.now();
     const running = host.pfList();
     for (const [dev, p] of this.pfCopies) {
@@ -322,6 +375,14 @@ export class MirrorHolder {
         closeFds(c.fds);
         continue;
       }
+      const crash = host.crashes.state(spec);
+      if (crash.count > 0 && !crash.broken) {
+        // Implicated in a crash and not cleared since: it might kill us too, and with us every
+        // VF's connection. Hold it for the keeper (a broken one host.adopt closes at once).
+        this.held.set(dev, { ...c, spec, reason: crash.reason! });
+        log.warn({ event: "takeover_held", vf: dev, socket: spec.socketPath, count: crash.count }, `takeover: VF ${dev} on ${spec.socketPath} is held, not run: ${crash.reason}`);
+        continue;
+      }
       try {
         host.adopt(spec, c.rec, c.fds);
       } catch (e) {
@@ -339,10 +400,11 @@ export class MirrorHolder {
     const now = performance.now();
     const ms = Math.round((now - t0) * 10) / 10;
     this.takeovers++;
-    this.lastTakeover = { at: new Date().toISOString(), why, vfs: copies.length - failed, failed, ms };
+    const held = this.held.size;
+    this.lastTakeover = { at: new Date().toISOString(), why, vfs: copies.length - failed - held, failed, ms, ...(held ? { held } : {}) };
     // Where the time went: creating the standby host, adopting (mapping guest memory), resuming (locks).
     const split = { hostMs: Math.round(tHost - t0), adoptMs: Math.round(tAdopt - tHost), resumeMs: Math.round(now - tAdopt) };
-    log.info({ event: "takeover_done", why, vfs: copies.length - failed, failed, ms, ...split }, `took over ${copies.length - failed} VF(s) in place in ${ms} ms (${why})`);
+    log.info({ event: "takeover_done", why, vfs: copies.length - failed - held, failed, held, ms, ...split }, `took over ${copies.length - failed - held} VF(s) in place in ${ms} ms (${why})${held ? `; ${held} held for the keeper` : ""}`);
   }
 
   /**
@@ -352,7 +414,8 @@ export class MirrorHolder {
    */
   private async giveBack(conn: FramedFdConnection<MirrorFrame>, req: number): Promise<void> {
     const host = this.host;
-    const offered = host?.offerAll() ?? [];
+    // The held copies go back as they came: the keeper runs them again (their second chance).
+    const offered = [...(host?.offerAll() ?? []), ...[...this.held].map(([dev, h]) => ({ dev, rec: h.rec, fds: h.fds }))];
     try {
       if (host) {
         for (const { dev, rec, fds } of offered) conn.send({ op: "vf", dev, rec, count: fds.length }, fds);
@@ -388,10 +451,9 @@ export class MirrorHolder {
       sent = false; // the connection's loss makes us take over again from the copies
     }
     for (const pf of host?.dropAll() ?? []) this.pfCopies.set(pf.dev, { switchId: pf.switchId, fd: pf.fd });
-    for (const { dev, rec, fds } of offered) {
-      this.vfCopies.set(dev, { rec, fds });
-      this.premapped.set(dev, rec, fds);
-    }
+    this.held.clear(); // copies again, of what the keeper runs now
+    for (const { dev, rec, fds } of offered) this.vfCopies.set(dev, { rec, fds });
+    this.premapLater(offered.map((o) => o.dev));
     const vfs = offered.length;
     if (!sent) return;
     this.opts.log.info(
@@ -400,12 +462,38 @@ export class MirrorHolder {
     );
   }
 
+  /**
+   * Maps the copies' guest memory ahead again after a hand-back, one VF per event-loop turn (the
+   * pages are populated on native threads): done in one go on this thread it blocked the loop
+   * for ~1 s with two testpmds and two 96 MiB guests, and a keeper that dies right after taking
+   * the VFs back (a crash suspect's second chance, issue 17) waited that long for its takeover.
+   */
+  private premapLater(devs: string[]): void {
+    const gen = ++this.premapGen;
+    const step = () => {
+      if (gen !== this.premapGen) return; // a takeover began: it maps what it adopts itself
+      const dev = devs.shift();
+      if (dev === undefined) return;
+      const c = this.vfCopies.get(dev);
+      if (c) this.premapped.set(dev, c.rec, c.fds);
+      setImmediate(step);
+    };
+    setImmediate(step);
+  }
+
+  private premapGen = 0;
+
   /** `replacing`: a new copy of the VF follows at once (its mappings are sorted out by set()). */
   private dropCopy(dev: string, replacing = false): void {
     const c = this.vfCopies.get(dev);
     if (c) {
       closeFds(c.fds);
       this.vfCopies.delete(dev);
+    }
+    const h = this.held.get(dev);
+    if (h) {
+      closeFds(h.fds);
+      this.held.delete(dev);
     }
     if (!replacing) this.premapped.drop(dev);
     const p = this.pfCopies.get(dev);

@@ -3,7 +3,7 @@
 import fs from "node:fs";
 import type { Logger } from "pino";
 import { counterIndex, native, portCounterIndex, type EngineEvent, type NativeEngine } from "@vhostd/native";
-import { Req, mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
+import { HEADER_SIZE, MAX_PAYLOAD, MESSAGES, MsgFlag, Req, decodeHeader, mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
 import { portSecurityOf, type FdbRow, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "../vf_host.js";
 import { closeAll } from "./connection.js";
 import { VfLock } from "./vf_lock.js";
@@ -13,6 +13,7 @@ import { BlkModel } from "./blk_model.js";
 import type { DeviceModel } from "./device_model.js";
 import { NetModel, rarpFrame } from "./net_model.js";
 import { Rejection, VhostSession, encodeReply } from "./session.js";
+import { CrashLedger, DEFAULT_CLEAN_MS, KEEPER_CRASH_ROLE, VHOSTD_CRASH_ROLE, type CrashVerdict, type DevLookup } from "./crash_ledger.js";
 
 export interface VfHostOptions {
   log: Logger;
@@ -25,6 +26,11 @@ export interface VfHostOptions {
   sharedPath?: string;
   /** Reported as the owner of every session and queue (default "vfe-vhostd"). */
   owner?: string;
+  /**
+   * A VF implicated in a crash that then runs this long without one starts again from zero
+   * crashes (default 60 s, or VHOSTD_CRASH_CLEAN_MS). See crash_ledger.ts.
+   */
+  crashCleanMs?: number;
 }
 
 /**
@@ -69,8 +75,9 @@ class VfSession {
     model: DeviceModel,
     parentLog: Logger,
     private readonly onChange: () => void,
-    private readonly onReplied: () => void = () => undefined,
-    private readonly onReplyPending: (reply: Buffer) => void = () => undefined,
+    private readonly onReplied: () => void,
+    private readonly onReplyPending: (reply: Buffer) => void,
+    private readonly crashes: CrashLedger,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
     this.session = new VhostSession(spec.devId, model, engine, this.log, {
@@ -92,34 +99,42 @@ class VfSession {
     this.log.info({ mode: this.spec.mode }, `vhost-user endpoint up (${this.endpoint.description})`);
   }
 
+  /** Runs fn with the JS thread's crash slot naming this VF (see crash_ledger.ts). */
+  within<T>(fn: () => T): T {
+    return this.crashes.within(this.spec.devId, fn);
+  }
+
   private connected(fd: number): void {
-    if (this.everConnected) this.reconnects++;
-    this.everConnected = true;
-    this.log.info({ reconnects: this.reconnects }, "front-end connected");
-    this.attach(fd);
-    this.onChange();
+    this.within(() => {
+      if (this.everConnected) this.reconnects++;
+      this.everConnected = true;
+      this.log.info({ reconnects: this.reconnects }, "front-end connected");
+      this.attach(fd);
+      this.onChange();
+    });
   }
 
   private attach(fd: number): void {
     this.state = "negotiating";
     this.conn = new VhostUserConnection(fd, {
-      onMessage: (msg) => {
-        // The message's effect reaches the mirror before its reply reaches the front-end; the
-        // record carries the reply until "replied" says it was written (see MirrorVf.reply).
-        this.replies = [];
-        this.replyFds = [];
-        const outcome = this.session.handle(msg);
-        this.updateState();
-        const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
-        this.replies = null;
-        this.pendingReply = out;
-        // A message that changed nothing (refused, or one that only reads) costs the mirror no
-        // record and no fds, only its pending reply; anything else sends the whole record.
-        if (outcome !== "unchanged") this.onChange();
-        else if (out) this.onReplyPending(out);
-        if (out) this.sendReply(out, this.replyFds);
-      },
-      onClose: (reason, violation) => this.disconnected(reason, violation),
+      onMessage: (msg) =>
+        this.within(() => {
+          // The message's effect reaches the mirror before its reply reaches the front-end; the
+          // record carries the reply until "replied" says it was written (see MirrorVf.reply).
+          this.replies = [];
+          this.replyFds = [];
+          const outcome = this.session.handle(msg);
+          this.updateState();
+          const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
+          this.replies = null;
+          this.pendingReply = out;
+          // A message that changed nothing (refused, or one that only reads) costs the mirror no
+          // record and no fds, only its pending reply; anything else sends the whole record.
+          if (outcome !== "unchanged") this.onChange();
+          else if (out) this.onReplyPending(out);
+          if (out) this.sendReply(out, this.replyFds);
+        }),
+      onClose: (reason, violation) => this.within(() => this.disconnected(reason, violation)),
       onDrained: () => this.replyWritten(),
     });
   }
@@ -137,6 +152,36 @@ class VfSession {
 
   private updateState(): void {
     if (this.state === "negotiating" && this.session.vrings.some((v) => v.started)) this.state = "running";
+    if (this.state === "running") this.runningSince ??= Date.now();
+  }
+
+  /** Since when the session runs without interruption here (the crash ledger's clean interval). */
+  runningSince: number | undefined;
+
+  /**
+   * Implicated in crashes in a row (crash_ledger.ts): not served. No endpoint, no connection, no
+   * ring; `vf -i` shows state "broken" and why. Only `vf -r` (then `vf -a`) ends it.
+   */
+  markBroken(reason: string): void {
+    this.state = "broken";
+    this.lastError = reason;
+    this.runningSince = undefined;
+  }
+
+  get broken(): boolean {
+    return this.state === "broken";
+  }
+
+  /** An adopted session that cannot resume (a record that passed the checks but not the engine's): this VF only. */
+  failAdoption(reason: string): void {
+    this.lastError = reason;
+    this.log.error({ reason }, "resuming the adopted session failed; the front-end is disconnected");
+    if (this.pendingConn >= 0) {
+      this.attach(this.pendingConn);
+      this.pendingConn = -1;
+    }
+    this.resendReply = null;
+    this.conn?.close(`adopting the session failed: ${reason}`, true);
   }
 
   /** This VF for the HA mirror: the record and the fds it names (still ours). */
@@ -182,9 +227,11 @@ class VfSession {
     }
     this.everConnected = true;
     this.pendingConn = conn;
-    this.resendReply = rec.reply ? Buffer.from(rec.reply, "hex") : null;
+    this.resendReply = null;
     this.state = "negotiating";
     try {
+      // Goes to the front-end as it is: it must be whole replies, as our sessions write them.
+      if (rec.reply) this.resendReply = checkedReplies(Buffer.from(rec.reply, "hex"));
       this.session.adoptMirror(rec.session, fds, false);
     } catch (err) {
       this.attach(conn);
@@ -212,6 +259,7 @@ class VfSession {
       this.sendReply(this.pendingReply, fds);
     }
     this.updateState();
+    if (this.state === "running") this.runningSince = Date.now();
     this.log.info({ state: this.state, queues: this.session.vrings.filter((v) => v.started).length }, "session adopted in place");
   }
 
@@ -252,6 +300,7 @@ class VfSession {
   /** Stops the rings and lets go of every fd without closing any (a mirror copy owns them now). */
   detach(): void {
     this.state = "stopped";
+    this.runningSince = undefined;
     this.conn?.detach();
     this.conn = null;
     this.pendingConn = -1;
@@ -263,6 +312,7 @@ class VfSession {
   private disconnected(reason: string, violation: boolean): void {
     this.conn = null;
     this.pendingReply = null;
+    this.runningSince = undefined;
     this.session.reset();
     this.releasePortLock();
     if (violation) this.lastError = reason;
@@ -275,6 +325,7 @@ class VfSession {
 
   stop(): void {
     this.state = "stopped";
+    this.runningSince = undefined;
     this.endpoint.stop();
     this.conn?.close("VF removed", false);
     this.session.reset();
@@ -358,17 +409,45 @@ export class EngineVfHost implements VfHost {
   private readonly pendingUplinks = new Map<number, number>();
   private readonly log: Logger;
   private mirror: MirrorSink | undefined;
+  /** Crash attribution and the poison-pill verdicts (crash_ledger.ts), in the shared engine file. */
+  readonly crashes: CrashLedger;
+  private readonly cleanTimer: NodeJS.Timeout;
 
   constructor(private readonly opts: VfHostOptions) {
     this.log = opts.log;
     const workers = opts.workers ?? (Number(process.env.VHOSTD_WORKERS) || 1);
     const pollUs = engineEnvInt("VHOSTD_POLL_US", 0, 10_000_000);
+    const cleanMs = opts.crashCleanMs ?? engineEnvInt("VHOSTD_CRASH_CLEAN_MS", 100, 86_400_000) ?? DEFAULT_CLEAN_MS;
     let sharedFd: number | undefined;
     if (opts.sharedPath) sharedFd = fs.openSync(opts.sharedPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    const crashRole = opts.owner === "vfe-vhostd-ha" ? KEEPER_CRASH_ROLE : VHOSTD_CRASH_ROLE;
     try {
-      this.engine = new native.Engine({ workers, ...(pollUs !== undefined ? { pollUs } : {}), ...(sharedFd !== undefined ? { sharedFd } : {}) }, (ev) => this.onEngineEvent(ev));
+      this.engine = new native.Engine({ workers, crashRole, ...(pollUs !== undefined ? { pollUs } : {}), ...(sharedFd !== undefined ? { sharedFd } : {}) }, (ev) => this.onEngineEvent(ev));
     } finally {
       if (sharedFd !== undefined) fs.closeSync(sharedFd); // the engine keeps its mapping
+    }
+    this.crashes = new CrashLedger(this.engine, this.log);
+    this.cleanTimer = setInterval(() => this.clearCleanCounts(cleanMs), Math.min(5000, Math.max(50, Math.floor(cleanMs / 4))));
+    this.cleanTimer.unref();
+  }
+
+  /**
+   * Takes the crash records a dead daemon left in the shared file and judges the VFs they name
+   * (crash_ledger.ts). Call before running anything the dead one ran. `lookup` names device ids
+   * this host does not run (yet), for the log.
+   */
+  claimCrashes(lookup?: DevLookup): CrashVerdict[] {
+    return this.crashes.claim((id) => this.byDevId.get(id)?.spec ?? lookup?.(id));
+  }
+
+  /** VFs that ran cleanly for cleanMs since a crash named them start again from zero. */
+  private clearCleanCounts(cleanMs: number): void {
+    if (!this.crashes.anyCounted()) return;
+    const now = Date.now();
+    for (const vf of this.vfs.values()) {
+      if (vf.runningSince === undefined || now - vf.runningSince < cleanMs) continue;
+      if (this.crashes.clean(vf.spec))
+        this.log.info({ event: "crash_count_cleared", vf: vf.spec.dev, socket: vf.spec.socketPath, cleanMs }, `VF ${vf.spec.dev} ran ${Math.round((now - vf.runningSince) / 1000)} s without a crash: its crash count starts again from zero`);
     }
   }
 
@@ -463,6 +542,7 @@ export class EngineVfHost implements VfHost {
 
   open(spec: VfSpec): void {
     const vf = this.create(spec);
+    if (this.stayBroken(vf)) return;
     try {
       vf.start();
     } catch (err) {
@@ -485,8 +565,24 @@ export class EngineVfHost implements VfHost {
       closeAll(fds);
       throw err;
     }
-    vf.adopt(rec, fds);
+    if (this.stayBroken(vf)) {
+      closeAll(fds); // the last copies of its connection: the front-end sees the disconnect
+      return;
+    }
+    const crash = this.crashes.state(spec);
+    if (crash.count > 0) this.log.warn({ event: "crash_suspect_resumed", vf: spec.dev, socket: spec.socketPath, count: crash.count }, `running VF ${spec.dev} again although ${crash.reason}`);
+    vf.within(() => vf.adopt(rec, fds));
     this.adopting.add(spec.dev);
+  }
+
+  /** A VF the crash ledger says is broken is created but never served (crash_ledger.ts). */
+  private stayBroken(vf: VfSession): boolean {
+    const crash = this.crashes.state(vf.spec);
+    if (!crash.broken) return false;
+    vf.markBroken(crash.reason!);
+    this.log.error({ event: "vf_broken", vf: vf.spec.dev, socket: vf.spec.socketPath, count: crash.count, reason: crash.reason }, `VF ${vf.spec.dev} on ${vf.spec.socketPath} is not served: ${crash.reason}`);
+    this.mirrorVf(vf.spec.dev);
+    return true;
   }
 
   /**
@@ -519,15 +615,27 @@ export class EngineVfHost implements VfHost {
     for (const [switchId, fd] of this.pendingUplinks) this.engine.setSwitchUplink(switchId, fd);
     this.pendingUplinks.clear();
     const live = devs.map((d) => this.vfs.get(d)).filter((v): v is VfSession => v !== undefined);
+    // One VF's record may pass every check and still not start (a ring outside the memory it
+    // maps): that VF fails alone, the others resume.
+    const bad = new Set<VfSession>();
+    const step = (vf: VfSession, fn: () => void) => {
+      if (bad.has(vf)) return;
+      try {
+        vf.within(fn);
+      } catch (err) {
+        bad.add(vf);
+        vf.within(() => vf.failAdoption((err as Error).message));
+      }
+    };
     this.engine.hold(true);
     try {
-      for (const vf of live) vf.resume("rx");
-      for (const vf of live) vf.resume("tx");
+      for (const vf of live) step(vf, () => vf.resume("rx"));
+      for (const vf of live) step(vf, () => vf.resume("tx"));
     } finally {
       this.engine.hold(false);
     }
     for (const vf of live) {
-      vf.resume("conn");
+      step(vf, () => vf.resume("conn"));
       this.mirrorVf(vf.spec.dev);
     }
     return failed;
@@ -598,6 +706,7 @@ export class EngineVfHost implements VfHost {
     if (spec.kind !== "net" && spec.kind !== "blk") throw new HostError(`${String(spec.kind)} VFs are not implemented`, -95 /* EOPNOTSUPP */);
     if (spec.kind === "blk" && !spec.disk) throw new HostError(`blk VF ${spec.dev} has no disk`, -22);
     if (this.vfs.has(spec.dev)) throw new HostError(`VF ${spec.dev} is already open`, -17);
+    this.crashes.register(spec); // the device id is this VF's from now on (crash_ledger.ts)
     let lock: VfLock | undefined;
     if (this.opts.lockDir && !adopting) {
       lock = VfLock.tryTake(this.opts.lockDir, spec.dev) ?? undefined;
@@ -633,6 +742,7 @@ export class EngineVfHost implements VfHost {
       () => this.mirrorVf(spec.dev),
       () => this.mirror?.replied(spec.dev),
       (reply) => this.mirror?.reply(spec.dev, reply),
+      this.crashes,
     );
     if (spec.kind === "net" && !portSecurityOf(spec).macAdmin) {
       // What the engine pinned: a carried lock another port holds by now is not the port's.
@@ -693,11 +803,13 @@ export class EngineVfHost implements VfHost {
     this.locks.delete(vf.spec.dev);
   }
 
-  async close(dev: string): Promise<void> {
+  /** `vf -r`: also forgets the VF's crash record (re-adding it starts clean); not at shutdown. */
+  async close(dev: string, removed = true): Promise<void> {
     const vf = this.vfs.get(dev);
     if (!vf) return;
-    vf.stop();
+    vf.within(() => vf.stop());
     this.destroy(vf);
+    if (removed) this.crashes.forget(vf.spec);
     this.mirror?.drop(dev);
     this.log.info({ vf: dev, socket: vf.spec.socketPath }, "VF datapath released");
   }
@@ -720,7 +832,8 @@ export class EngineVfHost implements VfHost {
 
   async shutdown(): Promise<void> {
     this.mirror = undefined; // a shutdown is not a change the peer should copy
-    for (const dev of [...this.vfs.keys()]) await this.close(dev);
+    clearInterval(this.cleanTimer);
+    for (const dev of [...this.vfs.keys()]) await this.close(dev, false);
     this.engine.close();
   }
 
@@ -741,6 +854,24 @@ export class EngineVfHost implements VfHost {
     }
     this.log.warn({ vf: vf?.spec.dev ?? `devId ${ev.devId}`, socket: vf?.spec.socketPath, queue: ev.queue, kind: ev.kind }, ev.reason);
   }
+}
+
+/**
+ * The reply bytes of an adopted record (MirrorVf.reply) are resent to the front-end unseen by
+ * any handler: they must be what our sessions write, whole replies (VERSION|REPLY, a request
+ * we handle, a payload within the limit), or the adoption of that VF fails.
+ */
+export function checkedReplies(bytes: Buffer): Buffer {
+  let at = 0;
+  while (at < bytes.length) {
+    if (bytes.length - at < HEADER_SIZE) throw new Error(`mirrored reply: ${bytes.length - at} trailing bytes are not a message`);
+    const h = decodeHeader(bytes, at);
+    if (h.flags !== (MsgFlag.VERSION | MsgFlag.REPLY)) throw new Error(`mirrored reply: flags 0x${h.flags.toString(16)} are not VERSION|REPLY`);
+    if (!MESSAGES.has(h.request)) throw new Error(`mirrored reply to request ${h.request}, which we do not handle`);
+    if (h.size > MAX_PAYLOAD || at + HEADER_SIZE + h.size > bytes.length) throw new Error(`mirrored reply of ${h.size} bytes does not fit`);
+    at += HEADER_SIZE + h.size;
+  }
+  return bytes;
 }
 
 export function createVfHost(opts: VfHostOptions): EngineVfHost {
