@@ -52,21 +52,36 @@ post("Profiler.startPreciseCoverage", { callCount: true, detailed: true });
 const ranges = new Set();  // distinct blocks reached ("cov"; features add the count bucket)
 const isOurs = (url) => url.includes("/packages/proto/dist/") || url.includes("/msgpackr/");
 
-/** Features of one run: (script, range, log2 bucket of its count), as numbers. */
+// V8 reports, per called function, its range and the blocks whose count differs from the
+// enclosing range's (a block run as often as its parent is not listed; one never run is, with
+// 0). So a block's count is that of the innermost listed range around it, and the blocks of a
+// function are all the ranges ever listed for it: remembered here across runs.
+const blocksOf = new Map();  // function id -> Map(block id -> [start, end])
+
+/** Features of one run: (block, log2 bucket of its count) for each block that ran. */
 function features() {
   const { result } = post("Profiler.takePreciseCoverage");  // also resets the counts
   const fs = [];
   for (const s of result) {
     if (!isOurs(s.url)) continue;
-    const sid = Number(s.scriptId) * 1_000_003;
-    for (const fn of s.functions)
-      for (const r of fn.ranges) {
-        if (r.count === 0) continue;
-        const bucket = r.count >= 128 ? 8 : 32 - Math.clz32(r.count);
-        const range = sid + r.startOffset * 31 + r.endOffset;
-        ranges.add(range);
-        fs.push(range * 16 + bucket);
+    const sid = Number(s.scriptId) * 2 ** 21;
+    for (const fn of s.functions) {
+      const rs = fn.ranges;
+      if (rs.length === 0 || rs[0].count === 0) continue;
+      const fid = sid + rs[0].startOffset;
+      let blocks = blocksOf.get(fid);
+      if (!blocks) blocksOf.set(fid, (blocks = new Map()));
+      for (const r of rs) blocks.set(r.startOffset * 2 ** 21 + r.endOffset, [r.startOffset, r.endOffset]);
+      for (const [bid, [b0, b1]] of blocks) {
+        let count = 0, span = Infinity;
+        for (const r of rs)
+          if (r.startOffset <= b0 && b1 <= r.endOffset && r.endOffset - r.startOffset < span) { span = r.endOffset - r.startOffset; count = r.count; }
+        if (count === 0) continue;
+        const block = (fid * 1000003 + bid) % 2 ** 48;  // a hash: collisions are rare enough
+        ranges.add(block);
+        fs.push(block * 16 + (count >= 128 ? 8 : 32 - Math.clz32(count)));
       }
+    }
   }
   return fs;
 }
