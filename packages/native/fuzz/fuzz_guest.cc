@@ -22,9 +22,9 @@ bool skipping(const char* what) {
   return list.find(std::string(",") + what + ",") != std::string::npos;
 }
 
-GuardedHole::GuardedHole(size_t len) : len_(len) {
+GuardedHole::GuardedHole(size_t len, size_t after) : len_(len), after_(after) {
   const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-  void* r = mmap(nullptr, len + 2 * pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* r = mmap(nullptr, pg + len + after, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) fail("mmap of guard reservation");
   hole_ = static_cast<uint8_t*>(r) + pg;
   munmap(hole_, len);
@@ -33,7 +33,7 @@ GuardedHole::GuardedHole(size_t len) : len_(len) {
 GuardedHole::~GuardedHole() {
   const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
   munmap(hole_ - pg, pg);
-  munmap(hole_ + len_, pg);
+  munmap(hole_ + len_, after_);
 }
 
 Guest::Guest() : mem_(std::make_unique<vhd::MemTable>()) {

@@ -67,10 +67,11 @@ bool skipping(const char* what);
 
 // Leaves a hole of `len` bytes (page multiple) between two PROT_NONE pages: the kernel places
 // the next mapping of that size in the highest hole that fits, which is usually this one, so
-// an overrun of that mapping faults. The guard pages go with the object.
+// an overrun of that mapping faults. `after`: bytes of guard after the hole (a page unless
+// an overrun could jump further). The guard pages go with the object.
 class GuardedHole {
  public:
-  explicit GuardedHole(size_t len);
+  explicit GuardedHole(size_t len, size_t after = 4096);
   ~GuardedHole();
   GuardedHole(const GuardedHole&) = delete;
   GuardedHole& operator=(const GuardedHole&) = delete;
@@ -78,7 +79,7 @@ class GuardedHole {
 
  private:
   uint8_t* hole_;
-  size_t len_;
+  size_t len_, after_;
 };
 
 class Guest {

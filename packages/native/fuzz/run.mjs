@@ -86,7 +86,7 @@ for (const t of wanted) {
   for (const f of filesOf(crashDir)) {
     const k = knownHere.get(f);
     const r = replayOne([f], k ? process.env : skipEnv);
-    if (k) console.log(`${t}: known crash ${path.basename(f)} ${r.code === 0 ? "no longer crashes: remove it from crashes/KNOWN" : "still crashes"} (${k.why})`);
+    if (k) console.log(`${t}: known crash ${path.basename(f)} ${r.code === 0 ? "did not crash this time (remove it from crashes/KNOWN once its fix is merged)" : "still crashes"} (${k.why})`);
     else if (r.code !== 0) { failed = true; console.error(r.out.slice(-6000)); console.error(`FAIL ${t}: crash input ${f} crashes again`); }
   }
   console.log(`${t}: replayed ${corpusFiles.length} corpus and ${filesOf(crashDir).length} crash inputs`);

@@ -38,7 +38,7 @@ test.serial("native harnesses: every corpus and crash input replays cleanly unde
     t.regex(r.stdout, new RegExp(`replayed ${inputs.length} inputs`));
     for (const f of crashes.filter((c) => known.has(c))) {
       const k = spawnSync(path.join(replayDir, target), [f], { encoding: "utf8" });
-      t.log(`${target}: known crash ${path.basename(f)} ${k.status === 0 ? "no longer crashes (remove it from crashes/KNOWN)" : "still crashes"}`);
+      t.log(`${target}: known crash ${path.basename(f)} ${k.status === 0 ? "did not crash this time (remove it from crashes/KNOWN once its fix is merged)" : "still crashes"}`);
     }
   }
 });

@@ -185,7 +185,15 @@ const tryOne = (buf, write) => {
   let fs;
   try { fs = execute(buf); } catch (e) { report(e, buf, opt.artifacts); process.exit(1); }
   const ms = performance.now() - t0;
-  if (ms > 2000) { report(new Error(`slow input: ${ms.toFixed(0)} ms`), buf, opt.artifacts); process.exit(1); }
+  if (ms > 2000) {
+    // Wall time: on a shared machine the process may just have been descheduled. A finding
+    // only when the input is slow again, run alone.
+    const t1 = performance.now();
+    target(buf);
+    features();
+    const again = performance.now() - t1;
+    if (again > 1000) { report(new Error(`slow input: ${ms.toFixed(0)} ms, then ${again.toFixed(0)} ms`), buf, opt.artifacts); process.exit(1); }
+  }
   return keep(buf, fs, write);
 };
 features();  // drop the counts of module loading
