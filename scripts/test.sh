@@ -17,5 +17,11 @@ fi
 rm -f "$out"
 pass=${pass:-0}; fail=${fail:-0}
 if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi   # ava itself failed (load error, timeout)
+# Fuzz smoke: the committed corpus and crash inputs replayed under ASan+UBSan, then each
+# target fuzzed for a few seconds (packages/native/fuzz/run.mjs); counted as one test. Only on a
+# full run (no ava arguments).
+if [ $# -eq 0 ]; then
+  if node packages/native/fuzz/run.mjs --smoke; then pass=$((pass + 1)); else fail=$((fail + 1)); rc=1; echo "not ok - fuzz smoke (pnpm fuzz:smoke)"; fi
+fi
 echo "${pass} passed, ${fail} failed${skip:+, ${skip} skipped}${todo:+, ${todo} todo}"
 exit "$rc"

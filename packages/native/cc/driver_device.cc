@@ -234,7 +234,7 @@ bool DriverDevice::WriteMem(uint64_t addr, const void* data, size_t len) {
   uint64_t base = memAddr();
   if (addr < base || len > memSize_ || addr - base > memSize_ - len) return false;
   std::lock_guard<std::mutex> lk(mu_);
-  std::memcpy(mem_ + (addr - base), data, len);
+  if (len) std::memcpy(mem_ + (addr - base), data, len);  // an empty Buffer's data may be null
   return true;
 }
 
@@ -242,7 +242,7 @@ bool DriverDevice::ReadMem(uint64_t addr, void* out, size_t len) {
   uint64_t base = memAddr();
   if (addr < base || len > memSize_ || addr - base > memSize_ - len) return false;
   std::lock_guard<std::mutex> lk(mu_);
-  std::memcpy(out, mem_ + (addr - base), len);
+  if (len) std::memcpy(out, mem_ + (addr - base), len);  // an empty Buffer's data may be null
   return true;
 }
 

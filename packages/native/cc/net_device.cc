@@ -316,7 +316,7 @@ static void scatter(NetDevice& d, Virtqueue& vq, WorkerCtx& ctx, int nch, const 
           if (!srcLeft) break;
         }
         size_t c = room < srcLeft ? room : srcLeft;
-        memcpy(dst, src, c);
+        memmove(dst, src, c);  // src may be the sender's buffer in guest memory (see netDeliver)
         if (__builtin_expect(d.log.active(), 0)) d.log.markHost(*d.mem, dst, c);
         dst += c;
         src += c;
@@ -443,7 +443,10 @@ void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue
       uint8_t* dst = static_cast<uint8_t*>(seg0.iov_base);
       if (hl == kNetHdrMax) memcpy(dst, hdr, kNetHdrMax);
       else memcpy(dst, hdr, 10);
-      memcpy(dst + hl, p.data, p.len);
+      // memmove: a frame delivered from the sender's own buffer (netTxBurst) and this receive
+      // buffer can overlap, when both devices map the same guest memory (two VFs of one VM, or
+      // a front-end that shares one memfd) and the guest aims them at the same bytes.
+      memmove(dst + hl, p.data, p.len);
       vq.pushUsed(ctx.chains[0].head, (uint32_t)need);
     } else {
       scatter(d, vq, ctx, nch, hdr, hl, p);

@@ -552,4 +552,6 @@ export interface NativeModule {
   PORT_COUNTER_NAMES: string[];
 }
 
-export const native: NativeModule = require("../../build/Release/vhostd_native.node");
+// VHOSTD_NATIVE_ADDON: another build of the same addon, e.g. the ASan+UBSan one
+// (scripts/build-asan.mjs, run by scripts/test-native-asan.sh).
+export const native: NativeModule = require(process.env.VHOSTD_NATIVE_ADDON || "../../build/Release/vhostd_native.node");

@@ -17,11 +17,16 @@ test("idle: notifications enabled, kick wakes the worker, ~0 CPU", async (t) => 
   b.postRx(8);
   await sleep(50);
   t.is(a.tx.usedFlags() & 1, 0, "NO_NOTIFY cleared while sleeping");
-  const cpu0 = process.cpuUsage();
-  const wall0 = Date.now();
-  await sleep(300);
-  const cpu = process.cpuUsage(cpu0);
-  const frac = (cpu.user + cpu.system) / 1000 / (Date.now() - wall0);
+  // The lowest of up to three windows: a worker that spins does in every one, while the
+  // set-up's own work may still run into the first (under the ASan build it does).
+  let frac = Infinity;
+  for (let w = 0; w < 3 && frac >= 0.15; w++) {
+    const cpu0 = process.cpuUsage();
+    const wall0 = Date.now();
+    await sleep(300);
+    const cpu = process.cpuUsage(cpu0);
+    frac = Math.min(frac, (cpu.user + cpu.system) / 1000 / (Date.now() - wall0));
+  }
   t.true(frac < 0.15, `idle CPU fraction ${frac}`);
   a.send(frame(B, A));
   t.true(await waitFor(() => b.rx.usedIdx() === 1));
