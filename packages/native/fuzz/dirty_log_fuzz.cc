@@ -45,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string err;
   {
     fuzz::GuardedHole guards((offset + logBytes + 4095) & ~4095u);
-    if (!log.map(fd, logBytes, offset, &err)) fuzz::fail(err.c_str());
+    if (!log.map(fd, logBytes, offset, std::make_shared<MemFault>(), &err)) fuzz::fail(err.c_str());
   }
   FUZZ_CHECK(log.bytes() == logBytes, "log size");
   log.on = true;

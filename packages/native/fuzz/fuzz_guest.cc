@@ -9,7 +9,7 @@
 namespace fuzz {
 
 int makeMemfd(const char* name, uint64_t bytes) {
-  int fd = memfd_create(name, MFD_CLOEXEC);
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0 || ftruncate(fd, (off_t)bytes) != 0) fail("memfd_create/ftruncate");
   return fd;
 }

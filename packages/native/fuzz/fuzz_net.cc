@@ -80,7 +80,7 @@ static vhd::DirtyLog& sharedLog() {
     auto* l = new vhd::DirtyLog();
     int fd = makeMemfd("fuzz-log", 3);
     std::string err;
-    if (!l->map(fd, 3, 0, &err)) fail(err.c_str());
+    if (!l->map(fd, 3, 0, std::make_shared<vhd::MemFault>(), &err)) fail(err.c_str());
     close(fd);
     return l;
   }();

@@ -63,7 +63,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint32_t pending[64] = {};
   std::string err;
   for (int i = 0; i < kTries && !area; i++) {
-    err = tries[i].map(fd, areaBytes, offset, nq, qsize, false, pending);
+    err = tries[i].map(fd, areaBytes, offset, nq, qsize, false, pending, std::make_shared<MemFault>());
     if (!err.empty() || reinterpret_cast<uint8_t*>(tries[i].queue(0)) == guards.hole() + offset % pg) area = &tries[i];
   }
   for (InflightArea& t : tries)
@@ -72,7 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     static bool warned = false;
     if (!warned) fprintf(stderr, "fuzz inflight: area not between guard pages; overruns may go unseen\n");
     warned = true;
-    err = tries[0].map(fd, areaBytes, offset, nq, qsize, false, pending);
+    err = tries[0].map(fd, areaBytes, offset, nq, qsize, false, pending, std::make_shared<MemFault>());
     area = &tries[0];
   }
   close(fd);
