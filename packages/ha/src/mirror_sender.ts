@@ -156,6 +156,11 @@ export class MirrorSender implements MirrorSink {
     this.send({ op: "pf", dev, switchId, count: tapFd >= 0 ? 1 : 0 }, tapFd >= 0 ? [tapFd] : []);
   }
 
+  whenSent(fn: () => void): void {
+    if (this.conn?.isOpen) this.conn.whenDrained(fn);
+    else fn(); // no mirror now: the next connection starts with the whole state
+  }
+
   reply(dev: string, reply: Buffer): void {
     this.send({ op: "reply", dev, reply: reply.toString("hex") });
   }

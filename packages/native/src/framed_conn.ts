@@ -55,7 +55,14 @@ export class FramedFdConnection<T> {
   ) {
     // Reading goes on while sends wait: both daemons send to each other, and a side that
     // stopped reading until its own sends went could deadlock with the other doing the same.
-    this.out = new OutgoingQueue(fd, { maxBytes: MAX_QUEUED_BYTES, maxFds: MAX_QUEUED_FDS, onBlocked: (b) => this.watcher?.setEvents(true, b) });
+    this.out = new OutgoingQueue(fd, {
+      maxBytes: MAX_QUEUED_BYTES,
+      maxFds: MAX_QUEUED_FDS,
+      onBlocked: (b) => {
+        this.watcher?.setEvents(true, b);
+        if (!b) this.runDrained();
+      },
+    });
     this.watcher = new native.FdWatcher(
       fd,
       () => this.onReadable(),
@@ -98,6 +105,20 @@ export class FramedFdConnection<T> {
     return this.out.pendingBytes;
   }
 
+  private drained: Array<() => void> = [];
+
+  /** Calls `fn` once everything queued so far is in the socket (now, if nothing is), or the connection closed. */
+  whenDrained(fn: () => void): void {
+    if (this.closed || !this.out.blocked) fn();
+    else this.drained.push(fn);
+  }
+
+  private runDrained(): void {
+    const fns = this.drained;
+    this.drained = [];
+    for (const fn of fns) fn();
+  }
+
   /**
    * Waits (blocking) up to timeoutMs until every queued frame went: for a graceful stop only,
    * when nothing else is served any more. False (and the connection closed) when it could not.
@@ -131,6 +152,7 @@ export class FramedFdConnection<T> {
     closeFds(this.fds);
     this.fds = [];
     native.closeFd(this.fd);
+    this.runDrained();
     this.events.onClose(reason, violation);
   }
 

@@ -16,6 +16,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 class RecordingSink implements MirrorSink {
   readonly events: Array<{ op: string; fds?: number; reply?: string }> = [];
+  /** When set, whenSent() callbacks wait here (a mirror whose socket is full). */
+  held: Array<() => void> | null = null;
   vf(_dev: string, _rec: MirrorVf, fds: number[]): void {
     this.events.push({ op: "vf", fds: fds.length });
   }
@@ -24,6 +26,10 @@ class RecordingSink implements MirrorSink {
   }
   replied(): void {
     this.events.push({ op: "replied" });
+  }
+  whenSent(fn: () => void): void {
+    if (this.held) this.held.push(fn);
+    else fn();
   }
   pf(): void {}
   drop(): void {}
@@ -88,6 +94,51 @@ test.serial("refused and read-only messages push only their reply to the mirror;
     await request(fd, Req.SET_VRING_NUM, codec.vringState.encode({ index: 0, num: 256 }), ACK); // a change
     t.is(records(), 1, "a change still pushes the record");
     t.deepEqual(sink.events.map((e) => e.op), ["vf", "replied"]);
+  } finally {
+    if (fd >= 0) native.closeFd(fd);
+    await host.shutdown();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.serial("a reply waits until the mirror's socket has its message's record; no message is read meanwhile", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-host-mirror-"));
+  const host = createVfHost({ log: pino({ level: "silent" }), runDir: dir });
+  const sink = new RecordingSink();
+  host.setMirror(sink);
+  const spec: VfSpec = { dev: "0000:af:04.5", pf: "0000:af:00.2", kind: "net", devId: 1, switchId: 0, socketPath: path.join(dir, "vf.sock"), mode: "server", mac: "52:54:00:00:00:01", mtu: 1500, queuePairs: 1 };
+  let fd = -1;
+  try {
+    host.addPf(spec.pf, spec.switchId, "net");
+    host.open(spec);
+    fd = native.unixConnect(spec.socketPath);
+    await request(fd, Req.GET_FEATURES, Buffer.alloc(0), MsgFlag.VERSION);
+    sink.held = [];
+    sendAllBlocking(fd, encodeMessage(Req.SET_OWNER, Buffer.alloc(0), MsgFlag.VERSION));
+    sendAllBlocking(fd, encodeMessage(Req.GET_PROTOCOL_FEATURES, Buffer.alloc(0), MsgFlag.VERSION));
+    sendAllBlocking(fd, encodeMessage(Req.GET_FEATURES, Buffer.alloc(0), MsgFlag.VERSION));
+    await sleep(150);
+    t.is(native.recvWithFds(fd, 4096, 0), null, "no reply while the mirror has not sent the record");
+    t.is(sink.held.length, 1, "and the next message is not handled meanwhile");
+    const release = () => {
+      const fns = sink.held!;
+      sink.held = [];
+      fns.forEach((fn) => fn());
+    };
+    release();
+    await sleep(50);
+    release();
+    let got = Buffer.alloc(0);
+    for (let i = 0; i < 100 && got.length < 40; i++) {
+      const r = native.recvWithFds(fd, 4096, 0);
+      if (r) got = Buffer.concat([got, r.data]);
+      else {
+        release();
+        await sleep(10);
+      }
+    }
+    t.is(got.length, 40, "both replies arrive once the mirror caught up");
+    t.is(decodeHeader(got).request, Req.GET_PROTOCOL_FEATURES, "in order");
   } finally {
     if (fd >= 0) native.closeFd(fd);
     await host.shutdown();

@@ -132,10 +132,21 @@ export class VhostUserConnection {
     return unsent;
   }
 
+  /** Reading paused by the owner (a reply waits for the HA mirror). */
+  private held = false;
+
+  /** Pauses (or resumes) reading messages, e.g. while a reply waits for something else. */
+  holdReading(hold: boolean): void {
+    if (this.closed || this.held === hold) return;
+    this.held = hold;
+    this.watcher?.setEvents(!hold && !this.out.blocked, this.out.blocked);
+    if (!hold && !this.out.blocked) setImmediate(() => this.onReadable());
+  }
+
   /** Socket full: stop reading (see REPLY_STALL_MS) and watch for writable; drained: read again. */
   private onBlocked(blocked: boolean): void {
     if (this.closed) return;
-    this.watcher?.setEvents(!blocked, blocked);
+    this.watcher?.setEvents(!blocked && !this.held, blocked);
     if (blocked) {
       this.stallTimer = setTimeout(() => {
         this.close(`front-end did not read its replies for ${REPLY_STALL_MS} ms (its socket is full; ${this.out.pendingBytes} bytes of replies wait)`, true);
@@ -192,7 +203,7 @@ export class VhostUserConnection {
   private onReadable(): void {
     let handled = 0;
     while (!this.closed && handled < MAX_MESSAGES_PER_WAKE) {
-      if (this.out.blocked) return; // replies wait for the front-end: read on once they went
+      if (this.out.blocked || this.held) return; // replies wait: read on once they went
       let need = this.bytesNeeded();
       if (need < 0) return; // violation: already closed
       if (this.buf.length === 0) need = this.wholeMessageBytes() ?? need;
@@ -223,7 +234,7 @@ export class VhostUserConnection {
       this.buf = this.buf.length === 0 ? r.data : Buffer.concat([this.buf, r.data]);
     }
     // The flood cap was hit: continue on the next turn so other VFs get the event loop too.
-    if (!this.closed && !this.out.blocked) setImmediate(() => this.onReadable());
+    if (!this.closed && !this.out.blocked && !this.held) setImmediate(() => this.onReadable());
   }
 
   /**

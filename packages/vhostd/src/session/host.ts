@@ -43,6 +43,12 @@ export interface MirrorSink {
   reply(dev: string, reply: Buffer): void;
   /** The reply in the VF's last record (or reply()) was written. */
   replied(dev: string): void;
+  /**
+   * Calls `fn` once everything pushed so far is in the socket to the peer (now, usually). Sends
+   * to the peer never wait, so a record may still be queued in this process; a reply must not
+   * reach the front-end before the record of its message reached the socket, which outlives us.
+   */
+  whenSent(fn: () => void): void;
   pf(dev: string, switchId: number, tapFd: number): void;
   drop(dev: string): void;
 }
@@ -77,6 +83,7 @@ class VfSession {
     private readonly onChange: () => void,
     private readonly onReplied: () => void,
     private readonly onReplyPending: (reply: Buffer) => void,
+    private readonly whenMirrored: (fn: () => void) => void,
     private readonly crashes: CrashLedger,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
@@ -132,7 +139,27 @@ class VfSession {
           // record and no fds, only its pending reply; anything else sends the whole record.
           if (outcome !== "unchanged") this.onChange();
           else if (out) this.onReplyPending(out);
-          if (out) this.sendReply(out, this.replyFds);
+          if (!out) return;
+          const conn = this.conn;
+          const fds = this.replyFds;
+          // The reply goes once the mirror has the message's effect in its socket (usually at once:
+          // the callback runs now); until then no further message is read.
+          let waiting = false;
+          let called = false;
+          this.whenMirrored(() =>
+            this.within(() => {
+              called = true;
+              if (waiting) {
+                if (this.conn !== conn || !conn?.isOpen) return;
+                conn.holdReading(false);
+              }
+              this.sendReply(out, fds);
+            }),
+          );
+          if (!called) {
+            waiting = true;
+            conn?.holdReading(true);
+          }
         }),
       onClose: (reason, violation) => this.within(() => this.disconnected(reason, violation)),
       onDrained: () => this.replyWritten(),
@@ -742,6 +769,7 @@ export class EngineVfHost implements VfHost {
       () => this.mirrorVf(spec.dev),
       () => this.mirror?.replied(spec.dev),
       (reply) => this.mirror?.reply(spec.dev, reply),
+      (fn) => (this.mirror ? this.mirror.whenSent(fn) : fn()),
       this.crashes,
     );
     if (spec.kind === "net" && !portSecurityOf(spec).macAdmin) {
