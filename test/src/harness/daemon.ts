@@ -200,16 +200,12 @@ export class Daemon {
 
   /** Parsed pino lines of the daemon's log. */
   logLines(): Array<Record<string, any>> {
-    return this.log()
-      .split("\n")
-      .filter((l) => l.startsWith("{"))
-      .map((l) => {
-        try {
-          return JSON.parse(l);
-        } catch {
-          return {};
-        }
-      });
+    return pinoLines(this.log());
+  }
+
+  /** Parsed pino lines of the keeper's log. */
+  keeperLogLines(): Array<Record<string, any>> {
+    return pinoLines(this.keeperLog());
   }
 
   async waitForLog(pred: (line: Record<string, any>) => boolean, timeoutMs = 10_000): Promise<Record<string, any>> {
@@ -262,6 +258,20 @@ export class Daemon {
 }
 
 /** Each thread of a process: name, state, kernel wait channel and kernel stack (root only). */
+/** The JSON lines of a pino log (anything else, e.g. a stack trace, is skipped). */
+export function pinoLines(text: string): Array<Record<string, any>> {
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => {
+      try {
+        return JSON.parse(l);
+      } catch {
+        return {};
+      }
+    });
+}
+
 export function threadStates(pid: number): string {
   const read = (f: string) => {
     try {

@@ -104,7 +104,7 @@ export class HostileWorld {
 
   /** The keeper runs the sessions: its log holds the attackers' refusals. */
   keeperLogLines(): Array<Record<string, any>> {
-    return parseLines(this.d.keeperLog());
+    return this.d.keeperLogLines();
   }
 
   /** Open fds of a process (the keeper holds every session's). */
@@ -244,18 +244,6 @@ export function rpcExchange(socket: string, request: string | Buffer, timeoutMs:
   });
 }
 
-function parseLines(text: string): Array<Record<string, any>> {
-  return text
-    .split("\n")
-    .filter((l) => l.startsWith("{"))
-    .map((l) => {
-      try {
-        return JSON.parse(l);
-      } catch {
-        return {};
-      }
-    });
-}
 
 /** Guest memory of a driver, written through its memfd (GPA == address in this process). */
 export class DriverMemory {

@@ -3,9 +3,7 @@
 import { native, type DriverRing } from "@vhostd/native";
 import { DriverMemory } from "./hostile_world.js";
 
-export const F_NEXT = 1;
-export const F_WRITE = 2;
-export const F_INDIRECT = 4;
+export { VRING_DESC_F_INDIRECT as F_INDIRECT, VRING_DESC_F_NEXT as F_NEXT, VRING_DESC_F_WRITE as F_WRITE } from "@vhostd/proto";
 
 export interface Desc {
   addr: bigint;
