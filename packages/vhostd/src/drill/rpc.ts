@@ -25,7 +25,7 @@ export class RpcError extends Error {
  * `vf -l` fields that follow the front-end (negotiation, connection), not the configuration:
  * left out when the drill asks "is the configuration the same?".
  */
-export const VF_RUNTIME_FIELDS: ReadonlySet<string> = new Set(["state", "connected", "reconnects", "configured", "last_error", "queue_size", "device_feature"]);
+export const VF_RUNTIME_FIELDS: ReadonlySet<string> = new Set(["state", "connected", "reconnects", "configured", "last_error", "queue_size", "device_feature", "mac_locked"]);
 
 export const HA_UNKNOWN = "Not Known Due to HA Disconnected";
 
