@@ -120,13 +120,15 @@ export async function runFresh(o: DrillOptions, h: FreshHooks): Promise<FreshRep
   for (let i = 0; i < o.events && !h.interrupted(); i++) {
     const kind: EventKind = o.kill === "mix" ? kinds[Math.floor(rand() * 3)]! : (o.kill as EventKind); // "none" is --migrate only
     const atMs = o.intervalMs[0] + Math.floor(rand() * (o.intervalMs[1] - o.intervalMs[0] + 1));
-    const before = await vfList(pair.runDir, specs);
     const reconnects0 = links.reduce((s, l) => s + l.reconnects, 0);
     const drops0 = await engineRxDrops(pair.runDir, specs);
     for (const l of links) l.startRx(i);
     await sleep(RX_READY_MS);
     for (const l of links) l.startTx(o.ratePps, o.frameSize);
     await sleep(atMs);
+    // Listed with traffic flowing: a VF's port locks to the first source MAC it sends
+    // (mac_locked), and that lock must then survive the event like everything else listed.
+    const before = await vfList(pair.runDir, specs);
 
     // The event: SIGKILL, then restart what died the way systemd would (keeper first).
     const victims: Daemon[] = kind === "both" ? ["keeper", "vhostd"] : [kind];
