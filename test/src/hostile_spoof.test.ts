@@ -216,3 +216,44 @@ test.serial("HA: a port's learned lock survives a keeper kill; after the takeove
     await d.stop();
   }
 });
+
+test.serial("a VM's learned MAC moves with it: once every ring of its old VF stopped (a migration's switch-over), another VF may lock it; before, it may not", async (t) => {
+  const d = await Daemon.start();
+  const drivers: FrontendDriver[] = [];
+  try {
+    // vic is the migration's source, att (here no attacker) the destination on another VF.
+    const [dst, src, peer] = await threeVfs(d);
+    drivers.push(dst, src, peer);
+    const vmMac = src.mac;
+    src.device.startTx(0, { dstMac: peer.mac, srcMac: vmMac, frameSize: 128, count: 50, streamId: 2, ratePps: 5000 });
+    await waitFor(() => peer.device.stats(0).rxPackets >= 50, 20_000, "the source's first frames at the peer");
+    await waitFor(async () => (await d.ok(["vf", "-i", VF_VIC])).device.mac_locked === vmMac.toUpperCase(), 10_000, "the source's port locked");
+    // While the source runs, the MAC is its own: the destination's frames with it are dropped.
+    dst.device.startTx(0, { dstMac: peer.mac, srcMac: vmMac, frameSize: 128, count: 40, streamId: 3, ratePps: 5000 });
+    await waitFor(() => dst.device.stats(0).txPackets >= 40, 20_000, "early frames sent");
+    await waitFor(async () => (await d.ok(["vf", "-i", VF_ATT])).device.queues[1].spoofed === 40, 10_000, "counted as spoofed");
+    t.is(peer.device.stats(0).rxPackets, 50);
+
+    // QEMU stops the source's device at switch-over: GET_VRING_BASE on every ring, still connected.
+    await src.getVringBase(0);
+    await src.getVringBase(1);
+    await d.waitForLog((l) => l.vf === VF_VIC && String(l.msg).includes("switch port unlocked (every ring stopped)"));
+    t.is((await d.ok(["vf", "-i", VF_VIC])).device.mac_locked, "");
+
+    // The VM resumes on the destination VF: its first frame locks that port, and traffic for the
+    // VM's MAC goes there, none to the stopped source.
+    dst.device.startTx(0, { dstMac: peer.mac, srcMac: vmMac, frameSize: 128, count: 60, streamId: 4, ratePps: 5000 });
+    await waitFor(() => peer.device.stats(0).rxPackets >= 110, 20_000, "the destination's frames at the peer");
+    t.is((await d.ok(["vf", "-i", VF_ATT])).device.mac_locked, vmMac.toUpperCase());
+    const dstRx = dst.device.stats(0).rxPackets;
+    const srcRx = src.device.stats(0).rxPackets;
+    await peerToVictim(peer, src, 300); // to the VM's MAC
+    await waitFor(() => dst.device.stats(0).rxPackets >= dstRx + 300, 20_000, "the VM's frames at its new VF");
+    t.is(src.device.stats(0).rxPackets, srcRx, "nothing for the VM reached its old, stopped VF");
+    const pi = await d.ok(["mgmtpf", "-i", PF]);
+    t.like(pi.fdb.find((e: { mac: string }) => e.mac === vmMac.toUpperCase()), { port: VF_ATT, locked: true });
+  } finally {
+    for (const f of drivers) f.close();
+    await d.stop();
+  }
+});

@@ -178,9 +178,21 @@ class VfSession {
   }
 
   private updateState(): void {
-    if (this.state === "negotiating" && this.session.vrings.some((v) => v.started)) this.state = "running";
+    const anyStarted = this.session.vrings.some((v) => v.started);
+    if (this.state === "negotiating" && anyStarted) this.state = "running";
     if (this.state === "running") this.runningSince ??= Date.now();
+    // Every ring stopped while connected: the VM stopped its device (a live migration's source
+    // at switch-over, a guest reset). Its learned MAC is free for the VM's next home, which may
+    // be another VF of this switch.
+    if (anyStarted) this.ringsRan = true;
+    else if (this.ringsRan) {
+      this.ringsRan = false;
+      this.releasePortLock("every ring stopped");
+    }
   }
+
+  /** Some ring ran since the front-end connected or last stopped them all. */
+  private ringsRan = false;
 
   /** Since when the session runs without interruption here (the crash ledger's clean interval). */
   runningSince: number | undefined;
@@ -341,7 +353,8 @@ class VfSession {
     this.pendingReply = null;
     this.runningSince = undefined;
     this.session.reset();
-    this.releasePortLock();
+    this.ringsRan = false;
+    this.releasePortLock("front-end gone");
     if (violation) this.lastError = reason;
     this.log[violation ? "error" : "info"]({ reason }, "front-end disconnected");
     if (this.state === "stopped") return;
@@ -400,14 +413,14 @@ class VfSession {
   }
 
   /** The next front-end may be another VM: its first source locks the port anew. */
-  private releasePortLock(): void {
+  private releasePortLock(why: string): void {
     if (this.spec.kind !== "net" || portSecurityOf(this.spec).macAdmin) return;
     try {
       this.engine.setPortSecurity(this.spec.devId, { lockedMac: "" });
     } catch {
       /* engine closed */
     }
-    if (this.lockedMac) this.log.info({ mac: this.lockedMac }, "switch port unlocked (front-end gone)");
+    if (this.lockedMac) this.log.info({ mac: this.lockedMac }, `switch port unlocked (${why})`);
     this.lockedMac = undefined;
   }
 
