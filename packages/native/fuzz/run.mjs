@@ -6,10 +6,16 @@
 //   --replay        replay only, no campaign
 //   --targets=a,b   only these targets (native: see *_fuzz.cc; js: js_<name>, see js/targets.mjs)
 //   --merge         after the campaign, minimize the grown corpus into corpus/<target> (-merge=1)
+//   --cpu=S         a campaign of S CPU-seconds per target, counted from the fuzzer's own CPU
+//                   time (not wall time: the machine is shared; run it under `chrt -i 0`), in
+//                   rounds of --time seconds. Kept in build-fuzz/campaign/<target>.json with a
+//                   hash of the code under test, so a campaign interrupted resumes where it
+//                   stopped, and a changed source starts it again from zero.
 // Prints per target: execs, coverage (cov/ft), corpus size; writes build-fuzz/summary.json.
 // Exit status 1 when a replay or a campaign found a crash, a sanitizer report or a leak
 // (the input is kept in build-fuzz/crashes/<target>/ and named in the output).
 import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,6 +28,7 @@ const args = Object.fromEntries(process.argv.slice(2).map((a) => {
   return [m[1], m[2] ?? true];
 }));
 const smoke = !!args.smoke;
+const cpuGoal = args.cpu ? Number(args.cpu) : 0;
 const seconds = Number(args.time ?? (smoke ? 3 : process.env.VHOSTD_FUZZ_SECONDS ?? 600));
 const nativeTargets = readdirSync(here).filter((f) => f.endsWith("_fuzz.cc")).map((f) => f.replace(/_fuzz\.cc$/, "")).sort();
 const { JS_TARGETS } = await import("./js/targets.mjs");
@@ -47,12 +54,79 @@ function filesOf(dir) {
   return existsSync(dir) ? readdirSync(dir).filter((f) => !f.startsWith(".")).map((f) => path.join(dir, f)) : [];
 }
 
+/** CPU seconds of every child this process has waited for (/proc/self/stat cutime + cstime). */
+function childCpuSeconds() {
+  const f = readFileSync("/proc/self/stat", "utf8");
+  const fields = f.slice(f.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[13]) + Number(fields[14])) / 100; // fields 16, 17 of proc(5); USER_HZ is 100 on Linux
+}
+
+/** Every file whose code a target runs: a campaign counts only on the code it fuzzed. */
+function sourceHash(isJs) {
+  const h = createHash("sha256");
+  const walk = (dir, keep) => {
+    if (!existsSync(dir)) return;
+    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) { if (!["corpus", "crashes", "node_modules", "dist"].includes(e.name)) walk(p, keep); }
+      else if (keep(e.name)) h.update(p).update(readFileSync(p));
+    }
+  };
+  const root = path.resolve(here, "../../..");
+  if (isJs) {
+    for (const pkg of ["proto", "native", "vhostd", "ha"]) walk(path.join(root, "packages", pkg, "src"), (n) => n.endsWith(".ts"));
+    walk(path.join(here, "js"), (n) => n.endsWith(".mjs"));
+  } else {
+    walk(path.resolve(here, "../cc"), (n) => /\.(cc|h)$/.test(n));
+    walk(here, (n) => /\.(cc|h)$|^Makefile$/.test(n));
+  }
+  return h.digest("hex").slice(0, 16);
+}
+
 function run(cmd, argv, opts = {}) {
   const r = spawnSync(cmd, argv, { encoding: "utf8", maxBuffer: 256 << 20, ...opts });
   return { code: r.status ?? 1, signal: r.signal, out: (r.stdout ?? "") + (r.stderr ?? "") };
 }
 
 let failed = false;
+
+/** One fuzzer run of `seconds` on the working corpus: its exit and last stats. */
+function fuzzOnce(t, isJs, work, found, env, seconds) {
+  const r = isJs
+    ? run(process.execPath, [path.join(here, "js/fuzz_js.mjs"), "--fuzz", t.slice(3), `--time=${seconds}`, `--corpus=${work}`, `--artifacts=${found}/`], { env })
+    : run(path.join(out, "fuzz", t), [`-max_total_time=${seconds}`, "-timeout=20", "-rss_limit_mb=2560", `-max_len=${MAX_LEN[t] ?? 16384}`,
+        "-print_final_stats=1", `-artifact_prefix=${found}/`, work], { env });
+  const stat = (k) => Number((new RegExp(`${k}:\\s+(\\d+)`).exec(r.out) ?? [])[1] ?? NaN);
+  const lines = r.out.split("\n").filter((l) => /\bcov: \d+/.test(l));
+  const last = lines[lines.length - 1] ?? "";
+  return {
+    ...r,
+    execs: stat("stat::number_of_executed_units"),
+    cov: Number((/cov: (\d+)/.exec(last) ?? [])[1] ?? NaN),
+    ft: Number((/ft: (\d+)/.exec(last) ?? [])[1] ?? NaN),
+    corpus: (/corp: (\d+)\/(\S+)/.exec(last) ?? []).slice(1).join(" inputs, "),
+  };
+}
+
+function reportFinding(t, r, found) {
+  failed = true;
+  console.error(r.out.slice(-8000));
+  console.error(`FAIL ${t}: the campaign stopped on a finding; inputs in ${found}: ${filesOf(found).map((f) => path.basename(f)).join(" ")}`);
+}
+
+/** Minimizes the grown working corpus back into the committed one. */
+function merge(t, isJs, work, corpus, env) {
+  const merged = path.join(out, "merged", t);
+  rmSync(merged, { recursive: true, force: true });
+  mkdirSync(merged, { recursive: true });
+  const m = isJs
+    ? run(process.execPath, [path.join(here, "js/fuzz_js.mjs"), "--merge", t.slice(3), `--corpus=${work}`, `--into=${merged}`], { env })
+    : run(path.join(out, "fuzz", t), ["-merge=1", `-max_len=${MAX_LEN[t] ?? 16384}`, merged, work], { env });
+  if (m.code !== 0) { failed = true; console.error(m.out.slice(-4000)); return; }
+  rmSync(corpus, { recursive: true, force: true });
+  cpSync(merged, corpus, { recursive: true });
+  console.log(`${t}: corpus minimized to ${filesOf(corpus).length} inputs`);
+}
 const summary = {};
 const knownList = known();
 const skipTokens = knownList.map((k) => k.token).join(",");
@@ -97,37 +171,36 @@ for (const t of wanted) {
   mkdirSync(work, { recursive: true });
   for (const f of corpusFiles) cpSync(f, path.join(work, path.basename(f)));
   const env = skipEnv;
-  const r = isJs
-    ? run(process.execPath, [path.join(here, "js/fuzz_js.mjs"), "--fuzz", t.slice(3), `--time=${seconds}`, `--corpus=${work}`, `--artifacts=${found}/`], { env })
-    : run(path.join(out, "fuzz", t), [`-max_total_time=${seconds}`, "-timeout=20", "-rss_limit_mb=2560", `-max_len=${MAX_LEN[t] ?? 16384}`,
-        "-print_final_stats=1", `-artifact_prefix=${found}/`, work], { env });
-  const stat = (k) => Number((new RegExp(`${k}:\\s+(\\d+)`).exec(r.out) ?? [])[1] ?? NaN);
-  const lines = r.out.split("\n").filter((l) => /\bcov: \d+/.test(l));
-  const last = lines[lines.length - 1] ?? "";
-  const cov = Number((/cov: (\d+)/.exec(last) ?? [])[1] ?? NaN), ft = Number((/ft: (\d+)/.exec(last) ?? [])[1] ?? NaN);
-  const corp = (/corp: (\d+)\/(\S+)/.exec(last) ?? []).slice(1).join(" inputs, ");
-  summary[t] = { seconds, execs: stat("stat::number_of_executed_units"), cov, ft, corpus: corp, exit: r.code };
-  console.log(`${t}: ${seconds}s, ${summary[t].execs} execs, cov ${cov}, ft ${ft}, corpus ${corp}${r.code ? `, EXIT ${r.code}` : ""}`);
-  if (r.code !== 0) {
-    failed = true;
-    console.error(r.out.slice(-8000));
-    console.error(`FAIL ${t}: the campaign stopped on a finding; inputs in ${found}: ${filesOf(found).map((f) => path.basename(f)).join(" ")}`);
+  if (cpuGoal) {
+    // Rounds until the target had its CPU time; the tally survives an interrupted campaign.
+    const stateFile = path.join(out, "campaign", `${t}.json`);
+    mkdirSync(path.dirname(stateFile), { recursive: true });
+    const hash = sourceHash(isJs);
+    let st = existsSync(stateFile) ? JSON.parse(readFileSync(stateFile, "utf8")) : null;
+    if (!st || st.sourceHash !== hash) st = { target: t, sourceHash: hash, started: new Date().toISOString(), cpuSeconds: 0, wallSeconds: 0, execs: 0, rounds: 0 };
+    while (st.cpuSeconds < cpuGoal && !failed) {
+      const cpu0 = childCpuSeconds(), wall0 = Date.now();
+      const r = fuzzOnce(t, isJs, work, found, env, seconds);
+      st.cpuSeconds = Math.round((st.cpuSeconds + childCpuSeconds() - cpu0) * 10) / 10;
+      st.wallSeconds += Math.round((Date.now() - wall0) / 1000);
+      st.execs += Number.isFinite(r.execs) ? r.execs : 0;
+      st.rounds++;
+      Object.assign(st, { cov: r.cov, ft: r.ft, corpus: r.corpus, updated: new Date().toISOString() });
+      writeFileSync(stateFile, JSON.stringify(st, null, 2));
+      console.log(`${t}: round ${st.rounds}: ${st.cpuSeconds}/${cpuGoal} CPU-s (${st.wallSeconds} s wall), ${st.execs} execs, cov ${r.cov}, ft ${r.ft}, corpus ${r.corpus}${r.code ? `, EXIT ${r.code}` : ""}`);
+      if (r.code !== 0) reportFinding(t, r, found);
+    }
+    summary[t] = st;
+    if (args.merge && !failed) merge(t, isJs, work, corpus, env);
+    continue;
   }
-
+  const r = fuzzOnce(t, isJs, work, found, env, seconds);
+  summary[t] = { seconds, execs: r.execs, cov: r.cov, ft: r.ft, corpus: r.corpus, exit: r.code };
+  console.log(`${t}: ${seconds}s, ${r.execs} execs, cov ${r.cov}, ft ${r.ft}, corpus ${r.corpus}${r.code ? `, EXIT ${r.code}` : ""}`);
+  if (r.code !== 0) reportFinding(t, r, found);
   // 3. Minimize the grown corpus back into the committed one.
-  if (args.merge && r.code === 0) {
-    const merged = path.join(out, "merged", t);
-    rmSync(merged, { recursive: true, force: true });
-    mkdirSync(merged, { recursive: true });
-    const m = isJs
-      ? run(process.execPath, [path.join(here, "js/fuzz_js.mjs"), "--merge", t.slice(3), `--corpus=${work}`, `--into=${merged}`], { env })
-      : run(path.join(out, "fuzz", t), ["-merge=1", `-max_len=${MAX_LEN[t] ?? 16384}`, merged, work], { env });
-    if (m.code !== 0) { failed = true; console.error(m.out.slice(-4000)); continue; }
-    rmSync(corpus, { recursive: true, force: true });
-    cpSync(merged, corpus, { recursive: true });
-    console.log(`${t}: corpus minimized to ${filesOf(corpus).length} inputs`);
-  }
+  else if (args.merge) merge(t, isJs, work, corpus, env);
 }
-if (!args.replay) writeFileSync(path.join(out, "summary.json"), JSON.stringify(summary, null, 2));
+if (!args.replay) writeFileSync(path.join(out, cpuGoal ? "campaign-summary.json" : "summary.json"), JSON.stringify(summary, null, 2));
 console.log(failed ? "fuzz: FAILED" : "fuzz: ok");
 process.exit(failed ? 1 : 0);
