@@ -24,21 +24,8 @@ import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import { closeFds, native } from "@vhostd/native";
 import { emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type SnapshotMsg } from "@vhostd/proto";
-import {
-  KEEPER_MAX_LINE_BYTES,
-  EngineVfHost,
-  createVfHost,
-  keeperBeaconPath,
-  keeperSocketPath,
-  mirrorLockDir,
-  mirrorSharedPath,
-  type PfDeviceValue,
-  type VfHost,
-  type VfRuntime,
-  type VfSpec,
-} from "@vhostd/vhostd";
+import { createVfHost, EngineVfHost, KEEPER_MAX_LINE_BYTES, keeperBeaconPath, keeperSocketPath, mirrorLockDir, MirrorSender, mirrorSharedPath, type PfDeviceValue, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 import { parseDeviceEntry, sameValue, type DeviceEntry } from "./devices.js";
-import { MirrorSender } from "./mirror_sender.js";
 import { ReplicaJournal } from "./replica.js";
 import { SyncServer } from "./sync_server.js";
 
@@ -48,7 +35,7 @@ export interface KeeperOptions {
   runDir: string;
   stateDir: string;
   log: Logger;
-  /** Tests inject a fake host; default the engine host of @vhostd/vhostd. */
+  /** Tests inject a fake host; default the engine host of @vhostd/runtime. */
   host?: VfHost;
   heartbeatMs?: number;
   peerTimeoutMs?: number;
@@ -122,7 +109,7 @@ export class Keeper {
       k.state = desired.state;
       if (host instanceof EngineVfHost) {
         // A crash of ours (or of vfe-vhostd while it ran the VFs) that nobody judged yet: count
-        // it against the VF it names before running anything (crash_ledger.ts in @vhostd/vhostd).
+        // it against the VF it names before running anything (session/crash_ledger.ts in @vhostd/runtime).
         const vfById = new Map(desired.entries.flatMap((e) => (e.kind === "vf" ? [[e.value.devId, e.value] as const] : [])));
         host.claimCrashes((id) => vfById.get(id));
         // Sessions vfe-vhostd took over while we were down come back first, in place; only
