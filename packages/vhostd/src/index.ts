@@ -1,6 +1,5 @@
-// What other packages (tests, bench) reuse from vfe-vhostd.
-export * from "./ha_client.js";
-export * from "./keeper_host.js";
-export { Journal } from "./journal.js";
+// What the tests and the bench reuse from vfe-vhostd by name (the daemon and the CLI start from
+// main.ts and cli/main.ts; the keeper imports nothing from here).
+export { HaClient, HaSyncError, type HaClientOptions } from "./ha_client.js";
 export { rng } from "./drill/options.js";
 export { keeperCall, rpc } from "./drill/rpc.js";
