@@ -45,7 +45,7 @@ export interface DaemonOptions {
   /** Default VF socket prefix (vfe-vhostd --iface); default <run-dir>/vf-. */
   iface?: string;
   log?: Logger;
-  /** Tests inject a fake host; default the real one from session/host.ts. */
+  /** Tests inject a fake host; default the engine host of @vhostd/runtime. */
   hostFactory?: (opts: { log: Logger; runDir: string }) => VfHost;
   /** Keeper versions for `version` (undefined when no keeper is connected). */
   haInfo?: () => { version: string; buildTime: string } | undefined;

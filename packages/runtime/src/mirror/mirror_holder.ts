@@ -13,7 +13,7 @@ import { FramedFdConnection, checkPeerCred, closeFds, native, type PeerCred } fr
 import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
 import type { VfSpec } from "../device_records.js";
 import type { FdbRow, VfRuntime } from "../vf_host.js";
-import { createVfHost, type EngineVfHost } from "../session/host.js";
+import { createVfHost, type EngineVfHost } from "../session/engine_vf_host.js";
 import { keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "../paths.js";
 import { MIRROR_CODEC } from "./mirror_codec.js";
 import { processFate } from "./process_exit.js";

@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { FramedFdConnection, closeFds, connectUnix } from "@vhostd/native";
 import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
 import { mirrorSocketPath } from "../paths.js";
-import type { EngineVfHost, MirrorSink } from "../session/host.js";
+import type { EngineVfHost, MirrorSink } from "../session/engine_vf_host.js";
 import { MIRROR_CODEC } from "./mirror_codec.js";
 
 export interface TakenBack {
