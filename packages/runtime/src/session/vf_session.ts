@@ -8,7 +8,8 @@ import type { VfRuntime } from "../vf_host.js";
 import { closeAll, VhostUserConnection } from "./connection.js";
 import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";
 import type { DeviceModel } from "./device_model.js";
-import { VhostSession, encodeReply } from "./session.js";
+import { encodeReply } from "./session.js";
+import { MirroredSession } from "./session_mirror.js";
 import type { CrashLedger } from "./crash_ledger.js";
 
 /** One VF's endpoint, connection and session. */
@@ -20,7 +21,7 @@ export class VfSession {
   lockedMac: string | undefined;
   private conn: VhostUserConnection | null = null;
   private readonly endpoint: Endpoint;
-  readonly session: VhostSession;
+  readonly session: MirroredSession;
   private readonly log: Logger;
   private everConnected = false;
 
@@ -36,7 +37,7 @@ export class VfSession {
     private readonly crashes: CrashLedger,
   ) {
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
-    this.session = new VhostSession(spec.devId, model, engine, this.log, {
+    this.session = new MirroredSession(spec.devId, model, engine, this.log, {
       reply: (req, payload, fds = []) => {
         if (this.replies) {
           this.replies.push(encodeReply(req, payload));
