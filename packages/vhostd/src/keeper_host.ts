@@ -21,7 +21,7 @@ import { EventEmitter } from "node:events";
 import { createConnection, type Socket } from "node:net";
 import type { Logger } from "pino";
 import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, type HaOp, type HaState, type WelcomeMsg } from "@vhostd/proto";
-import { HaClient, HaSyncError } from "./ha_client.js";
+import { HaClient, HaSyncError } from "./keeper_sync_client.js";
 import { KEEPER_MAX_LINE_BYTES, keeperSocketPath, MirrorHolder, pfKey, pfValue, vfKey, vfValue, type FdbRow, type PfDeviceValue, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 
 /** The keeper's errors carry the host's errno as "[errno N] ..." in the nack reason. */
