@@ -6,8 +6,8 @@
 // qemu-storage-daemon. Usage, after `pnpm run build`: node bench/flush_modes.mjs [ROUNDS]
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
-import { Guest, commandOutput, shellCmdArgs } from "../test/dist/src/harness/qemu.js";
-import { Daemon, sleep } from "../test/dist/src/harness/daemon.js";
+import { Guest, commandOutput, shellCmdArgs } from "@vhostd/test/harness/qemu";
+import { Daemon, sleep } from "@vhostd/test/harness/daemon";
 
 const ROUNDS = Number(process.argv[2] ?? 2);
 const N = 200;

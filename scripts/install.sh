@@ -14,7 +14,7 @@
 #   --node PATH      the node (>= 20) the launchers exec (default: `command -v node`)
 #
 # What it writes (paths below DESTDIR):
-#   PREFIX/lib/                  the runtime tree: the four packages (compiled JS, package.json,
+#   PREFIX/lib/                  the program tree: the five packages (compiled JS, package.json,
 #                                bin/, the native addon) and their production dependencies,
 #                                made by `pnpm deploy --prod` (pnpm's own layout, no dev deps)
 #   PREFIX/bin/vfe-vhostd, vfe-vhostd-ha, vfe-vhost-cli
@@ -69,7 +69,8 @@ D=$DESTDIR$PREFIX
 
 # ---- preconditions: a built tree, node >= 20, pnpm
 for f in packages/proto/dist/src/index.js packages/native/dist/src/index.js packages/vhostd/dist/src/main.js \
-         packages/vhostd/dist/src/cli/main.js packages/ha/dist/src/main.js packages/native/build/Release/vhostd_native.node; do
+         packages/vhostd/dist/src/cli/main.js packages/ha/dist/src/main.js packages/runtime/dist/src/index.js \
+         packages/native/build/Release/vhostd_native.node; do
   [ -f "$ROOT/$f" ] || die "the tree is not built ($f is missing): run 'pnpm install && pnpm run build' first"
 done
 if [ -z "$NODE" ]; then NODE=$(command -v node) || die "node not found on PATH: pass --node /path/to/node (>= 20)"; fi
@@ -84,9 +85,9 @@ trap 'rm -rf "$STAGE"' EXIT
 deploy() {
   # --legacy: the workspace shares one lockfile and keeps inject-workspace-packages off (the
   # dev tree links workspace packages); --ignore-scripts: the addon is already built and
-  # copied, nothing must compile on the target. @vhostd/ha depends on the three others, so
-  # one deploy holds all three programs.
-  (cd "$ROOT" && pnpm --filter @vhostd/ha deploy --prod --legacy --ignore-scripts "$@" "$STAGE/lib") >"$STAGE/deploy.log" 2>&1
+  # copied, nothing must compile on the target. @vhostd/deploy (packaging/deploy) depends on
+  # both daemons' packages, so one deploy holds all three programs.
+  (cd "$ROOT" && pnpm --filter @vhostd/deploy deploy --prod --legacy --ignore-scripts "$@" "$STAGE/lib") >"$STAGE/deploy.log" 2>&1
 }
 if ! deploy --offline; then
   rm -rf "$STAGE/lib"
@@ -154,7 +155,7 @@ EOF
 }
 launcher vfe-vhostd node_modules/@vhostd/vhostd/bin/vfe-vhostd.js
 launcher vfe-vhost-cli node_modules/@vhostd/vhostd/bin/vfe-vhost-cli.js
-launcher vfe-vhostd-ha bin/vfe-vhostd-ha.js
+launcher vfe-vhostd-ha node_modules/@vhostd/ha/bin/vfe-vhostd-ha.js
 
 mkdir_rec "$BINDIR"
 for n in vfe-vhostd vfe-vhostd-ha vfe-vhost-cli; do

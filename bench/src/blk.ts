@@ -5,9 +5,9 @@
 // the ratio is what counts.
 import { execFileSync } from "node:child_process";
 import path from "node:path";
-import { Daemon } from "../../test/dist/src/harness/daemon.js";
-import { Guest, commandOutput, shellCmdArgs } from "../../test/dist/src/harness/qemu.js";
-import { Qsd } from "../../test/dist/src/harness/qsd.js";
+import { Daemon } from "@vhostd/test/harness/daemon";
+import { Guest, commandOutput, shellCmdArgs } from "@vhostd/test/harness/qemu";
+import { Qsd } from "@vhostd/test/harness/qsd";
 import { loadavg } from "./sys.js";
 
 const PF = "0000:af:00.3";

@@ -5,9 +5,8 @@
 // not sessions (the HA kill tests and the drill measure those).
 import fs from "node:fs";
 import path from "node:path";
-import { Daemon, waitFor } from "../../test/dist/src/harness/daemon.js";
-import { call } from "../../packages/vhostd/dist/src/cli/client.js";
-import { mirrorComplete } from "../../packages/vhostd/dist/src/drill/rpc.js";
+import { Daemon, waitFor } from "@vhostd/test/harness/daemon";
+import { call, mirrorComplete } from "@vhostd/vhostd";
 import { cpuSeconds, rssMiB } from "./sys.js";
 
 const PF = "0000:af:00.2";

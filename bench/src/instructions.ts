@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { Daemon, sleep, waitFor } from "../../test/dist/src/harness/daemon.js";
+import { Daemon, sleep, waitFor } from "@vhostd/test/harness/daemon";
 import { Pmd, type PortSample } from "./pmd.js";
 import { pin } from "./sys.js";
 import { BE_CPU, BE_LCORES, FE_LCORES, PF, VFS, beVdevs, feVdevs, flowgenArgs } from "./topology.js";

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { sleep, waitFor } from "../../test/dist/src/harness/wait.js";
+import { sleep, waitFor } from "@vhostd/test/harness/wait";
 
 export interface PortSample {
   /** performance.now() when the block was read. */

@@ -1,7 +1,7 @@
 // The "devices" table as the keeper reads it: pf/<DEV> and vf/<DEV> entries, validated field
 // by field (whatever arrives on the sync socket or sits in the replica journal is untrusted).
 import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "@vhostd/proto";
-import { portSecurityFields, type PfDeviceValue, type VfSpec } from "@vhostd/vhostd";
+import { portSecurityFields, type PfDeviceValue, type VfSpec } from "@vhostd/runtime";
 
 export type DeviceEntry = { kind: "pf"; dev: string; value: PfDeviceValue } | { kind: "vf"; dev: string; value: VfSpec };
 

@@ -4,7 +4,7 @@
 // the datapath itself (standalone) and the keeper merely holds its place.
 import fs from "node:fs";
 import { parseArgs } from "node:util";
-import { createLogger, isLogLevel, noteFatalException, notifyReady, notifyStopping, resolvePaths, startWatchdog } from "@vhostd/vhostd";
+import { createLogger, isLogLevel, noteFatalException, notifyReady, notifyStopping, resolvePaths, startWatchdog } from "@vhostd/runtime";
 import { Keeper } from "./keeper.js";
 
 const { values } = parseArgs({
@@ -50,7 +50,7 @@ fs.writeFileSync(pidFile, `${process.pid}\n`);
 log.info({ version: pkg.version, runDir: paths.runDir, stateDir: paths.stateDir, ...keeper.list() }, "keeper up: it runs the VFs of vfe-vhostd --ha");
 process.on("uncaughtException", (e) => {
   log.fatal({ err: e.stack ?? String(e) }, "uncaught exception");
-  noteFatalException(e); // a crash of the VF being handled, if any (crash_ledger.ts in @vhostd/vhostd)
+  noteFatalException(e); // a crash of the VF being handled, if any (session/crash_ledger.ts in @vhostd/runtime)
   process.exit(1);
 });
 

@@ -45,7 +45,7 @@ constexpr uint8_t VIRTIO_BLK_S_UNSUPP = 2;
 constexpr uint32_t VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
 
 // Limits the device advertises (config space, written by the TS model from the same numbers:
-// packages/vhostd/src/session/blk_model.ts) and enforces on every request.
+// packages/runtime/src/session/blk_model.ts) and enforces on every request.
 constexpr uint32_t kBlkSegMax = 126;             // data descriptors per request (SEG_MAX)
 constexpr uint32_t kBlkSizeMax = 1u << 20;       // bytes per data descriptor (SIZE_MAX)
 constexpr uint32_t kBlkMaxChain = kBlkSegMax + 2;  // descriptors per request: header, data, status

@@ -5,7 +5,7 @@
 // syscall. A fatal signal handler (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS)
 // copies the crashing thread's slot into a crash record before the process dies; whoever adopts
 // the dead process's sessions claims the record and judges the devices it names (the ledger,
-// kept by the TS side in the same file: packages/vhostd/src/session/crash_ledger.ts).
+// kept by the TS side in the same file: packages/runtime/src/session/crash_ledger.ts).
 //
 // Why a handler and not just the slots: a SIGKILL (an operator, the OOM killer, the HA tests'
 // kill -9) leaves slots set too, and must not count against the device that happened to be

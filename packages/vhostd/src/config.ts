@@ -3,7 +3,7 @@
 // unknown keys, wrong types and out-of-range values are errors naming the offending path.
 import { readFileSync } from "node:fs";
 import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, normalizePciAddr } from "@vhostd/proto";
-import type { VfKind } from "./vf_host.js";
+import type { VfKind } from "@vhostd/runtime";
 
 export interface PfConfig {
   /** PF address "DDDD:BB:DD.F". */

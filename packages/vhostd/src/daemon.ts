@@ -27,16 +27,12 @@ import {
 } from "@vhostd/proto";
 import { loadConfig } from "./config.js";
 import { Inventory } from "./inventory.js";
-import { createLogger } from "./log.js";
-import { resolvePaths, VF_SOCKET_PREFIX, type Paths } from "./paths.js";
+import { createLogger, createVfHost, notifyReady, notifyStopping, portSecurityOf, resolvePaths, startWatchdog, VF_SOCKET_PREFIX, type Paths, type SocketMode, type VfHost, type VfRuntime, type VfSpec, type Watchdog } from "@vhostd/runtime";
 import { Journal } from "./journal.js";
 import { Registry, type PfEntry } from "./registry.js";
 import { RpcServer, prepareSocketPath, type Handler } from "./rpc_server.js";
-import { createVfHost } from "./session/host.js";
 import { KeeperVfHost } from "./keeper_host.js";
 import { MetricsServer, parseMetricsAddress } from "./metrics.js";
-import { notifyReady, notifyStopping, startWatchdog, type Watchdog } from "./systemd.js";
-import { portSecurityOf, type SocketMode, type VfHost, type VfRuntime, type VfSpec } from "./vf_host.js";
 import type { LevelWithSilent } from "pino";
 
 export interface DaemonOptions {
@@ -49,7 +45,7 @@ export interface DaemonOptions {
   /** Default VF socket prefix (vfe-vhostd --iface); default <run-dir>/vf-. */
   iface?: string;
   log?: Logger;
-  /** Tests inject a fake host; default the real one from session/host.ts. */
+  /** Tests inject a fake host; default the engine host of @vhostd/runtime. */
   hostFactory?: (opts: { log: Logger; runDir: string }) => VfHost;
   /** Keeper versions for `version` (undefined when no keeper is connected). */
   haInfo?: () => { version: string; buildTime: string } | undefined;

@@ -29,7 +29,7 @@ import { join } from "node:path";
 import { open, type Database, type RootDatabase } from "lmdb";
 import { Packr } from "msgpackr";
 import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "@vhostd/proto";
-import { portSecurityFields, type SocketMode, type VfKind } from "./vf_host.js";
+import { portSecurityFields, type SocketMode, type VfKind } from "@vhostd/runtime";
 
 /** Format of the records this code writes and understands. */
 export const JOURNAL_FORMAT = 1;

@@ -19,59 +19,10 @@
 // JSON), bounded by a short timeout; unknown while the keeper restarts.
 import { EventEmitter } from "node:events";
 import { createConnection, type Socket } from "node:net";
-import { join } from "node:path";
 import type { Logger } from "pino";
 import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, type HaOp, type HaState, type WelcomeMsg } from "@vhostd/proto";
-import { HaClient, HaSyncError } from "./ha_client.js";
-import { MirrorHolder } from "./ha/mirror_holder.js";
-import { portSecurityFields, type FdbRow, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "./vf_host.js";
-
-/** The keeper's local inspection socket inside the run dir (0600). */
-export const KEEPER_SOCKET_NAME = "vfe-vhostd-ha.sock";
-/** Largest request or reply line on the keeper socket. */
-export const KEEPER_MAX_LINE_BYTES = 1 << 20;
-
-export function keeperSocketPath(runDir: string): string {
-  return join(runDir, KEEPER_SOCKET_NAME);
-}
-
-/** Value of devices["pf/<DEV>"]. */
-export interface PfDeviceValue {
-  pf: string;
-  switchId: number;
-  kind: VfKind;
-  uplinkTap?: string;
-}
-
-export function pfKey(dev: string): string {
-  return `pf/${dev}`;
-}
-export function vfKey(dev: string): string {
-  return `vf/${dev}`;
-}
-
-/** A VfSpec as the sync channel carries it (no undefined fields). */
-export function vfValue(s: VfSpec): Record<string, unknown> {
-  return {
-    dev: s.dev,
-    pf: s.pf,
-    kind: s.kind,
-    devId: s.devId,
-    switchId: s.switchId,
-    socketPath: s.socketPath,
-    mode: s.mode,
-    ...(s.uuid ? { uuid: s.uuid } : {}),
-    mac: s.mac,
-    mtu: s.mtu,
-    queuePairs: s.queuePairs,
-    ...(s.disk ? { disk: { path: s.disk.path, size: s.disk.size, readonly: s.disk.readonly, direct: s.disk.direct } } : {}),
-    ...portSecurityFields(s),
-  };
-}
-
-export function pfValue(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): PfDeviceValue {
-  return { pf, switchId, kind, ...(uplinkTap ? { uplinkTap } : {}) };
-}
+import { HaClient, HaSyncError } from "./keeper_sync_client.js";
+import { KEEPER_MAX_LINE_BYTES, keeperSocketPath, MirrorHolder, pfKey, pfValue, vfKey, vfValue, type FdbRow, type PfDeviceValue, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 
 /** The keeper's errors carry the host's errno as "[errno N] ..." in the nack reason. */
 function keeperError(e: unknown): Error {

@@ -1,9 +1,7 @@
 // vfe-vhostd entry point (bin/vfe-vhostd.js imports this).
 import { argTokens } from "./cli/argv.js";
 import { Daemon, daemonVersion, type DaemonOptions } from "./daemon.js";
-import { isLogLevel, LOG_LEVELS } from "./log.js";
-import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, ENV_RUN_DIR, ENV_STATE_DIR } from "./paths.js";
-import { noteFatalException } from "./session/crash_ledger.js";
+import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, ENV_RUN_DIR, ENV_STATE_DIR, isLogLevel, LOG_LEVELS, noteFatalException } from "@vhostd/runtime";
 
 const USAGE = `usage: vfe-vhostd [-h] [--run-dir DIR] [--state-dir DIR] [--config FILE] [--server | --client]
                   [--iface PREFIX] [--ha | --standalone] [--metrics ADDR] [--log-level LEVEL] [--version]

@@ -7,7 +7,7 @@ import fs from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { Logger } from "pino";
 import { native } from "@vhostd/native";
-import type { VfRuntime, VfSpec } from "./vf_host.js";
+import type { VfRuntime, VfSpec } from "@vhostd/runtime";
 
 export type MetricsAddress = { kind: "tcp"; host: string; port: number } | { kind: "unix"; path: string };
 

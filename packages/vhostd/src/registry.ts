@@ -48,7 +48,7 @@ import {
 import { prepareDisk } from "./disk.js";
 import type { Inventory, PfInfo } from "./inventory.js";
 import { JournalConflictError, type JournalContents, type PfRecord, type VfRecord } from "./journal.js";
-import { portSecurityFields, type FdbRow, type SocketMode, type VfHost, type VfRuntime, type VfSpec } from "./vf_host.js";
+import { portSecurityFields, type FdbRow, type SocketMode, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 
 /** Most VFs alive at once (vfe: MAX_VDPA_SAMPLE_PORTS). */
 export const MAX_LIVE_VFS = 2048;

@@ -9,7 +9,7 @@ import { ConfigError, DEFAULT_CONFIG, loadConfig, parseConfig } from "../src/con
 import { Inventory, deriveMac } from "../src/inventory.js";
 import { Journal } from "../src/journal.js";
 import { Registry, type RegistryEvent } from "../src/registry.js";
-import type { VfSpec } from "../src/vf_host.js";
+import type { VfSpec } from "@vhostd/runtime";
 import { FakeHost } from "./registry_fake_host.js";
 
 function setup() {

@@ -1,5 +1,5 @@
 // A VfHost that records what the registry asks of it (shared by registry and rpc tests).
-import type { VfHost, VfKind, VfRuntime, VfSpec } from "../src/vf_host.js";
+import type { VfHost, VfKind, VfRuntime, VfSpec } from "@vhostd/runtime";
 
 /** Records what the registry asks of the host; can be told to fail. */
 export class FakeHost implements VfHost {

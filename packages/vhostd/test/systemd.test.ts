@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { native } from "@vhostd/native";
-import { notifyReady, notifyStopping, sdNotify, startWatchdog, watchdogUsec } from "../src/systemd.js";
+import { notifyReady, notifyStopping, sdNotify, startWatchdog, watchdogUsec } from "@vhostd/runtime";
 import { call } from "../src/cli/client.js";
 
 const PKG = join(dirname(fileURLToPath(import.meta.url)), "..", ".."); // packages/vhostd

@@ -6,7 +6,7 @@
 // keeps running.
 import { native } from "@vhostd/native";
 import { MIRROR_MAX_FRAME_BYTES } from "@vhostd/proto";
-import { mirrorSocketPath } from "@vhostd/vhostd";
+import { mirrorSocketPath } from "@vhostd/runtime";
 import { Packr } from "msgpackr";
 import { sleep } from "../harness/daemon.js";
 import { VF_A, type HostileWorld } from "../harness/hostile_world.js";

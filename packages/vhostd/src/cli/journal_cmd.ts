@@ -5,7 +5,7 @@
 import { argTokens } from "./argv.js";
 import { join } from "node:path";
 import { Journal, JournalMissingError, type JournalContents } from "../journal.js";
-import { DEFAULT_STATE_DIR, ENV_STATE_DIR, JOURNAL_DIR_NAME } from "../paths.js";
+import { DEFAULT_STATE_DIR, ENV_STATE_DIR, JOURNAL_DIR_NAME } from "@vhostd/runtime";
 import { OUTPUT_FORMATS, PROG, UsageError, type OutputFormat } from "./args.js";
 import { formatJson, renderTable } from "./format.js";
 

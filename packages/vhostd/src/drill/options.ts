@@ -3,7 +3,7 @@
 // turn into a drill of the wrong thing.
 import { argTokens } from "../cli/argv.js";
 import { normalizePciAddr } from "@vhostd/proto";
-import { DEFAULT_RUN_DIR, ENV_RUN_DIR } from "../paths.js";
+import { DEFAULT_RUN_DIR, ENV_RUN_DIR } from "@vhostd/runtime";
 import { PROG, UsageError } from "../cli/args.js";
 
 export const DRILL_VERB = "drill";

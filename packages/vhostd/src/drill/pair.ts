@@ -13,13 +13,16 @@ const here = dirname(fileURLToPath(import.meta.url)); // <vhostd package>/dist/s
 const vhostdPkg = resolve(here, "../../..");
 
 /**
- * The daemons' launchers. vfe-vhostd is in this package. The keeper is a sibling package in the
- * source tree (packages/ha) and the root of the runtime tree in an install (PREFIX/lib, with this
- * package under PREFIX/lib/node_modules/@vhostd/vhostd); VHOSTD_KEEPER_BIN overrides both.
+ * The daemons' launchers. vfe-vhostd is in this package. The keeper's package (@vhostd/ha) is not
+ * a dependency of this one: it is found beside it, in the source tree (packages/ha) or in an
+ * install (PREFIX/lib/node_modules/@vhostd/ha, next to the @vhostd/vhostd link the CLI was
+ * started through; this module's own path is the link's target in pnpm's store).
+ * VHOSTD_KEEPER_BIN overrides both.
  */
 export function daemonBins(env: NodeJS.ProcessEnv = process.env): { vhostd: string; keeper: string | undefined } {
   const vhostd = join(vhostdPkg, "bin", "vfe-vhostd.js");
-  const candidates = [env.VHOSTD_KEEPER_BIN, resolve(vhostdPkg, "../ha/bin/vfe-vhostd-ha.js"), resolve(vhostdPkg, "../../../bin/vfe-vhostd-ha.js")];
+  const launched = process.argv[1] ? resolve(dirname(process.argv[1]), "../../ha/bin/vfe-vhostd-ha.js") : undefined;
+  const candidates = [env.VHOSTD_KEEPER_BIN, resolve(vhostdPkg, "../ha/bin/vfe-vhostd-ha.js"), launched];
   return { vhostd, keeper: candidates.find((c): c is string => !!c && existsSync(c)) };
 }
 

@@ -8,7 +8,7 @@ import { RPC_SOCKET_NAME } from "@vhostd/proto";
 import { native } from "@vhostd/native";
 import { parseArgs } from "../cli/args.js";
 import { call } from "../cli/client.js";
-import { keeperSocketPath } from "../keeper_host.js";
+import { keeperSocketPath } from "@vhostd/runtime";
 
 /** An RPC answered with errno != 0 or a JSON-RPC error. */
 export class RpcError extends Error {

@@ -7,13 +7,13 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import { FrontendDriver } from "@vhostd/native";
 import { haSyncEndpoint } from "@vhostd/proto";
-import { HaClient, pfKey, pfValue, vfKey, vfValue, type VfSpec } from "@vhostd/vhostd";
+import { pfKey, pfValue, vfKey, vfValue, type VfSpec } from "@vhostd/runtime";
+import { HaClient } from "@vhostd/vhostd";
+import { keeperBin } from "./harness/paths.js";
 
-const keeperBin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/vfe-vhostd-ha.js");
 const dir = mkdtempSync(path.join(tmpdir(), "vhostd-keeper-proc-"));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 const log = pino({ level: "silent" });

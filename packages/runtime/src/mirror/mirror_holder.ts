@@ -11,9 +11,11 @@ import fs from "node:fs";
 import type { Logger } from "pino";
 import { FramedFdConnection, checkPeerCred, closeFds, native, type PeerCred } from "@vhostd/native";
 import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
-import type { FdbRow, VfRuntime, VfSpec } from "../vf_host.js";
-import { createVfHost, type EngineVfHost } from "../session/host.js";
-import { MIRROR_CODEC, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./mirror_codec.js";
+import type { VfSpec } from "../device_records.js";
+import type { FdbRow, VfRuntime } from "../vf_host.js";
+import { createVfHost, type EngineVfHost } from "../session/engine_vf_host.js";
+import { keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "../paths.js";
+import { MIRROR_CODEC } from "./mirror_codec.js";
 import { processFate } from "./process_exit.js";
 import { Premapped } from "./premapped.js";
 

@@ -1,4 +1,4 @@
-// The keeper's half of the HA session mirror (see @vhostd/vhostd ha/mirror_holder.ts).
+// The keeper's half of the HA session mirror (see mirror_holder.ts).
 //
 // While we run the VFs, every change of a session (each vhost-user message handled, each
 // connect and disconnect) is pushed to vfe-vhostd with duplicates of the fds it needs, so that
@@ -8,7 +8,9 @@
 import type { Logger } from "pino";
 import { FramedFdConnection, closeFds, connectUnix } from "@vhostd/native";
 import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
-import { MIRROR_CODEC, mirrorSocketPath, type EngineVfHost, type MirrorSink } from "@vhostd/vhostd";
+import { mirrorSocketPath } from "../paths.js";
+import type { EngineVfHost, MirrorSink } from "../session/engine_vf_host.js";
+import { MIRROR_CODEC } from "./mirror_codec.js";
 
 export interface TakenBack {
   pfs: Array<{ dev: string; switchId: number; fd: number }>;

@@ -20,13 +20,12 @@ import {
   type SnapshotMsg,
   type SyncMessage,
 } from "@vhostd/proto";
-import { SyncServer } from "../src/sync_server.js";
-import type * as HaClientModule from "../../vhostd/src/ha_client.js";
+import { SyncServer } from "@vhostd/ha";
+import { HaClient } from "@vhostd/vhostd";
 
-// vhostd's index does not export the client yet (wiring): load the compiled module by path.
-const clientUrl = new URL("../../../vhostd/dist/src/ha_client.js", import.meta.url);
-const serverUrl = new URL("../src/sync_server.js", import.meta.url);
-const { HaClient } = (await import(clientUrl.href)) as typeof HaClientModule;
+// The child processes below load the same modules by name.
+const clientUrl = new URL(import.meta.resolve("@vhostd/vhostd"));
+const serverUrl = new URL(import.meta.resolve("@vhostd/ha"));
 
 const root = mkdtempSync(path.join(tmpdir(), "vhostd-hasync-"));
 test.after.always(() => rmSync(root, { recursive: true, force: true }));

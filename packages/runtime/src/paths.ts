@@ -1,7 +1,7 @@
-// Where vfe-vhostd and its tools keep things. Other tools (the keeper, scripts, tests)
-// depend on these names exactly.
+// Where both daemons and their tools keep things: every file name inside the run and state
+// directories is spelled here once. Other tools (scripts, tests) depend on these names exactly.
 import { join, resolve } from "node:path";
-import { RPC_SOCKET_NAME } from "@vhostd/proto";
+import { MIRROR_SOCKET_NAME, RPC_SOCKET_NAME } from "@vhostd/proto";
 
 export const DEFAULT_RUN_DIR = "/run/vhostd";
 export const DEFAULT_STATE_DIR = "/var/lib/vhostd";
@@ -45,4 +45,33 @@ export function resolvePaths(opts: { runDir?: string; stateDir?: string }, env: 
     logDir: join(stateDir, "logs"),
     journalDir: join(stateDir, JOURNAL_DIR_NAME),
   };
+}
+
+/** The keeper's local inspection socket inside the run dir (0600). */
+export const KEEPER_SOCKET_NAME = "vfe-vhostd-ha.sock";
+/** Largest request or reply line on the keeper socket. */
+export const KEEPER_MAX_LINE_BYTES = 1 << 20;
+
+export function keeperSocketPath(runDir: string): string {
+  return join(runDir, KEEPER_SOCKET_NAME);
+}
+
+/** <run-dir>/locks: one OFD-locked file per VF whose queues run (see session/vf_lock.ts). */
+export function mirrorLockDir(runDir: string): string {
+  return join(runDir, "locks");
+}
+
+/** <run-dir>/engine-shared: counters and TX progress records both daemons' engines map. */
+export function mirrorSharedPath(runDir: string): string {
+  return join(runDir, "engine-shared");
+}
+
+/** <run-dir>/keeper.beacon: the keeper's exit beacon (native armExitBeacon / ExitProbe). */
+export function keeperBeaconPath(runDir: string): string {
+  return join(runDir, "keeper.beacon");
+}
+
+/** The session mirror's socket: the keeper sends, vfe-vhostd holds. */
+export function mirrorSocketPath(runDir: string): string {
+  return join(runDir, MIRROR_SOCKET_NAME);
 }

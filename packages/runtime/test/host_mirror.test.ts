@@ -1,4 +1,4 @@
-// What the HA mirror gets from a running session (session/host.ts): a message that changes the
+// What the HA mirror gets from a running session (session/vf_session.ts): a message that changes the
 // session pushes the whole record (with duplicates of every fd it names); one that changes
 // nothing (refused with a nack, or a read-only GET_*) pushes only its pending reply, which is
 // cleared by "replied" once written. Refused messages used to push the whole record with all its

@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { processFate } from "../src/ha/process_exit.js";
+import { processFate } from "../src/mirror/process_exit.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -56,7 +56,7 @@ test("ExitProbe: its eventfd turns readable once the process is killed, and not 
 
 /** A child process that arms its exit beacon at `path` and then idles; resolves once armed. */
 async function beaconChild(path: string) {
-  const nativeUrl = new URL("../../../native/dist/src/index.js", import.meta.url).href;
+  const nativeUrl = import.meta.resolve("@vhostd/native");
   const child = spawn(process.execPath, ["--input-type=module", "-e", `const { native } = await import(${JSON.stringify(nativeUrl)}); native.armExitBeacon(${JSON.stringify(path)}); console.log("ARMED"); setInterval(() => {}, 1000);`], { stdio: ["ignore", "pipe", "inherit"] });
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on("data", (d: Buffer) => String(d).includes("ARMED") && resolve());

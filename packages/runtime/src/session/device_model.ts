@@ -1,6 +1,6 @@
 // What differs between device types behind the same vhost-user session: offered features,
 // queue count, config space. Net and blk each implement it.
-import type { VfKind } from "../vf_host.js";
+import type { VfKind } from "../device_records.js";
 
 export interface DeviceModel {
   readonly kind: VfKind;

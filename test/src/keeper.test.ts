@@ -8,8 +8,9 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { pino } from "pino";
 import { haSyncEndpoint, type HaOp } from "@vhostd/proto";
-import { HaClient, pfKey, pfValue, vfKey, vfValue, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "@vhostd/vhostd";
-import { Keeper } from "../src/keeper.js";
+import { Keeper } from "@vhostd/ha";
+import { pfKey, pfValue, vfKey, vfValue, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "@vhostd/runtime";
+import { HaClient } from "@vhostd/vhostd";
 
 const root = mkdtempSync(path.join(tmpdir(), "vhostd-keeper-"));
 test.after.always(() => rmSync(root, { recursive: true, force: true }));
