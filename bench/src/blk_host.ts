@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { sleep } from "../../test/dist/src/harness/daemon.js";
 import { Qsd } from "../../test/dist/src/harness/qsd.js";
-import { blkCapacity, connectBlk, type BlkFrontend } from "../../packages/native/dist/src/index.js";
+import { blkCapacity, connectBlk, type BlkFrontend } from "@vhostd/frontend";
 import { startOursBlk } from "./blk.js";
 import { cpuSeconds, hostTimes, loadavg, pin } from "./sys.js";
 import { BE_CPU, FE_CPU } from "./topology.js";

@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { Daemon, sleep, waitFor } from "../../test/dist/src/harness/daemon.js";
 import { repoRoot } from "../../test/dist/src/harness/paths.js";
-import { FrontendDriver } from "../../packages/native/dist/src/index.js";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Pmd, killAllPmds } from "./pmd.js";
 import { BLK_DISK_MIB, blkLine, blkNotes, blkRun, blkTable, makeBlkDisk, type BlkImpl, type BlkResult } from "./blk.js";
 import { blkHostLine, blkHostNotes, blkHostRun, blkHostTable, warmPageCache, type BlkHostImpl, type BlkHostResult } from "./blk_host.js";

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { haSyncEndpoint } from "@vhostd/proto";
 import { HaClient, pfKey, pfValue, vfKey, vfValue, type VfSpec } from "@vhostd/vhostd";
 

@@ -3,7 +3,7 @@
 // of virtio-blk config it needs, the capacity.
 import { ProtocolFeature, VirtioFeatureBit as F, bit, hasFeature } from "@vhostd/proto";
 import { FrontendDriver, type FrontendDevice, type FrontendOptions } from "./frontend.js";
-import { native, type NativeBlkDriver } from "./native.js";
+import { frontendAddon, type NativeBlkDriver } from "./native.js";
 
 /** VERSION_1, EVENT_IDX and protocol features; the BLK_ limits only say what the device accepts,
  *  and FLUSH lets it cache writes (without FLUSH a driver must assume write-through). */
@@ -31,7 +31,7 @@ export type BlkFrontend = FrontendDriver<NativeBlkDriver>;
 function blkDevice(o: FrontendOptions): FrontendDevice<NativeBlkDriver> {
   const queueSize = o.queueSize ?? 128;
   return {
-    device: new native.BlkDriver({ queueSize, memSize: o.memSize }),
+    device: new frontendAddon.BlkDriver({ queueSize, memSize: o.memSize }),
     queues: 1,
     queueSize,
     minQueueNum: 0,

@@ -2,7 +2,8 @@
 // the request chains it posts, status and latency accounting, argument checking, and a
 // misbehaving device (a used id not in flight, an impossible used index) counted, not fatal.
 import test from "ava";
-import { native, type NativeBlkDriver } from "../src/native.js";
+import { native } from "@vhostd/native";
+import { frontendAddon, type NativeBlkDriver } from "../src/native.js";
 import { waitFor } from "./driver_fake_device.js";
 
 const F_NEXT = 1;
@@ -60,15 +61,15 @@ class FakeBlkDevice {
 }
 
 function withBlk<T>(fn: (d: NativeBlkDriver) => Promise<T>): Promise<T> {
-  const d = new native.BlkDriver({ queueSize: 16 });
+  const d = new frontendAddon.BlkDriver({ queueSize: 16 });
   return fn(d).finally(() => d.close());
 }
 
 test("BlkDriver options and load parameters are checked", (t) => {
-  t.throws(() => new native.BlkDriver({ queueSize: 24 }), { instanceOf: RangeError, message: /power of two/ });
-  t.throws(() => new native.BlkDriver({ queueSize: 2 }), { instanceOf: RangeError });
-  t.throws(() => new native.BlkDriver({ queueSize: 16, memSize: 4096 }), { instanceOf: RangeError, message: /at least/ });
-  const d = new native.BlkDriver({ queueSize: 128 });
+  t.throws(() => new frontendAddon.BlkDriver({ queueSize: 24 }), { instanceOf: RangeError, message: /power of two/ });
+  t.throws(() => new frontendAddon.BlkDriver({ queueSize: 2 }), { instanceOf: RangeError });
+  t.throws(() => new frontendAddon.BlkDriver({ queueSize: 16, memSize: 4096 }), { instanceOf: RangeError, message: /at least/ });
+  const d = new frontendAddon.BlkDriver({ queueSize: 128 });
   try {
     t.is(d.maxQueueDepth, 42);
     t.throws(() => d.ring(1), { instanceOf: RangeError });

@@ -18,8 +18,8 @@ import {
   requestName,
   type Header,
 } from "@vhostd/proto";
-import { native, type NativeDriverDevice, type NativeDriverRings } from "./native.js";
-import { sendAllBlocking } from "./unix_socket.js";
+import { native, sendAllBlocking } from "@vhostd/native";
+import { frontendAddon, type NativeDriverDevice, type NativeDriverRings } from "./native.js";
 
 export interface FrontendOptions {
   queuePairs?: number;
@@ -91,7 +91,7 @@ function netDevice(o: FrontendOptions): FrontendDevice<NativeDriverDevice> {
   const queuePairs = o.queuePairs ?? 1;
   const queueSize = o.queueSize ?? 256;
   return {
-    device: new native.DriverDevice({ queuePairs, queueSize, memSize: o.memSize }),
+    device: new frontendAddon.DriverDevice({ queuePairs, queueSize, memSize: o.memSize }),
     queues: 2 * queuePairs,
     queueSize,
     minQueueNum: queuePairs > 1 ? queuePairs : 0,

@@ -1,4 +1,4 @@
-// JS glue of the front-end drivers (DriverDevice and BlkDriver in native.ts) plus two
+// The front-end driver addon: JS glue of DriverDevice and BlkDriver (src/native.ts) plus two
 // test-support functions for the frame format (_buildFrame, _checkFrame). Argument checking
 // lives here; driver_device.cc and driver_blk.cc trust what they get.
 #include <napi.h>
@@ -431,9 +431,13 @@ Napi::Value CheckFrame(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void InitDriver(Napi::Env env, Napi::Object exports) {
+// The front-end driver's own addon (vhostd_frontend.node; src/native.ts declares its symbols).
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("DriverDevice", DriverDeviceWrap::Define(env));
   exports.Set("BlkDriver", BlkDriverWrap::Define(env));
   exports.Set("_buildFrame", Napi::Function::New(env, BuildFrame, "_buildFrame"));
   exports.Set("_checkFrame", Napi::Function::New(env, CheckFrame, "_checkFrame"));
+  return exports;
 }
+
+NODE_API_MODULE(vhostd_frontend, Init)

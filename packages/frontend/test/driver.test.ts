@@ -1,7 +1,8 @@
 // The front-end driver's native part: layout, argument checking, frame format, and the
 // driver thread against a fake device written in JS (driver_fake_device.ts).
 import test from "ava";
-import { native, type DriverOptions, type NativeDriverDevice } from "../src/native.js";
+import { native } from "@vhostd/native";
+import { frontendAddon, type DriverOptions, type NativeDriverDevice } from "../src/native.js";
 import { FakeDeviceQueue, waitFor } from "./driver_fake_device.js";
 
 const VERSION_1 = 1n << 32n;
@@ -11,7 +12,7 @@ const MAC_A = "52:54:00:00:00:0a";
 const MAC_B = "52:54:00:00:00:0b";
 
 function withDevice<T>(opts: DriverOptions, fn: (d: NativeDriverDevice) => T) {
-  const d = new native.DriverDevice(opts);
+  const d = new frontendAddon.DriverDevice(opts);
   const done = () => d.close();
   try {
     const r = fn(d);
@@ -52,13 +53,13 @@ test("ring layout: every ring inside memory, aligned, disjoint, with its own eve
 });
 
 test("constructor and methods validate their arguments", (t) => {
-  t.throws(() => new native.DriverDevice({ queueSize: 3 }), { instanceOf: RangeError });
-  t.throws(() => new native.DriverDevice({ queueSize: 65536 }), { instanceOf: RangeError });
-  t.throws(() => new native.DriverDevice({ queuePairs: 0 }), { instanceOf: RangeError });
-  t.throws(() => new native.DriverDevice({ memSize: 4096 }), { instanceOf: RangeError, message: /at least/ });
-  t.throws(() => new native.DriverDevice({ memSize: 1000000 }), { instanceOf: RangeError });
-  t.throws(() => new native.DriverDevice({ features: 1 as unknown as bigint }), { instanceOf: TypeError });
-  t.throws(() => new native.DriverDevice("x" as never), { instanceOf: TypeError });
+  t.throws(() => new frontendAddon.DriverDevice({ queueSize: 3 }), { instanceOf: RangeError });
+  t.throws(() => new frontendAddon.DriverDevice({ queueSize: 65536 }), { instanceOf: RangeError });
+  t.throws(() => new frontendAddon.DriverDevice({ queuePairs: 0 }), { instanceOf: RangeError });
+  t.throws(() => new frontendAddon.DriverDevice({ memSize: 4096 }), { instanceOf: RangeError, message: /at least/ });
+  t.throws(() => new frontendAddon.DriverDevice({ memSize: 1000000 }), { instanceOf: RangeError });
+  t.throws(() => new frontendAddon.DriverDevice({ features: 1 as unknown as bigint }), { instanceOf: TypeError });
+  t.throws(() => new frontendAddon.DriverDevice("x" as never), { instanceOf: TypeError });
   withDevice({ queueSize: 64, memSize: 4 << 20 }, (d) => {
     t.throws(() => d.ring(2), { instanceOf: RangeError });
     t.throws(() => d.ring(-1), { instanceOf: RangeError });
@@ -91,7 +92,7 @@ test("writeMem/readMem are bounds-checked against driver memory", (t) => {
 });
 
 test("close() is idempotent and later calls throw", (t) => {
-  const d = new native.DriverDevice({ queueSize: 64, memSize: 4 << 20 });
+  const d = new frontendAddon.DriverDevice({ queueSize: 64, memSize: 4 << 20 });
   d.close();
   d.close();
   t.throws(() => d.stats(0), { message: /closed/ });
@@ -100,30 +101,30 @@ test("close() is idempotent and later calls throw", (t) => {
 
 test("frame format: built frames verify; any damage is caught; no magic is foreign", (t) => {
   for (const size of [60, 61, 64, 67, 1500, 9000]) {
-    const f = native._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: size, streamId: 7, seq: 123456789012n, txNs: 5_000_000_123n });
+    const f = frontendAddon._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: size, streamId: 7, seq: 123456789012n, txNs: 5_000_000_123n });
     t.is(f.length, size);
     t.is(f.toString("hex", 0, 6), "52540000000b");
     t.is(f.readUInt16BE(12), 0x88b5);
     t.is(f.toString("latin1", 14, 18), "VHDT");
-    t.deepEqual(native._checkFrame(f), { verdict: "ok", streamId: 7, seq: 123456789012n, txNs: 5_000_000_123n, problem: "" });
+    t.deepEqual(frontendAddon._checkFrame(f), { verdict: "ok", streamId: 7, seq: 123456789012n, txNs: 5_000_000_123n, problem: "" });
     for (const off of [14, 20, 25, 31, 33, 36, 43, 44, size - 1]) {
       const g = Buffer.from(f);
       g[off] ^= 0x01;
-      const v = native._checkFrame(g);
+      const v = frontendAddon._checkFrame(g);
       t.is(v.verdict, off < 18 ? "foreign" : "corrupt", `flip at ${off} of ${size}`);
     }
-    t.is(native._checkFrame(f.subarray(0, size - 1)).problem, "length");
+    t.is(frontendAddon._checkFrame(f.subarray(0, size - 1)).problem, "length");
     const h = Buffer.from(f);
     h.writeUInt16BE(0x0800, 12);
-    t.is(native._checkFrame(h).problem, "ethertype");
+    t.is(frontendAddon._checkFrame(h).problem, "ethertype");
   }
   // a frame of another seq has another pattern even with a fixed-up checksum field
-  const a = native._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: 100, seq: 1 });
-  const b = native._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: 100, seq: 2 });
+  const a = frontendAddon._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: 100, seq: 1 });
+  const b = frontendAddon._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: 100, seq: 2 });
   t.notDeepEqual(a.subarray(36), b.subarray(36));
-  t.is(native._checkFrame(Buffer.alloc(64)).verdict, "foreign");
-  t.is(native._checkFrame(Buffer.alloc(0)).verdict, "foreign");
-  t.throws(() => native._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: 20, seq: 0 }), { instanceOf: RangeError });
+  t.is(frontendAddon._checkFrame(Buffer.alloc(64)).verdict, "foreign");
+  t.is(frontendAddon._checkFrame(Buffer.alloc(0)).verdict, "foreign");
+  t.throws(() => frontendAddon._buildFrame({ dstMac: MAC_B, srcMac: MAC_A, frameSize: 20, seq: 0 }), { instanceOf: RangeError });
 });
 
 test("TX: numbered frames in one descriptor each, header zero, used entries reclaimed, kicks", async (t) => {
@@ -142,7 +143,7 @@ test("TX: numbered frames in one descriptor each, header zero, used entries recl
         t.is(desc.flags, 0);
         const bytes = d.readMem(desc.addr, desc.len);
         t.true(bytes.subarray(0, 12).equals(Buffer.alloc(12)));
-        const v = native._checkFrame(bytes.subarray(12));
+        const v = frontendAddon._checkFrame(bytes.subarray(12));
         t.is(v.verdict, "ok");
         t.is(v.streamId, 3);
         seqs.push(v.seq);
@@ -159,7 +160,7 @@ test("TX: numbered frames in one descriptor each, header zero, used entries recl
     d.startTx(0, { dstMac: MAC_B, srcMac: MAC_A, frameSize: 64, count: 1, streamId: 3 });
     await waitFor(() => txq.pending() > 0);
     const desc = txq.take();
-    t.is(native._checkFrame(d.readMem(desc.addr + 12n, 64)).seq, 40n);
+    t.is(frontendAddon._checkFrame(d.readMem(desc.addr + 12n, 64)).seq, 40n);
   });
 });
 
@@ -173,7 +174,7 @@ test("TX: a full ring waits (txRingFull) and resumes without skipping a seq", as
     await waitFor(() => d.stats(0).txPackets === 16);
     d.stopTx(0);
     const seqs = [];
-    for (let i = 0; i < 8; i++) seqs.push(native._checkFrame(d.readMem(txq.take().addr + 12n, 60)).seq);
+    for (let i = 0; i < 8; i++) seqs.push(frontendAddon._checkFrame(d.readMem(txq.take().addr + 12n, 60)).seq);
     t.deepEqual(seqs, [8n, 9n, 10n, 11n, 12n, 13n, 14n, 15n]);
   });
 });
@@ -225,7 +226,7 @@ function deliver(d: Dev, rxq: FakeDeviceQueue, frames: Buffer[], opts: { mrg: bo
 }
 
 const frame = (seq: number, stream = 1, size = 100) =>
-  native._buildFrame({ dstMac: MAC_A, srcMac: MAC_B, frameSize: size, streamId: stream, seq });
+  frontendAddon._buildFrame({ dstMac: MAC_A, srcMac: MAC_B, frameSize: size, streamId: stream, seq });
 
 test("RX: counts lost, reordered, duplicated, corrupted and foreign frames", async (t) => {
   await withDevice({ queueSize: 64, memSize: 4 << 20, features: VERSION_1 }, async (d) => {
@@ -278,7 +279,7 @@ test("RX latency: the sender's timestamp in each frame gives percentiles since s
     await waitFor(() => rxq.pending() === 64);
     // process.hrtime is CLOCK_MONOTONIC, the driver's clock: stamps 2 ms and 20 ms in the past
     const now = process.hrtime.bigint();
-    const stamped = (seq: number, agoNs: bigint) => native._buildFrame({ dstMac: MAC_A, srcMac: MAC_B, frameSize: 100, streamId: 1, seq, txNs: now - agoNs });
+    const stamped = (seq: number, agoNs: bigint) => frontendAddon._buildFrame({ dstMac: MAC_A, srcMac: MAC_B, frameSize: 100, streamId: 1, seq, txNs: now - agoNs });
     const frames = [stamped(2, 2_000_000n), stamped(3, 2_000_000n), stamped(4, 2_000_000n), stamped(5, 20_000_000n)];
     deliver(d, rxq, frames, { mrg: false });
     await waitFor(() => d.stats(0).rxPackets === 6);

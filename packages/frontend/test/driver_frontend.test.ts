@@ -16,7 +16,7 @@ import {
   encodeReply,
   requestName,
 } from "@vhostd/proto";
-import { native } from "../src/native.js";
+import { native } from "@vhostd/native";
 import { FrontendDriver, DEFAULT_WANT_FEATURES } from "../src/frontend.js";
 import { waitFor } from "./driver_fake_device.js";
 
