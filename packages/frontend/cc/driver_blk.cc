@@ -198,20 +198,20 @@ void BlkDriver::SubmitLocked(uint32_t slot, uint32_t type, uint64_t sector) {
   const uint64_t base = memAddr();
   const uint16_t head = uint16_t(3 * slot);
   // Written every time: the table is in memory the back-end can also write.
-  VirtqDesc* d = ring_.Desc(head);
+  VringDesc* d = ring_.Desc(head);
   d->addr = base + hdrOff_ + uint64_t(slot) * 32;
   d->len = 16;
-  d->flags = kDescFNext;
+  d->flags = VRING_DESC_F_NEXT;
   d->next = uint16_t(head + 1);
   d = ring_.Desc(uint16_t(head + 1));
   d->addr = base + dataOff_ + uint64_t(slot) * kBlkBlockSize;
   d->len = kBlkBlockSize;
-  d->flags = uint16_t(kDescFNext | (type == kBlkTypeIn ? kDescFWrite : 0));
+  d->flags = uint16_t(VRING_DESC_F_NEXT | (type == kBlkTypeIn ? VRING_DESC_F_WRITE : 0));
   d->next = uint16_t(head + 2);
   d = ring_.Desc(uint16_t(head + 2));
   d->addr = base + hdrOff_ + uint64_t(slot) * 32 + 16;
   d->len = 1;
-  d->flags = kDescFWrite;
+  d->flags = VRING_DESC_F_WRITE;
   d->next = 0;
   slotIsWrite_[slot] = type == kBlkTypeOut;
   ring_.Push(head);

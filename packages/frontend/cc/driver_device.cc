@@ -365,7 +365,7 @@ uint64_t DriverDevice::TxPass(uint32_t pair, uint64_t nowNs, uint64_t* waitNs) {
     uint8_t* buf = mem_ + off;
     std::memset(buf, 0, hdrLen_);
     BuildTestFrame(buf + hdrLen_, frameLen, p.tx.dst, p.tx.src, p.tx.streamId, seq, txNs);
-    VirtqDesc* desc = q.ring.Desc(d);
+    VringDesc* desc = q.ring.Desc(d);
     desc->addr = memAddr() + off;
     desc->len = hdrLen_ + frameLen;
     desc->flags = 0;
@@ -417,10 +417,10 @@ void DriverDevice::PostRxBuffers(uint32_t queue) {
   Queue& q = queues_[queue];
   while (q.ring.HasFree()) {
     uint16_t d = q.ring.AllocDesc();
-    VirtqDesc* desc = q.ring.Desc(d);
+    VringDesc* desc = q.ring.Desc(d);
     desc->addr = memAddr() + q.bufOff + uint64_t(d) * q.bufSize;
     desc->len = q.bufSize;
-    desc->flags = kDescFWrite;
+    desc->flags = VRING_DESC_F_WRITE;
     desc->next = 0;
     q.ring.Push(d);
   }

@@ -15,11 +15,9 @@ inline void StoreRelaxed(uint16_t* p, uint16_t v) { __atomic_store_n(p, v, __ATO
 RingLayout ComputeRingLayout(uint64_t offset, uint32_t size) {
   RingLayout l;
   l.desc = offset;
-  l.avail = l.desc + 16ull * size;
-  uint64_t availEnd = l.avail + 4 + 2ull * size + 2;  // flags, idx, ring[size], used_event
-  l.used = AlignUp(availEnd, 4096);
-  uint64_t usedEnd = l.used + 4 + 8ull * size + 2;  // flags, idx, ring[size], avail_event
-  l.end = AlignUp(usedEnd, 4096);
+  l.avail = l.desc + DescTableBytes(size);
+  l.used = AlignUp(l.avail + AvailRingBytes(size), 4096);
+  l.end = AlignUp(l.used + UsedRingBytes(size), 4096);
   return l;
 }
 
@@ -27,17 +25,17 @@ void SplitRing::Attach(uint8_t* mem, const RingLayout& layout, uint32_t size) {
   base_ = mem;
   layout_ = layout;
   size_ = size;
-  desc_ = reinterpret_cast<VirtqDesc*>(mem + layout.desc);
+  desc_ = reinterpret_cast<VringDesc*>(mem + layout.desc);
   auto* avail = reinterpret_cast<uint16_t*>(mem + layout.avail);
-  availFlags_ = avail;
-  availIdxP_ = avail + 1;
-  availRing_ = avail + 2;
-  usedEvent_ = avail + 2 + size;
-  auto* used = reinterpret_cast<uint16_t*>(mem + layout.used);
-  usedFlags_ = used;
-  usedIdxP_ = used + 1;
-  usedRing_ = reinterpret_cast<VirtqUsedElem*>(used + 2);
-  availEvent_ = reinterpret_cast<uint16_t*>(usedRing_ + size);
+  availFlags_ = avail + kAvailFlagsWord;
+  availIdxP_ = avail + kAvailIdxWord;
+  availRing_ = avail + kAvailRingWord;
+  usedEvent_ = avail + UsedEventWord(size);
+  uint8_t* used = mem + layout.used;
+  usedFlags_ = reinterpret_cast<uint16_t*>(used + kUsedFlagsOff);
+  usedIdxP_ = reinterpret_cast<uint16_t*>(used + kUsedIdxOff);
+  usedRing_ = reinterpret_cast<VringUsedElem*>(used + kUsedRingOff);
+  availEvent_ = reinterpret_cast<uint16_t*>(used + AvailEventOff(size));
   inFlight_.assign(size, 0);
   free_.reserve(size);
 }
@@ -73,7 +71,7 @@ bool SplitRing::PublishAndCheckKick() {
   // suppression state (a full barrier, virtio 1.2 §2.7.13.4).
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   if (eventIdx_) return VringNeedEvent(LoadRelaxed(availEvent_), availIdx_, old);
-  return (LoadRelaxed(usedFlags_) & kUsedFNoNotify) == 0;
+  return (LoadRelaxed(usedFlags_) & VRING_USED_F_NO_NOTIFY) == 0;
 }
 
 SplitRing::Pop SplitRing::PopUsed(uint32_t* id, uint32_t* len, bool* bad) {
@@ -85,7 +83,7 @@ SplitRing::Pop SplitRing::PopUsed(uint32_t* id, uint32_t* len, bool* bad) {
     usedSeen_ = idx;
     if (lastUsed_ == usedSeen_) return Pop::kNone;
   }
-  VirtqUsedElem e;
+  VringUsedElem e;
   std::memcpy(&e, &usedRing_[lastUsed_ & (size_ - 1)], sizeof e);
   lastUsed_++;
   *id = e.id;
@@ -111,7 +109,7 @@ bool SplitRing::EnableInterrupts() {
 void SplitRing::DisableInterrupts() {
   // With EVENT_IDX the flag is ignored by the device; an event index just behind the
   // consumer position is only crossed again after a full 16-bit wrap.
-  StoreRelaxed(availFlags_, kAvailFNoInterrupt);
+  StoreRelaxed(availFlags_, VRING_AVAIL_F_NO_INTERRUPT);
   if (eventIdx_) StoreRelaxed(usedEvent_, uint16_t(lastUsed_ - 1));
 }
 

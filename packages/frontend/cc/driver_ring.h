@@ -7,30 +7,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "split_ring.h"  // packages/native/cc: the layout the engine reads
+
 namespace vhd::drv {
-
-struct VirtqDesc {
-  uint64_t addr;
-  uint32_t len;
-  uint16_t flags;
-  uint16_t next;
-};
-static_assert(sizeof(VirtqDesc) == 16, "virtq desc is 16 bytes");
-
-struct VirtqUsedElem {
-  uint32_t id;
-  uint32_t len;
-};
-
-constexpr uint16_t kDescFNext = 1;
-constexpr uint16_t kDescFWrite = 2;
-constexpr uint16_t kAvailFNoInterrupt = 1;
-constexpr uint16_t kUsedFNoNotify = 1;
-
-/** virtio 1.2 §2.7.10: true when an event index between old (excluded) and new_idx was crossed. */
-inline bool VringNeedEvent(uint16_t event, uint16_t newIdx, uint16_t old) {
-  return uint16_t(newIdx - event - 1) < uint16_t(newIdx - old);
-}
 
 /** Offsets of one queue's rings from the start of driver memory. */
 struct RingLayout {
@@ -55,7 +34,7 @@ class SplitRing {
   bool HasFree() const { return !free_.empty(); }
   /** Takes a free descriptor id (call only when HasFree()). */
   uint16_t AllocDesc();
-  VirtqDesc* Desc(uint16_t id) { return &desc_[id]; }
+  VringDesc* Desc(uint16_t id) { return &desc_[id]; }
 
   /** Puts a descriptor head into the avail ring (not yet visible to the device). */
   void Push(uint16_t id);
@@ -84,14 +63,14 @@ class SplitRing {
   bool eventIdx_ = false;
   uint8_t* base_ = nullptr;
   RingLayout layout_;
-  VirtqDesc* desc_ = nullptr;
+  VringDesc* desc_ = nullptr;
   uint16_t* availFlags_ = nullptr;
   uint16_t* availIdxP_ = nullptr;
   uint16_t* availRing_ = nullptr;
   uint16_t* usedEvent_ = nullptr;  // avail->ring[size]
   uint16_t* usedFlags_ = nullptr;
   uint16_t* usedIdxP_ = nullptr;
-  VirtqUsedElem* usedRing_ = nullptr;
+  VringUsedElem* usedRing_ = nullptr;
   uint16_t* availEvent_ = nullptr;  // used->ring[size]
 
   uint16_t availIdx_ = 0;      // next avail slot (shadow of avail->idx)
