@@ -2,8 +2,8 @@
 // the request chains it posts, status and latency accounting, argument checking, and a
 // misbehaving device (a used id not in flight, an impossible used index) counted, not fatal.
 import test from "ava";
-import { native } from "@vhostd/native";
 import { frontendAddon, type NativeBlkDriver } from "../src/native.js";
+import { testSupport } from "@vhostd/native/testing";
 import { waitFor } from "./driver_fake_device.js";
 
 const F_NEXT = 1;
@@ -20,7 +20,7 @@ class FakeBlkDevice {
     readonly d: NativeBlkDriver,
     readonly size: number,
   ) {
-    this.mem = Buffer.from(native._mapForTest(d.memFd, d.memSize));
+    this.mem = Buffer.from(testSupport.mapShared(d.memFd, d.memSize));
     this.base = d.memAddr;
   }
   off(addr: bigint): number {

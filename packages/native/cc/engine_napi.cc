@@ -1,6 +1,6 @@
 // N-API glue for the datapath engine: argument validation (TypeError / RangeError / Error
 // with a reason), then a synchronous command to the engine (see engine.h). Also the module
-// constants of the shared counter layout and a few test-support exports.
+// constants of the shared counter layout (test-only helpers live in test_support/).
 #include <errno.h>
 #include <fcntl.h>
 #include <napi.h>
@@ -634,58 +634,11 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// Test support: JS cannot mmap, so tests lay out rings through this view of a memfd.
-Napi::Value MapForTest(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = (int)getInt(env, info[0], "fd", 0, INT32_MAX);
-  int64_t size = getInt(env, info[1], "size", 1, (int64_t)1 << 40);
-  void* p = mmap(nullptr, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) throwError(env, std::string("mmap: ") + strerror(errno));
-  return Napi::ArrayBuffer::New(env, p, (size_t)size, [](Napi::Env, void* data, size_t* len) { munmap(data, *len); delete len; },
-                                new size_t((size_t)size));
-}
-
-Napi::Value TestMemfd(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsString()) throwType(env, "name must be a string");
-  int64_t size = getInt(env, info[1], "size", 0, (int64_t)1 << 40);
-  int fd = memfd_create(info[0].As<Napi::String>().Utf8Value().c_str(), MFD_CLOEXEC);
-  if (fd < 0 || ftruncate(fd, size) < 0) throwError(env, std::string("memfd: ") + strerror(errno));
-  return Napi::Number::New(env, fd);
-}
-
-Napi::Value TestEventFd(const Napi::CallbackInfo& info) {
-  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (fd < 0) throwError(info.Env(), std::string("eventfd: ") + strerror(errno));
-  return Napi::Number::New(info.Env(), fd);
-}
-
-Napi::Value TestEventFdRead(const Napi::CallbackInfo& info) {
-  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
-  uint64_t v = 0;
-  if (read(fd, &v, 8) != 8) v = 0;
-  return Napi::Number::New(info.Env(), (double)v);
-}
-
-Napi::Value TestEventFdWrite(const Napi::CallbackInfo& info) {
-  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
-  uint64_t one = 1;
-  ssize_t r = write(fd, &one, 8);
-  (void)r;
-  return info.Env().Undefined();
-}
-
 // An uncaught JS exception is about to end the process: record it as a crash of the device
 // given (devId, or -1: whatever the JS thread's slot names) in every engine's shared file.
 Napi::Value NoteFatalException(const Napi::CallbackInfo& info) {
   int64_t dev = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int64Value() : -1;
   crash::noteException(dev >= 0 && dev < INT32_MAX ? (uint64_t)dev + 1 : 0);
-  return info.Env().Undefined();
-}
-
-Napi::Value TestCloseFd(const Napi::CallbackInfo& info) {
-  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
-  close(fd);
   return info.Env().Undefined();
 }
 
@@ -703,10 +656,4 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("PORT_COUNTER_NAMES", pnames);
   exports.Set("openTap", Napi::Function::New(env, OpenTap, "openTap"));
   exports.Set("noteFatalException", Napi::Function::New(env, NoteFatalException, "noteFatalException"));
-  exports.Set("_mapForTest", Napi::Function::New(env, MapForTest, "_mapForTest"));
-  exports.Set("_testMemfd", Napi::Function::New(env, TestMemfd, "_testMemfd"));
-  exports.Set("_testEventFd", Napi::Function::New(env, TestEventFd, "_testEventFd"));
-  exports.Set("_testEventFdRead", Napi::Function::New(env, TestEventFdRead, "_testEventFdRead"));
-  exports.Set("_testEventFdWrite", Napi::Function::New(env, TestEventFdWrite, "_testEventFdWrite"));
-  exports.Set("_testCloseFd", Napi::Function::New(env, TestCloseFd, "_testCloseFd"));
 }

@@ -1,4 +1,5 @@
-// Every symbol of the N-API module, declared once (the contract between C++ and TS).
+// Every symbol of the N-API module, declared once (the contract between C++ and TS). Helpers
+// only tests use are another addon's, declared in testing.ts (@vhostd/native/testing).
 // The C++ side lives in ../cc/, one file per concept; ../cc/addon.cc registers them all.
 import { createRequire } from "node:module";
 
@@ -363,24 +364,11 @@ export interface NativeModule {
   /** Opens /dev/net/tun as a TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) named `name`; returns the fd. */
   openTap(name: string): number;
 
-  /* test support (engine, cc/engine_napi.cc): a memfd "guest" JS can lay rings out in */
-  _mapForTest(fd: number, size: number): ArrayBuffer;
-  _testMemfd(name: string, size: number): number;
-  _testEventFd(): number;
-  _testEventFdRead(fd: number): number;
-  _testEventFdWrite(fd: number): void;
-  _testCloseFd(fd: number): void;
-
   /* sd_notify (cc/sd_notify.cc) */
   /** Sends one sd_notify(3) datagram ("READY=1", "WATCHDOG=1", ...) to $NOTIFY_SOCKET (a path or
    *  an "@abstract" name) from this process; false when $NOTIFY_SOCKET is unset or empty. Throws
    *  (Error with .code) on a malformed $NOTIFY_SOCKET or a failed send (EAGAIN when full). */
   sdNotify(state: string): boolean;
-  /* test support (cc/sd_notify.cc): play systemd's side of NOTIFY_SOCKET */
-  /** A non-blocking DGRAM socket bound to "/path" or "@abstract" that records senders' pids. */
-  _testNotifyListen(name: string): number;
-  /** One queued notification and the sender's pid (from the kernel), or null. */
-  _testNotifyRecv(fd: number): { data: string; pid: number } | null;
 
   /** Layout constants of the shared counter memory. */
   COUNTERS_PER_QUEUE: number;
