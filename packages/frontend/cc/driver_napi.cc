@@ -10,6 +10,7 @@
 
 #include "driver_blk.h"
 #include "driver_device.h"
+#include "napi_util.h"  // packages/native/cc
 #include "test_frame.h"
 
 namespace {
@@ -17,18 +18,14 @@ namespace {
 using vhd::drv::BlkDriver;
 using vhd::drv::DriverDevice;
 
-[[noreturn]] void ThrowType(Napi::Env env, const std::string& msg) {
-  throw Napi::TypeError::New(env, msg);
-}
-[[noreturn]] void ThrowRange(Napi::Env env, const std::string& msg) {
-  throw Napi::RangeError::New(env, msg);
-}
+using vhd::napi::ThrowRange;
+using vhd::napi::ThrowType;
 
 /** An integer number in [lo, hi]. */
 double IntArg(Napi::Env env, Napi::Value v, const char* name, double lo, double hi) {
   if (!v.IsNumber()) ThrowType(env, std::string(name) + " must be a number");
   double d = v.As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(d) || std::floor(d) != d) ThrowRange(env, std::string(name) + " must be an integer");
+  if (!vhd::napi::IsInteger(d)) ThrowRange(env, std::string(name) + " must be an integer");
   if (d < lo || d > hi)
     ThrowRange(env, std::string(name) + " must be in [" + std::to_string(uint64_t(lo)) + ", " +
                         std::to_string(uint64_t(hi)) + "]");
@@ -123,12 +120,12 @@ class DriverDeviceWrap : public Napi::ObjectWrap<DriverDeviceWrap> {
                           std::to_string(o.queuePairs) + " queue pairs of size " + std::to_string(o.queueSize));
     std::string err;
     dev_ = DriverDevice::Create(o, &err);
-    if (!dev_) throw Napi::Error::New(env, "DriverDevice: " + err);
+    if (!dev_) vhd::napi::ThrowError(env, "DriverDevice: " + err);
   }
 
  private:
   DriverDevice& Dev(Napi::Env env) {
-    if (!dev_) throw Napi::Error::New(env, "DriverDevice is closed");
+    if (!dev_) vhd::napi::ThrowError(env, "DriverDevice is closed");
     return *dev_;
   }
   uint32_t PairArg(const Napi::CallbackInfo& info) {
@@ -289,12 +286,12 @@ class BlkDriverWrap : public Napi::ObjectWrap<BlkDriverWrap> {
       ThrowRange(env, "memSize must be at least " + std::to_string(need) + " for a queue of size " + std::to_string(o.queueSize));
     std::string err;
     dev_ = BlkDriver::Create(o, &err);
-    if (!dev_) throw Napi::Error::New(env, "BlkDriver: " + err);
+    if (!dev_) vhd::napi::ThrowError(env, "BlkDriver: " + err);
   }
 
  private:
   BlkDriver& Dev(Napi::Env env) {
-    if (!dev_) throw Napi::Error::New(env, "BlkDriver is closed");
+    if (!dev_) vhd::napi::ThrowError(env, "BlkDriver is closed");
     return *dev_;
   }
 
@@ -328,7 +325,7 @@ class BlkDriverWrap : public Napi::ObjectWrap<BlkDriverWrap> {
     c.sectors = uint64_t(IntArg(env, o.Get("sectors"), "sectors", vhd::drv::kBlkSectorsPerBlock, 9007199254740991.0));
     c.seed = uint64_t(OptInt(env, o, "seed", 1, 0, 9007199254740991.0));
     std::string err;
-    if (!d.StartLoad(c, &err)) throw Napi::Error::New(env, "startLoad: " + err);
+    if (!d.StartLoad(c, &err)) vhd::napi::ThrowError(env, "startLoad: " + err);
     return env.Undefined();
   }
   Napi::Value StopLoad(const Napi::CallbackInfo& info) {
@@ -382,7 +379,7 @@ class BlkDriverWrap : public Napi::ObjectWrap<BlkDriverWrap> {
     if (info.Length() > 3 && !info[3].IsUndefined()) timeoutMs = uint32_t(IntArg(env, info[3], "timeoutMs", 1, 600000));
     std::string err;
     int status = d.RunOne(type == "write" ? vhd::drv::kBlkTypeOut : vhd::drv::kBlkTypeIn, sector, out.Data(), timeoutMs, &err);
-    if (status < 0) throw Napi::Error::New(env, "request: " + err);
+    if (status < 0) vhd::napi::ThrowError(env, "request: " + err);
     Napi::Object o = Napi::Object::New(env);
     o.Set("status", Napi::Number::New(env, status));
     o.Set("data", out);

@@ -19,13 +19,14 @@ namespace vhd::napi {
 
 /**
  * Throws an Error shaped like Node's own system errors (code/errno/syscall/path), so callers
- * handle ours and net/fs errors the same way: "<syscall> <CODE> (<strerror>)[: <path>]", errno
- * negative as in Node (err.errno === -os.constants.errno.ENOENT). `err` is a positive errno.
+ * handle ours and net/fs errors the same way: "<prefix><syscall> <CODE> (<strerror>)[: <path>]",
+ * errno negative as in Node (err.errno === -os.constants.errno.ENOENT). `err` is a positive errno.
  */
-[[noreturn]] inline void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& path = std::string()) {
+[[noreturn]] inline void ThrowSystemError(Napi::Env env, const std::string& prefix, int err, const char* syscall,
+                                          const std::string& path = std::string()) {
   // On Unix, libuv error codes are the negated errno values.
   const char* code = uv_err_name(-err);
-  std::string msg = std::string(syscall) + " " + code + " (" + uv_strerror(-err) + ")";
+  std::string msg = prefix + syscall + " " + code + " (" + uv_strerror(-err) + ")";
   if (!path.empty()) msg += ": " + path;
   Napi::Error e = Napi::Error::New(env, msg);
   e.Set("code", Napi::String::New(env, code));
@@ -33,6 +34,11 @@ namespace vhd::napi {
   e.Set("syscall", Napi::String::New(env, syscall));
   if (!path.empty()) e.Set("path", Napi::String::New(env, path));
   throw e;
+}
+
+/** ThrowSystemError without a prefix: "<syscall> <CODE> (<strerror>)[: <path>]". */
+[[noreturn]] inline void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& path = std::string()) {
+  ThrowSystemError(env, "", err, syscall, path);
 }
 
 /** A finite number without a fractional part. */
@@ -45,6 +51,21 @@ inline bool IntegerIn(Napi::Value v, double lo, double hi, double* out) {
   if (!IsInteger(d) || d < lo || d > hi) return false;
   *out = d;
   return true;
+}
+
+/** Argument i as an integer in [lo, hi]: TypeError "<what> must be a number", RangeError
+ *  "<what> must be an integer >= <lo>" (what: "fn: arg"). */
+inline double IntArgAtLeast(const Napi::CallbackInfo& info, size_t i, const std::string& what, double lo, double hi) {
+  if (info.Length() <= i || !info[i].IsNumber()) ThrowType(info.Env(), what + " must be a number");
+  double d;
+  if (!IntegerIn(info[i], lo, hi, &d)) ThrowRange(info.Env(), what + " must be an integer >= " + std::to_string((long long)lo));
+  return d;
+}
+
+/** Argument i as a string: TypeError "<what> must be a string" (what: "fn: arg"). */
+inline std::string StringArg(const Napi::CallbackInfo& info, size_t i, const std::string& what) {
+  if (info.Length() <= i || !info[i].IsString()) ThrowType(info.Env(), what + " must be a string");
+  return info[i].As<Napi::String>().Utf8Value();
 }
 
 /** Closes its fd on scope exit unless released: an error path after socket() must not leak it. */

@@ -33,13 +33,9 @@
 namespace vhd {
 namespace {
 
+using napi::StringArg;
 using napi::ThrowErrno;
 using Fd = napi::UniqueFd;
-
-std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (i >= info.Length() || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), std::string(what) + " must be a string");
-  return info[i].As<Napi::String>().Utf8Value();
-}
 
 // sdNotify(state): true when sent, false when $NOTIFY_SOCKET is unset or empty; throws on a
 // malformed $NOTIFY_SOCKET or a failed send.

@@ -14,13 +14,9 @@
 namespace vhd::testing {
 namespace {
 
+using napi::StringArg;
 using napi::ThrowErrno;
 using Fd = napi::UniqueFd;
-
-std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (i >= info.Length() || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), std::string(what) + " must be a string");
-  return info[i].As<Napi::String>().Utf8Value();
-}
 
 // notifyListen(name): a non-blocking DGRAM socket bound to "/path" or "@abstract" that
 // receives senders' credentials. Returns the fd (close it with closeFd).
@@ -42,9 +38,7 @@ Napi::Value NotifyListen(const Napi::CallbackInfo& info) {
 // kernel), or null when none is queued.
 Napi::Value NotifyRecv(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "notifyRecv: fd must be a number");
-  double fdv;
-  if (!napi::IntegerIn(info[0], 0, INT_MAX, &fdv)) throw Napi::RangeError::New(env, "notifyRecv: fd must be an integer >= 0");
+  double fdv = napi::IntArgAtLeast(info, 0, "notifyRecv: fd", 0, INT_MAX);
   char buf[kMaxNotifyState + 1];
   alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(ucred))];
   iovec iov{buf, sizeof(buf)};
