@@ -14,8 +14,9 @@
 #   --node PATH      the node (>= 20) the launchers exec (default: `command -v node`)
 #
 # What it writes (paths below DESTDIR):
-#   PREFIX/lib/                  the program tree: the five packages (compiled JS, package.json,
-#                                bin/, the native addon) and their production dependencies,
+#   PREFIX/lib/                  the runtime tree: the six packages (compiled JS, package.json,
+#                                bin/, the native addons: the engine's and the front-end driver's,
+#                                which only the drill loads) and their production dependencies,
 #                                made by `pnpm deploy --prod` (pnpm's own layout, no dev deps)
 #   PREFIX/bin/vfe-vhostd, vfe-vhostd-ha, vfe-vhost-cli
 #                                launchers: `exec NODE PREFIX/lib/.../bin/X.js "$@"` (exec, so the
@@ -70,7 +71,8 @@ D=$DESTDIR$PREFIX
 # ---- preconditions: a built tree, node >= 20, pnpm
 for f in packages/proto/dist/src/index.js packages/native/dist/src/index.js packages/vhostd/dist/src/main.js \
          packages/vhostd/dist/src/cli/main.js packages/ha/dist/src/main.js packages/runtime/dist/src/index.js \
-         packages/native/build/Release/vhostd_native.node; do
+         packages/native/build/Release/vhostd_native.node \
+         packages/frontend/dist/src/index.js packages/frontend/build/Release/vhostd_frontend.node; do
   [ -f "$ROOT/$f" ] || die "the tree is not built ($f is missing): run 'pnpm install && pnpm run build' first"
 done
 if [ -z "$NODE" ]; then NODE=$(command -v node) || die "node not found on PATH: pass --node /path/to/node (>= 20)"; fi
@@ -103,6 +105,9 @@ while IFS= read -r -d '' pkg; do
   fi
 done < <(find "$STAGE/lib/node_modules/.pnpm" -mindepth 5 -maxdepth 5 -path '*/node_modules/@vhostd/*/package.json' -printf '%h\0'; printf '%s\0' "$STAGE/lib")
 [ -f "$STAGE/lib/node_modules/@vhostd/native/build/Release/vhostd_native.node" ] || die "the deployed tree has no native addon"
+# The daemons never load the front-end driver; the drill (vfe-vhost-cli drill) does.
+ls "$STAGE"/lib/node_modules/.pnpm/*/node_modules/@vhostd/frontend/build/Release/vhostd_frontend.node >/dev/null 2>&1 ||
+  die "the deployed tree has no front-end driver addon (the drill needs it)"
 
 # ---- never take over a command of somebody else's
 for n in vfe-vhostd vfe-vhostd-ha vfe-vhost-cli; do

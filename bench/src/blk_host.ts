@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { sleep } from "@vhostd/test/harness/daemon";
 import { Qsd } from "@vhostd/test/harness/qsd";
-import { blkCapacity, connectBlk, type BlkFrontend } from "@vhostd/native";
+import { blkCapacity, connectBlk, type BlkFrontend } from "@vhostd/frontend";
 import { startOursBlk } from "./blk.js";
 import { cpuSeconds, hostTimes, loadavg, pin } from "./sys.js";
 import { BE_CPU, FE_CPU } from "./topology.js";

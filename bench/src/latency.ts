@@ -3,7 +3,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { sleep, waitFor, type Daemon } from "@vhostd/test/harness/daemon";
 import type { Impl } from "./net.js";
 import type { Opts } from "./options.js";

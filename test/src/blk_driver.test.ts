@@ -8,7 +8,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { blkCapacity, connectBlk } from "@vhostd/native";
+import { blkCapacity, connectBlk } from "@vhostd/frontend";
 import { Daemon, sleep } from "./harness/daemon.js";
 import { needPeer } from "./harness/peers.js";
 import { Qsd } from "./harness/qsd.js";

@@ -14,7 +14,8 @@
 //      reason in vf -i / vf -l) until vf -r and vf -a.
 // vfe-vhostd keeps its pid throughout; no victim VF reconnects or loses a frame silently.
 import test from "ava";
-import { FrontendDriver, native } from "@vhostd/native";
+import { native } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Daemon, sleep, waitFor } from "./harness/daemon.js";
 import { HaTraffic, PF1, VF_A, VF_B, VF_R, VF_T, vfList } from "./harness/ha_traffic.js";
 import { needPeer } from "./harness/peers.js";

@@ -6,7 +6,7 @@ import test from "ava";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Daemon, waitFor } from "./harness/daemon.js";
 
 const PF = "0000:af:00.2";

@@ -11,7 +11,7 @@
 // the receiving driver itself had left the engine no buffer (its rxRingEmptied): on 2 vCPUs
 // the test's own receiving thread can go unscheduled for 360 ms, and virtio drops then.
 import test from "ava";
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { sleep, waitFor } from "./harness/daemon.js";
 import { HaTraffic, rng, vfList } from "./harness/ha_traffic.js";
 import { needPeer } from "./harness/peers.js";

@@ -5,7 +5,8 @@
 // its pid and answers RPC, and another VF on the same worker keeps its latency.
 import test, { type ExecutionContext } from "ava";
 import fs from "node:fs";
-import { BLK_WANT_FEATURES, BLK_WANT_PROTOCOL_FEATURES, connectBlk, native, type BlkFrontend } from "@vhostd/native";
+import { native } from "@vhostd/native";
+import { BLK_WANT_FEATURES, BLK_WANT_PROTOCOL_FEATURES, connectBlk, type BlkFrontend } from "@vhostd/frontend";
 import { MsgFlag, ProtocolFeature, Req, VirtioFeatureBit, bit, codec } from "@vhostd/proto";
 import { Daemon, sleep, waitFor } from "./harness/daemon.js";
 

@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { connectBlk, type BlkFrontend } from "@vhostd/native";
+import { connectBlk, type BlkFrontend } from "@vhostd/frontend";
 import { Daemon, sleep, waitFor } from "./harness/daemon.js";
 
 const PF = "0000:af:00.3";

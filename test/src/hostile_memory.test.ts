@@ -4,7 +4,8 @@
 // reason, and numbered streams between two other VFs lose, duplicate and corrupt nothing.
 import test from "ava";
 import fs from "node:fs";
-import { FrontendDriver, native } from "@vhostd/native";
+import { native } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Daemon, sleep, waitFor } from "./harness/daemon.js";
 
 const PF = "0000:af:00.2";

@@ -3,7 +3,8 @@
 // with the VF and the reason), the engine keeps running, and a numbered stream between two
 // other VFs loses, duplicates and corrupts nothing.
 import test from "ava";
-import { FrontendDriver, native } from "@vhostd/native";
+import { native } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Daemon, sleep, waitFor } from "./harness/daemon.js";
 
 const PF = "0000:af:00.2";

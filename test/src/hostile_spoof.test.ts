@@ -6,7 +6,7 @@
 // `mgmtpf -i` the switch's table. The settings survive a daemon restart (journal) and a
 // config save/load round trip.
 import test from "ava";
-import { FrontendDriver, DEFAULT_WANT_PROTOCOL_FEATURES } from "@vhostd/native";
+import { FrontendDriver, DEFAULT_WANT_PROTOCOL_FEATURES } from "@vhostd/frontend";
 import { MsgFlag, ProtocolFeature, Req, bit } from "@vhostd/proto";
 import { Daemon, waitFor } from "./harness/daemon.js";
 

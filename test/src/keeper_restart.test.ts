@@ -8,7 +8,7 @@ import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { pino } from "pino";
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { haSyncEndpoint } from "@vhostd/proto";
 import { pfKey, pfValue, vfKey, vfValue, type VfSpec } from "@vhostd/runtime";
 import { HaClient } from "@vhostd/vhostd";

@@ -6,7 +6,8 @@
 // migration.test.ts.)
 import fs from "node:fs";
 import test from "ava";
-import { FrontendDriver, DEFAULT_WANT_PROTOCOL_FEATURES, native } from "@vhostd/native";
+import { native } from "@vhostd/native";
+import { FrontendDriver, DEFAULT_WANT_PROTOCOL_FEATURES } from "@vhostd/frontend";
 import { MsgFlag, ProtocolFeature, Req, VirtioFeatureBit as F, bit, codec } from "@vhostd/proto";
 import { Daemon, waitFor } from "./harness/daemon.js";
 

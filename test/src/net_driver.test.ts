@@ -4,7 +4,7 @@
 // and counts, so "lost" must equal the engine's drop counter for that queue, frame for frame.
 // (Interop with front-ends nobody here wrote is proven in net_testpmd.test.ts.)
 import test from "ava";
-import { FrontendDriver, DEFAULT_WANT_FEATURES, type DriverStats } from "@vhostd/native";
+import { FrontendDriver, DEFAULT_WANT_FEATURES, type DriverStats } from "@vhostd/frontend";
 import { VirtioFeatureBit as F, bit } from "@vhostd/proto";
 import { Daemon, waitFor } from "./harness/daemon.js";
 

@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Daemon, waitFor } from "./harness/daemon.js";
 import { cliBin, vhostdBin } from "./harness/paths.js";
 

@@ -6,7 +6,7 @@ import test from "ava";
 import { execFile } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Daemon, sleep, waitFor } from "./harness/daemon.js";
 import { repoRoot } from "./harness/paths.js";
 

@@ -4,7 +4,6 @@
 void InitSocket(Napi::Env env, Napi::Object exports);
 void InitFdWatcher(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
-void InitDriver(Napi::Env env, Napi::Object exports);
 void InitSdNotify(Napi::Env env, Napi::Object exports);
 void InitPremap(Napi::Env env, Napi::Object exports);
 void InitExitProbe(Napi::Env env, Napi::Object exports);
@@ -14,7 +13,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSocket(env, exports);
   InitFdWatcher(env, exports);
   InitEngine(env, exports);
-  InitDriver(env, exports);
   InitSdNotify(env, exports);
   InitPremap(env, exports);
   InitExitProbe(env, exports);

@@ -1,6 +1,6 @@
 // N-API glue for the datapath engine: argument validation (TypeError / RangeError / Error
 // with a reason), then a synchronous command to the engine (see engine.h). Also the module
-// constants of the shared counter layout and a few test-support exports.
+// constants of the shared counter layout (test-only helpers live in test_support/).
 #include <errno.h>
 #include <fcntl.h>
 #include <napi.h>
@@ -15,6 +15,7 @@
 #include <mutex>
 
 #include "engine.h"
+#include "napi_util.h"
 
 using namespace vhd;
 
@@ -22,16 +23,16 @@ namespace {
 
 // ------------------------------------------------------------------ validation helpers
 
-[[noreturn]] void throwType(Napi::Env env, const std::string& m) { throw Napi::TypeError::New(env, m); }
-[[noreturn]] void throwRange(Napi::Env env, const std::string& m) { throw Napi::RangeError::New(env, m); }
-[[noreturn]] void throwError(Napi::Env env, const std::string& m) { throw Napi::Error::New(env, m); }
+using napi::ThrowError;
+using napi::ThrowRange;
+using napi::ThrowType;
 
 int64_t getInt(Napi::Env env, Napi::Value v, const char* name, int64_t min, int64_t max) {
-  if (!v.IsNumber()) throwType(env, std::string(name) + " must be an integer number");
+  if (!v.IsNumber()) ThrowType(env, std::string(name) + " must be an integer number");
   double d = v.As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(d) || std::floor(d) != d) throwType(env, std::string(name) + " must be an integer number");
+  if (!napi::IsInteger(d)) ThrowType(env, std::string(name) + " must be an integer number");
   if (d < (double)min || d > (double)max)
-    throwRange(env, std::string(name) + " " + std::to_string((long long)d) + " is out of range [" + std::to_string(min) +
+    ThrowRange(env, std::string(name) + " " + std::to_string((long long)d) + " is out of range [" + std::to_string(min) +
                         ", " + std::to_string(max) + "]");
   return (int64_t)d;
 }
@@ -40,15 +41,15 @@ uint64_t getU64(Napi::Env env, Napi::Value v, const char* name) {
   if (v.IsBigInt()) {
     bool lossless = false;
     uint64_t r = v.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (!lossless) throwRange(env, std::string(name) + " must fit in an unsigned 64-bit integer");
+    if (!lossless) ThrowRange(env, std::string(name) + " must fit in an unsigned 64-bit integer");
     return r;
   }
   if (v.IsNumber()) return (uint64_t)getInt(env, v, name, 0, 9007199254740991LL);
-  throwType(env, std::string(name) + " must be a bigint");
+  ThrowType(env, std::string(name) + " must be a bigint");
 }
 
 Napi::Object getObject(Napi::Env env, Napi::Value v, const char* name) {
-  if (!v.IsObject()) throwType(env, std::string(name) + " must be an object");
+  if (!v.IsObject()) ThrowType(env, std::string(name) + " must be an object");
   return v.As<Napi::Object>();
 }
 
@@ -183,12 +184,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       if (!o.Get("sharedFd").IsUndefined()) cfg.sharedFd = (int)getInt(env, o.Get("sharedFd"), "opts.sharedFd", 0, INT32_MAX);
       if (!o.Get("crashRole").IsUndefined()) cfg.crashRole = (int)getInt(env, o.Get("crashRole"), "opts.crashRole", 0, crash::kRoles - 1);
     }
-    if (info.Length() < 2 || !info[1].IsFunction()) throwType(env, "onEvent must be a function");
+    if (info.Length() < 2 || !info[1].IsFunction()) ThrowType(env, "onEvent must be a function");
     engine_ = std::make_unique<Engine>(cfg);
     std::string err = engine_->start();
     if (!err.empty()) {
       engine_->close();
-      throwError(env, err);
+      ThrowError(env, err);
     }
     // Events: a thread-safe function that never keeps Node alive.
     state_ = std::make_shared<TsfnState>();
@@ -200,7 +201,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (s != napi_ok) {
       delete ctx;
       engine_->close();
-      throwError(env, "cannot create the event thread-safe function");
+      ThrowError(env, "cannot create the event thread-safe function");
     }
     state_->alive = true;
     napi_unref_threadsafe_function(env, state_->tsfn);
@@ -246,13 +247,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   Engine& live(Napi::Env env) {
-    if (!engine_ || engine_->closed()) throwError(env, "engine is closed");
+    if (!engine_ || engine_->closed()) ThrowError(env, "engine is closed");
     return *engine_;
   }
   int devArg(const Napi::CallbackInfo& info, int i) {
     Engine& e = live(info.Env());
     int id = (int)getInt(info.Env(), info[i], "devId", 0, e.config().maxDevices - 1);
-    if (!e.hasDevice(id)) throwError(info.Env(), "device " + std::to_string(id) + " does not exist");
+    if (!e.hasDevice(id)) ThrowError(info.Env(), "device " + std::to_string(id) + " does not exist");
     return id;
   }
   int queueArg(const Napi::CallbackInfo& info, int i, int devId) {
@@ -262,7 +263,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return (int)getInt(info.Env(), info[i], "switchId", 0, INT32_MAX);
   }
   void check(Napi::Env env, const std::string& err) {
-    if (!err.empty()) throwError(env, err);
+    if (!err.empty()) ThrowError(env, err);
   }
 
   Napi::Value AddSwitch(const Napi::CallbackInfo& info) {
@@ -317,14 +318,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     int id = (int)getInt(env, info[0], "devId", 0, e.config().maxDevices - 1);
     Napi::Object o = getObject(env, info[1], "opts");
     int sw = (int)getInt(env, o.Get("switchId"), "opts.switchId", 0, INT32_MAX);
-    if (!o.Get("mac").IsString()) throwType(env, "opts.mac must be a string like \"52:54:00:12:34:56\"");
+    if (!o.Get("mac").IsString()) ThrowType(env, "opts.mac must be a string like \"52:54:00:12:34:56\"");
     uint8_t mac[6];
     if (!parseMac(o.Get("mac").As<Napi::String>().Utf8Value(), mac))
-      throwType(env, "opts.mac must be a string like \"52:54:00:12:34:56\"");
+      ThrowType(env, "opts.mac must be a string like \"52:54:00:12:34:56\"");
     int mtu = (int)getInt(env, o.Get("mtu"), "opts.mtu", 68, 65535);
     int qp = (int)getInt(env, o.Get("maxQueuePairs"), "opts.maxQueuePairs", 1, kMaxQueuePairs);
-    if (e.hasDevice(id)) throwError(env, "device " + std::to_string(id) + " already exists");
-    if (!e.hasSwitch(sw)) throwError(env, "switch " + std::to_string(sw) + " does not exist");
+    if (e.hasDevice(id)) ThrowError(env, "device " + std::to_string(id) + " already exists");
+    if (!e.hasSwitch(sw)) ThrowError(env, "switch " + std::to_string(sw) + " does not exist");
     bool keep = o.Get("keepCounters").IsBoolean() && o.Get("keepCounters").As<Napi::Boolean>().Value();
     PortConfig pc;
     pc.macKey = macKey(mac);
@@ -338,7 +339,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     auto flag = [&](const char* name, bool* out) {
       Napi::Value x = o.Get(name);
       if (x.IsUndefined()) return;
-      if (!x.IsBoolean()) throwType(env, std::string("portSecurity.") + name + " must be a boolean");
+      if (!x.IsBoolean()) ThrowType(env, std::string("portSecurity.") + name + " must be a boolean");
       *out = x.As<Napi::Boolean>().Value();
     };
     flag("spoofchk", &pc->spoofchk);
@@ -351,7 +352,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     } else if (!l.IsUndefined()) {
       uint8_t m[6];
       if (!l.IsString() || !parseMac(l.As<Napi::String>().Utf8Value(), m) || (m[0] & 1))
-        throwType(env, "portSecurity.lockedMac must be a unicast MAC like \"52:54:00:12:34:56\"");
+        ThrowType(env, "portSecurity.lockedMac must be a unicast MAC like \"52:54:00:12:34:56\"");
       pc->lockKey = macKey(m);
     }
   }
@@ -399,12 +400,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     p.readonly = flag("readonly");
     p.direct = flag("direct");
     if (!o.Get("serial").IsUndefined()) {
-      if (!o.Get("serial").IsString()) throwType(env, "opts.serial must be a string");
+      if (!o.Get("serial").IsString()) ThrowType(env, "opts.serial must be a string");
       std::string ser = o.Get("serial").As<Napi::String>().Utf8Value();
-      if (ser.size() > sizeof p.serial) throwRange(env, "opts.serial is longer than 20 bytes");
+      if (ser.size() > sizeof p.serial) ThrowRange(env, "opts.serial is longer than 20 bytes");
       memcpy(p.serial, ser.data(), ser.size());
     }
-    if (e.hasDevice(id)) throwError(env, "device " + std::to_string(id) + " already exists");
+    if (e.hasDevice(id)) ThrowError(env, "device " + std::to_string(id) + " already exists");
     BlkInfo bi{};
     check(env, e.addBlkDevice(id, p, flag("keepCounters"), &bi));
     Napi::Object r = Napi::Object::New(env);
@@ -415,7 +416,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
   Napi::Value SetBlkWriteback(const Napi::CallbackInfo& info) {
     int id = devArg(info, 0);
-    if (!info[1].IsBoolean()) throwType(info.Env(), "writeback must be a boolean");
+    if (!info[1].IsBoolean()) ThrowType(info.Env(), "writeback must be a boolean");
     check(info.Env(), engine_->setBlkWriteback(id, info[1].As<Napi::Boolean>().Value()));
     return info.Env().Undefined();
   }
@@ -433,9 +434,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value SetMemTable(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int id = devArg(info, 0);
-    if (!info[1].IsArray()) throwType(env, "regions must be an array");
+    if (!info[1].IsArray()) ThrowType(env, "regions must be an array");
     Napi::Array a = info[1].As<Napi::Array>();
-    if (a.Length() > (uint32_t)kMaxMemRegions) throwRange(env, "at most 64 memory regions");
+    if (a.Length() > (uint32_t)kMaxMemRegions) ThrowRange(env, "at most 64 memory regions");
     std::vector<RegionSpec> regions;
     for (uint32_t i = 0; i < a.Length(); i++) regions.push_back(getRegion(env, a.Get(i), "regions[i]"));
     check(env, engine_->setMemTable(id, regions));
@@ -494,7 +495,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Object c = getObject(env, info[2], "cfg");
     QueueStart qs;
     int size = (int)getInt(env, c.Get("size"), "cfg.size", 1, 32768);
-    if (size & (size - 1)) throwRange(env, "cfg.size " + std::to_string(size) + " is not a power of two");
+    if (size & (size - 1)) ThrowRange(env, "cfg.size " + std::to_string(size) + " is not a power of two");
     qs.setup.size = (uint16_t)size;  // 32768 fits
     qs.setup.descAddr = getU64(env, c.Get("descAddr"), "cfg.descAddr");
     qs.setup.availAddr = getU64(env, c.Get("availAddr"), "cfg.availAddr");
@@ -529,7 +530,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value SetQueueEnabled(const Napi::CallbackInfo& info) {
     int id = devArg(info, 0);
     int q = queueArg(info, 1, id);
-    if (!info[2].IsBoolean()) throwType(info.Env(), "enabled must be a boolean");
+    if (!info[2].IsBoolean()) ThrowType(info.Env(), "enabled must be a boolean");
     check(info.Env(), engine_->setQueueEnabled(id, q, info[2].As<Napi::Boolean>().Value()));
     return info.Env().Undefined();
   }
@@ -541,14 +542,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return info.Env().Undefined();
   }
   Napi::Value Hold(const Napi::CallbackInfo& info) {
-    if (info.Length() < 1 || !info[0].IsBoolean()) throwType(info.Env(), "hold(on) needs a boolean");
+    if (info.Length() < 1 || !info[0].IsBoolean()) ThrowType(info.Env(), "hold(on) needs a boolean");
     live(info.Env()).hold(info[0].As<Napi::Boolean>().Value());
     return info.Env().Undefined();
   }
   Napi::Value InjectFrame(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int id = devArg(info, 0);
-    if (!info[1].IsBuffer()) throwType(env, "frame must be a Buffer");
+    if (!info[1].IsBuffer()) ThrowType(env, "frame must be a Buffer");
     auto b = info[1].As<Napi::Buffer<uint8_t>>();
     check(env, engine_->injectFrame(id, b.Data(), (uint32_t)b.Length()));
     return env.Undefined();
@@ -625,54 +626,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
 Napi::Value OpenTap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) throwType(env, "name must be a string");
+  if (!info[0].IsString()) ThrowType(env, "name must be a string");
   std::string name = info[0].As<Napi::String>().Utf8Value();
-  if (name.empty() || name.size() > 15) throwRange(env, "tap name must be 1..15 characters");
+  if (name.empty() || name.size() > 15) ThrowRange(env, "tap name must be 1..15 characters");
   std::string err;
   int fd = openTap(name, &err);
-  if (fd < 0) throwError(env, err);
+  if (fd < 0) ThrowError(env, err);
   return Napi::Number::New(env, fd);
-}
-
-// Test support: JS cannot mmap, so tests lay out rings through this view of a memfd.
-Napi::Value MapForTest(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = (int)getInt(env, info[0], "fd", 0, INT32_MAX);
-  int64_t size = getInt(env, info[1], "size", 1, (int64_t)1 << 40);
-  void* p = mmap(nullptr, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) throwError(env, std::string("mmap: ") + strerror(errno));
-  return Napi::ArrayBuffer::New(env, p, (size_t)size, [](Napi::Env, void* data, size_t* len) { munmap(data, *len); delete len; },
-                                new size_t((size_t)size));
-}
-
-Napi::Value TestMemfd(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsString()) throwType(env, "name must be a string");
-  int64_t size = getInt(env, info[1], "size", 0, (int64_t)1 << 40);
-  int fd = memfd_create(info[0].As<Napi::String>().Utf8Value().c_str(), MFD_CLOEXEC);
-  if (fd < 0 || ftruncate(fd, size) < 0) throwError(env, std::string("memfd: ") + strerror(errno));
-  return Napi::Number::New(env, fd);
-}
-
-Napi::Value TestEventFd(const Napi::CallbackInfo& info) {
-  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (fd < 0) throwError(info.Env(), std::string("eventfd: ") + strerror(errno));
-  return Napi::Number::New(info.Env(), fd);
-}
-
-Napi::Value TestEventFdRead(const Napi::CallbackInfo& info) {
-  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
-  uint64_t v = 0;
-  if (read(fd, &v, 8) != 8) v = 0;
-  return Napi::Number::New(info.Env(), (double)v);
-}
-
-Napi::Value TestEventFdWrite(const Napi::CallbackInfo& info) {
-  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
-  uint64_t one = 1;
-  ssize_t r = write(fd, &one, 8);
-  (void)r;
-  return info.Env().Undefined();
 }
 
 // An uncaught JS exception is about to end the process: record it as a crash of the device
@@ -680,12 +640,6 @@ Napi::Value TestEventFdWrite(const Napi::CallbackInfo& info) {
 Napi::Value NoteFatalException(const Napi::CallbackInfo& info) {
   int64_t dev = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int64Value() : -1;
   crash::noteException(dev >= 0 && dev < INT32_MAX ? (uint64_t)dev + 1 : 0);
-  return info.Env().Undefined();
-}
-
-Napi::Value TestCloseFd(const Napi::CallbackInfo& info) {
-  int fd = (int)getInt(info.Env(), info[0], "fd", 0, INT32_MAX);
-  close(fd);
   return info.Env().Undefined();
 }
 
@@ -703,10 +657,4 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("PORT_COUNTER_NAMES", pnames);
   exports.Set("openTap", Napi::Function::New(env, OpenTap, "openTap"));
   exports.Set("noteFatalException", Napi::Function::New(env, NoteFatalException, "noteFatalException"));
-  exports.Set("_mapForTest", Napi::Function::New(env, MapForTest, "_mapForTest"));
-  exports.Set("_testMemfd", Napi::Function::New(env, TestMemfd, "_testMemfd"));
-  exports.Set("_testEventFd", Napi::Function::New(env, TestEventFd, "_testEventFd"));
-  exports.Set("_testEventFdRead", Napi::Function::New(env, TestEventFdRead, "_testEventFdRead"));
-  exports.Set("_testEventFdWrite", Napi::Function::New(env, TestEventFdWrite, "_testEventFdWrite"));
-  exports.Set("_testCloseFd", Napi::Function::New(env, TestCloseFd, "_testCloseFd"));
 }

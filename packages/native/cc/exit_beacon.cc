@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "exit_beacon.h"
+#include "napi_util.h"
 
 namespace {
 
@@ -51,8 +52,7 @@ void Owner() {
 
 Napi::Value ArmExitBeacon(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "armExitBeacon: path must be a string");
-  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string path = vhd::napi::StringArg(info, 0, "armExitBeacon: path");
   if (path.empty() || path[0] != '/' || path.size() > PATH_MAX - 32 || path.find('\0') != std::string::npos)
     throw Napi::RangeError::New(env, "armExitBeacon: path must be absolute and shorter than PATH_MAX");
   if (armed.exchange(true)) throw Napi::Error::New(env, "armExitBeacon: this process has armed its beacon already");

@@ -36,6 +36,7 @@
 #include <thread>
 
 #include "exit_beacon.h"
+#include "napi_util.h"
 
 namespace {
 
@@ -114,12 +115,7 @@ int openStat(int pid) {
 }
 
 int32_t pidArg(const Napi::CallbackInfo& info, size_t i, const char* who) {
-  Napi::Env env = info.Env();
-  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(env, std::string(who) + ": pid must be a number");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(v) || std::trunc(v) != v || v < 1 || v > INT_MAX)
-    throw Napi::RangeError::New(env, std::string(who) + ": pid must be an integer >= 1");
-  return (int32_t)v;
+  return (int32_t)vhd::napi::IntArgAtLeast(info, i, std::string(who) + ": pid", 1, INT_MAX);
 }
 
 // processFate(pid): one probe, for the rare one-off question (a takeover waiting for locks).

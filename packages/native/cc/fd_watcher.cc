@@ -21,6 +21,8 @@
 #include <cmath>
 #include <memory>
 
+#include "napi_util.h"
+
 namespace {
 
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
@@ -35,11 +37,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   explicit FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsNumber())
-      throw Napi::TypeError::New(env, "FdWatcher: fd must be a number");
-    double fd = info[0].As<Napi::Number>().DoubleValue();
-    if (!std::isfinite(fd) || std::trunc(fd) != fd || fd < 0 || fd > INT_MAX)
-      throw Napi::RangeError::New(env, "FdWatcher: fd must be an integer >= 0");
+    double fd = vhd::napi::IntArgAtLeast(info, 0, "FdWatcher: fd", 0, INT_MAX);
     if (info.Length() < 2 || !info[1].IsFunction())
       throw Napi::TypeError::New(env, "FdWatcher: onReadable must be a function");
     bool hasWritable = info.Length() > 2 && !info[2].IsUndefined();
@@ -82,13 +80,9 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     napi_async_cleanup_hook_handle hook = nullptr;
   };
 
+  /** err: a libuv error (a negated errno). */
   [[noreturn]] static void ThrowUv(Napi::Env env, int err, const char* syscall) {
-    Napi::Error e = Napi::Error::New(env, std::string("FdWatcher: ") + syscall + " " +
-                                              uv_err_name(err) + " (" + uv_strerror(err) + ")");
-    e.Set("code", Napi::String::New(env, uv_err_name(err)));
-    e.Set("errno", Napi::Number::New(env, err));
-    e.Set("syscall", Napi::String::New(env, syscall));
-    throw e;
+    vhd::napi::ThrowSystemError(env, "FdWatcher: ", -err, syscall);
   }
 
   // Runs on the JS thread from the libuv loop, i.e. outside any JS call: it needs its

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "napi_util.h"
 #include "premap.h"
 
 namespace {
@@ -20,7 +21,7 @@ uint64_t u64Arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   }
   if (v.IsNumber()) {
     double d = v.As<Napi::Number>().DoubleValue();
-    if (std::isfinite(d) && std::floor(d) == d && d >= 0 && d <= 9007199254740991.0) return (uint64_t)d;
+    if (vhd::napi::IsInteger(d) && d >= 0 && d <= 9007199254740991.0) return (uint64_t)d;
   }
   throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a non-negative integer or bigint");
 }

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "napi_util.h"
+
 namespace {
 
 // Linux's SCM_MAX_FD: the kernel rejects more fds in one SCM_RIGHTS message.
@@ -36,24 +38,7 @@ constexpr size_t kMaxMemfdName = 249;
 // waitWritable's longest wait (tools only; the daemons never wait for a peer).
 constexpr double kMaxWaitMs = 60 * 1000;
 
-/* ------------------------------------------------------------------ errors */
-
-// Throws an Error shaped like Node's own system errors (code/errno/syscall/path),
-// so callers can handle ours and net/fs errors the same way. errno is negative, as
-// in Node (err.errno === -os.constants.errno.ENOENT).
-[[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall,
-                             const std::string& path = std::string()) {
-  // On Unix, libuv error codes are the negated errno values.
-  const char* code = uv_err_name(-err);
-  std::string msg = std::string(syscall) + " " + code + " (" + uv_strerror(-err) + ")";
-  if (!path.empty()) msg += ": " + path;
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, code));
-  e.Set("errno", Napi::Number::New(env, -err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  if (!path.empty()) e.Set("path", Napi::String::New(env, path));
-  throw e;
-}
+using vhd::napi::ThrowErrno;
 
 /* ------------------------------------------------------------- arguments */
 
@@ -66,8 +51,8 @@ double IntArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const ch
               double min, double max) {
   if (i >= info.Length() || !info[i].IsNumber())
     throw Napi::TypeError::New(info.Env(), ArgName(fn, arg) + " must be a number");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(v) || std::trunc(v) != v || v < min || v > max)
+  double v;
+  if (!vhd::napi::IntegerIn(info[i], min, max, &v))
     throw Napi::RangeError::New(info.Env(), ArgName(fn, arg) + " must be an integer in [" +
                                                 std::to_string(static_cast<int64_t>(min)) + ", " +
                                                 std::to_string(static_cast<int64_t>(max)) + "]");
@@ -80,9 +65,7 @@ int FdArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* 
 
 // A string without NUL bytes (the kernel would silently cut it there).
 std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* arg) {
-  if (i >= info.Length() || !info[i].IsString())
-    throw Napi::TypeError::New(info.Env(), ArgName(fn, arg) + " must be a string");
-  std::string s = info[i].As<Napi::String>().Utf8Value();
+  std::string s = vhd::napi::StringArg(info, i, ArgName(fn, arg));
   if (s.find('\0') != std::string::npos)
     throw Napi::TypeError::New(info.Env(), ArgName(fn, arg) + " must not contain NUL bytes");
   return s;
@@ -104,19 +87,8 @@ sockaddr_un PathArg(const Napi::CallbackInfo& info, size_t i, const char* fn, st
 
 /* -------------------------------------------------------------- fd guards */
 
-// Closes an fd on scope exit unless released: every error path after socket() or
-// recvmsg() must give the fd back to the kernel, never leak it.
-class FdGuard {
- public:
-  explicit FdGuard(int fd) : fd_(fd) {}
-  ~FdGuard() { if (fd_ >= 0) close(fd_); }
-  FdGuard(const FdGuard&) = delete;
-  FdGuard& operator=(const FdGuard&) = delete;
-  int get() const { return fd_; }
-  int release() { int fd = fd_; fd_ = -1; return fd; }
- private:
-  int fd_;
-};
+// Every error path after socket() or recvmsg() must give the fd back to the kernel.
+using FdGuard = vhd::napi::UniqueFd;
 
 class FdListGuard {
  public:
@@ -348,8 +320,8 @@ Napi::Value SendWithFds(const Napi::CallbackInfo& info) {
   std::vector<int> fds;
   for (uint32_t i = 0; i < fdArray.Length(); i++) {
     Napi::Value v = fdArray.Get(i);
-    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-    if (!v.IsNumber() || !std::isfinite(d) || std::trunc(d) != d || d < 0 || d > INT_MAX)
+    double d;
+    if (!vhd::napi::IntegerIn(v, 0, INT_MAX, &d))
       throw Napi::TypeError::New(env, "sendWithFds: fds[" + std::to_string(i) + "] must be an fd (integer >= 0)");
     fds.push_back(static_cast<int>(d));
   }

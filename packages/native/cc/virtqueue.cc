@@ -12,14 +12,14 @@ namespace vhd {
 static inline bool isPow2(uint32_t v) { return v && !(v & (v - 1)); }
 
 bool Virtqueue::mapRings(const MemTable& mem, const QueueSetup& s, char* reason, size_t rlen) noexcept {
-  if (!isPow2(s.size) || s.size > 32768) {
-    snprintf(reason, rlen, "ring size %u is not a power of two <= 32768", s.size);
+  if (!isPow2(s.size) || s.size > kMaxQueueSize) {
+    snprintf(reason, rlen, "ring size %u is not a power of two <= %u", s.size, kMaxQueueSize);
     return false;
   }
-  if (s.descAddr & 15) { snprintf(reason, rlen, "desc table 0x%" PRIx64 " not 16-byte aligned", s.descAddr); return false; }
-  if (s.availAddr & 1) { snprintf(reason, rlen, "avail ring 0x%" PRIx64 " not 2-byte aligned", s.availAddr); return false; }
-  if (s.usedAddr & 3) { snprintf(reason, rlen, "used ring 0x%" PRIx64 " not 4-byte aligned", s.usedAddr); return false; }
-  uint64_t dlen = 16ull * s.size, alen = 6ull + 2ull * s.size, ulen = 6ull + 8ull * s.size;
+  if (s.descAddr & (kDescAlign - 1)) { snprintf(reason, rlen, "desc table 0x%" PRIx64 " not %" PRIu64 "-byte aligned", s.descAddr, kDescAlign); return false; }
+  if (s.availAddr & (kAvailAlign - 1)) { snprintf(reason, rlen, "avail ring 0x%" PRIx64 " not %" PRIu64 "-byte aligned", s.availAddr, kAvailAlign); return false; }
+  if (s.usedAddr & (kUsedAlign - 1)) { snprintf(reason, rlen, "used ring 0x%" PRIx64 " not %" PRIu64 "-byte aligned", s.usedAddr, kUsedAlign); return false; }
+  uint64_t dlen = DescTableBytes(s.size), alen = AvailRingBytes(s.size), ulen = UsedRingBytes(s.size);
   uint8_t* d = mem.uvaToHost(s.descAddr, dlen);
   if (!d) { snprintf(reason, rlen, "desc table 0x%" PRIx64 " len %" PRIu64 " outside mapped memory", s.descAddr, dlen); return false; }
   uint8_t* a = mem.uvaToHost(s.availAddr, alen);
@@ -148,10 +148,9 @@ bool Virtqueue::needCall() noexcept {
   uint16_t newIdx = usedIdx, old = signalledUsed;
   signalledUsed = newIdx;
   if (eventIdx) {
-    uint16_t ev = avail[2 + size];
-    return (uint16_t)(newIdx - ev - 1) < (uint16_t)(newIdx - old);
+    return VringNeedEvent(avail[UsedEventWord(size)], newIdx, old);
   }
-  return !(avail[0] & VRING_AVAIL_F_NO_INTERRUPT);
+  return !(avail[kAvailFlagsWord] & VRING_AVAIL_F_NO_INTERRUPT);
 }
 
 void Virtqueue::signal() noexcept {
@@ -174,22 +173,22 @@ bool Virtqueue::signalIfNeeded() noexcept {
 void Virtqueue::enableNotify() noexcept {
   if (!used) return;
   if (eventIdx) {
-    volatile uint16_t* ae = reinterpret_cast<volatile uint16_t*>(used + 4 + 8u * size);
+    volatile uint16_t* ae = reinterpret_cast<volatile uint16_t*>(used + AvailEventOff(size));
     *ae = lastAvail;
-    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 4 + 8u * size, 2);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + AvailEventOff(size), 2);
   } else {
-    volatile uint16_t* f = reinterpret_cast<volatile uint16_t*>(used);
+    volatile uint16_t* f = reinterpret_cast<volatile uint16_t*>(used + kUsedFlagsOff);
     *f = (uint16_t)(*f & ~VRING_USED_F_NO_NOTIFY);
-    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr, 2);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + kUsedFlagsOff, 2);
   }
 }
 
 void Virtqueue::disableNotify() noexcept {
   if (!used) return;
   if (!eventIdx) {
-    volatile uint16_t* f = reinterpret_cast<volatile uint16_t*>(used);
+    volatile uint16_t* f = reinterpret_cast<volatile uint16_t*>(used + kUsedFlagsOff);
     *f = (uint16_t)(*f | VRING_USED_F_NO_NOTIFY);
-    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr, 2);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + kUsedFlagsOff, 2);
   }
   // EVENT_IDX: a stale avail_event already suppresses kicks (the driver never crosses it).
 }

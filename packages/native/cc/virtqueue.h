@@ -11,26 +11,9 @@
 #include "counters.h"
 #include "dirty_log.h"
 #include "guest_memory.h"
+#include "split_ring.h"
 
 namespace vhd {
-
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "virtio 1.x rings are little-endian; host must be too");
-
-constexpr uint16_t VRING_DESC_F_NEXT = 1;
-constexpr uint16_t VRING_DESC_F_WRITE = 2;
-constexpr uint16_t VRING_DESC_F_INDIRECT = 4;
-constexpr uint16_t VRING_USED_F_NO_NOTIFY = 1;
-constexpr uint16_t VRING_AVAIL_F_NO_INTERRUPT = 1;
-constexpr int VIRTIO_RING_F_INDIRECT_DESC = 28;
-constexpr int VIRTIO_RING_F_EVENT_IDX = 29;
-
-struct VringDesc {
-  uint64_t addr;
-  uint32_t len;
-  uint16_t flags;
-  uint16_t next;
-};
-static_assert(sizeof(VringDesc) == 16, "desc layout");
 
 // One descriptor copied out of guest memory field by field (the guest may change it meanwhile;
 // everything after works on this copy).
@@ -120,8 +103,8 @@ class Virtqueue {
   // ---- ring state ----
   uint16_t size = 0, mask = 0;
   volatile VringDesc* desc = nullptr;
-  volatile uint16_t* avail = nullptr;  // [0]=flags [1]=idx [2..2+size)=ring [2+size]=used_event
-  volatile uint8_t* used = nullptr;    // flags u16, idx u16, elems {u32 id,u32 len}[size], avail_event u16
+  volatile uint16_t* avail = nullptr;  // words: see kAvailRingWord (split_ring.h)
+  volatile uint8_t* used = nullptr;    // bytes: see UsedElemOff (split_ring.h)
   uint16_t lastAvail = 0;
   uint16_t usedIdx = 0;     // shadow of used->idx (we are the only writer)
   uint16_t signalledUsed = 0;  // used idx at the last signal decision (EVENT_IDX "old")
@@ -137,11 +120,11 @@ class Virtqueue {
   bool remap(const MemTable& mem, char* reason, size_t rlen) noexcept;
   void unmapRings() noexcept { desc = nullptr; avail = nullptr; used = nullptr; }
 
-  uint16_t availIdx() const noexcept { return __atomic_load_n(&avail[1], __ATOMIC_ACQUIRE); }
+  uint16_t availIdx() const noexcept { return __atomic_load_n(&avail[kAvailIdxWord], __ATOMIC_ACQUIRE); }
   // used->idx as it is in guest memory (after mapRings, before we publish: the index the
   // ring held, which may overrule the base we were given).
   uint16_t usedIdxInMemory() const noexcept {
-    return __atomic_load_n(reinterpret_cast<volatile uint16_t*>(used + 2), __ATOMIC_ACQUIRE);
+    return __atomic_load_n(reinterpret_cast<volatile uint16_t*>(used + kUsedIdxOff), __ATOMIC_ACQUIRE);
   }
   // Pending avail entries, or -1 when avail->idx is more than size ahead (broken).
   int pending() const noexcept {
@@ -150,7 +133,7 @@ class Virtqueue {
   }
   // Reads the head at slot `cursor` (does not advance lastAvail).
   Pop headAt(uint16_t cursor, uint16_t* head, char* reason, size_t rlen) const noexcept {
-    uint16_t h = avail[2 + (cursor & mask)];
+    uint16_t h = avail[kAvailRingWord + (cursor & mask)];
     if (__builtin_expect(h >= size, 0)) {
       badHead(cursor, h, reason, rlen);
       return Pop::kBroken;
@@ -166,7 +149,7 @@ class Virtqueue {
   template <bool kForWrite>
   void prefetchBuffers(const MemTable& mem, uint16_t from, int n) const noexcept {
     for (int k = 0; k < n; k++) {
-      uint16_t h = avail[2 + ((uint16_t)(from + k) & mask)];
+      uint16_t h = avail[kAvailRingWord + ((uint16_t)(from + k) & mask)];
       if (h >= size) return;
       const volatile VringDesc& d = desc[h];
       if (d.flags & VRING_DESC_F_INDIRECT) continue;
@@ -203,15 +186,16 @@ class Virtqueue {
                  bool* tooMany, char* reason, size_t rlen) const noexcept;
 
   void pushUsed(uint16_t id, uint32_t len) noexcept {
-    volatile uint32_t* e = reinterpret_cast<volatile uint32_t*>(used + 4 + 8u * (usedIdx & mask));
+    // used + UsedElemOff(slot), spelled so that the compiler emits what it always did here.
+    volatile uint32_t* e = reinterpret_cast<volatile uint32_t*>(used + kUsedRingOff + kUsedElemBytes * (usedIdx & mask));
     e[0] = id;
     e[1] = len;
-    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 4 + 8u * (usedIdx & mask), 8);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + kUsedRingOff + kUsedElemBytes * (usedIdx & mask), kUsedElemBytes);
     usedIdx++;
   }
   void publishUsed() noexcept {
-    __atomic_store_n(reinterpret_cast<volatile uint16_t*>(used + 2), usedIdx, __ATOMIC_RELEASE);
-    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + 2, 2);
+    __atomic_store_n(reinterpret_cast<volatile uint16_t*>(used + kUsedIdxOff), usedIdx, __ATOMIC_RELEASE);
+    if (__builtin_expect(logging(), 0)) dlog->mark(setup.logAddr + kUsedIdxOff, 2);
   }
   bool logging() const noexcept { return setup.logUsed && dlog && dlog->active(); }
   // After publishUsed: should the driver be interrupted? (EVENT_IDX or NO_INTERRUPT rules)

@@ -1,5 +1,5 @@
 // One connected unix stream socket carrying length-prefixed frames with SCM_RIGHTS fds: the
-// transport of both HA fd-carrying channels (fd channel, session mirror). Frame: u32 LE body
+// transport of the HA session mirror. Frame: u32 LE body
 // length + body (the codec's); a frame that names `n` fds carries exactly that many, sent with
 // its bytes in one sendmsg(). Reads never cross the end of the current frame, so fds land on the
 // frame they were sent with. Everything received is hostile: a bad frame closes this connection
@@ -10,7 +10,7 @@ import { OutgoingQueue } from "./send_queue.js";
 import { closeFds } from "./unix_socket.js";
 
 export interface FrameCodec<T> {
-  /** For messages: "fd channel", "mirror". */
+  /** For messages, e.g. "mirror". */
   name: string;
   encode(f: T): Buffer;
   /** Throws (SyncError) on anything it does not accept. */

@@ -3,9 +3,6 @@ import { native } from "./native.js";
 
 export * from "./native.js";
 export * from "./unix_socket.js";
-export * from "./frontend.js";
-export * from "./blk_frontend.js";
-export * from "./fd_channel.js";
 
 /** Index of one counter in NativeEngine.counters. */
 export function counterIndex(maxQueues: number, devId: number, queue: number, field: number): number {

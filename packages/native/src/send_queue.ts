@@ -1,5 +1,5 @@
 // What one connection still has to send, for sockets the daemons must never wait on
-// (vhost-user connections, HA mirror and fd channel): a send takes what the socket takes now
+// (vhost-user connections, the HA mirror): a send takes what the socket takes now
 // and queues the rest, to be flushed when the socket is writable again. A message's fds ride
 // on its first byte, so a message that went partly has no fds left to send, and one that did
 // not go at all keeps duplicates of its fds: the caller's own may be closed or reused before

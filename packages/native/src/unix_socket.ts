@@ -1,5 +1,5 @@
 // Typed conveniences over the unix-socket primitives of the native module.
-import { native } from "./native.js";
+import { native, type PeerCred } from "./native.js";
 
 export interface ListenUnixOptions {
   /** Mode of the socket file, e.g. 0o660 (default: whatever the umask leaves). */
@@ -50,4 +50,10 @@ export function closeFds(fds: Iterable<number>): void {
       // already closed: nothing left to release
     }
   }
+}
+
+/** Why a peer may not use one of our unix sockets, or null when it may: only our own effective uid. */
+export function checkPeerCred(cred: PeerCred, euid: number): string | null {
+  if (cred.uid !== euid) return `peer uid ${cred.uid} (pid ${cred.pid}) is not our euid ${euid}`;
+  return null;
 }

@@ -2,6 +2,7 @@
 // the reason; a broken ring stops only its own queue; argument errors are clear JS errors.
 import test from "ava";
 import { native, type EngineEvent } from "../src/native.js";
+import { testSupport } from "../src/testing.js";
 import { DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F, GUEST_BASE, VNet, counter, frame, waitFor } from "./engine_guest.js";
 
 const A = "52:54:00:00:02:0a";
@@ -179,7 +180,7 @@ test("head >= ring size breaks the queue (errFd, queue-broken event), nothing el
   t.is(s.events[0].kind, "queue-broken");
   t.is(s.events[0].devId, 1);
   t.regex(s.events[0].reason, /head 300 >= ring size 256/);
-  t.is(native._testEventFdRead(s.a.tx.err), 1);
+  t.is(testSupport.eventFdRead(s.a.tx.err), 1);
   // the broken queue is not processed any more
   s.a.send(frame(B, A));
   await otherPairStillWorks(t, s);

@@ -1,6 +1,7 @@
-// Test harness for the engine: a memfd "guest" laid out from TS (through _mapForTest) with a
+// Test harness for the engine: a memfd "guest" laid out from TS (through testSupport.mapShared) with a
 // driver-side split ring per queue, so tests can craft normal and hostile rings.
 import { native, type MemRegion, type NativeEngine, type PortSecurity, type QueueConfig } from "../src/native.js";
+import { testSupport } from "../src/testing.js";
 
 export const GUEST_BASE = 0x100000000n;
 export const F = {
@@ -34,8 +35,8 @@ export class Guest {
   readonly buf: Buffer;
   private brk = 0x1000;
   constructor(readonly size = 8 << 20) {
-    this.fd = native._testMemfd("engine-test-guest", size);
-    this.buf = Buffer.from(native._mapForTest(this.fd, size));
+    this.fd = testSupport.memfd("engine-test-guest", size);
+    this.buf = Buffer.from(testSupport.mapShared(this.fd, size));
   }
   alloc(len: number, align = 64): number {
     this.brk = Math.ceil(this.brk / align) * align;
@@ -51,7 +52,7 @@ export class Guest {
     return { fd: this.fd, guestAddr: GUEST_BASE, size: BigInt(this.size), userAddr: GUEST_BASE, mmapOffset: 0n };
   }
   close(): void {
-    native._testCloseFd(this.fd);
+    testSupport.closeFd(this.fd);
   }
 }
 
@@ -76,9 +77,9 @@ export class DrvRing {
     this.desc = g.alloc(16 * size, 4096);
     this.avail = g.alloc(6 + 2 * size, 64);
     this.used = g.alloc(6 + 8 * size, 4096);
-    this.kick = withKick ? native._testEventFd() : -1;
-    this.call = native._testEventFd();
-    this.err = native._testEventFd();
+    this.kick = withKick ? testSupport.eventFd() : -1;
+    this.call = testSupport.eventFd();
+    this.err = testSupport.eventFd();
   }
   cfg(lastAvailIdx = 0): QueueConfig {
     return {
@@ -120,7 +121,7 @@ export class DrvRing {
     this.g.buf.writeUInt16LE(v & 0xffff, this.avail + 2);
   }
   doKick(): void {
-    if (this.kick >= 0) native._testEventFdWrite(this.kick);
+    if (this.kick >= 0) testSupport.eventFdWrite(this.kick);
   }
   usedIdx(): number {
     return this.g.buf.readUInt16LE(this.used + 2);
@@ -149,7 +150,7 @@ export class DrvRing {
     return out;
   }
   closeFds(): void {
-    for (const fd of [this.kick, this.call, this.err]) if (fd >= 0) native._testCloseFd(fd);
+    for (const fd of [this.kick, this.call, this.err]) if (fd >= 0) testSupport.closeFd(fd);
   }
 }
 

@@ -5,6 +5,7 @@
 import test from "ava";
 import fs from "node:fs";
 import { native, type EngineEvent } from "../src/native.js";
+import { testSupport } from "../src/testing.js";
 import { DrvRing, F, Guest, waitFor } from "./engine_guest.js";
 
 const T_OUT = 1;
@@ -92,7 +93,7 @@ test("an area for another queue size than the ring: the running ring stops, a st
   s.eng.setBlkInflight(1, { ...a.spec, fresh: true });
   t.true(await waitFor(() => s.events.some((e) => e.devId === 1 && e.kind === "queue-broken")));
   t.regex(s.events.find((e) => e.kind === "queue-broken")!.reason, /ring size 256 differs from the inflight area's queue size 64/);
-  t.is(native._testEventFdRead(s.r.err), 1, "err fd signalled");
+  t.is(testSupport.eventFdRead(s.r.err), 1, "err fd signalled");
   t.throws(() => s.eng.startQueue(1, 0, s.r.cfg()), { message: /ring size 256 differs from the inflight area's queue size 64/ });
   // With a matching area the ring runs again.
   const b = area(t, RING);

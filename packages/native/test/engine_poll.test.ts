@@ -2,6 +2,7 @@
 // memory-table changes and teardown with traffic flowing.
 import test from "ava";
 import { native, type EngineEvent } from "../src/native.js";
+import { testSupport } from "../src/testing.js";
 import { F, GUEST_BASE, Guest, VNet, counter, frame, sleep, waitFor } from "./engine_guest.js";
 
 const A = "52:54:00:00:03:0a";
@@ -69,19 +70,19 @@ test("call fd: NO_INTERRUPT and EVENT_IDX used_event decide, once per burst", as
   a.send(frame("ff:ff:ff:ff:ff:ff", A));
   t.true(await waitFor(() => b.rx.usedIdx() === 1 && c.rx.usedIdx() === 1));
   await sleep(10);
-  t.is(native._testEventFdRead(b.rx.call), 0);
-  t.is(native._testEventFdRead(c.rx.call), 0);
+  t.is(testSupport.eventFdRead(b.rx.call), 0);
+  t.is(testSupport.eventFdRead(c.rx.call), 0);
   t.is(counter(eng, 3, 0, "calls"), 0n);
   b.rx.setAvailFlags(0);
   c.rx.setUsedEvent(1); // interrupt me once used idx moves past 1
   a.send(frame("ff:ff:ff:ff:ff:ff", A));
   t.true(await waitFor(() => b.rx.usedIdx() === 2 && c.rx.usedIdx() === 2));
   await sleep(10);
-  t.is(native._testEventFdRead(b.rx.call), 1);
-  t.is(native._testEventFdRead(c.rx.call), 1);
+  t.is(testSupport.eventFdRead(b.rx.call), 1);
+  t.is(testSupport.eventFdRead(c.rx.call), 1);
   t.is(counter(eng, 3, 0, "calls"), 1n);
   // the sender's TX queue got its used buffers back with a call
-  t.true(native._testEventFdRead(a.tx.call) >= 1);
+  t.true(testSupport.eventFdRead(a.tx.call) >= 1);
   eng.close();
   for (const d of [a, b, c]) d.close();
 });
@@ -91,12 +92,12 @@ test("signalQueue signals exactly the queue it names", async (t) => {
   eng.addSwitch(1);
   const a = new VNet(eng, 1, A, F.VERSION_1);
   await sleep(20);
-  for (const fd of [a.rx.call, a.tx.call]) native._testEventFdRead(fd);
+  for (const fd of [a.rx.call, a.tx.call]) testSupport.eventFdRead(fd);
   eng.signalQueue(1, 0);
-  t.is(native._testEventFdRead(a.rx.call), 1, "the RX queue was signalled");
-  t.is(native._testEventFdRead(a.tx.call), 0, "the TX queue was not");
+  t.is(testSupport.eventFdRead(a.rx.call), 1, "the RX queue was signalled");
+  t.is(testSupport.eventFdRead(a.tx.call), 0, "the TX queue was not");
   eng.signalQueue(1, 1);
-  t.is(native._testEventFdRead(a.tx.call), 1, "then the TX queue");
+  t.is(testSupport.eventFdRead(a.tx.call), 1, "then the TX queue");
   t.throws(() => eng.signalQueue(1, 99), { instanceOf: RangeError });
   eng.close();
   a.close();
@@ -117,15 +118,15 @@ test("a running ring's new call fd is signalled once: a call the front-end disca
   a.send(frame(C, A));
   t.true(await waitFor(() => c.rx.usedIdx() === 1));
   await sleep(10);
-  t.is(native._testEventFdRead(c.rx.call), 1, "signalled on the first (masked) fd, which QEMU discards");
-  const guestFd = native._testEventFd();
+  t.is(testSupport.eventFdRead(c.rx.call), 1, "signalled on the first (masked) fd, which QEMU discards");
+  const guestFd = testSupport.eventFd();
   eng.setQueueCall(3, 0, guestFd);
-  t.is(native._testEventFdRead(guestFd), 1, "the swap signalled the new fd");
+  t.is(testSupport.eventFdRead(guestFd), 1, "the swap signalled the new fd");
   a.send(frame(C, A)); // used_event still 0: no call for this one, and none needed
   t.true(await waitFor(() => c.rx.usedIdx() === 2));
   await sleep(10);
-  t.is(native._testEventFdRead(guestFd), 0);
-  native._testCloseFd(guestFd);
+  t.is(testSupport.eventFdRead(guestFd), 0);
+  testSupport.closeFd(guestFd);
   eng.close();
   a.close();
   c.close();
@@ -138,10 +139,10 @@ test("kickAll processes pending chains and signals every call fd", async (t) => 
   const b = new VNet(eng, 2, B, F.VERSION_1);
   b.postRx(4);
   await sleep(20);
-  for (const fd of [a.rx.call, a.tx.call]) native._testEventFdRead(fd);
+  for (const fd of [a.rx.call, a.tx.call]) testSupport.eventFdRead(fd);
   eng.kickAll(1);
-  t.is(native._testEventFdRead(a.rx.call), 1);
-  t.is(native._testEventFdRead(a.tx.call), 1);
+  t.is(testSupport.eventFdRead(a.rx.call), 1);
+  t.is(testSupport.eventFdRead(a.tx.call), 1);
   // a chain published without a kick is processed by kickAll
   const f = frame(B, A);
   const off = a.g.alloc(12 + f.length);

@@ -7,6 +7,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import { native, type EngineEvent } from "../src/native.js";
+import { testSupport } from "../src/testing.js";
 import { DrvRing, GUEST_BASE, Guest, VNet, frame, sleep, waitFor } from "./engine_guest.js";
 
 const A = "52:54:00:00:0b:0a";
@@ -43,15 +44,15 @@ test("a front-end that truncates its memory fails its own device only; a new mem
     // memfd would SIGBUS (and that mapping is not guest memory of any engine: fatal).
     fs.ftruncateSync(a.g.fd, 0);
     b.send(frame(A, B, 128, 4)); // RX path: B's worker writes into A's memory
-    native._testEventFdWrite(a.tx.kick); // TX path: A's worker reads A's avail ring
+    testSupport.eventFdWrite(a.tx.kick); // TX path: A's worker reads A's avail ring
     t.true(await waitFor(() => events.some((e) => e.devId === 1)), "an event about device A");
     const ev = events.find((e) => e.devId === 1)!;
     t.log(ev);
     t.is(ev.kind, "queue-broken");
     t.is(ev.queue, -1);
     t.regex(ev.reason, SHRANK);
-    t.is(native._testEventFdRead(a.rx.err), 1, "A's RX err fd signalled");
-    t.is(native._testEventFdRead(a.tx.err), 1, "A's TX err fd signalled");
+    t.is(testSupport.eventFdRead(a.rx.err), 1, "A's RX err fd signalled");
+    t.is(testSupport.eventFdRead(a.tx.err), 1, "A's TX err fd signalled");
 
     // B and C keep forwarding both ways (B's first frame to C may flood to A too: dropped).
     for (let i = 0; i < 20; i++) {
@@ -166,7 +167,7 @@ test("one worker: devices at the same guest addresses are told apart by host add
     t.true(await forwards(b, c, 1));
     t.true(await forwards(c, b, 2));
     fs.ftruncateSync(a.g.fd, 0);
-    native._testEventFdWrite(a.tx.kick);
+    testSupport.eventFdWrite(a.tx.kick);
     t.true(await waitFor(() => events.length >= 1));
     for (let i = 0; i < 10; i++) t.true(await forwards(b, c, 3 + i));
     t.deepEqual(new Set(events.map((e) => e.devId)), new Set([1]));

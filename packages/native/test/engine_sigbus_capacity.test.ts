@@ -5,6 +5,7 @@
 import test from "ava";
 import fs from "node:fs";
 import { native, type EngineEvent } from "../src/native.js";
+import { testSupport } from "../src/testing.js";
 import { waitFor } from "./engine_guest.js";
 
 const PAGE = 4096;
@@ -16,7 +17,7 @@ test("300 devices x 64 memory regions each fit under the guard; a fault in the l
   const eng = new native.Engine({ maxDevices: DEVICES + 1 }, (ev) => events.push(ev));
   eng.addSwitch(1);
   // One file, one page per region: every region is its own mapping (and registry slot).
-  const fd = native._testMemfd("guard-capacity", REGIONS * PAGE);
+  const fd = testSupport.memfd("guard-capacity", REGIONS * PAGE);
   const regions = Array.from({ length: REGIONS }, (_, i) => ({
     fd,
     guestAddr: BigInt(i * PAGE),
@@ -26,7 +27,7 @@ test("300 devices x 64 memory regions each fit under the guard; a fault in the l
   }));
   t.teardown(() => {
     eng.close();
-    native._testCloseFd(fd);
+    testSupport.closeFd(fd);
   });
   for (let dev = 0; dev < DEVICES; dev++) {
     const mac = `52:54:00:01:${(dev >> 8).toString(16).padStart(2, "0")}:${(dev & 0xff).toString(16).padStart(2, "0")}`;
@@ -39,8 +40,8 @@ test("300 devices x 64 memory regions each fit under the guard; a fault in the l
   // device's memory through a ring start (its rings are read: SIGBUS in the engine's thread).
   const last = DEVICES - 1;
   fs.ftruncateSync(fd, 0);
-  const err = native._testEventFd();
-  t.teardown(() => native._testCloseFd(err));
+  const err = testSupport.eventFd();
+  t.teardown(() => testSupport.closeFd(err));
   try {
     eng.startQueue(last, 1, { size: 16, descAddr: BigInt(63 * PAGE), availAddr: BigInt(63 * PAGE + 256), usedAddr: BigInt(63 * PAGE + 512), lastAvailIdx: 0, kickFd: -1, callFd: -1, errFd: err });
   } catch {

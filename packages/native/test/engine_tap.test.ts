@@ -5,6 +5,7 @@ import dgram from "node:dgram";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { native } from "../src/native.js";
+import { testSupport } from "../src/testing.js";
 import { F, VNet, mac, sleep, waitFor } from "./engine_guest.js";
 
 const haveTun = fs.existsSync("/dev/net/tun") && process.getuid?.() === 0;
@@ -89,6 +90,6 @@ function ipv4Udp(dstMac: string, srcMac: string, src: string, dst: string, sport
     a.close();
     await sleep(1);
   } finally {
-    native._testCloseFd(tap);
+    testSupport.closeFd(tap);
   }
 });

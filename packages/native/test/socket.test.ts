@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { native } from "../src/native.js";
 import { OutgoingQueue, SendOverflow } from "../src/send_queue.js";
-import { closeFds, connectUnix, listenUnix, sendAllBlocking } from "../src/unix_socket.js";
+import { checkPeerCred, closeFds, connectUnix, listenUnix, sendAllBlocking } from "../src/unix_socket.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "vhostd-sock-"));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -379,4 +379,10 @@ test("eventFdWrite ignores a saturated counter", (t) => {
   writeSync(ev, max);
   t.notThrows(() => native.eventFdWrite(ev));
   native.closeFd(ev);
+});
+
+test("peer credential check: only our own euid", (t) => {
+  t.is(checkPeerCred({ pid: 10, uid: 0, gid: 0 }, 0), null);
+  t.regex(checkPeerCred({ pid: 10, uid: 1000, gid: 1000 }, 0) ?? "", /peer uid 1000 \(pid 10\) is not our euid 0/);
+  t.regex(checkPeerCred({ pid: 10, uid: 0, gid: 0 }, 1000) ?? "", /not our euid 1000/);
 });

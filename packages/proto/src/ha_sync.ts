@@ -1,9 +1,7 @@
 // The HA sync protocol between vfe-vhostd and its keeper vfe-vhostd-ha (pure: no I/O).
 //
-// Two channels (docs/architecture.md, "HA channels"):
-//  - state: ZeroMQ, one msgpack envelope per message: [ "VHHA", version, type, body ];
-//  - fds: a unix stream socket with SCM_RIGHTS; frames are u32 LE length + msgpack body
-//    (encodeFdFrameBody / decodeFdFrameBody below), the fds ride on the frame's bytes.
+// The state channel (docs/architecture.md, "HA channels"): ZeroMQ, one msgpack envelope per
+// message: [ "VHHA", version, type, body ].
 // Every decoder here treats its input as hostile: it validates everything and throws
 // SyncError, and only SyncError, for anything it does not accept.
 import { Packr } from "msgpackr";
@@ -435,80 +433,5 @@ export class SyncSequencer {
   }
 }
 
-/* -------------------------------------------------------------------- fd channel body */
-
-/** Fds per frame on the fd channel (one vhost-user device needs far fewer). */
+/** Fds one held entry (an FdRef) may name (one vhost-user device needs far fewer). */
 export const FD_CHANNEL_MAX_FDS_PER_FRAME = 64;
-/** Largest frame body; bodies name ids, never carry state. */
-export const FD_CHANNEL_MAX_FRAME_BYTES = 64 * 1024;
-/** Ids in one get/del request. */
-export const FD_CHANNEL_MAX_IDS = 1024;
-
-export type FdFrame =
-  /** Client → keeper: hold these `count` fds under `id` (replaces an older entry). */
-  | { op: "put"; req: number; id: string; kind: string; count: number }
-  /** Client → keeper: send the fds of these ids back. */
-  | { op: "get"; req: number; ids: string[] }
-  /** Client → keeper: close and forget these ids. */
-  | { op: "del"; req: number; ids: string[] }
-  /** Keeper → client: fds of one id (answer to get); count fds attached. */
-  | { op: "fds"; req: number; id: string; kind: string; count: number }
-  /** Keeper → client: request done; `missing` lists ids it does not hold. */
-  | { op: "done"; req: number; missing: string[] }
-  /** Keeper → client: request refused. */
-  | { op: "error"; req: number; reason: string };
-
-export function encodeFdFrameBody(f: FdFrame): Buffer {
-  const buf = packr.pack(validateFdFrame(f));
-  if (buf.length > FD_CHANNEL_MAX_FRAME_BYTES) throw new SyncError("too_large", `fd frame of ${buf.length} bytes`);
-  return buf;
-}
-
-export function decodeFdFrameBody(buf: Uint8Array): FdFrame {
-  if (buf.length > FD_CHANNEL_MAX_FRAME_BYTES) throw new SyncError("too_large", `fd frame of ${buf.length} bytes`);
-  if (buf.length === 0) throw new SyncError("malformed", "empty fd frame");
-  return validateFdFrame(unpackOne(buf));
-}
-
-/** How many fds must ride on a frame of this kind. */
-export function fdFrameFdCount(f: FdFrame): number {
-  return f.op === "put" || f.op === "fds" ? f.count : 0;
-}
-
-function ids(type: string, b: Body, field: string): string[] {
-  const v = b[field];
-  if (!Array.isArray(v) || v.length > FD_CHANNEL_MAX_IDS) fail(type, field, `must be an array of at most ${FD_CHANNEL_MAX_IDS} ids`);
-  return v.map((k: unknown) => checkKey(`${type}.${field}`, k));
-}
-
-function validateFdFrame(v: unknown): FdFrame {
-  if (!isPlainObject(v)) throw new SyncError("malformed", "fd frame is not a map");
-  const op = oneOf("fd frame", v, "op", ["put", "get", "del", "fds", "done", "error"] as const);
-  const t = `fd ${op}`;
-  switch (op) {
-    case "put":
-    case "fds": {
-      const b = fields(t, v, ["op", "req", "id", "kind", "count"]);
-      return {
-        op,
-        req: int(t, b, "req", 0, 0xffffffff),
-        id: str(t, b, "id", HA_SYNC_MAX_KEY_LENGTH, 1),
-        kind: str(t, b, "kind", 64, 1),
-        count: int(t, b, "count", 1, FD_CHANNEL_MAX_FDS_PER_FRAME),
-      };
-    }
-    case "get":
-    case "del": {
-      const b = fields(t, v, ["op", "req", "ids"]);
-      return { op, req: int(t, b, "req", 0, 0xffffffff), ids: ids(t, b, "ids") };
-    }
-    case "done": {
-      const b = fields(t, v, ["op", "req", "missing"]);
-      return { op, req: int(t, b, "req", 0, 0xffffffff), missing: ids(t, b, "missing") };
-    }
-    case "error": {
-      const b = fields(t, v, ["op", "req", "reason"]);
-      return { op, req: int(t, b, "req", 0, 0xffffffff), reason: str(t, b, "reason", HA_SYNC_MAX_REASON_LENGTH) };
-    }
-  }
-}

@@ -8,13 +8,10 @@ import {
   SyncError,
   SyncSequencer,
   applyOps,
-  decodeFdFrameBody,
   decodeSyncMessage,
   emptyState,
-  encodeFdFrameBody,
   encodeSyncMessage,
   haSyncEndpoint,
-  type FdFrame,
   type SyncMessage,
 } from "../src/index.js";
 
@@ -224,25 +221,3 @@ test("applyOps", (t) => {
   t.deepEqual(st.devices, { b: 2 });
 });
 
-test("fd frame bodies: round trip and refusals", (t) => {
-  const frames: FdFrame[] = [
-    { op: "put", req: 1, id: "vf-0/mem0", kind: "memfd", count: 2 },
-    { op: "get", req: 2, ids: ["a", "b"] },
-    { op: "del", req: 3, ids: [] },
-    { op: "fds", req: 2, id: "a", kind: "eventfd", count: 1 },
-    { op: "done", req: 2, missing: ["b"] },
-    { op: "error", req: 9, reason: "too many fds" },
-  ];
-  for (const f of frames) t.deepEqual(decodeFdFrameBody(encodeFdFrameBody(f)), f);
-  for (const body of [
-    { op: "put", req: 1, id: "a", kind: "memfd", count: 65 },
-    { op: "put", req: 1, id: "a", kind: "memfd", count: 0 },
-    { op: "put", req: -1, id: "a", kind: "memfd", count: 1 },
-    { op: "get", req: 1, ids: new Array(1025).fill("a") },
-    { op: "get", req: 1, ids: [1] },
-    { op: "zap", req: 1 },
-    [1, 2],
-  ])
-    t.throws(() => decodeFdFrameBody(std.pack(body)), { instanceOf: SyncError });
-  t.throws(() => decodeFdFrameBody(Buffer.from([0x85, 0xa2])), { instanceOf: SyncError });
-});

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { native } from "@vhostd/native";
+import { testSupport } from "@vhostd/native/testing";
 import { notifyReady, notifyStopping, sdNotify, startWatchdog, watchdogUsec } from "@vhostd/runtime";
 import { call } from "../src/cli/client.js";
 
@@ -29,9 +30,9 @@ class Receiver {
   private readonly watcher: { stop(): void };
   private waiters: Array<() => void> = [];
   constructor(readonly name: string) {
-    this.fd = native._testNotifyListen(name);
+    this.fd = testSupport.notifyListen(name);
     this.watcher = new native.FdWatcher(this.fd, () => {
-      for (let n = native._testNotifyRecv(this.fd); n; n = native._testNotifyRecv(this.fd)) this.notes.push({ ...n, at: performance.now() });
+      for (let n = testSupport.notifyRecv(this.fd); n; n = testSupport.notifyRecv(this.fd)) this.notes.push({ ...n, at: performance.now() });
       const w = this.waiters;
       this.waiters = [];
       for (const f of w) f();
@@ -102,13 +103,13 @@ test.serial("sdNotify: false without NOTIFY_SOCKET; path and abstract sockets; a
     const dir = tmp("vhostd-notify-");
     const path = join(dir, "notify");
     for (const name of [path, `@vhostd-test-${process.pid}`]) {
-      const fd = native._testNotifyListen(name);
+      const fd = testSupport.notifyListen(name);
       process.env.NOTIFY_SOCKET = name;
       t.true(notifyReady("line one\nline two"));
       t.true(notifyStopping());
-      t.deepEqual(native._testNotifyRecv(fd), { data: "READY=1\nSTATUS=line one line two", pid: process.pid });
-      t.deepEqual(native._testNotifyRecv(fd), { data: "STOPPING=1\nSTATUS=stopping", pid: process.pid });
-      t.is(native._testNotifyRecv(fd), null);
+      t.deepEqual(testSupport.notifyRecv(fd), { data: "READY=1\nSTATUS=line one line two", pid: process.pid });
+      t.deepEqual(testSupport.notifyRecv(fd), { data: "STOPPING=1\nSTATUS=stopping", pid: process.pid });
+      t.is(testSupport.notifyRecv(fd), null);
       native.closeFd(fd);
     }
     rmSync(dir, { recursive: true, force: true });

@@ -7,7 +7,7 @@
 // start() brings it up and streaming; finish() stops it and returns every count the tests judge.
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import { FrontendDriver, type DriverStats } from "@vhostd/native";
+import { FrontendDriver, type DriverStats } from "@vhostd/frontend";
 import { Daemon, sleep, waitFor } from "./daemon.js";
 import { Testpmd } from "./testpmd.js";
 

@@ -8,7 +8,8 @@
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { FrontendDriver, native } from "@vhostd/native";
+import { native } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { Daemon, sleep, waitFor } from "./daemon.js";
 
 export const NET_PF = "0000:af:00.2";

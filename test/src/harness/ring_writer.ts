@@ -1,6 +1,7 @@
 // Crafts descriptor chains on a split ring a driver has set up but does not run itself, and
 // publishes them as a hostile front-end would: descriptors, avail entry, avail index, kick.
-import { native, type DriverRing } from "@vhostd/native";
+import { native } from "@vhostd/native";
+import type { DriverRing } from "@vhostd/frontend";
 import { DriverMemory } from "./hostile_world.js";
 
 export { VRING_DESC_F_INDIRECT as F_INDIRECT, VRING_DESC_F_NEXT as F_NEXT, VRING_DESC_F_WRITE as F_WRITE } from "@vhostd/proto";

@@ -3,7 +3,7 @@
 // its load generator idle). A malformed request is completed with IOERR or UNSUPP in its
 // status byte; a request whose status byte cannot be written, or a structurally broken ring,
 // stops that queue only, with a log line. Nothing reaches the disk file.
-import { BLK_WANT_FEATURES, connectBlk, type BlkFrontend } from "@vhostd/native";
+import { BLK_WANT_FEATURES, connectBlk, type BlkFrontend } from "@vhostd/frontend";
 import { VirtioFeatureBit as F, bit } from "@vhostd/proto";
 import { waitFor } from "../harness/daemon.js";
 import { BLK_DISK_BYTES, VF_BLK, type HostileWorld } from "../harness/hostile_world.js";

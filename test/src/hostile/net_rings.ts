@@ -2,7 +2,7 @@
 // front-end that completed a normal handshake. A malformed chain is returned to the driver
 // (used) and counted in the queue's `errors`; a structurally broken ring (a head index past
 // the ring, an avail index that jumps) stops that queue only, with a log line.
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 import { waitFor } from "../harness/daemon.js";
 import { VF_NET, type HostileWorld } from "../harness/hostile_world.js";
 import { F_INDIRECT, F_NEXT, F_WRITE, RingWriter, descBytes, type Desc } from "../harness/ring_writer.js";

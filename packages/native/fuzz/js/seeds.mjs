@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
 import {
-  HA_SYNC_PROTOCOL_VERSION, RPC_METHODS, Req, codec, encodeFdFrameBody, encodeMessage, encodeMirrorFrame, encodeSyncMessage,
+  HA_SYNC_PROTOCOL_VERSION, RPC_METHODS, Req, codec, encodeMessage, encodeMirrorFrame, encodeSyncMessage,
 } from "@vhostd/proto";
 
 const rec = () => ({
@@ -44,12 +44,6 @@ const seeds = {
     { type: "delta", epoch: 7, seq: 1, ops: [{ op: "put", table: "devices", key: "vf-1", value: { mtu: 1500 } }, { op: "del", table: "sessions", key: "s0" }] },
     { type: "nack", epoch: 7, seq: 5, of: "delta", code: "gap", reason: "expected seq 2" },
   ].map(encodeSyncMessage),
-  fd_frame: [
-    { op: "put", req: 1, id: "vf-0/kick0", kind: "eventfd", count: 1 },
-    { op: "get", req: 2, ids: ["a", "b"] },
-    { op: "done", req: 2, missing: ["b"] },
-    { op: "error", req: 3, reason: "no" },
-  ].map(encodeFdFrameBody),
   rpc: RPC_METHODS.flatMap((m, i) => (m.actions.length ? m.actions : [{ name: null, required: [] }]).map((a) => {
     const p = {};
     if (a.name) p[a.name] = true;

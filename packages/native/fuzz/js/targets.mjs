@@ -13,17 +13,14 @@ import {
   applyOps,
   checkFdCount,
   codec,
-  decodeFdFrameBody,
   decodeMessage,
   decodeMirrorFrame,
   decodePayload,
   decodeRequest,
   decodeSyncMessage,
   emptyState,
-  encodeFdFrameBody,
   encodeMirrorFrame,
   encodeSyncMessage,
-  fdFrameFdCount,
   mirrorFrameFdCount,
   mirrorVfFdIndices,
   validateParams,
@@ -92,14 +89,6 @@ export const JS_TARGETS = {
     if (msg.type === "delta") refusedWith([SyncError], () => applyOps(emptyState(), msg.ops));
   },
 
-  /** A frame body of the HA fd channel. */
-  fd_frame(buf) {
-    const r = refusedWith([SyncError], () => decodeFdFrameBody(buf));
-    if (!r.ok) return;
-    check(Number.isInteger(fdFrameFdCount(r.value)), "fd count");
-    check(isDeepStrictEqual(plain(decodeFdFrameBody(encodeFdFrameBody(r.value))), plain(r.value)), "fd frame does not round-trip");
-  },
-
   /** JSON-RPC params validation: first byte picks the method, the rest is the params' JSON. */
   rpc(buf) {
     if (buf.length === 0) return;
@@ -122,7 +111,6 @@ export const DICTIONARY = {
   vhost_user: [],
   mirror: ["op", "vf", "pf", "dev", "rec", "count", "session", "regions", "vrings", "kick", "call", "err", "log", "inflight", "0000:af:04.5", "0x0"],
   sync: ["VHHA", "type", "hello", "delta", "ops", "put", "del", "table", "devices", "sessions", "fds", "key", "value", "epoch", "seq", "snapshot", "state"],
-  fd_frame: ["op", "put", "get", "del", "fds", "done", "error", "req", "id", "ids", "kind", "count", "missing", "reason"],
   rpc: ['"', "{", "}", "[", "]", ":", ",", "null", "true", "false", "-1", "0", "1e309", '"0000:af:00.2"', '"52:54:00:12:34:56"', '"/tmp/x.sock"', '"null"', '"1G"',
     ...new Set(RPC_METHODS.flatMap((m) => [...Object.keys(m.params), ...m.actions.map((a) => a.name)]).map((n) => `"${n}"`))],
 };

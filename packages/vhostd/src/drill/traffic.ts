@@ -8,7 +8,7 @@
 // receivers' sequence tracking, and ends with the senders stopped and the receivers drained,
 // so "lost" is exact (sent - received once), including frames at the tail of a window that a
 // gap-based counter could never see, and the longest gap is the window's own.
-import { FrontendDriver } from "@vhostd/native";
+import { FrontendDriver } from "@vhostd/frontend";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
