@@ -23,7 +23,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import { closeFds, native } from "@vhostd/native";
-import { emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type SnapshotMsg } from "@vhostd/proto";
+import { DeviceRecordError, deviceKeyOf, emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type PfRecord, type SnapshotMsg, type VfRecord } from "@vhostd/proto";
 import {
   KEEPER_MAX_LINE_BYTES,
   EngineVfHost,
@@ -32,10 +32,8 @@ import {
   keeperSocketPath,
   mirrorLockDir,
   mirrorSharedPath,
-  type PfDeviceValue,
   type VfHost,
   type VfRuntime,
-  type VfSpec,
 } from "@vhostd/vhostd";
 import { parseDeviceEntry, sameValue, type DeviceEntry } from "./devices.js";
 import { MirrorSender } from "./mirror_sender.js";
@@ -86,8 +84,8 @@ function errnoOf(e: unknown): number {
 
 export class Keeper {
   /** What runs now. */
-  private readonly pfs = new Map<string, PfDeviceValue>();
-  private readonly vfs = new Map<string, VfSpec>();
+  private readonly pfs = new Map<string, PfRecord>();
+  private readonly vfs = new Map<string, VfRecord>();
   /** Desired VFs the host could not open: dev -> why. */
   private readonly failed = new Map<string, string>();
   /** The replica in memory (what getSnapshot hands out). */
@@ -187,7 +185,7 @@ export class Keeper {
     for (const e of entries) {
       if (e.kind === "pf" && e.value.kind === "blk" && !this.pfs.has(e.dev)) await this.applyPf(e.dev, e.value, "takeback");
     }
-    const adopted: VfSpec[] = [];
+    const adopted: VfRecord[] = [];
     for (const v of back.vfs) {
       const e = want.get(v.dev);
       if (e?.kind !== "vf" || !this.pfs.has(e.value.pf)) {
@@ -257,10 +255,9 @@ export class Keeper {
         const entry = this.validEntry(op.key, op.value);
         return { op, entry, kind: entry.kind, dev: entry.dev };
       }
-      const m = /^(pf|vf)\/(.+)$/.exec(op.key);
-      const dev = m ? normalizePciAddr(m[2]!) : undefined;
-      if (!m || !dev || dev !== m[2]) throw new KeeperError(`[errno -22] ${op.key.slice(0, 64)}: not a pf/ or vf/ key`, -22);
-      return { op, kind: m[1] as "pf" | "vf", dev };
+      const k = deviceKeyOf(op.key);
+      if (!k) throw new KeeperError(`[errno -22] ${op.key.slice(0, 64)}: not a pf/ or vf/ key`, -22);
+      return { op, kind: k.kind, dev: k.dev };
     });
   }
 
@@ -328,7 +325,7 @@ export class Keeper {
         out.devices[key] = value;
       } catch (e) {
         if (!lenient) throw e;
-        this.log.error({ event: "replica_record_unusable", key: key.slice(0, 128), err: (e as Error).message }, `${from}: ${key.slice(0, 64)} ignored`);
+        this.log.error({ event: "replica_record_unusable", key: key.slice(0, 128), err: (e as Error).message, errno: (e as KeeperError).errno }, `${from}: ${key.slice(0, 64)} ignored`);
       }
     }
     return { state: out, entries };
@@ -338,14 +335,15 @@ export class Keeper {
     try {
       return parseDeviceEntry(key, value);
     } catch (e) {
-      throw new KeeperError(`[errno -22] ${(e as Error).message}`, -22);
+      if (!(e instanceof DeviceRecordError)) throw e;
+      throw new KeeperError(`[errno ${e.errno}] ${key.slice(0, 64)}: ${e.problem}`, e.errno);
     }
   }
 
   /** Makes what runs equal to `entries`; identical devices are not touched. */
   private async reconcile(entries: DeviceEntry[]): Promise<{ opened: number; closed: number; unchanged: number }> {
-    const wantPf = new Map<string, PfDeviceValue>();
-    const wantVf = new Map<string, VfSpec>();
+    const wantPf = new Map<string, PfRecord>();
+    const wantVf = new Map<string, VfRecord>();
     for (const e of entries) {
       if (e.kind === "pf") wantPf.set(e.dev, e.value);
       else wantVf.set(e.dev, e.value);
@@ -383,7 +381,7 @@ export class Keeper {
     return { opened, closed, unchanged };
   }
 
-  private async applyPf(dev: string, want: PfDeviceValue | undefined, why: string): Promise<void> {
+  private async applyPf(dev: string, want: PfRecord | undefined, why: string): Promise<void> {
     const cur = this.pfs.get(dev);
     if (want && cur && sameValue(want, cur)) return;
     if (cur) {
@@ -400,7 +398,7 @@ export class Keeper {
     }
   }
 
-  private async applyVf(dev: string, want: VfSpec | undefined, why: string): Promise<void> {
+  private async applyVf(dev: string, want: VfRecord | undefined, why: string): Promise<void> {
     const cur = this.vfs.get(dev);
     if (want && cur && sameValue(want, cur)) return;
     if (cur) {

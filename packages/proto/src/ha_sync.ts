@@ -154,6 +154,8 @@ export type SyncErrorCode = "malformed" | "bad_magic" | "bad_version" | "unknown
 
 /** The only error the decoders throw. `code` maps onto a reject's code via rejectCodeOf(). */
 export class SyncError extends Error {
+  /** A peer's message or record refused: -EINVAL, as every device record reader refuses one. */
+  readonly errno = -22;
   constructor(
     readonly code: SyncErrorCode,
     message: string,

@@ -5,3 +5,4 @@ export * from "./rpc.js";
 export * from "./errors.js";
 export * from "./ha_sync.js";
 export * from "./ha_mirror.js";
+export * from "./device_record.js";

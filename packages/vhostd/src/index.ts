@@ -6,7 +6,7 @@ export * from "./ha_client.js";
 export * from "./systemd.js";
 export * from "./keeper_host.js";
 export { createVfHost, EngineVfHost, type VfHostOptions } from "./session/host.js";
-export { Journal } from "./journal.js";
+export { Journal, JournalError, encodeValue, parsePfRecord, parseVfRecord } from "./journal.js";
 export { MirrorHolder } from "./ha/mirror_holder.js";
 export { MIRROR_CODEC, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "./ha/mirror_codec.js";
 export type { MirrorSink } from "./session/host.js";

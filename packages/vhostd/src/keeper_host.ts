@@ -21,10 +21,10 @@ import { EventEmitter } from "node:events";
 import { createConnection, type Socket } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, type HaOp, type HaState, type WelcomeMsg } from "@vhostd/proto";
+import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, pfKey, pfRecordValue, vfKey, vfRecordValue, type HaOp, type HaState, type PfRecord, type WelcomeMsg } from "@vhostd/proto";
 import { HaClient, HaSyncError } from "./ha_client.js";
 import { MirrorHolder } from "./ha/mirror_holder.js";
-import { portSecurityFields, type FdbRow, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "./vf_host.js";
+import { type FdbRow, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "./vf_host.js";
 
 /** The keeper's local inspection socket inside the run dir (0600). */
 export const KEEPER_SOCKET_NAME = "vfe-vhostd-ha.sock";
@@ -35,43 +35,8 @@ export function keeperSocketPath(runDir: string): string {
   return join(runDir, KEEPER_SOCKET_NAME);
 }
 
-/** Value of devices["pf/<DEV>"]. */
-export interface PfDeviceValue {
-  pf: string;
-  switchId: number;
-  kind: VfKind;
-  uplinkTap?: string;
-}
-
-export function pfKey(dev: string): string {
-  return `pf/${dev}`;
-}
-export function vfKey(dev: string): string {
-  return `vf/${dev}`;
-}
-
-/** A VfSpec as the sync channel carries it (no undefined fields). */
-export function vfValue(s: VfSpec): Record<string, unknown> {
-  return {
-    dev: s.dev,
-    pf: s.pf,
-    kind: s.kind,
-    devId: s.devId,
-    switchId: s.switchId,
-    socketPath: s.socketPath,
-    mode: s.mode,
-    ...(s.uuid ? { uuid: s.uuid } : {}),
-    mac: s.mac,
-    mtu: s.mtu,
-    queuePairs: s.queuePairs,
-    ...(s.disk ? { disk: { path: s.disk.path, size: s.disk.size, readonly: s.disk.readonly, direct: s.disk.direct } } : {}),
-    ...portSecurityFields(s),
-  };
-}
-
-export function pfValue(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): PfDeviceValue {
-  return { pf, switchId, kind, ...(uplinkTap ? { uplinkTap } : {}) };
-}
+/** Values of devices["pf/<DEV>"] and devices["vf/<DEV>"]: the device records of @vhostd/proto. */
+export { pfKey, vfKey, pfRecordValue as pfValue, vfRecordValue as vfValue };
 
 /** The keeper's errors carry the host's errno as "[errno N] ..." in the nack reason. */
 function keeperError(e: unknown): Error {
@@ -141,7 +106,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       runDir: opts.runDir,
       log: opts.log.child({ component: "mirror" }),
       specOf: (dev) => this.desired[vfKey(dev)] as VfSpec | undefined,
-      pfSwitchOf: (dev) => (this.desired[pfKey(dev)] as PfDeviceValue | undefined)?.switchId,
+      pfSwitchOf: (dev) => (this.desired[pfKey(dev)] as PfRecord | undefined)?.switchId,
     });
     this.client.on("keeper_up", (w: WelcomeMsg) => {
       this.needSync = true;
@@ -242,7 +207,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
   }
 
   addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): Promise<void> {
-    return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfValue(pf, switchId, kind, uplinkTap) }, true);
+    return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfRecordValue(pf, switchId, kind, uplinkTap) }, true);
   }
 
   async removePf(pf: string): Promise<void> {
@@ -251,7 +216,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
   }
 
   open(vf: VfSpec): Promise<void> {
-    return this.change({ op: "put", table: "devices", key: vfKey(vf.dev), value: vfValue(vf) }, true);
+    return this.change({ op: "put", table: "devices", key: vfKey(vf.dev), value: vfRecordValue(vf) }, true);
   }
 
   async close(dev: string): Promise<void> {

@@ -1,52 +1,12 @@
 // The seam between the device registry (PF/VF bookkeeping, RPC rules) and whatever runs a
 // VF's vhost-user session and datapath. The registry decides; the host executes.
-import type { DiskSpec } from "@vhostd/proto";
+import type { DeviceKind, VfRecord } from "@vhostd/proto";
 
-export type VfKind = "net" | "blk";
-export type SocketMode = "client" | "server";
+export { portSecurityFields, portSecurityOf, type SocketMode } from "@vhostd/proto";
+export type VfKind = DeviceKind;
 
-/** Everything needed to bring one VF's vhost-user endpoint up. */
-export interface VfSpec {
-  /** VF address, e.g. "0000:af:04.5". */
-  dev: string;
-  /** Its PF, e.g. "0000:af:00.2". */
-  pf: string;
-  kind: VfKind;
-  /** Small integer unique among live VFs (engine device id). */
-  devId: number;
-  /** Engine switch id of the PF (net), one per PF. */
-  switchId: number;
-  /** The vhost-user unix socket. */
-  socketPath: string;
-  /** client: we connect to the front-end's socket (default); server: we listen on it. */
-  mode: SocketMode;
-  uuid?: string;
-  mac: string;
-  mtu: number;
-  /** Queue pairs (net) or request queues (blk). */
-  queuePairs: number;
-  /** blk: the backing (required for blk, absent for net). */
-  disk?: DiskSpec;
-  /**
-   * net port security (docs/operations.md "Port security"). Absent = the default, so records
-   * from before these fields (journal, keeper replica, sync) load unchanged:
-   * spoofchk true, trust false, macAdmin false.
-   */
-  spoofchk?: boolean;
-  trust?: boolean;
-  /** The MAC was set by the operator (vf -a --mac): the port is locked to it from the start. */
-  macAdmin?: boolean;
-}
-
-/** Port security of a net VF spec, defaults filled in. */
-export function portSecurityOf(spec: VfSpec): { spoofchk: boolean; trust: boolean; macAdmin: boolean } {
-  return { spoofchk: spec.spoofchk ?? true, trust: spec.trust ?? false, macAdmin: spec.macAdmin ?? false };
-}
-
-/** The non-default port security fields only (records stay as before for a default VF). */
-export function portSecurityFields(s: { spoofchk?: boolean; trust?: boolean; macAdmin?: boolean }): { spoofchk?: false; trust?: true; macAdmin?: true } {
-  return { ...(s.spoofchk === false ? { spoofchk: false as const } : {}), ...(s.trust ? { trust: true as const } : {}), ...(s.macAdmin ? { macAdmin: true as const } : {}) };
-}
+/** Everything needed to bring one VF's vhost-user endpoint up: the VF record (@vhostd/proto). */
+export type VfSpec = VfRecord;
 
 /** One forwarding table entry of a PF's switch. */
 export interface FdbRow {
