@@ -13,7 +13,7 @@ import path from "node:path";
 import { Packr } from "msgpackr";
 import { Keeper, REPLICA_DIR_NAME, ReplicaJournal } from "@vhostd/ha";
 import { DeviceRecordError, decodeMirrorFrame, haSyncEndpoint, validatePfRecord, validateVfRecord, type HaOp } from "@vhostd/proto";
-import { HaClient, Journal, encodeValue, parsePfRecord, parseVfRecord, type VfHost, type VfRuntime } from "@vhostd/vhostd";
+import { HaClient, HaSyncError, Journal, encodeValue, parsePfRecord, parseVfRecord, type VfHost, type VfRuntime } from "@vhostd/vhostd";
 
 const EINVAL = -22;
 const PF = "0000:af:00.2";
@@ -179,10 +179,9 @@ function recordingLog(lines: Array<Record<string, unknown>>): Parameters<typeof 
   return log as unknown as Parameters<typeof Keeper.start>[0]["log"];
 }
 
-/** The errno of a refused delta, as vfe-vhostd's keeper host reads it. */
+/** The errno of a refused delta: a number in the keeper's nack, as vfe-vhostd's keeper host reads it. */
 function deltaErrno(e: Error): number | undefined {
-  const m = /\[errno (-?\d+)\]/.exec(e.message);
-  return m ? Number(m[1]) : undefined;
+  return e instanceof HaSyncError ? e.errno : undefined;
 }
 
 test("the session mirror's decoder: the same refusals for the fields its frames carry", (t) => {

@@ -38,19 +38,28 @@ export function keeperSocketPath(runDir: string): string {
 /** Values of devices["pf/<DEV>"] and devices["vf/<DEV>"]: the device records of @vhostd/proto. */
 export { pfKey, vfKey, pfRecordValue as pfValue, vfRecordValue as vfValue };
 
-/** The keeper's errors carry the host's errno as "[errno N] ..." in the nack reason. */
+/** A refusal by the keeper, with the host's errno that its nack carries. */
 function keeperError(e: unknown): Error {
   if (e instanceof HaSyncError) {
     if (e.code === "apply_failed") {
-      const m = /\[errno (-?\d+)\]/.exec(e.message);
       const err = new Error(`keeper: ${e.message.replace(/^delta \d+ not applied: /, "")}`) as Error & { errno?: number };
-      if (m) err.errno = Number(m[1]);
+      const errno = e.errno ?? legacyNackErrno(e.message);
+      if (errno !== undefined) err.errno = errno;
       return err;
     }
     if (e.code === "timeout") return new VfeError(LinuxErrno.ETIMEDOUT, `keeper did not answer: ${e.message}`);
     return new VfeError(LinuxErrno.EAGAIN, `keeper unavailable: ${e.message}`);
   }
   return e as Error;
+}
+
+/**
+ * A keeper older than the nack's errno field wrote it as "[errno N]" in the reason. Read for one
+ * release, so vfe-vhostd may be upgraded first (docs/operations.md "Upgrade"); then delete.
+ */
+function legacyNackErrno(reason: string): number | undefined {
+  const m = /\[errno (-?\d+)\]/.exec(reason);
+  return m ? Number(m[1]) : undefined;
 }
 
 export interface KeeperVfHostOptions {
