@@ -23,7 +23,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import { closeFds, native } from "@vhostd/native";
-import { DeviceRecordError, deviceKeyOf, emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type PfRecord, type SnapshotMsg, type VfRecord } from "@vhostd/proto";
+import { DeviceRecordError, LinuxErrno, deviceKeyOf, emptyState, errnoOf, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type PfRecord, type SnapshotMsg, type VfRecord } from "@vhostd/proto";
 import {
   KEEPER_MAX_LINE_BYTES,
   EngineVfHost,
@@ -77,10 +77,6 @@ class KeeperError extends Error {
   }
 }
 
-function errnoOf(e: unknown): number {
-  const n = (e as { errno?: unknown })?.errno;
-  return typeof n === "number" && n !== 0 ? -Math.abs(n) : -5;
-}
 
 export class Keeper {
   /** What runs now. */
@@ -293,7 +289,7 @@ export class Keeper {
         await this.replica
           .set("devices", op.key, still)
           .catch((err: Error) => this.log.error({ key: op.key, err: err.message }, "replica: taking back a failed change failed"));
-        throw e instanceof KeeperError ? e : new KeeperError((e as Error).message, errnoOf(e));
+        throw e instanceof KeeperError ? e : new KeeperError((e as Error).message, errnoOf(e, LinuxErrno.EIO));
       }
     }
   }

@@ -19,6 +19,7 @@ import {
   SyncSequencer,
   HA_SYNC_MAX_ERRNO,
   decodeSyncMessage,
+  errnoOf,
   encodeSyncMessage,
   rejectCodeOf,
   type DeltaMsg,
@@ -436,8 +437,8 @@ export class SyncServer extends EventEmitter {
   }
 }
 
-/** The negative errno a refusal carries, if it carries one (a nack without one leaves the choice to vfe-vhostd). */
+/** The errno a refusal carries, if any (a nack without one leaves the choice to vfe-vhostd). */
 function errnoIfAny(err: unknown): number | undefined {
-  const n = (err as { errno?: unknown })?.errno;
-  return typeof n === "number" && Number.isInteger(n) && n !== 0 && Math.abs(n) <= HA_SYNC_MAX_ERRNO ? -Math.abs(n) : undefined;
+  const n = errnoOf(err);
+  return n !== undefined && n >= -HA_SYNC_MAX_ERRNO ? n : undefined;
 }

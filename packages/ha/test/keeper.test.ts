@@ -7,8 +7,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { pino } from "pino";
-import { haSyncEndpoint, type HaOp } from "@vhostd/proto";
-import { HaClient, HaSyncError, pfKey, pfValue, vfKey, vfValue, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "@vhostd/vhostd";
+import { haSyncEndpoint, type DeviceKind, type HaOp } from "@vhostd/proto";
+import { HaClient, HaSyncError, pfKey, pfValue, vfKey, vfValue, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/vhostd";
 import { Keeper } from "../src/keeper.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "vhostd-keeper-"));
@@ -36,7 +36,7 @@ class FakeHost implements VfHost {
   runtime(dev: string): VfRuntime | undefined {
     return this.running.has(dev) ? { state: "waiting", connected: false, features: "0x0", protocolFeatures: "0x0", reconnects: 0, queues: [] } : undefined;
   }
-  addPf(pf: string, switchId: number, _kind: VfKind): void {
+  addPf(pf: string, switchId: number, _kind: DeviceKind): void {
     this.calls.push(`addPf ${pf} ${switchId}`);
   }
   removePf(pf: string): void {

@@ -21,10 +21,10 @@ import { EventEmitter } from "node:events";
 import { createConnection, type Socket } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, pfKey, pfRecordValue, vfKey, vfRecordValue, type HaOp, type HaState, type PfRecord, type WelcomeMsg } from "@vhostd/proto";
+import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, pfKey, pfRecordValue, vfKey, vfRecordValue, type DeviceKind, type HaOp, type HaState, type PfRecord, type WelcomeMsg } from "@vhostd/proto";
 import { HaClient, HaSyncError } from "./ha_client.js";
 import { MirrorHolder } from "./ha/mirror_holder.js";
-import { type FdbRow, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "./vf_host.js";
+import type { FdbRow, VfHost, VfRuntime, VfSpec } from "./vf_host.js";
 
 /** The keeper's local inspection socket inside the run dir (0600). */
 export const KEEPER_SOCKET_NAME = "vfe-vhostd-ha.sock";
@@ -215,7 +215,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     });
   }
 
-  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): Promise<void> {
+  addPf(pf: string, switchId: number, kind: DeviceKind, uplinkTap?: string): Promise<void> {
     return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfRecordValue(pf, switchId, kind, uplinkTap) }, true);
   }
 

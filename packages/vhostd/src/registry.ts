@@ -36,6 +36,7 @@ import {
   DISK_SIZE_MAX,
   DISK_SIZE_MIN,
   diskPathProblem,
+  errnoOf,
   VfeErr,
   VfeError,
   VhostdErr,
@@ -696,9 +697,6 @@ export class Registry extends EventEmitter {
 
   private hostError(e: unknown, fallback: number): VfeError {
     if (e instanceof VfeError) return e;
-    const err = e as { errno?: unknown; message?: string };
-    const msg = err?.message ?? String(e);
-    if (typeof err?.errno === "number" && err.errno !== 0) return new VfeError(Math.abs(err.errno), msg);
-    return new VfeError(fallback, msg);
+    return new VfeError(errnoOf(e, fallback), (e as Error)?.message ?? String(e));
   }
 }

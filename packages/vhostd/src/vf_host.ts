@@ -3,7 +3,6 @@
 import type { DeviceKind, VfRecord } from "@vhostd/proto";
 
 export { portSecurityFields, portSecurityOf, type SocketMode } from "@vhostd/proto";
-export type VfKind = DeviceKind;
 
 /** Everything needed to bring one VF's vhost-user endpoint up: the VF record (@vhostd/proto). */
 export type VfSpec = VfRecord;
@@ -75,8 +74,8 @@ export interface VfHost {
   /** In HA mode the keeper runs the session, so the answer may come asynchronously. */
   runtime(dev: string): VfRuntime | undefined | Promise<VfRuntime | undefined>;
   /** PF lifecycle for net PFs (the L2 switch, and its TAP uplink if named); no-ops for blk. */
-  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void | Promise<void>;
-  removePf(pf: string, switchId: number, kind: VfKind): void | Promise<void>;
+  addPf(pf: string, switchId: number, kind: DeviceKind, uplinkTap?: string): void | Promise<void>;
+  removePf(pf: string, switchId: number, kind: DeviceKind): void | Promise<void>;
   /** A net PF's switch forwarding table (undefined: unknown, e.g. the keeper is restarting). */
   fdb?(switchId: number): FdbRow[] | undefined | Promise<FdbRow[] | undefined>;
   /** Stop everything (daemon shutdown). */
