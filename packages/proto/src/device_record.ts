@@ -18,7 +18,7 @@
 //   - a blk VF has a disk and a net VF none; port security fields belong to net VFs;
 //   - exactly the known fields: an unknown one is a newer writer, not something to drop.
 import { LinuxErrno, VfeError } from "./errors.js";
-import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "./rpc.js";
+import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "./values.js";
 import type { DeviceKind } from "./virtio.js";
 
 export type SocketMode = "client" | "server";
