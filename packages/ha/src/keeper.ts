@@ -23,7 +23,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import { closeFds, native } from "@vhostd/native";
-import { DeviceRecordError, LinuxErrno, deviceKeyOf, emptyState, errnoOf, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type PfRecord, type SnapshotMsg, type VfRecord } from "@vhostd/proto";
+import { DeviceRecordError, LinuxErrno, deviceKeyOf, emptyState, errnoOf, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type PfRecord, type SnapshotMsg } from "@vhostd/proto";
 import {
   KEEPER_MAX_LINE_BYTES,
   EngineVfHost,
@@ -34,6 +34,7 @@ import {
   mirrorSharedPath,
   type VfHost,
   type VfRuntime,
+  type VfSpec,
 } from "@vhostd/vhostd";
 import { parseDeviceEntry, sameValue, type DeviceEntry } from "./devices.js";
 import { MirrorSender } from "./mirror_sender.js";
@@ -81,7 +82,7 @@ class KeeperError extends Error {
 export class Keeper {
   /** What runs now. */
   private readonly pfs = new Map<string, PfRecord>();
-  private readonly vfs = new Map<string, VfRecord>();
+  private readonly vfs = new Map<string, VfSpec>();
   /** Desired VFs the host could not open: dev -> why. */
   private readonly failed = new Map<string, string>();
   /** The replica in memory (what getSnapshot hands out). */
@@ -181,7 +182,7 @@ export class Keeper {
     for (const e of entries) {
       if (e.kind === "pf" && e.value.kind === "blk" && !this.pfs.has(e.dev)) await this.applyPf(e.dev, e.value, "takeback");
     }
-    const adopted: VfRecord[] = [];
+    const adopted: VfSpec[] = [];
     for (const v of back.vfs) {
       const e = want.get(v.dev);
       if (e?.kind !== "vf" || !this.pfs.has(e.value.pf)) {
@@ -338,7 +339,7 @@ export class Keeper {
   /** Makes what runs equal to `entries`; identical devices are not touched. */
   private async reconcile(entries: DeviceEntry[]): Promise<{ opened: number; closed: number; unchanged: number }> {
     const wantPf = new Map<string, PfRecord>();
-    const wantVf = new Map<string, VfRecord>();
+    const wantVf = new Map<string, VfSpec>();
     for (const e of entries) {
       if (e.kind === "pf") wantPf.set(e.dev, e.value);
       else wantVf.set(e.dev, e.value);
@@ -393,7 +394,7 @@ export class Keeper {
     }
   }
 
-  private async applyVf(dev: string, want: VfRecord | undefined, why: string): Promise<void> {
+  private async applyVf(dev: string, want: VfSpec | undefined, why: string): Promise<void> {
     const cur = this.vfs.get(dev);
     if (want && cur && sameValue(want, cur)) return;
     if (cur) {
