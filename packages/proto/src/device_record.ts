@@ -209,7 +209,7 @@ export function validateVfRecord(v: unknown, key?: string): VfRecord {
 /** Validates a VF in the journal form (no kind, no switchId); same rules, same errors. */
 export function validateStoredVfRecord(v: unknown, key?: string): StoredVfRecord {
   const { kind: _kind, switchId: _switchId, ...rest } = checkVf(v, true, key);
-  return rest;
+  return storedVfRecordValue(rest); // the journal's field order (journal dump shows it)
 }
 
 /** A VF record as it goes on the wire (exact fields, no undefined ones, fixed order). */

@@ -39,7 +39,7 @@ export function keeperSocketPath(runDir: string): string {
 export { pfKey, vfKey, pfRecordValue as pfValue, vfRecordValue as vfValue };
 
 /** A refusal by the keeper, with the host's errno that its nack carries. */
-function keeperError(e: unknown): Error {
+export function keeperError(e: unknown): Error {
   if (e instanceof HaSyncError) {
     if (e.code === "apply_failed") {
       const err = new Error(`keeper: ${e.message.replace(/^delta \d+ not applied: /, "")}`) as Error & { errno?: number };
