@@ -7,10 +7,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { pino } from "pino";
-import { haSyncEndpoint, type HaOp } from "@vhostd/proto";
+import { haSyncEndpoint, pfKey, pfRecordValue as pfValue, vfKey, vfRecordValue as vfValue, type DeviceKind, type HaOp } from "@vhostd/proto";
 import { Keeper } from "@vhostd/ha";
-import { pfKey, pfValue, vfKey, vfValue, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "@vhostd/runtime";
-import { HaClient } from "@vhostd/vhostd";
+import type { VfHost, VfRuntime, VfSpec } from "@vhostd/runtime";
+import { HaClient, HaSyncError } from "@vhostd/vhostd";
 
 const root = mkdtempSync(path.join(tmpdir(), "vhostd-keeper-"));
 test.after.always(() => rmSync(root, { recursive: true, force: true }));
@@ -37,7 +37,7 @@ class FakeHost implements VfHost {
   runtime(dev: string): VfRuntime | undefined {
     return this.running.has(dev) ? { state: "waiting", connected: false, features: "0x0", protocolFeatures: "0x0", reconnects: 0, queues: [] } : undefined;
   }
-  addPf(pf: string, switchId: number, _kind: VfKind): void {
+  addPf(pf: string, switchId: number, _kind: DeviceKind): void {
     this.calls.push(`addPf ${pf} ${switchId}`);
   }
   removePf(pf: string): void {
@@ -104,14 +104,15 @@ test.serial("hostile and refused deltas change nothing and are nacked with the h
       [putVf(spec(0, dir)), { op: "put", table: "devices", key: "vf/0000:af:05.5", value: { ...vfValue(spec(1, dir)), mac: "ff:ff:ff:ff:ff:ff" } }],
     ];
     for (const ops of bad) {
-      const err = await t.throwsAsync(c.send(ops));
-      t.regex(err!.message, /errno -22/);
+      const err = await t.throwsAsync(c.send(ops), { instanceOf: HaSyncError });
+      t.is(err!.errno, -22, err!.message);
     }
     t.deepEqual(keeper.list().vfs, [], "nothing opened by a delta with a bad op");
     const s = spec(0, dir);
     host.failSockets.add(s.socketPath);
-    const err = await t.throwsAsync(c.send([putVf(s)]));
-    t.regex(err!.message, /\[errno -2\]/);
+    const err = await t.throwsAsync(c.send([putVf(s)]), { instanceOf: HaSyncError });
+    t.is(err!.errno, -2, err!.message);
+    t.regex(err!.message, /bind ENOENT/);
     t.deepEqual(keeper.list().vfs, []);
     // A refused delta is handled, not missing: the next one applies without a snapshot.
     host.failSockets.clear();

@@ -10,7 +10,8 @@ import path from "node:path";
 import { pino } from "pino";
 import { FrontendDriver } from "@vhostd/frontend";
 import { haSyncEndpoint } from "@vhostd/proto";
-import { pfKey, pfValue, vfKey, vfValue, type VfSpec } from "@vhostd/runtime";
+import { pfKey, pfRecordValue as pfValue, vfKey, vfRecordValue as vfValue } from "@vhostd/proto";
+import type { VfSpec } from "@vhostd/runtime";
 import { HaClient } from "@vhostd/vhostd";
 import { keeperBin } from "./harness/paths.js";
 

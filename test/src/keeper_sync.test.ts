@@ -21,7 +21,7 @@ import {
   type SyncMessage,
 } from "@vhostd/proto";
 import { SyncServer } from "@vhostd/ha";
-import { HaClient } from "@vhostd/vhostd";
+import { HaClient, type HaSyncError } from "@vhostd/vhostd";
 
 // The child processes below load the same modules by name.
 const clientUrl = new URL(import.meta.resolve("@vhostd/vhostd"));
@@ -166,10 +166,10 @@ test.serial("queued deltas are journaled together, then applied and answered one
     journalDeltas: async (ds) => {
       batches.push(ds.map((d) => d.seq));
       await new Promise((r) => setTimeout(r, 2)); // a disk flush: the next deltas queue meanwhile
-      return ds.map((d) => (d.ops.some((op) => op.key.startsWith("bad")) ? new Error("[errno -22] bad key") : null));
+      return ds.map((d) => (d.ops.some((op) => op.key.startsWith("bad")) ? Object.assign(new Error("bad key"), { errno: -22 }) : null));
     },
     onDelta: async (d) => {
-      if (d.ops.some((op) => op.key.startsWith("fails"))) throw new Error("[errno -2] cannot open");
+      if (d.ops.some((op) => op.key.startsWith("fails"))) throw Object.assign(new Error("cannot open"), { errno: 2 }); // either sign: the nack carries it negative
       applied.push(d.seq);
     },
     getSnapshot: () => emptyState(),
@@ -184,10 +184,12 @@ test.serial("queued deltas are journaled together, then applied and answered one
   // Two deltas on the same key never share a batch (a refused one's take-back would undo the other).
   const keys = Array.from({ length: 200 }, (_, i) => (i === 50 ? "bad50" : i === 120 ? "fails120" : i === 150 ? "d149" : `d${i}`));
   const results = await Promise.allSettled(keys.map((k) => client.send([put(k, 1)])));
-  const refused = results.flatMap((r, i) => (r.status === "rejected" ? [[i + 1, (r.reason as Error).message]] : []));
+  const refused = results.flatMap((r, i) => (r.status === "rejected" ? [[i + 1, r.reason as HaSyncError] as const] : []));
   t.deepEqual(refused.map(([seq]) => seq), [51, 121]);
-  t.regex(String(refused[0]![1]), /errno -22/);
-  t.regex(String(refused[1]![1]), /errno -2\b/);
+  t.is(refused[0]![1].errno, -22, "the errno rides in the nack as a number");
+  t.regex(refused[0]![1].message, /bad key/);
+  t.is(refused[1]![1].errno, -2);
+  t.regex(refused[1]![1].message, /cannot open/);
   t.deepEqual(applied, Array.from({ length: 200 }, (_, i) => i + 1).filter((s) => s !== 51 && s !== 121), "all others applied, in order");
   t.deepEqual(batches.flat(), Array.from({ length: 200 }, (_, i) => i + 1), "each delta journaled once, in order");
   t.true(batches.length < 100, `${batches.length} journal writes for 200 deltas`);

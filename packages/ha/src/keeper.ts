@@ -11,8 +11,8 @@
 // whole, made durable in the replica, applied, and only then acknowledged. Idempotent: a put
 // identical to what runs changes nothing (a restarted vhostd re-sending its state is
 // harmless); a different spec for a running VF is close + open. A put that cannot be applied
-// is taken out of the replica again and nacked with "[errno N] reason" so vfe-vhostd answers
-// the RPC with the host's errno, exactly as standalone.
+// is taken out of the replica again and nacked with the host's errno (a number in the nack) so
+// vfe-vhostd answers the RPC with it, exactly as standalone.
 //
 // Snapshots (vhostd's whole desired state, pushed at every vhostd start and keeper
 // reappearance): reconcile — close what is not in it, open what is missing, leave identical
@@ -22,8 +22,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import { closeFds, native } from "@vhostd/native";
-import { emptyState, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type SnapshotMsg } from "@vhostd/proto";
-import { createVfHost, EngineVfHost, keeperBeaconPath, keeperSocketPath, mirrorLockDir, MirrorSender, mirrorSharedPath, type PfDeviceValue, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/runtime";
+import { DeviceRecordError, LinuxErrno, deviceKeyOf, emptyState, errnoOf, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type PfRecord, type SnapshotMsg } from "@vhostd/proto";
+import { createVfHost, EngineVfHost, keeperBeaconPath, keeperSocketPath, mirrorLockDir, MirrorSender, mirrorSharedPath, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 import { parseDeviceEntry, sameValue, type DeviceEntry } from "./devices.js";
 import { InspectServer, answers } from "./inspect_server.js";
 import { ReplicaJournal } from "./replica.js";
@@ -66,14 +66,10 @@ class KeeperError extends Error {
   }
 }
 
-function errnoOf(e: unknown): number {
-  const n = (e as { errno?: unknown })?.errno;
-  return typeof n === "number" && n !== 0 ? -Math.abs(n) : -5;
-}
 
 export class Keeper {
   /** What runs now. */
-  private readonly pfs = new Map<string, PfDeviceValue>();
+  private readonly pfs = new Map<string, PfRecord>();
   private readonly vfs = new Map<string, VfSpec>();
   /** Desired VFs the host could not open: dev -> why. */
   private readonly failed = new Map<string, string>();
@@ -239,15 +235,14 @@ export class Keeper {
   /** Validates a delta: a bad op refuses the whole delta, which then changes nothing. */
   private deltaEntries(d: DeltaMsg): Array<{ op: HaOp; entry?: DeviceEntry; kind: "pf" | "vf"; dev: string }> {
     return d.ops.map((op) => {
-      if (op.table !== "devices") throw new KeeperError(`[errno -22] table ${op.table} is not used by this keeper (HA phase 1)`, -22);
+      if (op.table !== "devices") throw new KeeperError(`table ${op.table} is not used by this keeper (HA phase 1)`, -22);
       if (op.op === "put") {
         const entry = this.validEntry(op.key, op.value);
         return { op, entry, kind: entry.kind, dev: entry.dev };
       }
-      const m = /^(pf|vf)\/(.+)$/.exec(op.key);
-      const dev = m ? normalizePciAddr(m[2]!) : undefined;
-      if (!m || !dev || dev !== m[2]) throw new KeeperError(`[errno -22] ${op.key.slice(0, 64)}: not a pf/ or vf/ key`, -22);
-      return { op, kind: m[1] as "pf" | "vf", dev };
+      const k = deviceKeyOf(op.key);
+      if (!k) throw new KeeperError(`${op.key.slice(0, 64)}: not a pf/ or vf/ key`, -22);
+      return { op, kind: k.kind, dev: k.dev };
     });
   }
 
@@ -283,8 +278,7 @@ export class Keeper {
         await this.replica
           .set("devices", op.key, still)
           .catch((err: Error) => this.log.error({ key: op.key, err: err.message }, "replica: taking back a failed change failed"));
-        const msg = (e as Error).message;
-        throw new KeeperError(/\[errno -?\d+\]/.test(msg) ? msg : `[errno ${errnoOf(e)}] ${msg}`, errnoOf(e));
+        throw e instanceof KeeperError ? e : new KeeperError((e as Error).message, errnoOf(e, LinuxErrno.EIO));
       }
     }
   }
@@ -315,7 +309,7 @@ export class Keeper {
         out.devices[key] = value;
       } catch (e) {
         if (!lenient) throw e;
-        this.log.error({ event: "replica_record_unusable", key: key.slice(0, 128), err: (e as Error).message }, `${from}: ${key.slice(0, 64)} ignored`);
+        this.log.error({ event: "replica_record_unusable", key: key.slice(0, 128), err: (e as Error).message, errno: (e as KeeperError).errno }, `${from}: ${key.slice(0, 64)} ignored`);
       }
     }
     return { state: out, entries };
@@ -325,13 +319,14 @@ export class Keeper {
     try {
       return parseDeviceEntry(key, value);
     } catch (e) {
-      throw new KeeperError(`[errno -22] ${(e as Error).message}`, -22);
+      if (!(e instanceof DeviceRecordError)) throw e;
+      throw new KeeperError(`${key.slice(0, 64)}: ${e.problem}`, e.errno);
     }
   }
 
   /** Makes what runs equal to `entries`; identical devices are not touched. */
   private async reconcile(entries: DeviceEntry[]): Promise<{ opened: number; closed: number; unchanged: number }> {
-    const wantPf = new Map<string, PfDeviceValue>();
+    const wantPf = new Map<string, PfRecord>();
     const wantVf = new Map<string, VfSpec>();
     for (const e of entries) {
       if (e.kind === "pf") wantPf.set(e.dev, e.value);
@@ -370,12 +365,12 @@ export class Keeper {
     return { opened, closed, unchanged };
   }
 
-  private async applyPf(dev: string, want: PfDeviceValue | undefined, why: string): Promise<void> {
+  private async applyPf(dev: string, want: PfRecord | undefined, why: string): Promise<void> {
     const cur = this.pfs.get(dev);
     if (want && cur && sameValue(want, cur)) return;
     if (cur) {
       const vfs = [...this.vfs.values()].filter((v) => v.pf === dev);
-      if (vfs.length > 0) throw new KeeperError(`[errno -16] PF ${dev} still has ${vfs.length} VF(s) running`, -16);
+      if (vfs.length > 0) throw new KeeperError(`PF ${dev} still has ${vfs.length} VF(s) running`, -16);
       await this.host.removePf(dev, cur.switchId, cur.kind);
       this.pfs.delete(dev);
       this.log.info({ event: "keeper_pf_removed", pf: dev, switchId: cur.switchId, why }, `PF ${dev} removed`);
@@ -398,11 +393,11 @@ export class Keeper {
     this.failed.delete(dev);
     if (want) {
       const pf = this.pfs.get(want.pf);
-      if (!pf) throw new KeeperError(`[errno -19] PF ${want.pf} of VF ${dev} is not added at the keeper`, -19);
-      if (pf.switchId !== want.switchId) throw new KeeperError(`[errno -22] VF ${dev} names switch ${want.switchId}, its PF has ${pf.switchId}`, -22);
+      if (!pf) throw new KeeperError(`PF ${want.pf} of VF ${dev} is not added at the keeper`, -19);
+      if (pf.switchId !== want.switchId) throw new KeeperError(`VF ${dev} names switch ${want.switchId}, its PF has ${pf.switchId}`, -22);
       for (const v of this.vfs.values()) {
-        if (v.devId === want.devId) throw new KeeperError(`[errno -17] devId ${want.devId} is used by VF ${v.dev}`, -17);
-        if (v.socketPath === want.socketPath) throw new KeeperError(`[errno -17] socket ${want.socketPath} is used by VF ${v.dev}`, -17);
+        if (v.devId === want.devId) throw new KeeperError(`devId ${want.devId} is used by VF ${v.dev}`, -17);
+        if (v.socketPath === want.socketPath) throw new KeeperError(`socket ${want.socketPath} is used by VF ${v.dev}`, -17);
       }
       await this.host.open(want);
       this.vfs.set(dev, want);

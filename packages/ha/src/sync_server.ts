@@ -17,7 +17,9 @@ import {
   HA_SYNC_MAX_MESSAGE_BYTES,
   SyncError,
   SyncSequencer,
+  HA_SYNC_MAX_ERRNO,
   decodeSyncMessage,
+  errnoOf,
   encodeSyncMessage,
   rejectCodeOf,
   type DeltaMsg,
@@ -296,7 +298,7 @@ export class SyncServer extends EventEmitter {
       }
       // Handled either way: a refused delta changed nothing the journal does not describe.
       this.seq.commit(d.epoch, d.seq);
-      if (err) this.nack(id, d.epoch, d.seq, "delta", "apply_failed", `delta ${d.seq} not applied: ${err.message}`);
+      if (err) this.nack(id, d.epoch, d.seq, "delta", "apply_failed", `delta ${d.seq} not applied: ${err.message}`, errnoIfAny(err));
       else this.send(id, { type: "ack", epoch: d.epoch, seq: d.seq, of: "delta" });
     }
   }
@@ -388,7 +390,7 @@ export class SyncServer extends EventEmitter {
     try {
       await this.opts.onSnapshot(s);
     } catch (err) {
-      this.nack(id, s.epoch, s.seq, "snapshot", "apply_failed", `snapshot not applied: ${(err as Error).message}`);
+      this.nack(id, s.epoch, s.seq, "snapshot", "apply_failed", `snapshot not applied: ${(err as Error).message}`, errnoIfAny(err));
       return;
     }
     this.seq.reset(s.epoch, s.seq);
@@ -409,9 +411,9 @@ export class SyncServer extends EventEmitter {
     this.send(p.id, { type: "heartbeat", epoch: this.seq.epoch, seq: this.seq.lastSeq, monoMs: performance.now() });
   }
 
-  private nack(id: Buffer, epoch: number, seq: number, of: NackMsg["of"], code: NackMsg["code"], reason: string): void {
-    this.opts.log.warn({ epoch, seq, code }, `sync: ${of} refused: ${reason}`);
-    this.send(id, { type: "nack", epoch, seq, of, code, reason: reason.slice(0, 1000) });
+  private nack(id: Buffer, epoch: number, seq: number, of: NackMsg["of"], code: NackMsg["code"], reason: string, errno?: number): void {
+    this.opts.log.warn({ epoch, seq, code, errno }, `sync: ${of} refused: ${reason}`);
+    this.send(id, { type: "nack", epoch, seq, of, code, reason: reason.slice(0, 1000), ...(errno !== undefined ? { errno } : {}) });
     this.emit("rejected", { code, reason });
   }
 
@@ -433,4 +435,10 @@ export class SyncServer extends EventEmitter {
     }
     this.sendq.push([id, body]);
   }
+}
+
+/** The errno a refusal carries, if any (a nack without one leaves the choice to vfe-vhostd). */
+function errnoIfAny(err: unknown): number | undefined {
+  const n = errnoOf(err);
+  return n !== undefined && n >= -HA_SYNC_MAX_ERRNO ? n : undefined;
 }

@@ -202,6 +202,20 @@ export class VfeError extends Error {
   }
 }
 
+/**
+ * The errno an error carries (`.errno`: Node's system errors, the addon's, VfeError, the
+ * keeper's), in the one sign convention of this project: negative, as vfe's results carry it.
+ * Either sign is read (Node's are negative, a host's may be positive). Without one, `fallback`
+ * (made negative too), or undefined when no fallback is given.
+ */
+export function errnoOf(e: unknown): number | undefined;
+export function errnoOf(e: unknown, fallback: number): number;
+export function errnoOf(e: unknown, fallback?: number): number | undefined {
+  const n = (e as { errno?: unknown } | null | undefined)?.errno;
+  if (typeof n === "number" && Number.isInteger(n) && n !== 0) return -Math.abs(n);
+  return fallback === undefined ? undefined : -Math.abs(fallback);
+}
+
 export function ok(): ErrnoFields {
   return { errno: 0, errstr: "Success" };
 }

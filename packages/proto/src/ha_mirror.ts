@@ -24,6 +24,7 @@
 // name fds that came with the frame, and the receiver still checks every address against the
 // memory it maps (the same checks as for a front-end's own messages).
 import { Packr } from "msgpackr";
+import { SWITCH_ID_MAX, intProblem, macProblem, pciAddrProblem } from "./device_record.js";
 import { SyncError } from "./ha_sync.js";
 import { fail, fields, int, isPlainObject, oneOf, str, type Body } from "./body_check.js";
 
@@ -159,12 +160,14 @@ export function mirrorVfFdIndices(rec: MirrorVf): number[] {
 
 /* ------------------------------------------------------------------------ validation */
 
-const DEV_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+/** A device record's rule, refused as the mirror refuses (SyncError), in the record's words. */
+function recordRule(t: string, problem: string | undefined): void {
+  if (problem) throw new SyncError("invalid", `${t}.${problem}`);
+}
 
 function dev(t: string, b: Body): string {
-  const d = str(t, b, "dev", 12, 12);
-  if (!DEV_RE.test(d)) fail(t, "dev", "must be a PCI address like 0000:af:04.5");
-  return d;
+  recordRule(t, pciAddrProblem("dev", b.dev));
+  return b.dev as string;
 }
 
 function hex64(t: string, b: Body, field: string): Hex64 {
@@ -262,9 +265,8 @@ function validateRec(v: unknown, count: number): MirrorVf {
     rec.reply = replyHex("vf.rec", r);
   }
   if (r.lockedMac !== undefined) {
-    const m = str("vf.rec", r, "lockedMac", 17, 17);
-    if (!/^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/.test(m) || parseInt(m.slice(0, 2), 16) & 1 || m === "00:00:00:00:00:00") fail("vf.rec", "lockedMac", "must be a canonical unicast MAC");
-    rec.lockedMac = m;
+    recordRule("vf.rec", macProblem("lockedMac", r.lockedMac));
+    rec.lockedMac = r.lockedMac as string;
   }
   const used = mirrorVfFdIndices(rec);
   if (new Set(used).size !== used.length) fail("vf.rec", "fds", "names one fd twice");
@@ -283,7 +285,9 @@ function validateMirrorFrame(v: unknown): MirrorFrame {
     }
     case "pf": {
       const b = fields("pf", v, ["op", "dev", "switchId", "count"]);
-      return { op, dev: dev("pf", b), switchId: int("pf", b, "switchId", 0, 0xffff), count: int("pf", b, "count", 0, 1) };
+      const d = dev("pf", b);
+      recordRule("pf", intProblem("switchId", b.switchId, 0, SWITCH_ID_MAX));
+      return { op, dev: d, switchId: b.switchId as number, count: int("pf", b, "count", 0, 1) };
     }
     case "reply": {
       const b = fields("reply", v, ["op", "dev", "reply"]);

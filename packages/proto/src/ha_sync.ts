@@ -21,6 +21,8 @@ export const HA_SYNC_MAX_TABLE_ENTRIES = 100_000;
 /** Keys (device ids, session ids, fd ids) and version strings. */
 export const HA_SYNC_MAX_KEY_LENGTH = 256;
 export const HA_SYNC_MAX_REASON_LENGTH = 1024;
+/** A nack's errno is -1..-this (Linux errnos, vfe's -1000.. and vhostd's -1100.. codes). */
+export const HA_SYNC_MAX_ERRNO = 4095;
 /** Nesting depth of the generic values carried in ops and state. */
 export const HA_SYNC_MAX_VALUE_DEPTH = 32;
 
@@ -109,6 +111,12 @@ export interface NackMsg {
   of: "delta" | "snapshot";
   code: NackCode;
   reason: string;
+  /**
+   * apply_failed: why, as a negative errno (the host's, or -EINVAL for a refused record), so
+   * vfe-vhostd answers the RPC with it exactly as standalone. Absent from a keeper older than
+   * this field (its reason then starts "[errno N]"), and where no errno applies.
+   */
+  errno?: number;
 }
 export interface HeartbeatMsg {
   type: "heartbeat";
@@ -152,6 +160,8 @@ export type SyncErrorCode = "malformed" | "bad_magic" | "bad_version" | "unknown
 
 /** The only error the decoders throw. `code` maps onto a reject's code via rejectCodeOf(). */
 export class SyncError extends Error {
+  /** A peer's message or record refused: -EINVAL, as every device record reader refuses one. */
+  readonly errno = -22;
   constructor(
     readonly code: SyncErrorCode,
     message: string,
@@ -334,13 +344,14 @@ function validateBody(type: SyncMessageType, body: unknown): Body {
       return { epoch: int(type, b, "epoch", 0), seq: int(type, b, "seq", 0), of: oneOf(type, b, "of", ["delta", "snapshot"] as const) };
     }
     case "nack": {
-      const b = fields(type, body, ["epoch", "seq", "of", "code", "reason"]);
+      const b = fields(type, body, ["epoch", "seq", "of", "code", "reason"], ["errno"]);
       return {
         epoch: int(type, b, "epoch", 0),
         seq: int(type, b, "seq", 0),
         of: oneOf(type, b, "of", ["delta", "snapshot"] as const),
         code: oneOf(type, b, "code", ["gap", "apply_failed", "unknown_epoch"] as const),
         reason: str(type, b, "reason", HA_SYNC_MAX_REASON_LENGTH),
+        ...(b.errno !== undefined ? { errno: int(type, b, "errno", -HA_SYNC_MAX_ERRNO, -1) } : {}),
       };
     }
     case "heartbeat": {

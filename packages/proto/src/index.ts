@@ -1,7 +1,12 @@
 // Wire formats of vhostd: vhost-user, virtio, RPC, HA sync, journal records, errors.
 export * from "./vhost_user.js";
 export * from "./virtio.js";
-export * from "./rpc.js";
+export * from "./values.js";
+export * from "./rpc_transport.js";
+export * from "./rpc_schema.js";
+export * from "./rpc_validation.js";
+export * from "./rpc_results.js";
 export * from "./errors.js";
 export * from "./ha_sync.js";
 export * from "./ha_mirror.js";
+export * from "./device_record.js";

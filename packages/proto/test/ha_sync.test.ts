@@ -43,6 +43,7 @@ const samples: SyncMessage[] = [
   },
   { type: "ack", epoch: 7, seq: 1, of: "delta" },
   { type: "nack", epoch: 7, seq: 5, of: "delta", code: "gap", reason: "expected seq 2" },
+  { type: "nack", epoch: 7, seq: 6, of: "delta", code: "apply_failed", reason: "devId 3 is used by VF 0000:af:04.5", errno: -17 },
   { type: "heartbeat", epoch: 7, seq: 4, monoMs: 1234.5 },
   { type: "reject", code: "stale_epoch", reason: "epoch 6 < 7" },
 ];
@@ -103,6 +104,10 @@ test("field validation: types, ranges, lengths, sizes, unknown fields", (t) => {
     ["heartbeat", { epoch: 1, seq: 1, monoMs: -1 }],
     ["heartbeat", { epoch: 1, seq: 1, monoMs: Infinity }],
     ["reject", { code: "because", reason: "x" }],
+    ["nack", { epoch: 1, seq: 1, of: "delta", code: "apply_failed", reason: "x", errno: 0 }],
+    ["nack", { epoch: 1, seq: 1, of: "delta", code: "apply_failed", reason: "x", errno: 17 }],
+    ["nack", { epoch: 1, seq: 1, of: "delta", code: "apply_failed", reason: "x", errno: -4096 }],
+    ["nack", { epoch: 1, seq: 1, of: "delta", code: "apply_failed", reason: "x", errno: "-17" }],
     ["reject", { code: "malformed", reason: "x".repeat(1025) }],
     ["delta", { epoch: 1, seq: 0, ops: [{ op: "del", table: "devices", key: "a" }] }],
     ["delta", { epoch: 1, seq: 1, ops: [] }],

@@ -1,6 +1,11 @@
 // The seam between the device registry (PF/VF bookkeeping, RPC rules) and whatever runs a
 // VF's vhost-user session and datapath. The registry decides; the host executes.
-import type { VfKind, VfSpec } from "./device_records.js";
+import type { DeviceKind, VfRecord } from "@vhostd/proto";
+
+export { portSecurityFields, portSecurityOf, type SocketMode } from "@vhostd/proto";
+
+/** Everything needed to bring one VF's vhost-user endpoint up: the VF record (@vhostd/proto). */
+export type VfSpec = VfRecord;
 
 /** One forwarding table entry of a PF's switch. */
 export interface FdbRow {
@@ -69,8 +74,8 @@ export interface VfHost {
   /** In HA mode the keeper runs the session, so the answer may come asynchronously. */
   runtime(dev: string): VfRuntime | undefined | Promise<VfRuntime | undefined>;
   /** PF lifecycle for net PFs (the L2 switch, and its TAP uplink if named); no-ops for blk. */
-  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void | Promise<void>;
-  removePf(pf: string, switchId: number, kind: VfKind): void | Promise<void>;
+  addPf(pf: string, switchId: number, kind: DeviceKind, uplinkTap?: string): void | Promise<void>;
+  removePf(pf: string, switchId: number, kind: DeviceKind): void | Promise<void>;
   /** A net PF's switch forwarding table (undefined: unknown, e.g. the keeper is restarting). */
   fdb?(switchId: number): FdbRow[] | undefined | Promise<FdbRow[] | undefined>;
   /** Stop everything (daemon shutdown). */

@@ -2,13 +2,12 @@
 // Optional; without --config the embedded DEFAULT_CONFIG is used. Validated strictly:
 // unknown keys, wrong types and out-of-range values are errors naming the offending path.
 import { readFileSync } from "node:fs";
-import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, normalizePciAddr } from "@vhostd/proto";
-import type { VfKind } from "@vhostd/runtime";
+import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, normalizePciAddr, type DeviceKind } from "@vhostd/proto";
 
 export interface PfConfig {
   /** PF address "DDDD:BB:DD.F". */
   dev: string;
-  type: VfKind;
+  type: DeviceKind;
   /** SR-IOV First VF Offset: RID(VF n) = RID(PF) + firstVfOffset + n * vfStride. */
   firstVfOffset: number;
   vfStride: number;
@@ -61,7 +60,7 @@ const PF_KEYS = ["dev", "type", "firstVfOffset", "vfStride", "numVfs", "mtu", "q
 /** Linux interface names: at most 15 bytes, no slash or whitespace. */
 const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 
-function parseUplink(v: unknown, path: string, type: VfKind): { tap: string } | undefined {
+function parseUplink(v: unknown, path: string, type: DeviceKind): { tap: string } | undefined {
   if (v === undefined) return undefined;
   if (type !== "net") throw new ConfigError(`${path}: only net PFs have an uplink`);
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw new ConfigError(`${path}: must be an object like {"tap": "vhostd0"}`);

@@ -4,7 +4,7 @@
 // by an empty file on the root filesystem).
 import fs from "node:fs";
 import path from "node:path";
-import { DISK_NULL, DISK_SIZE_DEFAULT, LinuxErrno, VfeError, type DiskSpec } from "@vhostd/proto";
+import { DISK_NULL, DISK_SIZE_DEFAULT, LinuxErrno, VfeError, errnoOf, type DiskSpec } from "@vhostd/proto";
 
 export interface DiskRequest {
   path: string;
@@ -55,7 +55,7 @@ export function prepareDisk(req: DiskRequest, create: boolean): PreparedDisk {
     st = fs.statSync(req.path);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== "ENOENT") throw new VfeError(errnoOf(e), `disk ${req.path}: ${(e as Error).message}`);
+    if (code !== "ENOENT") throw new VfeError(errnoOf(e, LinuxErrno.EIO), `disk ${req.path}: ${(e as Error).message}`);
   }
   if (!st) {
     if (!create) throw new VfeError(LinuxErrno.ENOENT, `disk ${req.path} does not exist`);
@@ -71,7 +71,7 @@ export function prepareDisk(req: DiskRequest, create: boolean): PreparedDisk {
         fs.closeSync(fd);
         fs.rmSync(req.path, { force: true });
       }
-      throw new VfeError(errnoOf(e), `disk ${req.path} could not be created: ${(e as Error).message}`);
+      throw new VfeError(errnoOf(e, LinuxErrno.EIO), `disk ${req.path} could not be created: ${(e as Error).message}`);
     }
     fs.closeSync(fd);
     return { spec: { path: req.path, size, readonly: false, direct: req.direct }, created: true };
@@ -89,7 +89,3 @@ export function prepareDisk(req: DiskRequest, create: boolean): PreparedDisk {
   throw einval(`disk ${req.path} is ${kindOf(st)}; a disk must be a regular file or a block device`);
 }
 
-function errnoOf(e: unknown): number {
-  const n = (e as NodeJS.ErrnoException).errno;
-  return typeof n === "number" && n !== 0 ? Math.abs(n) : LinuxErrno.EIO;
-}

@@ -28,8 +28,14 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { open, type Database, type RootDatabase } from "lmdb";
 import { Packr } from "msgpackr";
-import { MTU_MAX, MTU_MIN, QUEUE_PAIRS_MAX, diskSpecProblem, isUuid, normalizeMac, normalizePciAddr, socketPathProblem, type DiskSpec } from "@vhostd/proto";
-import { portSecurityFields, type SocketMode, type VfKind } from "@vhostd/runtime";
+import {
+  DeviceRecordError,
+  storedVfRecordValue,
+  validateStoredPfRecord,
+  validateStoredVfRecord,
+  type StoredPfRecord,
+  type StoredVfRecord,
+} from "@vhostd/proto";
 
 /** Format of the records this code writes and understands. */
 export const JOURNAL_FORMAT = 1;
@@ -41,35 +47,18 @@ export const VF_PREFIX = "vf/";
 export const MAX_RECORD_BYTES = 16 * 1024;
 export const EPOCH_MAX = 0xffff_ffff;
 
-export interface PfRecord {
-  dev: string;
-  type: VfKind;
-  switchId: number;
-}
-
-export interface VfRecord {
-  dev: string;
-  pf: string;
-  socketPath: string;
-  mode: SocketMode;
-  uuid?: string;
-  mac: string;
-  mtu: number;
-  queuePairs: number;
-  devId: number;
-  /** blk VFs: the backing. */
-  disk?: DiskSpec;
-  /** net port security, stored only when not the default (older records have none). */
-  spoofchk?: boolean;
-  trust?: boolean;
-  macAdmin?: boolean;
-}
+/** pf/<DEV>: the journal form of the PF record (@vhostd/proto device_record.ts). */
+export type PfRecord = StoredPfRecord;
+/** vf/<DEV>: the journal form of the VF record (no kind, no switchId: they are its PF's). */
+export type VfRecord = StoredVfRecord;
 
 /** A record (or the journal) is unreadable or inconsistent; names the key. */
 export class JournalError extends Error {
   constructor(
     readonly key: string,
     readonly detail: string,
+    /** -EINVAL: the record is not valid (every record reader refuses it the same way). */
+    readonly errno: number = -22,
   ) {
     super(key ? `journal record ${key}: ${detail}` : `journal: ${detail}`);
     this.name = "JournalError";
@@ -135,79 +124,42 @@ function decode(key: string, buf: unknown): unknown {
   }
 }
 
-/** The record's object with its version checked and exactly `fields` (+ optional ones) present. */
-function recordObject(key: string, v: unknown, required: readonly string[], optional: readonly string[]): Raw {
-  if (typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Map) throw new JournalError(key, "not a msgpack map");
-  const o = v as Raw;
-  const ver = o.v;
+/**
+ * The record's map with its version checked and taken off: what is left is a device record,
+ * validated by @vhostd/proto (the rules and errors every reader shares).
+ */
+function recordBody(key: string, v: unknown): Raw {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Map) throw new JournalError(key, "record is not a msgpack map");
+  const { v: ver, ...body } = v as Raw;
   if (typeof ver !== "number" || !Number.isInteger(ver) || ver < 1) throw new JournalError(key, "record version v missing or not a positive integer");
   if (ver > JOURNAL_FORMAT) throw new JournalFormatError(key, `record format ${ver} is newer than this vfe-vhostd understands (${JOURNAL_FORMAT}); refusing to guess`);
-  const allowed = new Set(["v", ...required, ...optional]);
-  for (const k of Object.keys(o)) if (!allowed.has(k)) throw new JournalError(key, `unknown field "${k.slice(0, 32)}"`);
-  for (const k of required) if (!Object.prototype.hasOwnProperty.call(o, k)) throw new JournalError(key, `field ${k} missing`);
-  return o;
+  return body;
 }
 
-function intField(key: string, o: Raw, name: string, min: number, max: number): number {
-  const v = o[name];
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) throw new JournalError(key, `${name} must be an integer in ${min}..${max}`);
-  return v;
-}
-
-function pciField(key: string, o: Raw, name: string): string {
-  const v = o[name];
-  const n = typeof v === "string" ? normalizePciAddr(v) : undefined;
-  if (!n || n !== v) throw new JournalError(key, `${name} is not a canonical PCI address`);
-  return n;
+/** A device record's refusal as the journal reports it: the same sentence, naming the key. */
+function asJournalError(key: string, e: unknown): never {
+  if (e instanceof DeviceRecordError) throw new JournalError(key, e.problem, e.errno);
+  throw e;
 }
 
 /** Validates a pf/ record; the key must name the same device. */
 export function parsePfRecord(key: string, value: unknown): PfRecord {
-  const o = recordObject(key, decode(key, value), ["dev", "type", "switchId"], []);
-  const dev = pciField(key, o, "dev");
-  if (key !== PF_PREFIX + dev) throw new JournalError(key, `holds PF ${dev}, not the PF its key names`);
-  if (o.type !== "net" && o.type !== "blk") throw new JournalError(key, 'type must be "net" or "blk"');
-  return { dev, type: o.type, switchId: intField(key, o, "switchId", 0, 0xffff) };
+  const body = recordBody(key, decode(key, value));
+  try {
+    return validateStoredPfRecord(body, key);
+  } catch (e) {
+    return asJournalError(key, e);
+  }
 }
 
 /** Validates a vf/ record; the key must name the same device. */
 export function parseVfRecord(key: string, value: unknown): VfRecord {
-  const o = recordObject(key, decode(key, value), ["dev", "pf", "socketPath", "mode", "mac", "mtu", "queuePairs", "devId"], ["uuid", "disk", "spoofchk", "trust", "macAdmin"]);
-  const dev = pciField(key, o, "dev");
-  if (key !== VF_PREFIX + dev) throw new JournalError(key, `holds VF ${dev}, not the VF its key names`);
-  const pf = pciField(key, o, "pf");
-  const sp = o.socketPath;
-  const problem = typeof sp === "string" ? socketPathProblem(sp) : "not a string";
-  if (problem) throw new JournalError(key, `socketPath: ${problem}`);
-  if (o.mode !== "client" && o.mode !== "server") throw new JournalError(key, 'mode must be "client" or "server"');
-  const mac = typeof o.mac === "string" ? normalizeMac(o.mac) : undefined;
-  if (!mac || mac !== o.mac) throw new JournalError(key, "mac is not a canonical unicast MAC");
-  let uuid: string | undefined;
-  if (o.uuid !== undefined) {
-    if (typeof o.uuid !== "string" || !isUuid(o.uuid) || o.uuid !== o.uuid.toLowerCase()) throw new JournalError(key, "uuid is not a lowercase UUID");
-    uuid = o.uuid;
+  const body = recordBody(key, decode(key, value));
+  try {
+    return validateStoredVfRecord(body, key);
+  } catch (e) {
+    return asJournalError(key, e);
   }
-  if (o.disk !== undefined) {
-    const problem = diskSpecProblem(o.disk);
-    if (problem) throw new JournalError(key, problem);
-  }
-  for (const f of ["spoofchk", "trust", "macAdmin"] as const) {
-    if (o[f] !== undefined && typeof o[f] !== "boolean") throw new JournalError(key, `${f} is not a boolean`);
-  }
-  if ((o.spoofchk !== undefined || o.trust !== undefined || o.macAdmin !== undefined) && o.disk !== undefined) throw new JournalError(key, "port security fields on a blk VF");
-  return {
-    dev,
-    pf,
-    socketPath: sp as string,
-    mode: o.mode,
-    ...(uuid ? { uuid } : {}),
-    mac,
-    mtu: intField(key, o, "mtu", MTU_MIN, MTU_MAX),
-    queuePairs: intField(key, o, "queuePairs", 1, QUEUE_PAIRS_MAX),
-    devId: intField(key, o, "devId", 0, 0xffff),
-    ...(o.disk !== undefined ? { disk: copyDisk(o.disk as DiskSpec) } : {}),
-    ...portSecurityFields(o as { spoofchk?: boolean; trust?: boolean; macAdmin?: boolean }),
-  };
 }
 
 function parseMetaInt(key: string, value: unknown, max: number): number {
@@ -221,25 +173,7 @@ function pfValue(r: PfRecord): Buffer {
 }
 
 function vfValue(r: VfRecord): Buffer {
-  return encodeValue({
-    v: JOURNAL_FORMAT,
-    dev: r.dev,
-    pf: r.pf,
-    socketPath: r.socketPath,
-    mode: r.mode,
-    ...(r.uuid ? { uuid: r.uuid } : {}),
-    mac: r.mac,
-    mtu: r.mtu,
-    queuePairs: r.queuePairs,
-    devId: r.devId,
-    ...(r.disk ? { disk: copyDisk(r.disk) } : {}),
-    ...portSecurityFields(r),
-  });
-}
-
-/** Exactly the DiskSpec fields, in a fixed order. */
-export function copyDisk(d: DiskSpec): DiskSpec {
-  return { path: d.path, size: d.size, readonly: d.readonly, direct: d.direct };
+  return encodeValue({ v: JOURNAL_FORMAT, ...storedVfRecordValue(r) });
 }
 
 /* -------------------------------------- journal -------------------------------------- */

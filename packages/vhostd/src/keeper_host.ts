@@ -20,23 +20,32 @@
 import { EventEmitter } from "node:events";
 import { createConnection, type Socket } from "node:net";
 import type { Logger } from "pino";
-import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, type HaOp, type HaState, type WelcomeMsg } from "@vhostd/proto";
+import { LinuxErrno, VfeError, emptyState, haSyncEndpoint, pfKey, pfRecordValue, vfKey, vfRecordValue, type DeviceKind, type HaOp, type HaState, type PfRecord, type WelcomeMsg } from "@vhostd/proto";
+import { KEEPER_MAX_LINE_BYTES, keeperSocketPath, MirrorHolder, type FdbRow, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 import { HaClient, HaSyncError } from "./keeper_sync_client.js";
-import { KEEPER_MAX_LINE_BYTES, keeperSocketPath, MirrorHolder, pfKey, pfValue, vfKey, vfValue, type FdbRow, type PfDeviceValue, type VfHost, type VfKind, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 
-/** The keeper's errors carry the host's errno as "[errno N] ..." in the nack reason. */
-function keeperError(e: unknown): Error {
+/** A refusal by the keeper, with the host's errno that its nack carries. */
+export function keeperError(e: unknown): Error {
   if (e instanceof HaSyncError) {
     if (e.code === "apply_failed") {
-      const m = /\[errno (-?\d+)\]/.exec(e.message);
       const err = new Error(`keeper: ${e.message.replace(/^delta \d+ not applied: /, "")}`) as Error & { errno?: number };
-      if (m) err.errno = Number(m[1]);
+      const errno = e.errno ?? legacyNackErrno(e.message);
+      if (errno !== undefined) err.errno = errno;
       return err;
     }
     if (e.code === "timeout") return new VfeError(LinuxErrno.ETIMEDOUT, `keeper did not answer: ${e.message}`);
     return new VfeError(LinuxErrno.EAGAIN, `keeper unavailable: ${e.message}`);
   }
   return e as Error;
+}
+
+/**
+ * A keeper older than the nack's errno field wrote it as "[errno N]" in the reason. Read for one
+ * release, so vfe-vhostd may be upgraded first (docs/operations.md "Upgrade"); then delete.
+ */
+function legacyNackErrno(reason: string): number | undefined {
+  const m = /\[errno (-?\d+)\]/.exec(reason);
+  return m ? Number(m[1]) : undefined;
 }
 
 export interface KeeperVfHostOptions {
@@ -92,7 +101,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       runDir: opts.runDir,
       log: opts.log.child({ component: "mirror" }),
       specOf: (dev) => this.desired[vfKey(dev)] as VfSpec | undefined,
-      pfSwitchOf: (dev) => (this.desired[pfKey(dev)] as PfDeviceValue | undefined)?.switchId,
+      pfSwitchOf: (dev) => (this.desired[pfKey(dev)] as PfRecord | undefined)?.switchId,
     });
     this.client.on("keeper_up", (w: WelcomeMsg) => {
       this.needSync = true;
@@ -192,8 +201,8 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
     });
   }
 
-  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): Promise<void> {
-    return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfValue(pf, switchId, kind, uplinkTap) }, true);
+  addPf(pf: string, switchId: number, kind: DeviceKind, uplinkTap?: string): Promise<void> {
+    return this.change({ op: "put", table: "devices", key: pfKey(pf), value: pfRecordValue(pf, switchId, kind, uplinkTap) }, true);
   }
 
   async removePf(pf: string): Promise<void> {
@@ -202,7 +211,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
   }
 
   open(vf: VfSpec): Promise<void> {
-    return this.change({ op: "put", table: "devices", key: vfKey(vf.dev), value: vfValue(vf) }, true);
+    return this.change({ op: "put", table: "devices", key: vfKey(vf.dev), value: vfRecordValue(vf) }, true);
   }
 
   async close(dev: string): Promise<void> {

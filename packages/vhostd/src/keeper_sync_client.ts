@@ -46,6 +46,8 @@ export class HaSyncError extends Error {
   constructor(
     readonly code: NackMsg["code"] | RejectMsg["code"] | "timeout" | "closed" | "too_large",
     message: string,
+    /** A nack's errno (negative), when the keeper gave one. */
+    readonly errno?: number,
   ) {
     super(message);
     this.name = "HaSyncError";
@@ -303,14 +305,14 @@ export class HaClient extends EventEmitter {
 
   private onNack(n: NackMsg): void {
     if (n.epoch !== this.opts.epoch) return;
-    this.opts.log.warn({ seq: n.seq, of: n.of, code: n.code }, `ha: keeper refused ${n.of} ${n.seq}: ${n.reason}`);
+    this.opts.log.warn({ seq: n.seq, of: n.of, code: n.code, errno: n.errno }, `ha: keeper refused ${n.of} ${n.seq}: ${n.reason}`);
     this.emit("rejected", { code: n.code, reason: n.reason });
     if (n.of === "snapshot") {
       const w = this.pushes.get(n.seq);
       if (w) {
         this.pushes.delete(n.seq);
         clearTimeout(w.timer);
-        w.reject(new HaSyncError(n.code, n.reason));
+        w.reject(new HaSyncError(n.code, n.reason, n.errno));
       }
       return;
     }
@@ -321,7 +323,7 @@ export class HaClient extends EventEmitter {
         return;
       }
     }
-    this.settleDelta(n.seq, new HaSyncError(n.code, n.reason));
+    this.settleDelta(n.seq, new HaSyncError(n.code, n.reason, n.errno));
   }
 
   /** Heals a gap: a snapshot of our state covers every delta sent so far. */

@@ -36,6 +36,7 @@ import {
   DISK_SIZE_MAX,
   DISK_SIZE_MIN,
   diskPathProblem,
+  errnoOf,
   VfeErr,
   VfeError,
   VhostdErr,
@@ -44,6 +45,9 @@ import {
   normalizePciAddr,
   socketPathAliasProblem,
   socketPathProblem,
+  DeviceRecordError,
+  storedVfRecordValue,
+  validateVfRecord,
 } from "@vhostd/proto";
 import { prepareDisk } from "./disk.js";
 import type { Inventory, PfInfo } from "./inventory.js";
@@ -130,20 +134,10 @@ function journalFailure(e: unknown): VfeError {
   return new VfeError(LinuxErrno.EIO, `journal: ${(e as Error)?.message ?? String(e)}`);
 }
 
+/** The journal form of a VF (its kind and switchId are its PF's). */
 function vfRecord(s: VfSpec): VfRecord {
-  return {
-    dev: s.dev,
-    pf: s.pf,
-    socketPath: s.socketPath,
-    mode: s.mode,
-    ...(s.uuid ? { uuid: s.uuid } : {}),
-    mac: s.mac,
-    mtu: s.mtu,
-    queuePairs: s.queuePairs,
-    devId: s.devId,
-    ...(s.disk ? { disk: { ...s.disk } } : {}),
-    ...portSecurityFields(s),
-  };
+  const { kind: _kind, switchId: _switchId, ...stored } = s;
+  return storedVfRecordValue(stored);
 }
 
 function canonical(dev: unknown, what: string): string {
@@ -392,6 +386,13 @@ export class Registry extends EventEmitter {
         ...(disk ? { disk: disk.spec } : {}),
         ...portSecurityFields({ spoofchk: req.spoofchk, trust: req.trust, macAdmin: info.type === "net" && req.mac !== undefined }),
       };
+      // What every reader (journal, keeper, mirror) will check: never write a record they refuse.
+      try {
+        validateVfRecord(spec);
+      } catch (e) {
+        if (disk?.created) fs.rmSync(disk.spec.path, { force: true });
+        throw e;
+      }
       this.adding.set(dev, spec);
       this.sockets.set(socketPath, dev);
       return { spec, diskCreated: disk?.created ?? false };
@@ -609,7 +610,6 @@ export class Registry extends EventEmitter {
     if (owner) return { skipped: `socket ${rec.socketPath} is already used by VF ${owner}` };
     if (this.reserved.has(rec.socketPath)) return { skipped: `socket ${rec.socketPath} is reserved by vfe-vhostd` };
     if (rec.queuePairs > info.maxQueuePairs) return { skipped: `queue_pairs ${rec.queuePairs} exceeds PF ${info.dev}'s limit ${info.maxQueuePairs}` };
-    if ((info.type === "blk") !== (rec.disk !== undefined)) return { skipped: info.type === "blk" ? "a blk VF record without a disk" : "a net VF record with a disk" };
     const spec: VfSpec = {
       dev: rec.dev,
       pf: rec.pf,
@@ -625,6 +625,14 @@ export class Registry extends EventEmitter {
       ...(rec.disk ? { disk: { ...rec.disk } } : {}),
       ...(info.type === "net" ? portSecurityFields(rec) : {}),
     };
+    // The journal form has no kind: only now, with its PF's, is the whole record checked (a blk
+    // VF needs a disk), by the same validator and with the same words as every other reader.
+    try {
+      validateVfRecord(spec);
+    } catch (e) {
+      if (e instanceof DeviceRecordError) return { skipped: e.problem };
+      throw e;
+    }
     let failed: string | undefined;
     try {
       await this.host.open(spec);
@@ -689,9 +697,6 @@ export class Registry extends EventEmitter {
 
   private hostError(e: unknown, fallback: number): VfeError {
     if (e instanceof VfeError) return e;
-    const err = e as { errno?: unknown; message?: string };
-    const msg = err?.message ?? String(e);
-    if (typeof err?.errno === "number" && err.errno !== 0) return new VfeError(Math.abs(err.errno), msg);
-    return new VfeError(fallback, msg);
+    return new VfeError(errnoOf(e, fallback), (e as Error)?.message ?? String(e));
   }
 }

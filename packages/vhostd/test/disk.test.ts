@@ -133,6 +133,12 @@ test("journal carries the disk; restore reopens it and never creates a missing o
   t.deepEqual(rep.vfs.restored, [VF1, VF2], "the registry hands the spec to the host, which opens (or fails) it");
   t.deepEqual(host.open_.map((s) => s.disk?.path), [f, "null"]);
   t.false(fs.existsSync(f), "restore created nothing");
+  // The journal form has no kind: under its blk PF, a record without a disk is refused by the
+  // registry in the device record validator's words (as the keeper refuses it on the sync channel).
+  const reg3 = new Registry({ inventory: new Inventory(loadConfig()), host: new FakeHost(), log: pino({ level: "silent" }), defaultMode: "client", iface: "/tmp/vf-" });
+  const { disk: _disk, ...noDisk } = c.vfs[1]!;
+  const rep3 = await reg3.restore({ pfs: c.pfs, vfs: [noDisk] });
+  t.deepEqual(rep3.vfs.skipped, [{ vf: noDisk.dev, reason: "a blk VF needs a disk" }]);
   // hostile journal records
   const packr = new Packr({ useRecords: false });
   const enc = (o: unknown) => packr.pack(o);

@@ -375,5 +375,5 @@ test("port security fields: stored only when not the default, read back, and abs
   t.deepEqual(parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...withPs })), withPs);
   // Default values are not kept (a default VF's record stays as it was).
   t.deepEqual(parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...VF, spoofchk: true, trust: false })), VF);
-  t.throws(() => parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...VF, trust: "yes" })), { message: /trust is not a boolean/ });
+  t.throws(() => parseVfRecord(`vf/${VF.dev}`, encodeValue({ v: 1, ...VF, trust: "yes" })), { message: /trust must be a boolean/ });
 });

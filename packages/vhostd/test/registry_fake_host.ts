@@ -1,11 +1,12 @@
 // A VfHost that records what the registry asks of it (shared by registry and rpc tests).
-import type { VfHost, VfKind, VfRuntime, VfSpec } from "@vhostd/runtime";
+import type { DeviceKind } from "@vhostd/proto";
+import type { VfHost, VfRuntime, VfSpec } from "@vhostd/runtime";
 
 /** Records what the registry asks of the host; can be told to fail. */
 export class FakeHost implements VfHost {
   open_: VfSpec[] = [];
   closed: string[] = [];
-  pfs: Array<[string, number, VfKind]> = [];
+  pfs: Array<[string, number, DeviceKind]> = [];
   failOpen: Error | undefined;
   shut = false;
   open(vf: VfSpec): void {
@@ -18,7 +19,7 @@ export class FakeHost implements VfHost {
   runtime(dev: string): VfRuntime | undefined {
     return this.open_.some((v) => v.dev === dev) ? { state: "connecting", connected: false, features: "0", protocolFeatures: "0", reconnects: 0, queues: [] } : undefined;
   }
-  addPf(pf: string, switchId: number, kind: VfKind): void {
+  addPf(pf: string, switchId: number, kind: DeviceKind): void {
     this.pfs.push([pf, switchId, kind]);
   }
   removePf(pf: string): void {

@@ -11,7 +11,7 @@ import fs from "node:fs";
 import type { Logger } from "pino";
 import { FramedFdConnection, checkPeerCred, closeFds, native, type PeerCred } from "@vhostd/native";
 import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
-import type { VfSpec } from "../device_records.js";
+import type { VfSpec } from "../vf_host.js";
 import type { FdbRow, VfRuntime } from "../vf_host.js";
 import { createVfHost, type EngineVfHost } from "../session/engine_vf_host.js";
 import { keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "../paths.js";

@@ -22,7 +22,7 @@
 import { constants } from "node:os";
 import type { Logger } from "pino";
 import { native, type CrashRecord, type NativeEngine } from "@vhostd/native";
-import type { VfSpec } from "../device_records.js";
+import type { VfSpec } from "../vf_host.js";
 
 /** The daemon behind each area of the shared file (NativeEngine crashRole). */
 export const CRASH_ROLES = ["vfe-vhostd-ha", "vfe-vhostd"] as const;

@@ -1,9 +1,9 @@
 // What differs between device types behind the same vhost-user session: offered features,
 // queue count, config space. Net and blk each implement it.
-import type { VfKind } from "../device_records.js";
+import type { DeviceKind } from "@vhostd/proto";
 
 export interface DeviceModel {
-  readonly kind: VfKind;
+  readonly kind: DeviceKind;
   /** Offered virtio features; identical across restarts (front-ends check on reconnect). */
   readonly offeredFeatures: bigint;
   readonly offeredProtocolFeatures: bigint;

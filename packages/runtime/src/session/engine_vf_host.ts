@@ -3,9 +3,8 @@
 import fs from "node:fs";
 import type { Logger } from "pino";
 import { native, type EngineEvent, type NativeEngine } from "@vhostd/native";
-import type { MirrorVf } from "@vhostd/proto";
-import { portSecurityOf, type VfKind, type VfSpec } from "../device_records.js";
-import type { FdbRow, VfHost, VfRuntime } from "../vf_host.js";
+import { LinuxErrno, errnoOf, type DeviceKind, type MirrorVf } from "@vhostd/proto";
+import { portSecurityOf, type FdbRow, type VfHost, type VfRuntime, type VfSpec } from "../vf_host.js";
 import { closeAll } from "./connection.js";
 import { VfLock } from "./vf_lock.js";
 import { BlkModel } from "./blk_model.js";
@@ -137,7 +136,7 @@ export class EngineVfHost implements VfHost {
     this.mirror.vf(dev, rec, fds);
   }
 
-  addPf(pf: string, switchId: number, kind: VfKind, uplinkTap?: string): void {
+  addPf(pf: string, switchId: number, kind: DeviceKind, uplinkTap?: string): void {
     if (kind !== "net") return;
     let fd = -1;
     if (uplinkTap) {
@@ -179,7 +178,7 @@ export class EngineVfHost implements VfHost {
     this.mirror?.pf(pf, switchId, tapFd);
   }
 
-  removePf(pf: string, switchId: number, kind: VfKind): void {
+  removePf(pf: string, switchId: number, kind: DeviceKind): void {
     if (kind !== "net") return;
     const tap = this.releasePf(switchId);
     if (tap >= 0) native.closeFd(tap); // the engine keeps no copy after detaching; the TAP device goes away
@@ -438,7 +437,7 @@ export class EngineVfHost implements VfHost {
         fd = fs.openSync(disk.path, (disk.readonly ? c.O_RDONLY : c.O_RDWR) | c.O_NONBLOCK | c.O_NOCTTY);
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
-        throw new HostError(`disk ${disk.path}: ${e.message}`, -(Math.abs(e.errno ?? 5)));
+        throw new HostError(`disk ${disk.path}: ${e.message}`, errnoOf(e, LinuxErrno.EIO));
       }
     }
     try {

@@ -3,7 +3,7 @@
 import type { Logger } from "pino";
 import { counterIndex, native, portCounterIndex, type NativeEngine } from "@vhostd/native";
 import { HEADER_SIZE, MAX_PAYLOAD, MESSAGES, MsgFlag, Req, decodeHeader, mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
-import { portSecurityOf, type VfSpec } from "../device_records.js";
+import { portSecurityOf, type VfSpec } from "../vf_host.js";
 import type { VfRuntime } from "../vf_host.js";
 import { closeAll, VhostUserConnection } from "./connection.js";
 import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";

@@ -1,4 +1,4 @@
-// vfe-vhost-cli's command line, generated from the RPC schema (packages/proto/src/rpc.ts):
+// vfe-vhost-cli's command line, generated from the RPC schema (packages/proto/src/rpc_schema.ts):
 // verbs are the methods, -a/-r/-l/-i the actions, other options the params. Help texts
 // follow NVIDIA's argparse-based vfe-vhost-cli.
 import {
