@@ -80,7 +80,7 @@ test("install into a DESTDIR: layout, manifest, systemd-analyze verify of both u
     const lib = path.join(P, "lib/node_modules/@vhostd");
     t.true(fs.existsSync(path.join(lib, "native/build/Release/vhostd_native.node")));
     t.deepEqual(fs.readdirSync(path.join(lib, "native/build/Release")), ["vhostd_native.node"]);
-    for (const pkg of ["proto", "native", "vhostd"]) {
+    for (const pkg of ["proto", "native", "runtime", "vhostd", "ha"]) {
       t.true(fs.existsSync(path.join(lib, pkg, "package.json")));
       t.true(fs.existsSync(path.join(lib, pkg, "dist/src/index.js")));
       for (const gone of ["src", "test", "dist/test", "cc", "tsconfig.json"]) t.false(fs.existsSync(path.join(lib, pkg, gone)), `${pkg}/${gone} not installed`);
