@@ -121,7 +121,7 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
   if (devs_[devId]) return "device " + std::to_string(devId) + " already exists";
   auto it = switches_.find(switchId);
   if (it == switches_.end()) return "switch " + std::to_string(switchId) + " does not exist";
-  auto* d = new NetDevice();
+  auto* d = new Device();
   d->devId = devId;
   d->switchId = switchId;
   memcpy(d->mac, mac, 6);
@@ -156,14 +156,14 @@ std::string Engine::addNetDevice(int devId, int switchId, const uint8_t mac[6], 
 }
 
 std::string Engine::setPortSecurity(int devId, const PortConfig& port) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   if (!d->sw) return "device " + std::to_string(devId) + " is not a net device";
   SpinGuard g(d->sw->lock);
   return d->sw->configurePort(devId, port, monoNs());
 }
 
 std::string Engine::portState(int devId, PortState* out) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   if (!d->sw) return "device " + std::to_string(devId) + " is not a net device";
   SpinGuard g(d->sw->lock);
   *out = d->sw->portState(devId);
@@ -173,7 +173,7 @@ std::string Engine::portState(int devId, PortState* out) {
 // What every device needs before its owner worker adopts it: memory table, counters (kept: a
 // takeover continues the dead runner's counts), queues wired to them and the dirty log, an
 // owner (round robin) whose command fd a memory fault wakes even when it sleeps.
-Worker& Engine::initDevice(NetDevice* d, int devId, bool keepCounters) {
+Worker& Engine::initDevice(Device* d, int devId, bool keepCounters) {
   d->mem = std::make_unique<MemTable>();
   d->ctr = reinterpret_cast<QueueCounters*>(counters_) + (size_t)devId * kMaxQueues;
   d->portCtr = reinterpret_cast<uint64_t*>(reinterpret_cast<QueueCounters*>(counters_) + (size_t)cfg_.maxDevices * kMaxQueues) +
@@ -200,7 +200,7 @@ std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounter
   auto* b = new BlkDevice();
   std::string err = blkOpen(*b, p);
   if (!err.empty()) { delete b; return err; }
-  auto* d = new NetDevice();
+  auto* d = new Device();
   d->devId = devId;
   d->maxQueuePairs = (p.numQueues + 1) / 2;
   d->blk = b;
@@ -225,7 +225,7 @@ std::string Engine::addBlkDevice(int devId, const BlkParams& p, bool keepCounter
 
 std::string Engine::setBlkInflight(int devId, int fd, uint64_t size, uint64_t offset, uint32_t numQueues, uint32_t queueSize,
                                    bool fresh, uint32_t* pending) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   if (!d->blk) return "device " + std::to_string(devId) + " is not a blk device";
   InflightArea area;
   if (fd >= 0) {
@@ -251,17 +251,17 @@ std::string Engine::setBlkInflight(int devId, int fd, uint64_t size, uint64_t of
 }
 
 std::string Engine::setBlkWriteback(int devId, bool on) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   if (!d->blk) return "device " + std::to_string(devId) + " is not a blk device";
   return run(d->worker, [&] { d->blk->writeback = on; });
 }
 
 int Engine::deviceQueues(int devId) const {
-  const NetDevice* d = devs_[devId];
+  const Device* d = devs_[devId];
   return d->blk ? d->blk->numQueues : 2 * d->maxQueuePairs;
 }
 
-uint32_t Engine::drainBlk(NetDevice* d, int q) {
+uint32_t Engine::drainBlk(Device* d, int q) {
   if (!d->blk || (q >= 0 && (q >= d->blk->numQueues || !d->vq[q].running))) return 0;
   Worker& w = *workers_[d->worker];
   const uint64_t deadline = monoNs() + (uint64_t)kBlkDrainWaitMs * 1000000ull;
@@ -281,7 +281,7 @@ uint32_t Engine::drainBlk(NetDevice* d, int q) {
   }
 }
 
-void Engine::abandonBlk(NetDevice* d, int q, bool broken, const char* when) noexcept {
+void Engine::abandonBlk(Device* d, int q, bool broken, const char* when) noexcept {
   if (!d->blk) return;
   const int first = q < 0 ? 0 : q, end = q < 0 ? d->blk->numQueues : q + 1;
   for (int i = first; i < end; i++) {
@@ -297,7 +297,7 @@ void Engine::abandonBlk(NetDevice* d, int q, bool broken, const char* when) noex
   }
 }
 
-void Engine::stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept {
+void Engine::stopQueueOnWorker(Worker& w, Device* d, int q) noexcept {
   Virtqueue& v = d->vq[q];
   // What a drain (drainBlk, before this command) left: given up, the memory it uses kept.
   if (d->blk && q < d->blk->numQueues) abandonBlk(d, q, false, "at a ring stop");
@@ -314,7 +314,7 @@ void Engine::stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept {
 }
 
 std::string Engine::removeDevice(int devId) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   Worker& w = *workers_[d->worker];
   drainBlk(d, -1);
   bool retiring = false;  // the worker deletes it once its I/O is back
@@ -348,7 +348,7 @@ std::string Engine::removeDevice(int devId) {
 }
 
 std::string Engine::setFeatures(int devId, uint64_t features) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   return run(d->worker, [&] {
     for (int q = 0; q < kMaxQueues; q += 2) d->vq[q].lock.lock();
     d->applyFeatures(features);
@@ -357,7 +357,7 @@ std::string Engine::setFeatures(int devId, uint64_t features) {
 }
 
 std::string Engine::setDirtyLog(int devId, int fd, uint64_t size, uint64_t offset) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   DirtyLog fresh;
   std::string err;
   if (fd >= 0 && !fresh.map(fd, size, offset, d->mem->faultShared(), &err)) return err;
@@ -370,7 +370,7 @@ std::string Engine::setDirtyLog(int devId, int fd, uint64_t size, uint64_t offse
   return err;  // `fresh` now holds the old log and unmaps it here
 }
 
-std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
+std::string Engine::swapMem(Device* d, std::unique_ptr<MemTable> t) {
   // Requests in flight use the old table's mappings: let them finish first.
   drainBlk(d, -1);
   std::string err = run(d->worker, [&] {
@@ -401,7 +401,7 @@ std::string Engine::swapMem(NetDevice* d, std::unique_ptr<MemTable> t) {
 }
 
 std::string Engine::setMemTable(int devId, const std::vector<RegionSpec>& regions) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   auto t = d->mem->emptyLike();  // keeps the device's fault record
   for (const RegionSpec& r : regions) {
     std::string err;
@@ -413,7 +413,7 @@ std::string Engine::setMemTable(int devId, const std::vector<RegionSpec>& region
 }
 
 std::string Engine::addMemRegion(int devId, const RegionSpec& region) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   std::string err;
   auto t = d->mem->withAdded(region, &err);  // JS thread: only the JS thread swaps d->mem
   if (!t) return err;
@@ -421,7 +421,7 @@ std::string Engine::addMemRegion(int devId, const RegionSpec& region) {
 }
 
 std::string Engine::removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint64_t uva) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   std::string err;
   auto t = d->mem->withRemoved(gpa, size, uva, &err);
   if (!t) return err;
@@ -429,7 +429,7 @@ std::string Engine::removeMemRegion(int devId, uint64_t gpa, uint64_t size, uint
 }
 
 std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t* resumedAt, uint16_t* usedInMemory) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   Worker& w = *workers_[d->worker];
   int kick = dupFd(qs.kickFd), call = dupFd(qs.callFd), errfd = dupFd(qs.errFd);
   if ((qs.kickFd >= 0 && kick < 0) || (qs.callFd >= 0 && call < 0) || (qs.errFd >= 0 && errfd < 0)) {
@@ -508,7 +508,7 @@ std::string Engine::startQueue(int devId, int q, const QueueStart& qs, uint16_t*
 }
 
 std::string Engine::stopQueue(int devId, int q, uint16_t* lastAvail) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   Worker& w = *workers_[d->worker];
   drainBlk(d, q);
   return run(d->worker, [&] {
@@ -519,14 +519,14 @@ std::string Engine::stopQueue(int devId, int q, uint16_t* lastAvail) {
 }
 
 int Engine::queueLastAvail(int devId, int q) const noexcept {
-  const NetDevice* d = devs_[devId];
+  const Device* d = devs_[devId];
   const Virtqueue& v = d->vq[q];
   if (!__atomic_load_n(&v.running, __ATOMIC_ACQUIRE)) return -1;
   return __atomic_load_n(&v.lastAvail, __ATOMIC_RELAXED);
 }
 
 std::string Engine::setQueueEnabled(int devId, int q, bool en) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   return run(d->worker, [&] {
     Virtqueue& v = d->vq[q];
     bool rx = (q % 2) == 0;
@@ -538,7 +538,7 @@ std::string Engine::setQueueEnabled(int devId, int q, bool en) {
 }
 
 std::string Engine::setQueueCall(int devId, int q, int callFd) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   int call = dupFd(callFd);
   if (callFd >= 0 && call < 0) return std::string("dup of call fd failed: ") + strerror(errno);
   std::string err = run(d->worker, [&] {
@@ -560,7 +560,7 @@ std::string Engine::setQueueCall(int devId, int q, int callFd) {
 }
 
 std::string Engine::injectFrame(int devId, const uint8_t* frame, uint32_t len) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   if (!d->sw) return "device " + std::to_string(devId) + " is not a net device";
   if (len < 14 || len > kMaxFrame) return "frame of " + std::to_string(len) + " bytes";
   {
@@ -585,7 +585,7 @@ std::string Engine::injectFrame(int devId, const uint8_t* frame, uint32_t len) {
 }
 
 std::string Engine::signalQueue(int devId, int q) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   return run(d->worker, [&] {
     Virtqueue& v = d->vq[q];
     bool rx = !d->blk && (q % 2) == 0;
@@ -596,7 +596,7 @@ std::string Engine::signalQueue(int devId, int q) {
 }
 
 std::string Engine::kickAll(int devId) {
-  NetDevice* d = devs_[devId];
+  Device* d = devs_[devId];
   Worker& w = *workers_[d->worker];
   return run(d->worker, [&] {
     WorkerCtx& ctx = *w.ctx;

@@ -19,6 +19,6 @@ inline bool txActive(const Virtqueue& v) { return v.running && v.enabled && !v.b
 // The SIGBUS guard turned part of this device's guest memory into zero pages (its front-end
 // shrank the file): stop every queue of the device (errFds written) and report it once.
 // Owner worker only; RX locks keep deliverers out while the queues change.
-void failOnMemFault(NetDevice& d, EventSink& ev) noexcept;  // engine_worker.cc
+void failOnMemFault(Device& d, EventSink& ev) noexcept;  // engine_worker.cc
 
 }  // namespace vhd

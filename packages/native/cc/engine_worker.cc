@@ -134,7 +134,7 @@ void Engine::close() {
     w->cmds.clear();
     // Removed devices with I/O still out: the process is going away (the kernel cancels or
     // finishes the operations when their io_uring closes).
-    for (NetDevice* d : w->retiring) {
+    for (Device* d : w->retiring) {
       delete d->blk;
       delete d;
     }
@@ -228,7 +228,7 @@ static void drainCommands(Worker& w) {
 // The queues a worker polls for driver input: a net device's TX queues, every request queue
 // of a blk device.
 template <typename F>
-static inline void forPolled(NetDevice* d, F&& f) {
+static inline void forPolled(Device* d, F&& f) {
   if (d->blk) {
     for (int q = 0; q < d->blk->numQueues; q++) f(d->vq[q]);
     return;
@@ -237,7 +237,7 @@ static inline void forPolled(NetDevice* d, F&& f) {
 }
 
 // (engine_internal.h)
-void failOnMemFault(NetDevice& d, EventSink& ev) noexcept {
+void failOnMemFault(Device& d, EventSink& ev) noexcept {
   MemFault& f = d.mem->fault();
   uint32_t hits = f.hits.load(std::memory_order_acquire);  // the fault record is complete
   char reason[224];
@@ -277,7 +277,7 @@ std::string Engine::testCrashMagic() {
   return out;
 }
 
-void Engine::testCrashOnFrame(const NetDevice& d, const WorkerCtx& ctx) noexcept {
+void Engine::testCrashOnFrame(const Device& d, const WorkerCtx& ctx) noexcept {
   for (int i = 0; i < ctx.n; i++) {
     const Pkt& p = ctx.pkts[i];
     if (memmem(p.data, p.len, testPoison_.data(), testPoison_.size())) {
@@ -294,7 +294,7 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
   int work = 0;
   bool ioWaiting = false;
   crash::Slot& attr = *ctx.attr;
-  for (NetDevice* d : w.devs) {
+  for (Device* d : w.devs) {
     attr.setServe((uint64_t)(d->devId + 1));  // crash attribution: one relaxed store per device
     if (d->mem->fault().pending()) failOnMemFault(*d, *this);  // one relaxed load per device
     if (d->blk) {
@@ -325,7 +325,7 @@ int Engine::pollOnce(Worker& w, WorkerCtx& ctx) noexcept {
     }
   }
   for (size_t i = 0; i < w.retiring.size();) {
-    NetDevice* d = w.retiring[i];
+    Device* d = w.retiring[i];
     if (!blkQuiet(*d)) { i++; continue; }
     if (d->blk->ioInEpoll) epoll_ctl(w.epfd, EPOLL_CTL_DEL, d->blk->io.eventFd(), nullptr);
     delete d->blk;
@@ -366,7 +366,7 @@ void Engine::workerMain(Worker& w) {
     // Idle long enough: ask for kicks, then re-check before sleeping (the driver may have
     // added buffers before it saw notifications enabled).
     bool pollOnly = false;
-    for (NetDevice* d : w.devs) {
+    for (Device* d : w.devs) {
       attr.setServe((uint64_t)(d->devId + 1));  // these touch guest memory too
       forPolled(d, [&](Virtqueue& v) {
         if (!txActive(v)) return;
@@ -376,7 +376,7 @@ void Engine::workerMain(Worker& w) {
     }
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool again = w.pendingCmds.load(std::memory_order_acquire) != 0;
-    for (NetDevice* d : w.devs) {
+    for (Device* d : w.devs) {
       attr.setServe((uint64_t)(d->devId + 1));
       if (d->blk) {
         // A queue that takes nothing for now (drain, abandoned I/O) waits for its io_uring's
@@ -397,20 +397,20 @@ void Engine::workerMain(Worker& w) {
         PollSource* src = static_cast<PollSource*>(evs[i].data.ptr);
         if (src->kind == PollSource::kBlkIo) {
           uint64_t val = 0;
-          ssize_t r = read(static_cast<NetDevice*>(src->owner)->blk->io.eventFd(), &val, 8);  // completions: reaped by the next poll
+          ssize_t r = read(static_cast<Device*>(src->owner)->blk->io.eventFd(), &val, 8);  // completions: reaped by the next poll
           (void)r;
         } else if (src->kind == PollSource::kKick || src->kind == PollSource::kCommand) {
-          int fd = src->kind == PollSource::kCommand ? w.cmdFd : static_cast<NetDevice*>(src->owner)->vq[src->queue].kickFd;
+          int fd = src->kind == PollSource::kCommand ? w.cmdFd : static_cast<Device*>(src->owner)->vq[src->queue].kickFd;
           uint64_t val = 0;
           if (fd >= 0 && read(fd, &val, 8) == 8 && src->kind == PollSource::kKick) {
-            Virtqueue& v = static_cast<NetDevice*>(src->owner)->vq[src->queue];
+            Virtqueue& v = static_cast<Device*>(src->owner)->vq[src->queue];
             v.ctr->add(kKicks, val);
             v.ctr->add(kWakeups, 1);
           }
         }
       }
     }
-    for (NetDevice* d : w.devs) {
+    for (Device* d : w.devs) {
       attr.setServe((uint64_t)(d->devId + 1));
       forPolled(d, [](Virtqueue& v) {
         if (txActive(v)) v.disableNotify();
