@@ -101,7 +101,8 @@ while IFS= read -r -d '' pkg; do
   find "$pkg/dist" -name '*.tsbuildinfo' -delete 2>/dev/null || true
   if [ -d "$pkg/build" ]; then
     find "$pkg/build" -mindepth 1 -maxdepth 1 ! -name Release -exec rm -rf {} +
-    find "$pkg/build/Release" -mindepth 1 -maxdepth 1 ! -name '*.node' -exec rm -rf {} +
+    # Only the addons that run: not the test-support one (vhostd_native_test.node).
+    find "$pkg/build/Release" -mindepth 1 -maxdepth 1 \( ! -name '*.node' -o -name '*_test.node' \) -exec rm -rf {} +
   fi
 done < <(find "$STAGE/lib/node_modules/.pnpm" -mindepth 5 -maxdepth 5 -path '*/node_modules/@vhostd/*/package.json' -printf '%h\0'; printf '%s\0' "$STAGE/lib")
 [ -f "$STAGE/lib/node_modules/@vhostd/native/build/Release/vhostd_native.node" ] || die "the deployed tree has no native addon"

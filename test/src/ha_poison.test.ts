@@ -1,7 +1,7 @@
 // No poison pill across HA (issue 17), end to end. A hostile front-end sends a frame that
 // crashes whichever daemon runs its VF: the TEST-ONLY trigger VHOSTD_TEST_CRASH_ON_FRAME (set
 // for both daemons here, never by the units) makes the engine worker abort() when a TX frame
-// carries the magic bytes, while it serves the sending device (native/cc/engine.cc). What must
+// carries the magic bytes, while it serves the sending device (native/cc/engine_worker.cc). What must
 // happen, with the HA traffic of the kill tests running (two driver streams, a default-client
 // testpmd that can never reconnect, a testpmd server) and the keeper restarted 250 ms after each
 // death as systemd does:

@@ -83,7 +83,7 @@ BlkSlot* blkAllocSlots(uint32_t ringSize, uint32_t* mask) {
 
 void blkFreeSlots(BlkSlot* s) { delete[] s; }
 
-uint32_t blkInflight(const NetDevice& d, int q) noexcept {
+uint32_t blkInflight(const Device& d, int q) noexcept {
   const Virtqueue& v = d.vq[q];
   if (!d.blk->slots[q] || !v.used) return 0;
   return (uint16_t)(v.lastAvail - v.usedIdx);
@@ -100,7 +100,7 @@ static inline uint64_t userData(const BlkDevice& b, int q, uint32_t slot) {
 // ------------------------------------------------------------------------ completion
 
 // Publishes the done requests at the head of queue q's window, in avail order.
-static int completeInOrder(NetDevice& d, int q) noexcept {
+static int completeInOrder(Device& d, int q) noexcept {
   Virtqueue& v = d.vq[q];
   BlkDevice& b = *d.blk;
   BlkSlot* sl = b.slots[q];
@@ -149,7 +149,7 @@ static bool queueOp(BlkDevice& b, int q, uint32_t idx, BlkSlot& s) noexcept {
   }
 }
 
-static void ioFailed(NetDevice& d, int q, BlkSlot& s, int err, WorkerCtx& ctx) noexcept {
+static void ioFailed(Device& d, int q, BlkSlot& s, int err, WorkerCtx& ctx) noexcept {
   s.status = VIRTIO_BLK_S_IOERR;
   d.vq[q].ctr->add(kDrops, 1);
   snprintf(ctx.reason, sizeof ctx.reason, "backing I/O failed at byte %" PRIu64 ": %s", s.off, strerror(err));
@@ -157,7 +157,7 @@ static void ioFailed(NetDevice& d, int q, BlkSlot& s, int err, WorkerCtx& ctx) n
 }
 
 // One completion from the io_uring.
-static void onCompletion(NetDevice& d, uint64_t user, int res, WorkerCtx& ctx, uint32_t* touched) noexcept {
+static void onCompletion(Device& d, uint64_t user, int res, WorkerCtx& ctx, uint32_t* touched) noexcept {
   BlkDevice& b = *d.blk;
   if (user == kCancelUser) return;
   int q = (int)((user >> 32) & 0xff);
@@ -227,7 +227,7 @@ static void onCompletion(NetDevice& d, uint64_t user, int res, WorkerCtx& ctx, u
   s.state = SlotState::kDone;
 }
 
-static int reapAll(NetDevice& d, WorkerCtx& ctx) noexcept {
+static int reapAll(Device& d, WorkerCtx& ctx) noexcept {
   uint32_t touched = 0;
   int n = d.blk->io.reap([&](uint64_t user, int res) { onCompletion(d, user, res, ctx, &touched); });
   for (int q = 0; touched; q++, touched >>= 1)
@@ -272,7 +272,7 @@ static bool inRange(const BlkDevice& b, uint64_t sector, uint64_t sectors) noexc
 }
 
 // A request that completes without I/O. `reject`: a bad request (counted, reported).
-static void finish(NetDevice& d, int q, BlkSlot& s, uint8_t status, WorkerCtx& ctx, const char* reject) noexcept {
+static void finish(Device& d, int q, BlkSlot& s, uint8_t status, WorkerCtx& ctx, const char* reject) noexcept {
   s.status = status;
   s.state = SlotState::kDone;
   if (reject) {
@@ -286,7 +286,7 @@ static void finish(NetDevice& d, int q, BlkSlot& s, uint8_t status, WorkerCtx& c
 // Walks and validates the chain at `head` into slot s. Returns false when the request has no
 // status byte the device may write (the queue is then broken: ctx.reason says why); otherwise
 // s is either done (rejected or completed at once) or ready for queueOp().
-static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCtx& ctx) noexcept {
+static bool takeRequest(Device& d, int q, uint16_t head, BlkSlot& s, WorkerCtx& ctx) noexcept {
   Virtqueue& v = d.vq[q];
   BlkDevice& b = *d.blk;
   const MemTable& mem = *d.mem;
@@ -475,7 +475,7 @@ static bool takeRequest(NetDevice& d, int q, uint16_t head, BlkSlot& s, WorkerCt
 
 static inline bool active(const Virtqueue& v) { return v.running && v.enabled && !v.broken; }
 
-static int takeRequests(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
+static int takeRequests(Device& d, int q, WorkerCtx& ctx) noexcept {
   Virtqueue& v = d.vq[q];
   BlkDevice& b = *d.blk;
   BlkSlot* sl = b.slots[q];
@@ -522,7 +522,7 @@ static int takeRequests(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
 // Whether queue q may take new requests now (see BlkDevice: abandoned operations, drains).
 static inline bool mayTake(const BlkDevice& b, int q) { return b.abandonedOps[q] == 0 && !b.hold[q]; }
 
-int blkPoll(NetDevice& d, WorkerCtx& ctx) noexcept {
+int blkPoll(Device& d, WorkerCtx& ctx) noexcept {
   BlkDevice& b = *d.blk;
   int work = 0;
   if (b.io.queued()) b.io.submit();  // left over after EAGAIN
@@ -538,11 +538,11 @@ int blkPoll(NetDevice& d, WorkerCtx& ctx) noexcept {
   return work;
 }
 
-bool blkBusy(NetDevice& d) noexcept { return d.blk->io.hasCompletions() || d.blk->io.queued() > 0; }
+bool blkBusy(Device& d) noexcept { return d.blk->io.hasCompletions() || d.blk->io.queued() > 0; }
 
-bool blkTakes(const NetDevice& d, int q) noexcept { return mayTake(*d.blk, q); }
+bool blkTakes(const Device& d, int q) noexcept { return mayTake(*d.blk, q); }
 
-uint32_t blkDrainStep(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
+uint32_t blkDrainStep(Device& d, int q, WorkerCtx& ctx) noexcept {
   BlkDevice& b = *d.blk;
   const int first = q < 0 ? 0 : q, end = q < 0 ? b.numQueues : q + 1;
   for (int i = first; i < end; i++) b.hold[i] = true;
@@ -556,7 +556,7 @@ uint32_t blkDrainStep(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
   return n;
 }
 
-uint32_t blkAbandon(NetDevice& d, int q) noexcept {
+uint32_t blkAbandon(Device& d, int q) noexcept {
   BlkDevice& b = *d.blk;
   const int first = q < 0 ? 0 : q, end = q < 0 ? b.numQueues : q + 1;
   uint32_t abandoned = 0;
@@ -585,7 +585,7 @@ uint32_t blkAbandon(NetDevice& d, int q) noexcept {
   return abandoned;
 }
 
-bool blkQuiet(NetDevice& d) noexcept {
+bool blkQuiet(Device& d) noexcept {
   BlkDevice& b = *d.blk;
   if (b.io.queued()) b.io.submit();
   if (b.io.hasCompletions()) b.io.reap([&](uint64_t, int) {});

@@ -128,25 +128,25 @@ void blkFreeSlots(BlkSlot* s);
 
 // Worker: reaps completions, takes new requests from every active queue, submits. Returns the
 // work done (requests taken + completions).
-int blkPoll(NetDevice& d, WorkerCtx& ctx) noexcept;
+int blkPoll(Device& d, WorkerCtx& ctx) noexcept;
 // Worker: completions are waiting (the idle check before sleeping).
-bool blkBusy(NetDevice& d) noexcept;
+bool blkBusy(Device& d) noexcept;
 // Worker: queue q takes new requests (no drain holds it, no abandoned operation is out).
-bool blkTakes(const NetDevice& d, int q) noexcept;
+bool blkTakes(const Device& d, int q) noexcept;
 // True while operations are with the kernel (submitted, not completed).
-inline bool blkWaiting(NetDevice& d) noexcept { return d.blk->io.inFlight() > 0; }
+inline bool blkWaiting(Device& d) noexcept { return d.blk->io.inFlight() > 0; }
 // Worker, one step of a drain of queue q (q < 0: every queue): holds new requests back,
 // submits, reaps and publishes what completed; returns the requests still in flight.
-uint32_t blkDrainStep(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
+uint32_t blkDrainStep(Device& d, int q, WorkerCtx& ctx) noexcept;
 // Worker: gives up on the requests still in flight on queue q (q < 0: every queue): cancels
 // their operations (IORING_OP_ASYNC_CANCEL), retires their slots (see BlkDevice), rewinds the
 // queue to its used index (they are taken again, by whoever runs the ring next, once the
 // kernel gave every one back) and releases the drain's hold. Returns the requests abandoned.
-uint32_t blkAbandon(NetDevice& d, int q) noexcept;
+uint32_t blkAbandon(Device& d, int q) noexcept;
 // Worker: a removed device's I/O is still with the kernel: reap (ignoring) its completions.
 // True once nothing is left, and the device may be deleted.
-bool blkQuiet(NetDevice& d) noexcept;
+bool blkQuiet(Device& d) noexcept;
 // Requests taken from queue q and not completed yet.
-uint32_t blkInflight(const NetDevice& d, int q) noexcept;
+uint32_t blkInflight(const Device& d, int q) noexcept;
 
 }  // namespace vhd

@@ -13,7 +13,7 @@
 // process is not a crash either, except SIGABRT (systemd's watchdog): that one names what the
 // JS thread was handling, since a watchdog abort means the event loop stood still.
 //
-// Layout, after the counters in the shared file (engine.cc maps both in one go):
+// Layout, after the counters in the shared file (engine_worker.cc maps both in one go):
 //   Header | Area[kRoles] | LedgerEntry[maxDevices]
 // one Area per daemon role (0 the keeper vfe-vhostd-ha, 1 vfe-vhostd), so each process only
 // ever writes its own slots and records, and the other one can read them after it died.

@@ -77,10 +77,10 @@ struct Worker {
   std::deque<std::shared_ptr<Cmd>> cmds;
   std::atomic<int> pendingCmds{0};
   std::atomic<bool> stop{false};
-  std::vector<NetDevice*> devs;            // worker thread only
+  std::vector<Device*> devs;            // worker thread only
   // Removed blk devices whose abandoned I/O is still with the kernel: deleted (memory unmapped)
   // by the worker once it has all come back (worker thread only).
-  std::vector<NetDevice*> retiring;
+  std::vector<Device*> retiring;
   std::vector<L2Switch*> uplinkSwitches;   // worker thread only
   bool ioWaiting = false;                  // worker thread only: a blk device has I/O with the kernel (last pollOnce)
   std::unique_ptr<WorkerCtx> ctx;
@@ -177,25 +177,25 @@ class Engine : public EventSink {
   void hold(bool on) noexcept { held_.store(on, std::memory_order_release); }
 
  private:
-  Worker& initDevice(NetDevice* d, int devId, bool keepCounters);
+  Worker& initDevice(Device* d, int devId, bool keepCounters);
   // Runs fn on worker w between bursts and waits for it (bounded wait while not started).
   std::string run(int w, const std::function<void()>& fn);
   // Grace period: every worker has finished the burst it was in.
   void syncAll();
-  std::string swapMem(NetDevice* d, std::unique_ptr<MemTable> t);
-  void stopQueueOnWorker(Worker& w, NetDevice* d, int q) noexcept;
+  std::string swapMem(Device* d, std::unique_ptr<MemTable> t);
+  void stopQueueOnWorker(Worker& w, Device* d, int q) noexcept;
   // Waits (JS thread, at most kBlkDrainWaitMs, in short steps that leave the worker to its
   // other devices) until the requests in flight on blk queue q (q < 0: all) completed; new
   // requests are held back meanwhile. Returns the requests still in flight (the command that
   // follows abandons them: blkAbandon).
-  uint32_t drainBlk(NetDevice* d, int q);
+  uint32_t drainBlk(Device* d, int q);
   // Worker: abandons what a drain left on queue q (q < 0: all), reporting it; `broken`: the
   // queues that lost requests stop with an error (they keep running otherwise: a stop).
-  void abandonBlk(NetDevice* d, int q, bool broken, const char* when) noexcept;
+  void abandonBlk(Device* d, int q, bool broken, const char* when) noexcept;
   void workerMain(Worker& w);
   int pollOnce(Worker& w, WorkerCtx& ctx) noexcept;
   static std::string testCrashMagic();
-  [[gnu::noinline, gnu::cold]] void testCrashOnFrame(const NetDevice& d, const WorkerCtx& ctx) noexcept;
+  [[gnu::noinline, gnu::cold]] void testCrashOnFrame(const Device& d, const WorkerCtx& ctx) noexcept;
 
   EngineConfig cfg_;
   bool started_ = false, closed_ = false;
@@ -207,7 +207,7 @@ class Engine : public EventSink {
   std::string testPoison_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<bool> held_{false};
-  std::vector<NetDevice*> devs_;
+  std::vector<Device*> devs_;
   std::map<int, std::unique_ptr<L2Switch>> switches_;
   int rrDev_ = 0, rrSwitch_ = 0;
   std::shared_ptr<EventQueue> events_;

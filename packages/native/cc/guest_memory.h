@@ -44,7 +44,7 @@ struct Region {
   std::shared_ptr<Mapping> map;
 };
 
-// An immutable table. A device swaps whole tables (see NetDevice::swapMem); the old one is
+// An immutable table. A device swaps whole tables (see Device::swapMem); the old one is
 // destroyed (munmap of mappings no longer referenced) only once no deliverer can touch it.
 class MemTable {
  public:

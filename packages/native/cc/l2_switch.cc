@@ -27,16 +27,16 @@ L2Switch::L2Switch(int id_, int maxDevices, int worker_)
   up_.limit = kFdbLimitUplink;
 }
 
-void L2Switch::addMember(NetDevice* d) {
+void L2Switch::addMember(Device* d) {
   if (slotOf[d->devId] >= 0) return;
   slotOf[d->devId] = (int)members.size();
   members.push_back(d);
 }
 
-void L2Switch::removeMember(NetDevice* d) {
+void L2Switch::removeMember(Device* d) {
   int s = slotOf[d->devId];
   if (s < 0) return;
-  NetDevice* last = members.back();
+  Device* last = members.back();
   members[s] = last;
   slotOf[last->devId] = s;
   members.pop_back();
@@ -251,7 +251,7 @@ void L2Switch::dump(uint64_t now, std::vector<Entry>* out) {
   }
 }
 
-void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev, int srcQueue) noexcept {
+void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, Device* srcDev, int srcQueue) noexcept {
   if (ctx.n == 0) return;
   int m;
   TapPort* up;
@@ -318,7 +318,7 @@ void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev,
     if (dropped && srcPort != kUplinkPort) ownKey = ports_[srcPort].lockKey ? ports_[srcPort].lockKey : ports_[srcPort].cfg.macKey;
   }
   if (dropped | unlearned | lockKey) {  // rare: port security at work
-    NetDevice* d = srcDev;
+    Device* d = srcDev;
     if (srcDev && srcQueue >= 0) {
       uint64_t* c = srcDev->portCtr + (size_t)srcQueue * kPortCountersPerQueue;
       addSingleWriter(c + kSpoofed, (uint64_t)__builtin_popcount(dropped));
@@ -347,7 +347,7 @@ void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev,
   }
   if (flood) {
     for (int s = 0; s < m; s++)
-      if (static_cast<NetDevice*>(ctx.dstPtr[s])->devId != srcPort) ctx.dstMask[s] |= flood;
+      if (static_cast<Device*>(ctx.dstPtr[s])->devId != srcPort) ctx.dstMask[s] |= flood;
     if (srcPort != kUplinkPort) upMask |= flood;
   }
   // Progress of the source's burst (TxProgress): a frame is done once its last destination has
@@ -371,7 +371,7 @@ void L2Switch::forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev,
     if (src)
       for (uint32_t b = ctx.dstMask[s]; b; b &= b - 1)
         if (--left[__builtin_ctz(b)] == 0) last |= b & -b;
-    netDeliver(*static_cast<NetDevice*>(ctx.dstPtr[s]), pair, ctx, ctx.dstMask[s], src, last);
+    netDeliver(*static_cast<Device*>(ctx.dstPtr[s]), pair, ctx, ctx.dstMask[s], src, last);
   }
   if (up && upMask) {
     uint64_t drops = tapTxBurst(*up, ctx, upMask);

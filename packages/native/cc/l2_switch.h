@@ -68,13 +68,13 @@ class L2Switch {
   int id;
   int worker;  // polls the uplink
   Spinlock lock;  // FDB, members, uplink pointer, port states; held once per burst
-  std::vector<NetDevice*> members;
+  std::vector<Device*> members;
   std::vector<int> slotOf;  // devId -> index in members, or -1
   TapPort* uplink = nullptr;
 
   // Control path (caller holds `lock`).
-  void addMember(NetDevice* d);
-  void removeMember(NetDevice* d);
+  void addMember(Device* d);
+  void removeMember(Device* d);
   void purgePort(int port) noexcept;
   // (Re)configures a member's port security: its learned entries are forgotten and its MAC
   // (or lock) pinned. "" or why not (an operator-set MAC that is another port's).
@@ -94,7 +94,7 @@ class L2Switch {
 
   // Datapath: forwards ctx.pkts[0..ctx.n) that entered on srcPort (devId or kUplinkPort).
   // srcDev/srcQueue: where to count uplink write drops and port-security drops (may be null).
-  void forward(int srcPort, int pair, WorkerCtx& ctx, NetDevice* srcDev, int srcQueue) noexcept;
+  void forward(int srcPort, int pair, WorkerCtx& ctx, Device* srcDev, int srcQueue) noexcept;
 
  private:
   enum class Admit { kLearned, kNotLearned, kDropped };

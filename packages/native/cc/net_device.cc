@@ -9,13 +9,13 @@ namespace vhd {
 
 static constexpr uint64_t kNsPerSec = 1000000000ull;
 
-void NetDevice::refreshEnabled(int q) noexcept {
+void Device::refreshEnabled(int q) noexcept {
   Virtqueue& v = vq[q];
   bool en = v.enabledState >= 0 ? v.enabledState == 1 : !has(VHOST_USER_F_PROTOCOL_FEATURES);
   __atomic_store_n(&v.enabled, en, __ATOMIC_RELEASE);
 }
 
-void NetDevice::applyFeatures(uint64_t f) noexcept {
+void Device::applyFeatures(uint64_t f) noexcept {
   features = f;
   hdrLen = (has(VIRTIO_F_VERSION_1) || has(VIRTIO_NET_F_MRG_RXBUF)) ? 12 : 10;
   mrg = has(VIRTIO_NET_F_MRG_RXBUF);
@@ -27,7 +27,7 @@ void NetDevice::applyFeatures(uint64_t f) noexcept {
   }
 }
 
-void rateLimitedPost(NetDevice& d, int q, EvKind kind, WorkerCtx& ctx) noexcept {
+void rateLimitedPost(Device& d, int q, EvKind kind, WorkerCtx& ctx) noexcept {
   Virtqueue& vq = d.vq[q];
   if (d.mem->fault().pending()) return;  // we read zero pages (sigbus_guard.h); that report says why
   if (ctx.nowNs - vq.lastEventNs < kNsPerSec && vq.lastEventNs != 0) {
@@ -43,9 +43,9 @@ void rateLimitedPost(NetDevice& d, int q, EvKind kind, WorkerCtx& ctx) noexcept 
   if (ctx.events) ctx.events->post(d.devId, q, kind, ctx.reason);
 }
 
-void chainError(NetDevice& d, int q, WorkerCtx& ctx) noexcept { rateLimitedPost(d, q, EvKind::kChainError, ctx); }
+void chainError(Device& d, int q, WorkerCtx& ctx) noexcept { rateLimitedPost(d, q, EvKind::kChainError, ctx); }
 
-void queueBroken(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
+void queueBroken(Device& d, int q, WorkerCtx& ctx) noexcept {
   Virtqueue& vq = d.vq[q];
   if (vq.broken) return;
   vq.markBroken();
@@ -77,7 +77,7 @@ static void gather(const struct iovec* iov, int n, size_t skip, uint8_t* dst, si
   }
 }
 
-int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept {
+int netTxBurst(Device& d, int q, WorkerCtx& ctx) noexcept {
   Virtqueue& vq = d.vq[q];
   ctx.n = 0;
   if (!vq.running || !vq.enabled || vq.broken) return 0;
@@ -194,7 +194,7 @@ void netTxDelivered(Virtqueue& vq, const WorkerCtx& ctx, uint32_t pktMask) noexc
   vq.storeProgress();  // release: after the destination's used index
 }
 
-void netTxFinish(NetDevice& d, int q) noexcept {
+void netTxFinish(Device& d, int q) noexcept {
   Virtqueue& vq = d.vq[q];
   if (!vq.burst.active) return;
   vq.ctr->add(kPackets, vq.burstPkts);
@@ -249,7 +249,7 @@ static void restoreChecksum(Pkt& p) noexcept {
 }
 
 // Builds the header for destination d (offload rules); false = drop.
-static bool headerFor(NetDevice& d, Pkt& p, uint8_t* out, bool* err) noexcept {
+static bool headerFor(Device& d, Pkt& p, uint8_t* out, bool* err) noexcept {
   *err = false;
   memcpy(out, p.hdr, kNetHdrMax);
   uint8_t gso = p.hdr[1];
@@ -279,7 +279,7 @@ static bool headerFor(NetDevice& d, Pkt& p, uint8_t* out, bool* err) noexcept {
   return true;
 }
 
-static int pickRxQueue(NetDevice& d, int pair) noexcept {
+static int pickRxQueue(Device& d, int pair) noexcept {
   int cnt = 0;
   for (int k = 0; k < d.maxQueuePairs; k++) {
     Virtqueue& v = d.vq[2 * k];
@@ -297,7 +297,7 @@ static int pickRxQueue(NetDevice& d, int pair) noexcept {
 }
 
 // Scatters hdr + frame across the chains [0, nch) whose segments are in ctx.iov.
-static void scatter(NetDevice& d, Virtqueue& vq, WorkerCtx& ctx, int nch, const uint8_t* hdr, uint32_t hl, const Pkt& p) noexcept {
+static void scatter(Device& d, Virtqueue& vq, WorkerCtx& ctx, int nch, const uint8_t* hdr, uint32_t hl, const Pkt& p) noexcept {
   const uint8_t* src = hdr;
   size_t srcLeft = hl;
   bool inData = false;
@@ -337,7 +337,7 @@ struct PeerMark {
   ~PeerMark() { s.setPeer(0); }
 };
 
-void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* src, uint32_t srcDone) noexcept {
+void netDeliver(Device& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* src, uint32_t srcDone) noexcept {
   PeerMark mark(*ctx.attr, d.devId);
   int q = pickRxQueue(d, pair);
   Virtqueue& vq = d.vq[q];

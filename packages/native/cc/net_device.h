@@ -78,14 +78,16 @@ struct WorkerCtx {
   EventSink* events = nullptr;
   uint64_t nowNs = 0;
   // Scratch for the switch: destinations of a burst.
-  void** dstPtr = nullptr;   // NetDevice* per destination slot
+  void** dstPtr = nullptr;   // Device* per destination slot
   uint32_t* dstMask = nullptr;
   int dstCap = 0;
   // This thread's crash attribution slot (crash_attr.h): the device served, the one delivered to.
   crash::Slot* attr = &crash::gSpareSlot;
 };
 
-struct NetDevice {
+// One device of the engine, net or blk (blk != nullptr): its queues, guest memory, dirty log
+// and counters. The net datapath over it is below; the blk one is in blk_device.h.
+struct Device {
   int devId = -1;
   int switchId = -1;
   uint8_t mac[6] = {};
@@ -115,24 +117,24 @@ struct NetDevice {
 };
 
 // Reports ctx.reason as `kind`, rate-limited (≤ 1/s per queue, shared with chain errors).
-void rateLimitedPost(NetDevice& d, int q, EvKind kind, WorkerCtx& ctx) noexcept;
+void rateLimitedPost(Device& d, int q, EvKind kind, WorkerCtx& ctx) noexcept;
 // Reports and rate-limits (≤ 1/s per queue) a chain error; counts nothing.
-void chainError(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
+void chainError(Device& d, int q, WorkerCtx& ctx) noexcept;
 // Marks the queue broken, writes its errFd, reports "queue-broken".
-void queueBroken(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
+void queueBroken(Device& d, int q, WorkerCtx& ctx) noexcept;
 
 // Pops up to kBurst chains from TX queue q into ctx.pkts (ctx.n good frames), returns the
 // chains to the used ring and signals. Returns the number of chains consumed (work done).
-int netTxBurst(NetDevice& d, int q, WorkerCtx& ctx) noexcept;
+int netTxBurst(Device& d, int q, WorkerCtx& ctx) noexcept;
 // The frames in pktMask (ctx.pkts indices) of queue vq's burst reached their last destination.
 void netTxDelivered(Virtqueue& vq, const WorkerCtx& ctx, uint32_t pktMask) noexcept;
 // Publishes the burst's used entries once it is forwarded, and clears its progress record.
-void netTxFinish(NetDevice& d, int q) noexcept;
+void netTxFinish(Device& d, int q) noexcept;
 // Delivers the frames of ctx.pkts selected by mask into d's RX queue for `pair`.
 // skipOffloads: the source is not a virtio device (no header checks needed beyond this).
 // Delivers the frames in mask to d's RX queue of `pair`; then marks srcDone done in the source
 // TX queue's progress record (src may be null), before any notification syscall.
-void netDeliver(NetDevice& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* src = nullptr, uint32_t srcDone = 0) noexcept;
+void netDeliver(Device& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* src = nullptr, uint32_t srcDone = 0) noexcept;
 
 // Completes a NEEDS_CSUM packet in software; false when csum_start/offset do not fit.
 bool softwareChecksum(Pkt& p) noexcept;

@@ -50,7 +50,7 @@ struct SpinGuard {
 // Where an epoll event came from (epoll_event.data.ptr points at one of these).
 struct PollSource {
   enum Kind { kCommand, kKick, kTap, kBlkIo } kind;
-  void* owner;  // NetDevice* for kKick and kBlkIo, L2Switch* for kTap
+  void* owner;  // Device* for kKick and kBlkIo, L2Switch* for kTap
   int queue;
 };
 

@@ -46,7 +46,7 @@ class NetRig {
   NetRig& operator=(const NetRig&) = delete;
   // startQueue: maps queue q's rings; false (with a reason) when they are refused.
   bool start(int q, const vhd::QueueSetup& s);
-  vhd::NetDevice d;
+  vhd::Device d;
   vhd::QueueCounters ctr[vhd::kMaxQueues] = {};
 };
 
