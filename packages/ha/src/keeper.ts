@@ -1,4 +1,4 @@
-// vfe-vhostd-ha, HA phase 1: the keeper runs every VF's vhost-user session and the datapath
+// vfe-vhostd-ha: the keeper runs every VF's vhost-user session and the datapath
 // engine (the same EngineVfHost vfe-vhostd runs in-process when standalone); vfe-vhostd only
 // decides. Because vhostd never touches a vhost-user connection, killing it at any moment is
 // invisible to the front-ends.
@@ -165,7 +165,7 @@ export class Keeper {
       this.pfs.set(p.dev, e.value);
     }
     // A blk PF has no switch, so vfe-vhostd's mirror never hands it back: add it here from the
-    // snapshot, or its VFs below would be dropped and reopened afresh (a front-end reconnect and
+    // replica, or its VFs below would be dropped and reopened afresh (a front-end reconnect and
     // per-queue counters from zero) instead of taken back in place.
     for (const e of entries) {
       if (e.kind === "pf" && e.value.kind === "blk" && !this.pfs.has(e.dev)) await this.applyPf(e.dev, e.value, "takeback");
@@ -235,7 +235,7 @@ export class Keeper {
   /** Validates a delta: a bad op refuses the whole delta, which then changes nothing. */
   private deltaEntries(d: DeltaMsg): Array<{ op: HaOp; entry?: DeviceEntry; kind: "pf" | "vf"; dev: string }> {
     return d.ops.map((op) => {
-      if (op.table !== "devices") throw new KeeperError(`table ${op.table} is not used by this keeper (HA phase 1)`, -22);
+      if (op.table !== "devices") throw new KeeperError(`table ${op.table} is not used by this keeper`, -22);
       if (op.op === "put") {
         const entry = this.validEntry(op.key, op.value);
         return { op, entry, kind: entry.kind, dev: entry.dev };
@@ -298,7 +298,7 @@ export class Keeper {
     const entries: DeviceEntry[] = [];
     for (const table of ["sessions", "fds"] as const) {
       if (Object.keys(state[table]).length > 0) {
-        const why = `table ${table} is not used by this keeper (HA phase 1)`;
+        const why = `table ${table} is not used by this keeper`;
         if (!lenient) throw new Error(why);
         this.log.error({ from, table }, `${from}: ${why}; ignored`);
       }

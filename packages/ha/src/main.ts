@@ -1,4 +1,4 @@
-// vfe-vhostd-ha, the keeper. HA phase 1 (keeper.ts): it runs every VF's vhost-user session
+// vfe-vhostd-ha, the keeper. (keeper.ts): it runs every VF's vhost-user session
 // and the datapath engine for vfe-vhostd --ha, restores them from its replica journal before
 // serving the sync socket, and outlives any vfe-vhostd crash. Without --ha, vfe-vhostd runs
 // the datapath itself (standalone) and the keeper merely holds its place.

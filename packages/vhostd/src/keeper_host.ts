@@ -1,6 +1,6 @@
 // vfe-vhostd --ha: the VfHost that asks the keeper (vfe-vhostd-ha) to run every VF.
 //
-// HA phase 1 (docs/architecture.md, "HA phase 1 as built"): the keeper runs the vhost-user
+// HA mode (docs/architecture.md, "HA channels" and walk 1): the keeper runs the vhost-user
 // sessions and the engine; vhostd only decides. Every change the registry makes is one
 // delta on the HA state channel (HaClient), table "devices":
 //   pf/<DEV>  {pf, switchId, kind, uplinkTap?}   addPf / removePf

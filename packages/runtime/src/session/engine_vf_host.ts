@@ -323,10 +323,6 @@ export class EngineVfHost implements VfHost {
   }
 
   /**
-   * The part of a hand-back the peer waits for: every ring stopped, every TAP uplink detached,
-   * every VF lock dropped. dropAll() does the rest after the peer was told.
-   */
-  /**
    * Takes a VF's lock once a dying holder's teardown releases it, unless the VF was stopped,
    * closed or handed on meanwhile (lockEpoch moved): then the lock is dropped at once.
    */
@@ -343,6 +339,10 @@ export class EngineVfHost implements VfHost {
     });
   }
 
+  /**
+   * The part of a hand-back the peer waits for: every ring stopped, every TAP uplink detached,
+   * every VF lock dropped. dropAll() does the rest after the peer was told.
+   */
   stopAndUnlockAll(): void {
     this.lockEpoch++;
     this.engine.hold(true);

@@ -1,7 +1,7 @@
 // Exactly one process runs a VF's queues at any instant: whoever runs them holds an OFD write
 // lock on <run-dir>/locks/<dev>.lock. The kernel drops the lock with the holder's last fd, so a
 // process killed with -9 releases it by dying, and the peer taking over waits for exactly that,
-// or, when it knows the holder is exiting (ha/process_exit.ts), runs at once and takes the lock
+// or, when it knows the holder is exiting (mirror/process_exit.ts), runs at once and takes the lock
 // once the kernel has finished the teardown.
 import fs from "node:fs";
 import path from "node:path";
