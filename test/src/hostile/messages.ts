@@ -119,7 +119,14 @@ async function refused(w: HostileWorld, target: Target, protocol: bigint, ack: b
     await fe.negotiate(FEATURES, protocol);
     fe.msg(request, payload, MsgFlag.VERSION | (ack ? MsgFlag.NEED_REPLY : 0), fds);
     const sentinel = request === Req.GET_FEATURES ? Req.GET_PROTOCOL_FEATURES : Req.GET_FEATURES;
-    fe.msg(sentinel);
+    try {
+      fe.msg(sentinel);
+    } catch (e) {
+      // The back-end read the hostile message and hung up before the sentinel went out (a
+      // refusal that ends the session; rare, since both are sent back to back).
+      if (/EPIPE|ECONNRESET/.test((e as Error).message)) return;
+      throw e;
+    }
     const spec = MESSAGES.get(request);
     let nacked = false;
     for (;;) {
