@@ -60,8 +60,11 @@ async function settle(d: Daemon, fe: FrontendDriver, vf: string, pair: number, c
   return drops;
 }
 
+// The callers check received + counted drops = sent; with nothing duplicated, every frame
+// missing is then a counted drop. The driver sees a loss only as a gap before a later frame, so
+// drops at the end of a stream (the receiver's ring full as it ends) are not among its rxLost.
 function clean(t: import("ava").ExecutionContext, s: DriverStats, drops: number, what: string): void {
-  t.is(s.rxLost, drops, `${what}: every lost frame is one the engine counted as dropped`);
+  t.true(s.rxLost <= drops, `${what}: every gap in the stream is a frame the engine counted as dropped (${s.rxLost} lost, ${drops} dropped)`);
   t.is(s.rxDuplicated, 0, `${what}: nothing duplicated`);
   t.is(s.rxCorrupted, 0, `${what}: nothing corrupted`);
   t.is(s.rxReordered, 0, `${what}: nothing reordered`);
@@ -99,6 +102,7 @@ test.serial("without MRG_RXBUF (10-byte legacy header off, one buffer per frame)
     l.b.device.startRx(0);
     l.a.device.startTx(0, { dstMac: l.b.mac, srcMac: l.a.mac, frameSize: 1514, count, ratePps: 40_000, streamId: 3 });
     const drops = await settle(l.d, l.b, VF_B, 0, count);
+    t.is(l.b.device.stats(0).rxPackets + drops, count);
     clean(t, l.b.device.stats(0), drops, "B");
   } finally {
     await close(l);
