@@ -34,11 +34,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::NetRig rig(fuzz::featuresOf(rc.bits));
   if (!rig.start(0, rc.setup)) return 0;
   Virtqueue& vq = rig.d.vq[0];
-  const uint16_t usedStart = vq.usedIdx, availStart = vq.lastAvail;
+  const uint16_t usedStart = vq.usedIdx, availStart = vq.lastAvail, postedStart = vq.availIdx();
   netDeliver(rig.d, 0, ctx, first ? first : all);
   if (first && (all & ~first)) netDeliver(rig.d, 0, ctx, all & ~first);
   FUZZ_CHECK(vq.broken || (uint16_t)(vq.usedIdx - usedStart) == (uint16_t)(vq.lastAvail - availStart),
              "used entries differ from receive chains consumed");
-  FUZZ_CHECK((uint16_t)(vq.usedIdx - usedStart) <= vq.size, "more used entries than the ring holds");
+  // At most a ring's worth, unless avail->idx moved during delivery: a guest may post more while
+  // the device works (here only by laying a receive buffer over its own avail ring, so that the
+  // frame's bytes rewrite avail->idx); consuming those is correct, and bounded by the burst.
+  FUZZ_CHECK(vq.availIdx() != postedStart || (uint16_t)(vq.usedIdx - usedStart) <= vq.size,
+             "more used entries than the ring holds");
   return 0;
 }

@@ -62,7 +62,7 @@ function childCpuSeconds() {
 }
 
 /** Every file whose code a target runs: a campaign counts only on the code it fuzzed. */
-function sourceHash(isJs) {
+function sourceHash(t, isJs) {
   const h = createHash("sha256");
   const walk = (dir, keep) => {
     if (!existsSync(dir)) return;
@@ -78,7 +78,8 @@ function sourceHash(isJs) {
     walk(path.join(here, "js"), (n) => n.endsWith(".mjs"));
   } else {
     walk(path.resolve(here, "../cc"), (n) => /\.(cc|h)$/.test(n));
-    walk(here, (n) => /\.(cc|h)$|^Makefile$/.test(n));
+    // The shared harness and this target's own file; another target's harness is not its code.
+    walk(here, (n) => n === `${t}_fuzz.cc` || (/\.(cc|h)$|^Makefile$/.test(n) && !n.endsWith("_fuzz.cc")));
   }
   return h.digest("hex").slice(0, 16);
 }
@@ -195,7 +196,7 @@ for (const t of wanted) {
     // Rounds until the target had its CPU time; the tally survives an interrupted campaign.
     const stateFile = path.join(out, "campaign", `${t}.json`);
     mkdirSync(path.dirname(stateFile), { recursive: true });
-    const hash = sourceHash(isJs);
+    const hash = sourceHash(t, isJs);
     let st = existsSync(stateFile) ? JSON.parse(readFileSync(stateFile, "utf8")) : null;
     if (!st || st.sourceHash !== hash) st = { target: t, sourceHash: hash, started: new Date().toISOString(), cpuSeconds: 0, wallSeconds: 0, execs: 0, rounds: 0 };
     let found1 = false;
