@@ -3,7 +3,7 @@
 import { existsSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import type { Logger } from "pino";
-import { native } from "@vhostd/native";
+import { serveUnix } from "@vhostd/native";
 import { normalizePciAddr } from "@vhostd/proto";
 import { KEEPER_MAX_LINE_BYTES } from "@vhostd/runtime";
 
@@ -46,19 +46,7 @@ export class InspectServer {
     const server = createServer((s) => this.onConnection(s));
     server.maxConnections = INSPECT_MAX_CONNECTIONS;
     // Created 0600 by the native bind (no process-wide umask, no chmod that follows a symlink).
-    const fd = native.unixListen(this.path, 511, 0o600);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen({ fd }, () => {
-          server.off("error", reject);
-          resolve();
-        });
-      });
-    } catch (err) {
-      native.closeFd(fd);
-      throw err;
-    }
+    await serveUnix(server, this.path);
     this.server = server;
   }
 

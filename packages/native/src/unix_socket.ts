@@ -1,4 +1,5 @@
 // Typed conveniences over the unix-socket primitives of the native module.
+import type { Server } from "node:net";
 import { native, type PeerCred } from "./native.js";
 
 export interface ListenUnixOptions {
@@ -16,6 +17,27 @@ export interface ListenUnixOptions {
  */
 export function listenUnix(path: string, opts: ListenUnixOptions = {}): number {
   return native.unixListen(path, opts.backlog ?? 16, opts.mode);
+}
+
+/**
+ * Serves a node:net (or node:http) Server on a unix socket that the native bind creates with
+ * `mode` (default 0600: the daemons' private sockets), as listenUnix() does; resolves once
+ * Node listens. The fd is closed again if Node refuses it.
+ */
+export async function serveUnix(server: Server, path: string, mode = 0o600, backlog = 511): Promise<void> {
+  const fd = native.unixListen(path, backlog, mode);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen({ fd }, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    native.closeFd(fd);
+    throw err;
+  }
 }
 
 /**

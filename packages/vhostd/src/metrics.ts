@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { Logger } from "pino";
-import { native } from "@vhostd/native";
+import { serveUnix } from "@vhostd/native";
 import type { VfRuntime, VfSpec } from "@vhostd/runtime";
 
 export type MetricsAddress = { kind: "tcp"; host: string; port: number } | { kind: "unix"; path: string };
@@ -158,16 +158,16 @@ export class MetricsServer {
     server.requestTimeout = 10_000;
     // A unix socket is created 0600 by the native bind, which replaces only a dead socket (not
     // whatever file an operator's path names) and follows no symlink; Node serves the fd.
-    const fd = this.addr.kind === "unix" ? native.unixListen(this.addr.path, 511, 0o600) : -1;
-    try {
+    if (this.addr.kind === "unix") await serveUnix(server, this.addr.path);
+    else {
+      const { port, host } = this.addr;
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);
-        if (this.addr.kind === "unix") server.listen({ fd }, resolve);
-        else server.listen(this.addr.port, this.addr.host, resolve);
+        server.listen(port, host, () => {
+          server.off("error", reject);
+          resolve();
+        });
       });
-    } catch (err) {
-      if (fd >= 0) native.closeFd(fd);
-      throw err;
     }
     this.server = server;
     this.log.info({ metrics: this.addr }, "metrics served (OpenMetrics, GET /metrics)");

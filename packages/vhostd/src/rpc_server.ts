@@ -10,7 +10,7 @@
 // idle or slow connections are closed; connections are capped.
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { lstatSync, unlinkSync } from "node:fs";
-import { native } from "@vhostd/native";
+import { serveUnix } from "@vhostd/native";
 import type { Logger } from "pino";
 import {
   JsonRpcCode,
@@ -74,19 +74,7 @@ export class RpcServer {
     server.maxConnections = this.maxConns;
     // Created 0600 by the native bind (no process-wide umask, no chmod that could follow a
     // symlink); Node serves the listening fd.
-    const fd = native.unixListen(this.opts.path, 511, 0o600);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen({ fd }, () => {
-          server.off("error", reject);
-          resolve();
-        });
-      });
-    } catch (err) {
-      native.closeFd(fd);
-      throw err;
-    }
+    await serveUnix(server, this.opts.path);
     server.on("error", (e) => this.opts.log.error({ err: e.message }, "RPC server error"));
     server.on("drop", () => this.opts.log.warn({ max: this.maxConns }, "RPC connection refused: too many connections"));
     this.server = server;
