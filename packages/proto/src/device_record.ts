@@ -212,40 +212,30 @@ export function validateStoredVfRecord(v: unknown, key?: string): StoredVfRecord
   return storedVfRecordValue(rest); // the journal's field order (journal dump shows it)
 }
 
+// Field order of each form: the journal's is older and kept, so `journal dump` stays the same.
+const WIRE_FIELDS = ["dev", "pf", "kind", "devId", "switchId", "socketPath", "mode", "uuid", "mac", "mtu", "queuePairs", "disk"] as const;
+const STORED_FIELDS = ["dev", "pf", "socketPath", "mode", "uuid", "mac", "mtu", "queuePairs", "devId", "disk"] as const;
+
+/** `fields` of r in that order (an empty uuid and undefined ones left out, disk copied), then the non-default port security. */
+function orderedRecord<T extends StoredVfRecord>(r: T, fields: readonly string[]): T {
+  const out: Record<string, unknown> = {};
+  const src = r as unknown as Record<string, unknown>;
+  for (const f of fields) {
+    const v = src[f];
+    if (v === undefined || (f === "uuid" && !v)) continue;
+    out[f] = f === "disk" ? copyDisk(v as DiskSpec) : v;
+  }
+  return { ...out, ...portSecurityFields(r) } as T;
+}
+
 /** A VF record as it goes on the wire (exact fields, no undefined ones, fixed order). */
 export function vfRecordValue(r: VfRecord): VfRecord {
-  return {
-    dev: r.dev,
-    pf: r.pf,
-    kind: r.kind,
-    devId: r.devId,
-    switchId: r.switchId,
-    socketPath: r.socketPath,
-    mode: r.mode,
-    ...(r.uuid ? { uuid: r.uuid } : {}),
-    mac: r.mac,
-    mtu: r.mtu,
-    queuePairs: r.queuePairs,
-    ...(r.disk ? { disk: copyDisk(r.disk) } : {}),
-    ...portSecurityFields(r),
-  };
+  return orderedRecord(r, WIRE_FIELDS);
 }
 
 /** The journal form of a VF (exact fields, fixed order). */
 export function storedVfRecordValue(r: StoredVfRecord): StoredVfRecord {
-  return {
-    dev: r.dev,
-    pf: r.pf,
-    socketPath: r.socketPath,
-    mode: r.mode,
-    ...(r.uuid ? { uuid: r.uuid } : {}),
-    mac: r.mac,
-    mtu: r.mtu,
-    queuePairs: r.queuePairs,
-    devId: r.devId,
-    ...(r.disk ? { disk: copyDisk(r.disk) } : {}),
-    ...portSecurityFields(r),
-  };
+  return orderedRecord(r, STORED_FIELDS);
 }
 
 /** Exactly the DiskSpec fields, in a fixed order. */
