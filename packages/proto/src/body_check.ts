@@ -1,6 +1,6 @@
 // Field-by-field checks for msgpack bodies from a peer (HA sync, fd and mirror channels).
 // Every check throws SyncError naming the message type and the field, and only SyncError.
-import { SyncError } from "./ha_sync.js";
+import { SyncError } from "./keeper_sync.js";
 
 export function describe(v: unknown): string {
   if (typeof v === "string") return JSON.stringify(v.length > 32 ? v.slice(0, 32) + "…" : v);

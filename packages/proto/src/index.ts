@@ -7,6 +7,6 @@ export * from "./rpc_schema.js";
 export * from "./rpc_validation.js";
 export * from "./rpc_results.js";
 export * from "./errors.js";
-export * from "./ha_sync.js";
-export * from "./ha_mirror.js";
+export * from "./keeper_sync.js";
+export * from "./session_mirror.js";
 export * from "./device_record.js";

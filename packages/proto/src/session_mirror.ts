@@ -25,7 +25,7 @@
 // memory it maps (the same checks as for a front-end's own messages).
 import { Packr } from "msgpackr";
 import { SWITCH_ID_MAX, intProblem, macProblem, pciAddrProblem } from "./device_record.js";
-import { SyncError } from "./ha_sync.js";
+import { SyncError } from "./keeper_sync.js";
 import { fail, fields, int, isPlainObject, oneOf, str, type Body } from "./body_check.js";
 
 export const MIRROR_SOCKET_NAME = "ha-mirror.sock";
