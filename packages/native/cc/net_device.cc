@@ -201,9 +201,12 @@ void netTxFinish(Device& d, int q) noexcept {
   vq.ctr->add(kBytes, vq.burstBytes);
   vq.ctr->add(kErrors, vq.burstErrs);
   vq.publishUsed();
-  vq.signalIfNeeded();
+  // Finished before the signal's syscall, where a kill is likeliest: a successor must not
+  // finish (and count) this burst again. A signal lost that way is sent by the successor,
+  // which signals every ring it resumes.
   vq.burst.active = false;
   vq.storeProgress();
+  vq.signalIfNeeded();
 }
 
 // ---- checksum -------------------------------------------------------------------------
@@ -456,14 +459,16 @@ void netDeliver(Device& d, int pair, WorkerCtx& ctx, uint32_t mask, Virtqueue* s
     by += p.len;
   }
   if (vq.usedIdx != usedBefore) vq.publishUsed();
-  // The source's progress record before the signal: a process killed in that syscall must
-  // not deliver these frames again after a takeover.
+  // The source's progress record and this queue's counters before the signal: a process
+  // killed in that syscall must neither deliver these frames again after a takeover nor leave
+  // frames the front-end got uncounted (the counters are shared with the process that takes
+  // over; a kill between the used index and these stores is a few instructions wide).
   if (src) netTxDelivered(*src, ctx, srcDone);
-  if (vq.usedIdx != usedBefore) vq.signalIfNeeded();
   c.add(kPackets, pk);
   c.add(kBytes, by);
   c.add(kDrops, dr);
   c.add(kErrors, er);
+  if (vq.usedIdx != usedBefore) vq.signalIfNeeded();
 }
 
 }  // namespace vhd

@@ -73,13 +73,17 @@ export class RawFrontend {
     }
   }
 
-  /** Minimal negotiation so later messages are judged on their own merits. */
-  async negotiate(features: bigint, protocolFeatures: bigint): Promise<void> {
+  /**
+   * Minimal negotiation so later messages are judged on their own merits. Generous: a server VF
+   * serves one front-end at a time, and the previous one's teardown (unmapping its memory) can
+   * take seconds on a loaded host before this connection is accepted.
+   */
+  async negotiate(features: bigint, protocolFeatures: bigint, timeoutMs = 10_000): Promise<void> {
     this.msg(Req.SET_OWNER);
     this.msg(Req.GET_FEATURES);
-    await this.reply();
+    await this.reply(timeoutMs);
     this.msg(Req.GET_PROTOCOL_FEATURES);
-    await this.reply();
+    await this.reply(timeoutMs);
     this.msg(Req.SET_PROTOCOL_FEATURES, codec.u64.encode(protocolFeatures));
     this.msg(Req.SET_FEATURES, codec.u64.encode(features));
   }
