@@ -114,7 +114,7 @@ function fuzzOnce(t, isJs, work, found, env, seconds) {
  * for longer than that by the machine's other work. A timeout counts only if its input is slow
  * again when replayed alone at normal priority; otherwise it is set aside, named in the log.
  */
-function starvedTimeout(t, r, found) {
+function starvedTimeout(t, r) {
   if (!/libFuzzer: timeout/.test(r.out)) return false;
   const unit = (/Test unit written to (\S+)/.exec(r.out) ?? [])[1];
   if (!unit || !existsSync(unit)) return false;
@@ -210,7 +210,7 @@ for (const t of wanted) {
       Object.assign(st, { cov: r.cov, ft: r.ft, corpus: r.corpus, updated: new Date().toISOString() });
       writeFileSync(stateFile, JSON.stringify(st, null, 2));
       console.log(`${t}: round ${st.rounds}: ${st.cpuSeconds}/${cpuGoal} CPU-s (${st.wallSeconds} s wall), ${st.execs} execs, cov ${r.cov}, ft ${r.ft}, corpus ${r.corpus}${r.code ? `, EXIT ${r.code}` : ""}`);
-      if (r.code !== 0 && !(isJs ? false : starvedTimeout(t, r, found))) {
+      if (r.code !== 0 && !(!isJs && starvedTimeout(t, r))) {
         reportFinding(t, r, found);
         found1 = true; // this target stops; the next ones still run
       }
