@@ -154,7 +154,10 @@ const skipTokens = knownList.map((k) => k.token).join(",");
 
 if (wanted.some((t) => nativeTargets.includes(t))) {
   console.log("building the sanitizer harnesses (make MODE=fuzz)...");
-  const b = run("make", ["-C", here, "-j2", "MODE=fuzz"], { stdio: "inherit" });
+  // Two campaigns started together (one per CPU) would both link into build-fuzz at once:
+  // flock makes the second wait and then find nothing to do.
+  mkdirSync(out, { recursive: true });
+  const b = run("flock", [path.join(out, "build.lock"), "make", "-C", here, "-j2", "MODE=fuzz"], { stdio: "inherit" });
   if (b.code !== 0) { console.error("build failed"); process.exit(1); }
 }
 
