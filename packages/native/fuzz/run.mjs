@@ -64,20 +64,23 @@ function childCpuSeconds() {
 /** Every file whose code a target runs: a campaign counts only on the code it fuzzed. */
 function sourceHash(t, isJs) {
   const h = createHash("sha256");
+  const root = path.resolve(here, "../../..");
   const walk = (dir, keep) => {
     if (!existsSync(dir)) return;
     for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const p = path.join(dir, e.name);
       if (e.isDirectory()) { if (!["corpus", "crashes", "node_modules", "dist"].includes(e.name)) walk(p, keep); }
-      else if (keep(e.name)) h.update(p).update(readFileSync(p));
+      else if (keep(e.name, p)) h.update(path.relative(root, p)).update(readFileSync(p));
     }
   };
-  const root = path.resolve(here, "../../..");
   if (isJs) {
-    for (const pkg of ["proto", "native", "vhostd", "ha"]) walk(path.join(root, "packages", pkg, "src"), (n) => n.endsWith(".ts"));
+    // The JS targets import @vhostd/proto and nothing else of ours.
+    walk(path.join(root, "packages", "proto", "src"), (n) => n.endsWith(".ts"));
     walk(path.join(here, "js"), (n) => n.endsWith(".mjs"));
   } else {
-    walk(path.resolve(here, "../cc"), (n) => /\.(cc|h)$/.test(n));
+    // What the Makefile compiles: every header, and the .cc files without N-API glue.
+    const cc = path.resolve(here, "../cc");
+    walk(cc, (n, p) => path.dirname(p) === cc && (n.endsWith(".h") || (n.endsWith(".cc") && !readFileSync(p, "utf8").includes("napi.h"))));
     // The shared harness and this target's own file; another target's harness is not its code.
     walk(here, (n) => n === `${t}_fuzz.cc` || (/\.(cc|h)$|^Makefile$/.test(n) && !n.endsWith("_fuzz.cc")));
   }
