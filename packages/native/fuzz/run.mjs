@@ -78,9 +78,10 @@ function sourceHash(t, isJs) {
     walk(path.join(root, "packages", "proto", "src"), (n) => n.endsWith(".ts"));
     walk(path.join(here, "js"), (n) => n.endsWith(".mjs"));
   } else {
-    // What the Makefile compiles: every header, and the .cc files without N-API glue.
+    // What the Makefile compiles: the .cc files and headers of cc/ without N-API (the harness
+    // build has no N-API headers, so nothing it compiles can include one that uses them).
     const cc = path.resolve(here, "../cc");
-    walk(cc, (n, p) => path.dirname(p) === cc && (n.endsWith(".h") || (n.endsWith(".cc") && !readFileSync(p, "utf8").includes("napi.h"))));
+    walk(cc, (n, p) => path.dirname(p) === cc && /\.(cc|h)$/.test(n) && !readFileSync(p, "utf8").includes("napi.h"));
     // The shared harness and this target's own file; another target's harness is not its code.
     walk(here, (n) => n === `${t}_fuzz.cc` || (/\.(cc|h)$|^Makefile$/.test(n) && !n.endsWith("_fuzz.cc")));
   }
