@@ -8,6 +8,8 @@ void InitSdNotify(Napi::Env env, Napi::Object exports);
 void InitPremap(Napi::Env env, Napi::Object exports);
 void InitExitProbe(Napi::Env env, Napi::Object exports);
 void InitExitBeacon(Napi::Env env, Napi::Object exports);
+void InitInbox(Napi::Env env, Napi::Object exports);
+void InitReplyPipe(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSocket(env, exports);
@@ -17,6 +19,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPremap(env, exports);
   InitExitProbe(env, exports);
   InitExitBeacon(env, exports);
+  InitInbox(env, exports);
+  InitReplyPipe(env, exports);
   return exports;
 }
 

@@ -26,6 +26,59 @@
 #include <vector>
 
 #include "napi_util.h"
+#include "recv_fds.h"
+
+namespace vhd {
+
+ReceivedFds::~ReceivedFds() {
+  for (int fd : fds) close(fd);
+}
+
+ssize_t RecvWithFds(int fd, void* buf, size_t len, size_t maxFds, int flags, ReceivedFds* out) {
+  size_t ctrlLen = maxFds > 0 ? CMSG_SPACE(maxFds * sizeof(int)) : 0;
+  std::vector<cmsghdr> ctrl(ctrlLen / sizeof(cmsghdr) + 1);  // cmsghdr-aligned storage
+  iovec iov{buf, len};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctrlLen > 0 ? ctrl.data() : nullptr;
+  msg.msg_controllen = ctrlLen;
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return n;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const unsigned char* p = CMSG_DATA(c);
+    for (size_t i = 0; i < count; i++) {
+      int rfd;
+      memcpy(&rfd, p + i * sizeof(int), sizeof rfd);  // CMSG_DATA need not be int-aligned
+      out->fds.push_back(rfd);
+    }
+  }
+  out->truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
+  while (out->fds.size() > maxFds) {
+    close(out->fds.back());
+    out->fds.pop_back();
+    out->truncated = true;
+  }
+  return n;
+}
+
+Napi::Object RecvResultObject(Napi::Env env, const char* data, size_t n, ReceivedFds* received) {
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("data", Napi::Buffer<char>::Copy(env, data, n));
+  Napi::Array fds = Napi::Array::New(env, received->fds.size());
+  for (size_t i = 0; i < received->fds.size(); i++) fds.Set(static_cast<uint32_t>(i), received->fds[i]);
+  result.Set("fds", fds);
+  result.Set("fdsTruncated", Napi::Boolean::New(env, received->truncated));
+  received->fds.clear();  // ownership passes to JS
+  return result;
+}
+
+}  // namespace vhd
 
 namespace {
 
@@ -89,12 +142,6 @@ sockaddr_un PathArg(const Napi::CallbackInfo& info, size_t i, const char* fn, st
 
 // Every error path after socket() or recvmsg() must give the fd back to the kernel.
 using FdGuard = vhd::napi::UniqueFd;
-
-class FdListGuard {
- public:
-  ~FdListGuard() { for (int fd : fds) close(fd); }
-  std::vector<int> fds;
-};
 
 int NewUnixSocket(Napi::Env env) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -219,53 +266,16 @@ Napi::Value RecvWithFds(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0, "recvWithFds");
   size_t maxBytes = static_cast<size_t>(IntArg(info, 1, "recvWithFds", "maxBytes", 1, kMaxRecvBytes));
   size_t maxFds = static_cast<size_t>(IntArg(info, 2, "recvWithFds", "maxFds", 0, kMaxFds));
+  bool peek = info.Length() > 3 && info[3].ToBoolean().Value();
 
   std::unique_ptr<char[]> buf(new char[maxBytes]);
-  size_t ctrlLen = maxFds > 0 ? CMSG_SPACE(maxFds * sizeof(int)) : 0;
-  std::vector<cmsghdr> ctrl(ctrlLen / sizeof(cmsghdr) + 1);  // cmsghdr-aligned storage
-
-  iovec iov{buf.get(), maxBytes};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = ctrlLen > 0 ? ctrl.data() : nullptr;
-  msg.msg_controllen = ctrlLen;
-
-  ssize_t n;
-  do {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
+  vhd::ReceivedFds received;
+  ssize_t n = vhd::RecvWithFds(fd, buf.get(), maxBytes, maxFds, peek ? MSG_PEEK : 0, &received);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Null();
-    ThrowErrno(env, errno, "recvmsg");
+    ThrowErrno(env, errno, peek ? "recvmsg(MSG_PEEK)" : "recvmsg");
   }
-
-  FdListGuard received;  // closes everything if building the result throws
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const unsigned char* p = CMSG_DATA(c);
-    for (size_t i = 0; i < count; i++) {
-      int rfd;
-      memcpy(&rfd, p + i * sizeof(int), sizeof rfd);  // CMSG_DATA need not be int-aligned
-      received.fds.push_back(rfd);
-    }
-  }
-  bool truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
-  while (received.fds.size() > maxFds) {
-    close(received.fds.back());
-    received.fds.pop_back();
-    truncated = true;
-  }
-
-  Napi::Object result = Napi::Object::New(env);
-  result.Set("data", Napi::Buffer<char>::Copy(env, buf.get(), static_cast<size_t>(n)));
-  Napi::Array fds = Napi::Array::New(env, received.fds.size());
-  for (size_t i = 0; i < received.fds.size(); i++) fds.Set(static_cast<uint32_t>(i), received.fds[i]);
-  result.Set("fds", fds);
-  result.Set("fdsTruncated", Napi::Boolean::New(env, truncated));
-  received.fds.clear();  // ownership passes to JS
-  return result;
+  return vhd::RecvResultObject(env, buf.get(), static_cast<size_t>(n), &received);
 }
 
 // Copies up to maxBytes of what is queued on a socket without consuming it and without

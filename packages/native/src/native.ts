@@ -268,6 +268,27 @@ export interface UplinkStats {
   rxErrors: number;
 }
 
+export interface InboxSlotState {
+  /** The last message announced in the slot (0: none since the slot was cleared). */
+  seq: number;
+  len: number;
+  /** The message left the socket (recvmsg() wrote its header into the slot). */
+  consumed: boolean;
+  /** It was being read in pieces outside the slot: how far is unknown. */
+  multipart: boolean;
+  bytes: Buffer;
+}
+
+export interface NativeInbox {
+  /** One recvmsg() of up to len bytes into devId's slot, which then names message seq; null on EAGAIN. */
+  consume(devId: number, fd: number, len: number, seq: number, maxFds: number): RecvResult | null;
+  /** Message seq is about to be read in pieces, outside the slot. */
+  beginPiecewise(devId: number, seq: number): void;
+  state(devId: number): InboxSlotState;
+  clear(devId: number): void;
+  close(): void;
+}
+
 /* --------------------------------------------------------------------- the module itself */
 
 export interface NativeModule {
@@ -280,8 +301,12 @@ export interface NativeModule {
   unixConnect(path: string): number;
   /** Returns -1 when no connection is pending. */
   unixAccept(listenFd: number): number;
-  /** Returns null when nothing is available (EAGAIN). Throws an Error with .code on failure. */
-  recvWithFds(fd: number, maxBytes: number, maxFds: number): RecvResult | null;
+  /**
+   * Returns null when nothing is available (EAGAIN). Throws an Error with .code on failure.
+   * With `peek` (MSG_PEEK) nothing is consumed, but the fds are: the kernel installs
+   * duplicates of them at every peek, which the caller must close.
+   */
+  recvWithFds(fd: number, maxBytes: number, maxFds: number, peek?: boolean): RecvResult | null;
   /** Copies up to maxBytes queued on a socket without consuming them (no fds); null on EAGAIN. */
   peekBytes(fd: number, maxBytes: number): Buffer | null;
   /**
@@ -369,6 +394,29 @@ export interface NativeModule {
    *  an "@abstract" name) from this process; false when $NOTIFY_SOCKET is unset or empty. Throws
    *  (Error with .code) on a malformed $NOTIFY_SOCKET or a failed send (EAGAIN when full). */
   sdNotify(state: string): boolean;
+
+  /**
+   * The message inbox shared by both daemons (cc/inbox.cc): one slot per device id, through
+   * which a vhost-user message is consumed, so that after a SIGKILL an adopter knows whether
+   * the dead reader took the message it had announced off the socket.
+   */
+  Inbox: {
+    new (path: string, maxDevices: number): NativeInbox;
+    /** The longest message a slot takes (header included). */
+    readonly MAX_MESSAGE: number;
+  };
+
+  /* the reply pipe (cc/reply_pipe.cc) */
+  /** [readFd, writeFd], non-blocking, close-on-exec. */
+  pipe(): [number, number];
+  /** Writes all of bytes (1..PIPE_BUF, so atomically) or throws. */
+  pipeWrite(fd: number, bytes: Buffer): void;
+  /** splice() from a pipe to a socket: bytes moved, 0 when the socket is full or the pipe empty. */
+  spliceOut(pipeFd: number, socketFd: number, max: number): number;
+  /** FIONREAD: bytes queued in a pipe or a socket's receive queue. */
+  queuedBytes(fd: number): number;
+  /** Reads and drops whatever a pipe holds; returns how many bytes. */
+  pipeDiscard(fd: number): number;
 
   /** Layout constants of the shared counter memory. */
   COUNTERS_PER_QUEUE: number;
