@@ -23,7 +23,7 @@ import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import { closeFds, native } from "@vhostd/native";
 import { DeviceRecordError, LinuxErrno, deviceKeyOf, emptyState, errnoOf, haSyncEndpoint, normalizePciAddr, type DeltaMsg, type HaOp, type HaState, type PfRecord, type SnapshotMsg } from "@vhostd/proto";
-import { createVfHost, EngineVfHost, keeperBeaconPath, keeperSocketPath, mirrorLockDir, MirrorSender, mirrorSharedPath, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/runtime";
+import { createVfHost, EngineVfHost, inboxPath, keeperBeaconPath, keeperSocketPath, mirrorLockDir, MirrorSender, mirrorSharedPath, type VfHost, type VfRuntime, type VfSpec } from "@vhostd/runtime";
 import { parseDeviceEntry, sameValue, type DeviceEntry } from "./devices.js";
 import { InspectServer, answers } from "./inspect_server.js";
 import { ReplicaJournal } from "./replica.js";
@@ -96,7 +96,7 @@ export class Keeper {
     if (await answers(sockPath)) throw new Error(`another vfe-vhostd-ha serves ${opts.runDir} (${sockPath} answers)`);
     const t0 = performance.now();
     const replica = ReplicaJournal.open(join(opts.stateDir, REPLICA_DIR_NAME));
-    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir, lockDir: mirrorLockDir(opts.runDir), sharedPath: mirrorSharedPath(opts.runDir), owner: "vfe-vhostd-ha" });
+    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir, lockDir: mirrorLockDir(opts.runDir), sharedPath: mirrorSharedPath(opts.runDir), inboxPath: inboxPath(opts.runDir), owner: "vfe-vhostd-ha" });
     const k = new Keeper(opts, host, replica, log);
     try {
       const contents = replica.read();

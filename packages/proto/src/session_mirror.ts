@@ -9,8 +9,12 @@
 //   runner -> holder   vf     {dev, rec, count}     + count fds: replaces the holder's copy
 //   runner -> holder   pf     {dev, switchId, count} + 0|1 fd (the PF's TAP uplink)
 //   runner -> holder   drop   {dev}                  the VF/PF is gone: close the copies
-//   runner -> holder   reply  {dev, reply}           a message changed nothing but has this reply
-//                                                   (hex) to write: the holder's record carries it
+//   runner -> holder   msg    {dev, seq, bytes, count} + count fds: the whole vhost-user message
+//                                                   seq (hex bytes) is about to be taken off the
+//                                                   connection (see "Exactly once" below)
+//   runner -> holder   done   {dev, seq}             message seq was handled and changed nothing
+//                                                   (a record after a change says it with rec.seq)
+//   runner -> holder   reply  {dev, reply}           (older runners) a reply to write, hex
 //   runner -> holder   replied {dev}                 the reply in the VF's record was written
 //   runner -> holder   handover {}                   graceful stop: take everything over now
 //   keeper -> vhostd   take   {req}                  keeper (re)started: give back what you run
@@ -19,6 +23,11 @@
 //   keeper -> vhostd   ready  {req}                  prepared: stop your rings now
 //   vhostd -> keeper   released {req}                rings stopped, locks dropped: start yours
 // The datapath pause of a hand-back is only the last two steps.
+//
+// Exactly once: a message is announced (msg) before it leaves the connection, through the
+// inbox slot (cc/inbox.cc) that tells an adopter whether it did; its effect arrives as a record
+// (or done) carrying its seq. Replies go through the VF's reply pipe (cc/reply_pipe.cc), whose
+// fds the record carries: what is left in it after a kill is what the front-end was not sent.
 //
 // Everything received is hostile: the record is validated field by field here, fd indices must
 // name fds that came with the frame, and the receiver still checks every address against the
@@ -37,6 +46,12 @@ const MAX_REGIONS = 32;
 const MAX_DEVS = 4096;
 /** A few replies' worth of bytes (GET_CONFIG is the largest), hex. */
 const MAX_REPLY_HEX = 2 * 8192;
+/** A whole vhost-user message (12-byte header + 4096-byte payload at most), hex. */
+const MAX_MESSAGE_HEX = 2 * (12 + 4096);
+/** vhost-user messages carry at most 8 fds (VHOST_MEMORY_BASELINE_NREGIONS). */
+const MAX_MESSAGE_FDS = 8;
+/** A message's sequence number on its VF: counted from 1 by whoever runs it. */
+const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
 /** 64-bit values travel as 0x-hex strings: exact, and trivially validated. */
 export type Hex64 = string;
@@ -104,12 +119,18 @@ export interface MirrorVf {
    * VF can claim it in between. Optional: absent = not locked (lock on the next first frame).
    */
   lockedMac?: string;
+  /** The last message handled (its seq; 0: none yet). Optional: absent from older runners. */
+  seq?: number;
+  /** Fd indices of the VF's reply pipe: what is in it was not sent to the front-end yet. */
+  replyPipe?: { read: number; write: number };
 }
 
 export type MirrorFrame =
   | { op: "vf"; dev: string; rec: MirrorVf; count: number }
   | { op: "pf"; dev: string; switchId: number; count: number }
   | { op: "drop"; dev: string }
+  | { op: "msg"; dev: string; seq: number; bytes: string; count: number }
+  | { op: "done"; dev: string; seq: number }
   | { op: "reply"; dev: string; reply: string }
   | { op: "replied"; dev: string }
   | { op: "handover" }
@@ -146,7 +167,7 @@ export function decodeMirrorFrame(buf: Uint8Array): MirrorFrame {
 
 /** How many fds ride on a frame. */
 export function mirrorFrameFdCount(f: MirrorFrame): number {
-  return f.op === "vf" || f.op === "pf" ? f.count : 0;
+  return f.op === "vf" || f.op === "pf" || f.op === "msg" ? f.count : 0;
 }
 
 /** Every fd index the record uses (each must be < count, and used once). */
@@ -155,6 +176,7 @@ export function mirrorVfFdIndices(rec: MirrorVf): number[] {
   if (rec.session.log) out.push(rec.session.log.fd);
   if (rec.session.inflight) out.push(rec.session.inflight.fd);
   for (const v of rec.session.vrings) out.push(v.kick, v.call, v.err);
+  if (rec.replyPipe) out.push(rec.replyPipe.read, rec.replyPipe.write);
   return out.filter((i) => i >= 0);
 }
 
@@ -235,7 +257,7 @@ function validateVring(v: unknown, i: number, count: number): MirrorVring {
 }
 
 function validateRec(v: unknown, count: number): MirrorVf {
-  const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply", "lockedMac"]);
+  const r = fields("vf.rec", v, ["conn", "listen", "reconnects", "session"], ["reply", "lockedMac", "seq", "replyPipe"]);
   const s = fields("vf.rec.session", r.session, ["features", "protocolFeatures", "status", "owner", "regions", "vrings"], ["log", "inflight", "writeback"]);
   const t = "vf.rec.session";
   const rec: MirrorVf = {
@@ -268,6 +290,12 @@ function validateRec(v: unknown, count: number): MirrorVf {
     recordRule("vf.rec", macProblem("lockedMac", r.lockedMac));
     rec.lockedMac = r.lockedMac as string;
   }
+  if (r.seq !== undefined) rec.seq = int("vf.rec", r, "seq", 0, MAX_SEQ);
+  if (r.replyPipe !== undefined) {
+    const pb = fields("vf.rec.replyPipe", r.replyPipe, ["read", "write"]);
+    rec.replyPipe = { read: int("vf.rec.replyPipe", pb, "read", 0, count - 1), write: int("vf.rec.replyPipe", pb, "write", 0, count - 1) };
+    if (rec.conn < 0) fail("vf.rec", "replyPipe", "needs a connection");
+  }
   const used = mirrorVfFdIndices(rec);
   if (new Set(used).size !== used.length) fail("vf.rec", "fds", "names one fd twice");
   if (used.length !== count) fail("vf.rec", "fds", `uses ${used.length} fds but the frame carries ${count}`);
@@ -276,7 +304,7 @@ function validateRec(v: unknown, count: number): MirrorVf {
 
 function validateMirrorFrame(v: unknown): MirrorFrame {
   if (!isPlainObject(v)) throw new SyncError("malformed", "mirror frame is not a map");
-  const op = oneOf("mirror frame", v, "op", ["vf", "pf", "drop", "reply", "replied", "handover", "take", "offered", "ready", "released"] as const);
+  const op = oneOf("mirror frame", v, "op", ["vf", "pf", "msg", "done", "drop", "reply", "replied", "handover", "take", "offered", "ready", "released"] as const);
   switch (op) {
     case "vf": {
       const b = fields("vf", v, ["op", "dev", "rec", "count"]);
@@ -288,6 +316,19 @@ function validateMirrorFrame(v: unknown): MirrorFrame {
       const d = dev("pf", b);
       recordRule("pf", intProblem("switchId", b.switchId, 0, SWITCH_ID_MAX));
       return { op, dev: d, switchId: b.switchId as number, count: int("pf", b, "count", 0, 1) };
+    }
+    case "msg": {
+      const b = fields("msg", v, ["op", "dev", "seq", "bytes", "count"]);
+      const bytes = str("msg", b, "bytes", MAX_MESSAGE_HEX, 24);
+      if (!/^(?:[0-9a-f]{2})+$/.test(bytes)) fail("msg", "bytes", "must be hex bytes");
+      // The header's size must match: the adopter re-handles exactly these bytes.
+      const size = Buffer.from(bytes.slice(16, 24), "hex").readUInt32LE(0);
+      if (12 + size !== bytes.length / 2) fail("msg", "bytes", `hold ${bytes.length / 2} bytes but the header says ${12 + size}`);
+      return { op, dev: dev("msg", b), seq: int("msg", b, "seq", 1, MAX_SEQ), bytes, count: int("msg", b, "count", 0, MAX_MESSAGE_FDS) };
+    }
+    case "done": {
+      const b = fields("done", v, ["op", "dev", "seq"]);
+      return { op, dev: dev("done", b), seq: int("done", b, "seq", 1, MAX_SEQ) };
     }
     case "reply": {
       const b = fields("reply", v, ["op", "dev", "reply"]);

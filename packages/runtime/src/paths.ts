@@ -66,6 +66,11 @@ export function mirrorSharedPath(runDir: string): string {
   return join(runDir, "engine-shared");
 }
 
+/** <run-dir>/session-inbox: the vhost-user message inbox both daemons map (cc/inbox.cc). */
+export function inboxPath(runDir: string): string {
+  return join(runDir, "session-inbox");
+}
+
 /** <run-dir>/keeper.beacon: the keeper's exit beacon (native armExitBeacon / ExitProbe). */
 export function keeperBeaconPath(runDir: string): string {
   return join(runDir, "keeper.beacon");

@@ -1,8 +1,10 @@
 // What the HA mirror gets from a running session (session/vf_session.ts): a message that changes the
 // session pushes the whole record (with duplicates of every fd it names); one that changes
-// nothing (refused with a nack, or a read-only GET_*) pushes only its pending reply, which is
-// cleared by "replied" once written. Refused messages used to push the whole record with all its
-// fds every time: a front-end could make the keeper send vfe-vhostd a full record per message.
+// nothing (refused with a nack, or a read-only GET_*) pushes only "done" with its sequence
+// number (its reply waits in the reply pipe, whose fds the record carries). Refused messages
+// used to push the whole record with all its fds every time: a front-end could make the keeper
+// send vfe-vhostd a full record per message. With a standby connected, every message is
+// announced (msg, with its bytes and fds) before it is taken off the connection (intake.ts).
 import test from "ava";
 import fs from "node:fs";
 import os from "node:os";
@@ -15,14 +17,19 @@ import { createVfHost, type MirrorSink, type VfSpec } from "../src/index.js";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 class RecordingSink implements MirrorSink {
-  readonly events: Array<{ op: string; fds?: number; reply?: string }> = [];
+  readonly events: Array<{ op: string; fds?: number; seq?: number; bytes?: string }> = [];
   /** When set, whenSent() callbacks wait here (a mirror whose socket is full). */
   held: Array<() => void> | null = null;
-  vf(_dev: string, _rec: MirrorVf, fds: number[]): void {
-    this.events.push({ op: "vf", fds: fds.length });
+  /** A standby listens: messages are announced. */
+  connected = false;
+  vf(_dev: string, rec: MirrorVf, fds: number[]): void {
+    this.events.push({ op: "vf", fds: fds.length, seq: rec.seq });
   }
-  reply(_dev: string, reply: Buffer): void {
-    this.events.push({ op: "reply", reply: reply.toString("hex") });
+  msg(_dev: string, seq: number, bytes: Buffer, fds: readonly number[]): void {
+    this.events.push({ op: "msg", seq, bytes: bytes.toString("hex"), fds: fds.length });
+  }
+  done(_dev: string, seq: number): void {
+    this.events.push({ op: "done", seq });
   }
   replied(): void {
     this.events.push({ op: "replied" });
@@ -50,7 +57,7 @@ async function request(fd: number, req: Req, payload: Buffer, flags: number, fds
   throw new Error(`no reply to ${Req[req]}`);
 }
 
-test.serial("refused and read-only messages push only their reply to the mirror; changes push the record", async (t) => {
+test.serial("refused and read-only messages push only done to the mirror; changes push the record", async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-host-mirror-"));
   const host = createVfHost({ log: pino({ level: "silent" }), runDir: dir });
   const sink = new RecordingSink();
@@ -83,17 +90,15 @@ test.serial("refused and read-only messages push only their reply to the mirror;
     const features = await request(fd, Req.GET_FEATURES, Buffer.alloc(0), MsgFlag.VERSION); // read-only
     t.true(codec.u64.decode(features) !== 0n);
     t.is(records(), 0, `no record for 20 refused messages and a GET_FEATURES (was ${recordsBefore} for the set-up)`);
-    t.is(sink.events.filter((e) => e.op === "reply").length, 21, "each pushed its pending reply");
-    for (let i = 0; i < sink.events.length; i += 2) {
-      t.is(sink.events[i]!.op, "reply");
-      t.is(sink.events[i + 1]!.op, "replied", "and said when it was written");
-    }
-    t.is(sink.events[0]!.reply!.slice(0, 8), Buffer.from([Req.SET_VRING_CALL, 0, 0, 0]).toString("hex"), "the reply is the whole message");
+    t.deepEqual(sink.events.map((e) => e.op), Array(21).fill("done"), "each pushed only that it was handled");
+    const seqs = sink.events.map((e) => e.seq!);
+    t.deepEqual(seqs, seqs.map((_, i) => seqs[0]! + i), "with consecutive sequence numbers");
 
     sink.events.length = 0;
     await request(fd, Req.SET_VRING_NUM, codec.vringState.encode({ index: 0, num: 256 }), ACK); // a change
     t.is(records(), 1, "a change still pushes the record");
-    t.deepEqual(sink.events.map((e) => e.op), ["vf", "replied"]);
+    t.deepEqual(sink.events.map((e) => e.op), ["vf"], "its reply went through the pipe: no replied frame");
+    t.is(sink.events[0]!.seq, seqs.at(-1)! + 1, "the record names the message it follows");
   } finally {
     if (fd >= 0) native.closeFd(fd);
     await host.shutdown();
@@ -141,6 +146,62 @@ test.serial("a reply waits until the mirror's socket has its message's record; n
     t.is(decodeHeader(got).request, Req.GET_PROTOCOL_FEATURES, "in order");
   } finally {
     if (fd >= 0) native.closeFd(fd);
+    await host.shutdown();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.serial("with a standby, a message is announced with its bytes and fds before it leaves the socket; the inbox names it once taken", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vhostd-host-mirror-"));
+  const inboxFile = path.join(dir, "session-inbox");
+  const host = createVfHost({ log: pino({ level: "silent" }), runDir: dir, inboxPath: inboxFile });
+  const sink = new RecordingSink();
+  sink.connected = true;
+  host.setMirror(sink);
+  const spec: VfSpec = { dev: "0000:af:04.5", pf: "0000:af:00.2", kind: "net", devId: 3, switchId: 0, socketPath: path.join(dir, "vf.sock"), mode: "server", mac: "52:54:00:00:00:01", mtu: 1500, queuePairs: 1 };
+  const inbox = new native.Inbox(inboxFile, host.engine.maxDevices);
+  let fd = -1;
+  try {
+    host.addPf(spec.pf, spec.switchId, "net");
+    host.open(spec);
+    fd = native.unixConnect(spec.socketPath);
+    await sleep(50);
+    sink.events.length = 0; // the records of the open and the connect
+    sink.held = [];
+    const getFeatures = encodeMessage(Req.GET_FEATURES, Buffer.alloc(0), MsgFlag.VERSION);
+    sendAllBlocking(fd, getFeatures);
+    await sleep(150);
+    t.deepEqual(sink.events, [{ op: "msg", seq: 1, bytes: getFeatures.toString("hex"), fds: 0 }], "announced first");
+    t.is(inbox.state(spec.devId).seq, 0, "and not taken while the announcement waits in this process");
+    t.is(native.recvWithFds(fd, 4096, 0), null, "so not answered either");
+    const release = () => {
+      const fns = sink.held!;
+      sink.held = [];
+      fns.forEach((fn) => fn());
+    };
+    release(); // the announcement went: the message is taken and handled
+    await sleep(50);
+    const slot = inbox.state(spec.devId);
+    t.like(slot, { seq: 1, consumed: true, multipart: false });
+    t.true(slot.bytes.equals(getFeatures), "the inbox holds the message as it left the socket");
+    t.is(native.recvWithFds(fd, 4096, 0), null, "the reply waits for the done frame");
+    release(); // its "done" went: the reply follows
+    sink.held = null;
+    await sleep(50);
+    const reply = native.recvWithFds(fd, 4096, 0);
+    t.is(reply?.data.length, HEADER_SIZE + 8, "one reply, whole");
+    t.deepEqual(sink.events.map((e) => [e.op, e.seq]), [["msg", 1], ["done", 1]]);
+
+    sink.events.length = 0;
+    const ev = native.eventFd(0);
+    sendAllBlocking(fd, encodeMessage(Req.SET_VRING_CALL, codec.u64.encode(0n), MsgFlag.VERSION), [ev]);
+    native.closeFd(ev);
+    await sleep(100);
+    t.like(sink.events[0], { op: "msg", seq: 2, fds: 1 }, "its fd rides on the announcement");
+    t.like(sink.events[1], { op: "vf", seq: 2 }, "and the record of its effect follows");
+  } finally {
+    if (fd >= 0) native.closeFd(fd);
+    inbox.close();
     await host.shutdown();
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -14,7 +14,8 @@ import type { MirrorFrame, MirrorVf } from "@vhostd/proto";
 import type { VfSpec } from "../vf_host.js";
 import type { FdbRow, VfRuntime } from "../vf_host.js";
 import { createVfHost, type EngineVfHost } from "../session/engine_vf_host.js";
-import { keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "../paths.js";
+import type { AnnouncedMessage } from "../session/vf_session.js";
+import { inboxPath, keeperBeaconPath, mirrorLockDir, mirrorSharedPath, mirrorSocketPath } from "../paths.js";
 import { MIRROR_CODEC } from "./mirror_codec.js";
 import { processFate } from "./process_exit.js";
 import { Premapped } from "./premapped.js";
@@ -36,6 +37,8 @@ const EXIT_PROBE_MS = 20;
 interface VfCopy {
   rec: MirrorVf;
   fds: number[];
+  /** The last message announced (intake.ts) and not yet known handled. */
+  msg?: AnnouncedMessage;
 }
 
 /** A copy a takeover did not run: its VF was implicated in the crash of the runner (crash_ledger.ts). */
@@ -225,12 +228,37 @@ export class MirrorHolder {
 
   private onFrame(conn: FramedFdConnection<MirrorFrame>, f: MirrorFrame, fds: number[]): void {
     switch (f.op) {
-      case "vf":
+      case "vf": {
+        // An announced message the new record does not cover yet stays with it.
+        const msg = this.vfCopies.get(f.dev)?.msg;
+        if (msg) this.vfCopies.get(f.dev)!.msg = undefined;
         this.dropCopy(f.dev, true);
-        this.vfCopies.set(f.dev, { rec: f.rec, fds });
+        if (msg && msg.seq <= (f.rec.seq ?? 0)) closeFds(msg.fds);
+        this.vfCopies.set(f.dev, { rec: f.rec, fds, ...(msg && msg.seq > (f.rec.seq ?? 0) ? { msg } : {}) });
         this.premapped.set(f.dev, f.rec, fds);
         this.standbyHost();
         return;
+      }
+      case "msg": {
+        const c = this.vfCopies.get(f.dev);
+        if (!c || f.seq <= (c.rec.seq ?? 0)) {
+          closeFds(fds); // a copy we do not hold, or a message its record covers already
+          return;
+        }
+        if (c.msg) closeFds(c.msg.fds);
+        c.msg = { seq: f.seq, bytes: Buffer.from(f.bytes, "hex"), fds };
+        return;
+      }
+      case "done": {
+        const c = this.vfCopies.get(f.dev);
+        if (!c) return;
+        if (f.seq > (c.rec.seq ?? 0)) c.rec.seq = f.seq;
+        if (c.msg && c.msg.seq <= f.seq) {
+          closeFds(c.msg.fds);
+          c.msg = undefined;
+        }
+        return;
+      }
       case "pf": {
         const old = this.pfCopies.get(f.dev);
         if (old && old.fd >= 0) closeFds([old.fd]);
@@ -325,6 +353,7 @@ export class MirrorHolder {
         runDir: this.opts.runDir,
         lockDir: mirrorLockDir(this.opts.runDir),
         sharedPath: mirrorSharedPath(this.opts.runDir),
+        inboxPath: inboxPath(this.opts.runDir),
       });
       // A crash of ours (a previous vfe-vhostd that ran VFs after a takeover) left in the file.
       this.host.claimCrashes((id) => this.specByDevId(id));
@@ -374,19 +403,20 @@ export class MirrorHolder {
     for (const [dev, c] of copies) {
       const spec = this.opts.specOf(dev);
       if (!spec || host.has(dev)) {
-        closeFds(c.fds);
+        closeFds([...c.fds, ...(c.msg?.fds ?? [])]);
         continue;
       }
       const crash = host.crashes.state(spec);
       if (crash.count > 0 && !crash.broken) {
         // Implicated in a crash and not cleared since: it might kill us too, and with us every
         // VF's connection. Hold it for the keeper (a broken one host.adopt closes at once).
-        this.held.set(dev, { ...c, spec, reason: crash.reason! });
+        if (c.msg) closeFds(c.msg.fds); // (the keeper re-reads it: a held VF is not run here)
+        this.held.set(dev, { rec: c.rec, fds: c.fds, spec, reason: crash.reason! });
         log.warn({ event: "takeover_held", vf: dev, socket: spec.socketPath, count: crash.count }, `takeover: VF ${dev} on ${spec.socketPath} is held, not run: ${crash.reason}`);
         continue;
       }
       try {
-        host.adopt(spec, c.rec, c.fds);
+        host.adopt(spec, c.rec, c.fds, c.msg);
       } catch (e) {
         failed++;
         log.error({ event: "takeover_failed", vf: dev, socket: spec.socketPath, err: (e as Error).message }, `takeover of ${dev} failed: ${(e as Error).message}`);
@@ -489,7 +519,7 @@ export class MirrorHolder {
   private dropCopy(dev: string, replacing = false): void {
     const c = this.vfCopies.get(dev);
     if (c) {
-      closeFds(c.fds);
+      closeFds([...c.fds, ...(c.msg?.fds ?? [])]);
       this.vfCopies.delete(dev);
     }
     const h = this.held.get(dev);

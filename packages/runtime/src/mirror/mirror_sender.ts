@@ -163,8 +163,12 @@ export class MirrorSender implements MirrorSink {
     else fn(); // no mirror now: the next connection starts with the whole state
   }
 
-  reply(dev: string, reply: Buffer): void {
-    this.send({ op: "reply", dev, reply: reply.toString("hex") });
+  msg(dev: string, seq: number, bytes: Buffer, fds: readonly number[]): void {
+    this.send({ op: "msg", dev, seq, bytes: bytes.toString("hex"), count: fds.length }, [...fds]);
+  }
+
+  done(dev: string, seq: number): void {
+    this.send({ op: "done", dev, seq });
   }
 
   replied(dev: string): void {

@@ -2,9 +2,13 @@
 // Everything here is hostile input: sizes are capped, fds are counted and never leaked, and
 // a framing violation ends this connection only.
 import { native, OutgoingQueue, type RecvResult } from "@vhostd/native";
+import type { Intake } from "./intake.js";
+import type { ReplyPipe } from "./reply_pipe.js";
 import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, decodeHeader, encodeMessage, MsgFlag, type Header } from "@vhostd/proto";
 
 export interface VhostMessage {
+  /** Its sequence number on the VF (intake.ts). */
+  seq: number;
   header: Header;
   payload: Buffer;
   /** Received fds: the message owns them until a handler take()s one; the rest are closed after it. */
@@ -83,17 +87,33 @@ export class VhostUserConnection {
   private buf: Buffer = Buffer.alloc(0);
   /** fds that arrived with the message being assembled. */
   private fds: number[] = [];
+  /** The sequence number of the message being assembled (intake.ts). */
+  private seq = 0;
   private closed = false;
   private readonly out: OutgoingQueue;
   private stallTimer: NodeJS.Timeout | null = null;
 
-  constructor(readonly fd: number, private readonly events: ConnectionEvents) {
+  /** The reply pipe still holds bytes the socket did not take. */
+  private pipeBlocked = false;
+
+  constructor(
+    readonly fd: number,
+    private readonly events: ConnectionEvents,
+    private readonly intake: Intake,
+    /** Replies without fds go through it (owned: closed with the connection, not at detach). */
+    readonly pipe: ReplyPipe,
+  ) {
     this.out = new OutgoingQueue(fd, { maxBytes: MAX_QUEUED_REPLY_BYTES, maxFds: 8, onBlocked: (b) => this.onBlocked(b) });
     this.watcher = new native.FdWatcher(
       fd,
       () => this.onReadable(),
       () => this.onWritable(),
     );
+  }
+
+  /** Replies wait for the front-end to read (queued, or left in the pipe). */
+  private get sendBlocked(): boolean {
+    return this.out.blocked || this.pipeBlocked;
   }
 
   get isOpen(): boolean {
@@ -121,6 +141,26 @@ export class VhostUserConnection {
   }
 
   /**
+   * Sends what the reply pipe holds (the caller put a reply there); true when all of it went.
+   * Otherwise reading stops until it did (onDrained follows), as for send().
+   */
+  sendPiped(): boolean {
+    if (this.closed) return false;
+    let empty: boolean;
+    try {
+      empty = this.pipe.flushTo(this.fd);
+    } catch (err) {
+      this.close(`send failed: ${(err as Error).message}`, false);
+      return false;
+    }
+    if (!empty && !this.pipeBlocked) {
+      this.pipeBlocked = true;
+      this.onBlocked(true);
+    }
+    return empty;
+  }
+
+  /**
    * Stops reading without closing the fd: it now belongs to the peer daemon's mirror copy.
    * Returns what a send() queued and never wrote (the new owner sends it), and whether part of it
    * had gone (replies are far smaller than what a unix socket takes in one piece, so in practice
@@ -139,17 +179,25 @@ export class VhostUserConnection {
   holdReading(hold: boolean): void {
     if (this.closed || this.held === hold) return;
     this.held = hold;
-    this.watcher?.setEvents(!hold && !this.out.blocked, this.out.blocked);
-    if (!hold && !this.out.blocked) setImmediate(() => this.onReadable());
+    this.watcher?.setEvents(!hold && !this.sendBlocked && !this.intakeWait, this.sendBlocked);
+    if (!hold && !this.sendBlocked) setImmediate(() => this.onReadable());
   }
 
   /** Socket full: stop reading (see REPLY_STALL_MS) and watch for writable; drained: read again. */
   private onBlocked(blocked: boolean): void {
     if (this.closed) return;
-    this.watcher?.setEvents(!blocked && !this.held, blocked);
+    if (!blocked && this.pipeBlocked) return; // the pipe still waits for the socket
+    this.watcher?.setEvents(!blocked && !this.held && !this.intakeWait, blocked);
     if (blocked) {
+      if (this.stallTimer) return; // already waiting (queue and pipe both blocked)
       this.stallTimer = setTimeout(() => {
-        this.close(`front-end did not read its replies for ${REPLY_STALL_MS} ms (its socket is full; ${this.out.pendingBytes} bytes of replies wait)`, true);
+        let waiting = this.out.pendingBytes;
+        try {
+          waiting += this.pipe.pending;
+        } catch {
+          /* closed */
+        }
+        this.close(`front-end did not read its replies for ${REPLY_STALL_MS} ms (its socket is full; ${waiting} bytes of replies wait)`, true);
       }, REPLY_STALL_MS);
       this.stallTimer.unref();
     } else if (this.stallTimer) {
@@ -163,6 +211,11 @@ export class VhostUserConnection {
     let drained: boolean;
     try {
       drained = this.out.flush();
+      if (this.pipeBlocked && this.pipe.flushTo(this.fd)) {
+        this.pipeBlocked = false;
+        if (!this.out.blocked) this.onBlocked(false);
+      }
+      drained = drained && !this.pipeBlocked;
     } catch (err) {
       this.close(`send failed: ${(err as Error).message}`, false);
       return;
@@ -177,6 +230,8 @@ export class VhostUserConnection {
   close(reason: string, violation: boolean): void {
     if (!this.stopReading()) return;
     native.closeFd(this.fd);
+    this.pipe.close();
+    this.intake.clear();
     this.events.onClose(reason, violation);
   }
 
@@ -187,6 +242,8 @@ export class VhostUserConnection {
     this.watcher?.stop();
     this.watcher = null;
     this.out.clear();
+    this.pipeBlocked = false;
+    this.intakeWait = false;
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
     closeAll(this.fds);
@@ -203,10 +260,9 @@ export class VhostUserConnection {
   private onReadable(): void {
     let handled = 0;
     while (!this.closed && handled < MAX_MESSAGES_PER_WAKE) {
-      if (this.out.blocked || this.held) return; // replies wait: read on once they went
+      if (this.sendBlocked || this.held || this.intakeWait) return; // replies wait: read on once they went
       let need = this.bytesNeeded();
       if (need < 0) return; // violation: already closed
-      if (this.buf.length === 0) need = this.wholeMessageBytes() ?? need;
       if (need === 0) {
         handled++;
         this.emit();
@@ -214,7 +270,25 @@ export class VhostUserConnection {
       }
       let r: RecvResult | null;
       try {
-        r = native.recvWithFds(this.fd, need, MAX_FDS);
+        if (this.buf.length === 0) {
+          // A message that is all there is taken in one piece, exactly once (intake.ts).
+          const whole = this.wholeMessageBytes();
+          const t = whole === undefined ? "pieces" : this.intake.take(this.fd, whole, () => this.resumeReading());
+          if (t === "wait") {
+            // Its announcement to the standby is still queued here: read on once it went.
+            this.intakeWait = true;
+            this.watcher?.setEvents(false, this.sendBlocked);
+            return;
+          }
+          if (t === "pieces") {
+            if (!this.anythingQueued()) return;
+            this.seq = this.intake.beginPiecewise();
+            r = native.recvWithFds(this.fd, need, MAX_FDS);
+          } else {
+            r = t;
+            if (t) this.seq = t.seq;
+          }
+        } else r = native.recvWithFds(this.fd, need, MAX_FDS);
       } catch (err) {
         this.close(`recv failed: ${(err as Error).message}`, false);
         return;
@@ -234,7 +308,26 @@ export class VhostUserConnection {
       this.buf = this.buf.length === 0 ? r.data : Buffer.concat([this.buf, r.data]);
     }
     // The flood cap was hit: continue on the next turn so other VFs get the event loop too.
-    if (!this.closed && !this.out.blocked && !this.held) setImmediate(() => this.onReadable());
+    if (!this.closed && !this.sendBlocked && !this.held && !this.intakeWait) setImmediate(() => this.onReadable());
+  }
+
+  /** Reading waits for the intake (an announcement to the standby is queued). */
+  private intakeWait = false;
+
+  private resumeReading(): void {
+    this.intakeWait = false;
+    if (this.closed) return;
+    this.watcher?.setEvents(!this.held && !this.sendBlocked, this.sendBlocked);
+    setImmediate(() => this.onReadable());
+  }
+
+  /** Something is queued (or the peer hung up): a piecewise read will consume or report it. */
+  private anythingQueued(): boolean {
+    try {
+      return native.peekBytes(this.fd, 1) !== null;
+    } catch {
+      return true; // the recvmsg() that follows reports the error
+    }
   }
 
   /**
@@ -273,7 +366,7 @@ export class VhostUserConnection {
 
   private emit(): void {
     const header = decodeHeader(this.buf);
-    const msg: VhostMessage = { header, payload: Buffer.from(this.buf.subarray(HEADER_SIZE)), fds: new MessageFds(this.fds) };
+    const msg: VhostMessage = { seq: this.seq, header, payload: Buffer.from(this.buf.subarray(HEADER_SIZE)), fds: new MessageFds(this.fds) };
     this.buf = Buffer.alloc(0);
     this.fds = [];
     try {

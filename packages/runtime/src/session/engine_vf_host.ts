@@ -2,7 +2,7 @@
 // TAP uplinks, the per-VF locks and crash ledger, and one VfSession (vf_session.ts) per VF.
 import fs from "node:fs";
 import type { Logger } from "pino";
-import { native, type EngineEvent, type NativeEngine } from "@vhostd/native";
+import { native, type EngineEvent, type NativeEngine, type NativeInbox } from "@vhostd/native";
 import { LinuxErrno, errnoOf, type DeviceKind, type MirrorVf } from "@vhostd/proto";
 import { portSecurityOf, type FdbRow, type VfHost, type VfRuntime, type VfSpec } from "../vf_host.js";
 import { closeAll } from "./connection.js";
@@ -11,7 +11,7 @@ import { BlkModel } from "./blk_model.js";
 import type { DeviceModel } from "./device_model.js";
 import { NetModel, rarpFrame } from "./net_model.js";
 import { Rejection, type VhostSession } from "./session.js";
-import { VfSession } from "./vf_session.js";
+import { VfSession, type AnnouncedMessage } from "./vf_session.js";
 import { CrashLedger, DEFAULT_CLEAN_MS, KEEPER_CRASH_ROLE, VHOSTD_CRASH_ROLE, type CrashVerdict, type DevLookup } from "./crash_ledger.js";
 
 export interface VfHostOptions {
@@ -23,6 +23,8 @@ export interface VfHostOptions {
   lockDir?: string;
   /** HA: counters and TX progress in this file (tmpfs), shared with the peer daemon. */
   sharedPath?: string;
+  /** HA: the message inbox shared with the peer daemon (cc/inbox.cc, session/intake.ts). */
+  inboxPath?: string;
   /** Reported as the owner of every session and queue (default "vfe-vhostd"). */
   owner?: string;
   /**
@@ -38,8 +40,12 @@ export interface VfHostOptions {
  */
 export interface MirrorSink {
   vf(dev: string, rec: MirrorVf, fds: number[]): void;
-  /** A message that changed nothing (refused, or read-only) has this reply to write: the copy carries it. */
-  reply(dev: string, reply: Buffer): void;
+  /** The peer hears announcements now (it is connected). */
+  readonly connected: boolean;
+  /** Message seq (whole bytes, fds: ours, duplicated) is about to be taken off the VF's connection. */
+  msg(dev: string, seq: number, bytes: Buffer, fds: readonly number[]): void;
+  /** Message seq was handled and changed nothing. */
+  done(dev: string, seq: number): void;
   /** The reply in the VF's last record (or reply()) was written. */
   replied(dev: string): void;
   /**
@@ -76,6 +82,8 @@ export class EngineVfHost implements VfHost {
   private readonly pendingUplinks = new Map<number, number>();
   private readonly log: Logger;
   private mirror: MirrorSink | undefined;
+  /** The message inbox (HA); undefined without inboxPath. */
+  private readonly inbox: NativeInbox | undefined;
   /** Crash attribution and the poison-pill verdicts (crash_ledger.ts), in the shared engine file. */
   readonly crashes: CrashLedger;
   private readonly cleanTimer: NodeJS.Timeout;
@@ -94,6 +102,7 @@ export class EngineVfHost implements VfHost {
       if (sharedFd !== undefined) fs.closeSync(sharedFd); // the engine keeps its mapping
     }
     this.crashes = new CrashLedger(this.engine, this.log);
+    this.inbox = opts.inboxPath ? new native.Inbox(opts.inboxPath, this.engine.maxDevices) : undefined;
     this.cleanTimer = setInterval(() => this.clearCleanCounts(cleanMs), Math.min(5000, Math.max(50, Math.floor(cleanMs / 4))));
     this.cleanTimer.unref();
   }
@@ -224,21 +233,21 @@ export class EngineVfHost implements VfHost {
    * session is rebuilt from the record, nothing runs until resumeAdopted(). Owns `fds` from the
    * call on. The VF's lock is not taken here: the peer may still hold it.
    */
-  adopt(spec: VfSpec, rec: MirrorVf, fds: number[]): void {
+  adopt(spec: VfSpec, rec: MirrorVf, fds: number[], announced?: AnnouncedMessage): void {
     let vf: VfSession;
     try {
       vf = this.create(spec, true, rec.lockedMac);
     } catch (err) {
-      closeAll(fds);
+      closeAll([...fds, ...(announced?.fds ?? [])]);
       throw err;
     }
     if (this.stayBroken(vf)) {
-      closeAll(fds); // the last copies of its connection: the front-end sees the disconnect
+      closeAll([...fds, ...(announced?.fds ?? [])]); // the last copies of its connection: the front-end sees the disconnect
       return;
     }
     const crash = this.crashes.state(spec);
     if (crash.count > 0) this.log.warn({ event: "crash_suspect_resumed", vf: spec.dev, socket: spec.socketPath, count: crash.count }, `running VF ${spec.dev} again although ${crash.reason}`);
-    vf.within(() => vf.adopt(rec, fds));
+    vf.within(() => vf.adopt(rec, fds, announced));
     this.adopting.add(spec.dev);
   }
 
@@ -401,15 +410,24 @@ export class EngineVfHost implements VfHost {
       lock?.release();
       throw err;
     }
+    const dev = spec.dev;
     const vf = new VfSession(
       spec,
       this.engine,
       model,
       this.log,
-      () => this.mirrorVf(spec.dev),
-      () => this.mirror?.replied(spec.dev),
-      (reply) => this.mirror?.reply(spec.dev, reply),
-      (fn) => (this.mirror ? this.mirror.whenSent(fn) : fn()),
+      {
+        changed: () => this.mirrorVf(dev),
+        done: (seq) => this.mirror?.done(dev, seq),
+        replied: () => this.mirror?.replied(dev),
+        whenMirrored: (fn) => (this.mirror ? this.mirror.whenSent(fn) : fn()),
+        announcer: {
+          standby: () => this.mirror?.connected ?? false,
+          announce: (seq, bytes, fds) => this.mirror?.msg(dev, seq, bytes, fds),
+          whenSent: (fn) => (this.mirror ? this.mirror.whenSent(fn) : fn()),
+        },
+        ...(this.inbox ? { inbox: this.inbox } : {}),
+      },
       this.crashes,
     );
     if (spec.kind === "net" && !portSecurityOf(spec).macAdmin) {
@@ -503,6 +521,7 @@ export class EngineVfHost implements VfHost {
     clearInterval(this.cleanTimer);
     for (const dev of [...this.vfs.keys()]) await this.close(dev, false);
     this.engine.close();
+    this.inbox?.close();
   }
 
   /** A net PF's switch forwarding table. */

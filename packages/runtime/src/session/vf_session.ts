@@ -1,16 +1,44 @@
 // One VF as a host runs it: its endpoint (client or server), the live connection and the
 // vhost-user session on it, its runtime for `vf -i`, and its copy in and out of the HA mirror.
 import type { Logger } from "pino";
-import { counterIndex, native, portCounterIndex, type NativeEngine } from "@vhostd/native";
+import { counterIndex, native, portCounterIndex, type NativeEngine, type NativeInbox } from "@vhostd/native";
 import { HEADER_SIZE, MAX_PAYLOAD, MESSAGES, MsgFlag, Req, decodeHeader, mirrorVfFdIndices, type MirrorVf } from "@vhostd/proto";
 import { portSecurityOf, type VfSpec } from "../vf_host.js";
 import type { VfRuntime } from "../vf_host.js";
-import { closeAll, VhostUserConnection } from "./connection.js";
+import { closeAll, MessageFds, VhostUserConnection, type VhostMessage } from "./connection.js";
+import { Intake, type Announcer } from "./intake.js";
+import { ReplyPipe } from "./reply_pipe.js";
 import { ClientEndpoint, ServerEndpoint, type Endpoint } from "./endpoint.js";
 import type { DeviceModel } from "./device_model.js";
 import { encodeReply } from "./session.js";
 import { MirroredSession } from "./session_mirror.js";
 import type { CrashLedger } from "./crash_ledger.js";
+
+/** What a VF needs of its host: the HA mirror and the inbox (engine_vf_host.ts wires them). */
+export interface VfHooks {
+  /** The session changed: push its whole record to the mirror. */
+  changed(): void;
+  /** Message seq was handled and changed nothing. */
+  done(seq: number): void;
+  /** The reply in the last record (one that carries fds) was written. */
+  replied(): void;
+  /** Calls fn once everything pushed so far is in the mirror socket (at once, usually). */
+  whenMirrored(fn: () => void): void;
+  /** The standby to announce messages to (HA); undefined: none. */
+  announcer?: Announcer;
+  /** The inbox shared with the peer daemon (intake.ts); undefined: none. */
+  inbox?: NativeInbox;
+}
+
+/** A message an adopter handles again: taken by the dead runner and not handled by it (intake.ts). */
+export interface AnnouncedMessage {
+  seq: number;
+  bytes: Buffer;
+  fds: number[];
+}
+
+/** A reply up to this size goes through the reply pipe (a pipe write up to PIPE_BUF is atomic). */
+const PIPE_REPLY_MAX = 4096;
 
 /** One VF's endpoint, connection and session. */
 export class VfSession {
@@ -30,12 +58,10 @@ export class VfSession {
     private readonly engine: NativeEngine,
     model: DeviceModel,
     parentLog: Logger,
-    private readonly onChange: () => void,
-    private readonly onReplied: () => void,
-    private readonly onReplyPending: (reply: Buffer) => void,
-    private readonly whenMirrored: (fn: () => void) => void,
+    private readonly hooks: VfHooks,
     private readonly crashes: CrashLedger,
   ) {
+    this.intake = new Intake(spec.devId, hooks.inbox, hooks.announcer);
     this.log = parentLog.child({ vf: spec.dev, socket: spec.socketPath });
     this.session = new MirroredSession(spec.devId, model, engine, this.log, {
       reply: (req, payload, fds = []) => {
@@ -67,53 +93,69 @@ export class VfSession {
       this.everConnected = true;
       this.log.info({ reconnects: this.reconnects }, "front-end connected");
       this.attach(fd);
-      this.onChange();
+      this.hooks.changed();
     });
   }
 
-  private attach(fd: number): void {
+  private attach(fd: number, pipe = ReplyPipe.create()): void {
     this.state = "negotiating";
-    this.conn = new VhostUserConnection(fd, {
-      onMessage: (msg) =>
-        this.within(() => {
-          // The message's effect reaches the mirror before its reply reaches the front-end; the
-          // record carries the reply until "replied" says it was written (see MirrorVf.reply).
-          this.replies = [];
-          this.replyFds = [];
-          const outcome = this.session.handle(msg);
-          this.updateState();
-          const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
-          this.replies = null;
-          this.pendingReply = out;
-          // A message that changed nothing (refused, or one that only reads) costs the mirror no
-          // record and no fds, only its pending reply; anything else sends the whole record.
-          if (outcome !== "unchanged") this.onChange();
-          else if (out) this.onReplyPending(out);
-          if (!out) return;
-          const conn = this.conn;
-          const fds = this.replyFds;
-          // The reply goes once the mirror has the message's effect in its socket (usually at once:
-          // the callback runs now); until then no further message is read.
-          let waiting = false;
-          let called = false;
-          this.whenMirrored(() =>
-            this.within(() => {
-              called = true;
-              if (waiting) {
-                if (this.conn !== conn || !conn?.isOpen) return;
-                conn.holdReading(false);
-              }
-              this.sendReply(out, fds);
-            }),
-          );
-          if (!called) {
-            waiting = true;
-            conn?.holdReading(true);
-          }
-        }),
-      onClose: (reason, violation) => this.within(() => this.disconnected(reason, violation)),
-      onDrained: () => this.replyWritten(),
-    });
+    this.conn = new VhostUserConnection(
+      fd,
+      {
+        onMessage: (msg) => this.within(() => this.handleMessage(msg)),
+        onClose: (reason, violation) => this.within(() => this.disconnected(reason, violation)),
+        onDrained: () => this.replyWritten(),
+      },
+      this.intake,
+      pipe,
+    );
+  }
+
+  /**
+   * One message, exactly once: its reply goes into the reply pipe, then its effect (the record,
+   * or "done") to the mirror, and only once that is in the mirror socket is the reply spliced
+   * to the front-end. Killed anywhere in between, the adopter either handles the message again
+   * (no record or done of it reached the mirror: the reply in the pipe is dropped, unsent) or
+   * sends what is left in the pipe. A reply that carries fds (GET_INFLIGHT_FD) cannot go through
+   * a pipe: the record carries it until "replied" (MirrorVf.reply).
+   */
+  private handleMessage(msg: VhostMessage): void {
+    const conn = this.conn;
+    this.replies = [];
+    this.replyFds = [];
+    const outcome = this.session.handle(msg);
+    this.lastHandled = msg.seq;
+    this.updateState();
+    const out = this.replies.length > 0 ? Buffer.concat(this.replies) : null;
+    const fds = this.replyFds;
+    this.replies = null;
+    const piped = out !== null && fds.length === 0 && out.length <= PIPE_REPLY_MAX && conn?.isOpen === true;
+    if (piped) conn.pipe.put(out);
+    this.pendingReply = piped ? null : out;
+    // A message that changed nothing (refused, or one that only reads) costs the mirror no
+    // record and no fds; anything else sends the whole record.
+    if (outcome !== "unchanged" || this.pendingReply) this.hooks.changed();
+    else this.hooks.done(msg.seq);
+    if (!out) return;
+    // The reply goes once the mirror has the message's effect in its socket (usually at once:
+    // the callback runs now); until then no further message is read.
+    let waiting = false;
+    let called = false;
+    this.hooks.whenMirrored(() =>
+      this.within(() => {
+        called = true;
+        if (waiting) {
+          if (this.conn !== conn || !conn?.isOpen) return;
+          conn.holdReading(false);
+        }
+        if (piped) conn!.sendPiped();
+        else this.sendReply(out, fds);
+      }),
+    );
+    if (!called) {
+      waiting = true;
+      conn?.holdReading(true);
+    }
   }
 
   /** Writes the pending reply; a front-end that does not read gets it queued (onDrained follows). */
@@ -124,7 +166,7 @@ export class VfSession {
   private replyWritten(): void {
     if (!this.pendingReply) return;
     this.pendingReply = null;
-    this.onReplied();
+    this.hooks.replied();
   }
 
   private updateState(): void {
@@ -166,29 +208,41 @@ export class VfSession {
     this.lastError = reason;
     this.log.error({ reason }, "resuming the adopted session failed; the front-end is disconnected");
     if (this.pendingConn >= 0) {
-      this.attach(this.pendingConn);
+      this.attach(this.pendingConn, this.pendingPipe ?? undefined);
       this.pendingConn = -1;
+      this.pendingPipe = null;
     }
     this.resendReply = null;
+    this.dropRehandle();
     this.conn?.close(`adopting the session failed: ${reason}`, true);
   }
 
   /** This VF for the HA mirror: the record and the fds it names (still ours). */
   exportMirror(): { rec: MirrorVf; fds: number[] } {
     const fds: number[] = [];
-    const connFd = this.conn?.isOpen ? this.conn.fd : this.pendingConn;
+    const live = this.conn?.isOpen === true;
+    const connFd = live ? this.conn!.fd : this.pendingConn;
     const conn = connFd >= 0 ? fds.push(connFd) - 1 : -1;
+    const pipe = live ? this.conn!.pipe : this.pendingPipe;
     const listenFd = this.endpoint instanceof ServerEndpoint ? this.endpoint.fd : -1;
     const listen = listenFd >= 0 ? fds.push(listenFd) - 1 : -1;
     const session = this.session.exportMirror(fds);
-    const rec: MirrorVf = { conn, listen, reconnects: this.reconnects, session };
+    const rec: MirrorVf = { conn, listen, reconnects: this.reconnects, session, seq: this.lastHandled };
+    if (conn >= 0 && pipe) rec.replyPipe = { read: fds.push(pipe.read) - 1, write: fds.push(pipe.write) - 1 };
     if (this.pendingReply) rec.reply = this.pendingReply.toString("hex");
     if (this.lockedMac) rec.lockedMac = this.lockedMac;
     return { rec, fds };
   }
 
-  /** An adopted connection not read yet (resume starts reading it). */
+  /** An adopted connection not read yet (resume starts reading it), and its reply pipe. */
   private pendingConn = -1;
+  private pendingPipe: ReplyPipe | null = null;
+  /** Takes messages off the connection, exactly once (intake.ts). */
+  private readonly intake: Intake;
+  /** The last message handled (its seq). */
+  private lastHandled = 0;
+  /** Adoption: the message the dead runner took and did not handle, handled at resume. */
+  private rehandle: AnnouncedMessage | null = null;
   /** Replies produced while a message is handled (sent after the mirror has its effect). */
   private replies: Buffer[] | null = null;
   /** Fds those replies carry (the session's own: the kernel sends duplicates). */
@@ -202,7 +256,7 @@ export class VfSession {
    * Nothing runs yet: rings start and the connection is read only at resume(), once every VF
    * is adopted and this process holds the VF's lock.
    */
-  adopt(rec: MirrorVf, fds: readonly number[]): void {
+  adopt(rec: MirrorVf, fds: readonly number[], announced?: AnnouncedMessage): void {
     this.reconnects = rec.reconnects;
     const conn = rec.conn >= 0 ? fds[rec.conn]! : -1;
     if (this.endpoint instanceof ServerEndpoint && rec.listen >= 0) this.endpoint.adopt(fds[rec.listen]!, conn >= 0);
@@ -210,23 +264,65 @@ export class VfSession {
     if (conn < 0) {
       // A session without a connection is empty; a record that says otherwise leaks nothing.
       closeAll(mirrorVfFdIndices(rec).filter((i) => i !== rec.listen).map((i) => fds[i]!));
+      if (announced) closeAll(announced.fds);
       if (!(this.endpoint instanceof ServerEndpoint && rec.listen >= 0)) this.start();
       else this.state = "waiting";
       return;
     }
     this.everConnected = true;
     this.pendingConn = conn;
+    // A record from a runner without reply pipes (older version) gets a new, empty one.
+    this.pendingPipe = rec.replyPipe ? new ReplyPipe(fds[rec.replyPipe.read]!, fds[rec.replyPipe.write]!) : ReplyPipe.create();
+    this.lastHandled = rec.seq ?? 0;
     this.resendReply = null;
+    this.dropRehandle();
     this.state = "negotiating";
     try {
       // Goes to the front-end as it is: it must be whole replies, as our sessions write them.
       if (rec.reply) this.resendReply = checkedReplies(Buffer.from(rec.reply, "hex"));
       this.session.adoptMirror(rec.session, fds, false);
+      this.rehandle = this.unhandled(announced);
+      announced = undefined;
+      // A later message was announced, so this reply had gone before it was read.
+      if (this.rehandle) this.resendReply = null;
+      this.intake.restart(this.rehandle?.seq ?? this.lastHandled);
     } catch (err) {
-      this.attach(conn);
+      if (announced) closeAll(announced.fds);
+      this.attach(conn, this.pendingPipe);
       this.pendingConn = -1;
+      this.pendingPipe = null;
       this.conn?.close(`adopting the session failed: ${(err as Error).message}`, true);
     }
+  }
+
+  /**
+   * The message the dead runner took off the connection and did not handle (intake.ts): the
+   * announced copy if the inbox slot says the message left the socket; none if it is still
+   * there (it is read from there). Throws when that cannot be known. Owns `announced`'s fds.
+   */
+  private unhandled(announced: AnnouncedMessage | undefined): AnnouncedMessage | null {
+    const pending = announced && announced.seq > this.lastHandled ? announced : undefined;
+    if (announced && !pending) closeAll(announced.fds); // handled: the record has its effect
+    const slot = this.hooks.inbox?.state(this.spec.devId);
+    if (!slot || slot.seq <= this.lastHandled || (pending && slot.seq < pending.seq)) {
+      if (pending) closeAll(pending.fds); // announced, never taken: still in the socket
+      return null;
+    }
+    try {
+      if (slot.multipart) throw new Error(`the dead runner was reading message ${slot.seq} in pieces; how much of it left the socket is unknown`);
+      if (!slot.consumed) return null;
+      if (!pending || pending.seq !== slot.seq) throw new Error(`message ${slot.seq} was taken off the connection but never announced`);
+      if (!slot.bytes.equals(pending.bytes)) throw new Error(`message ${slot.seq}: the inbox and its announcement differ`);
+    } catch (err) {
+      if (pending) closeAll(pending.fds);
+      throw err;
+    }
+    return pending;
+  }
+
+  private dropRehandle(): void {
+    if (this.rehandle) closeAll(this.rehandle.fds);
+    this.rehandle = null;
   }
 
   /** Starts what an adoption left stopped: receive rings, then transmit rings, then the connection. */
@@ -236,8 +332,27 @@ export class VfSession {
       return;
     }
     if (this.pendingConn < 0) return;
-    this.attach(this.pendingConn);
+    this.attach(this.pendingConn, this.pendingPipe ?? undefined);
     this.pendingConn = -1;
+    this.pendingPipe = null;
+    const conn = this.conn!;
+    const again = this.rehandle;
+    this.rehandle = null;
+    if (again) {
+      // Its reply, if the dead runner got that far, is in the pipe and was never sent: drop it.
+      const dropped = conn.pipe.discard();
+      const header = decodeHeader(again.bytes);
+      this.log.warn({ seq: again.seq, request: header.request, droppedReplyBytes: dropped }, "handling again the message the dead runner took off the connection and did not finish");
+      const msg: VhostMessage = { seq: again.seq, header, payload: Buffer.from(again.bytes.subarray(HEADER_SIZE)), fds: new MessageFds(again.fds) };
+      try {
+        this.handleMessage(msg);
+      } finally {
+        msg.fds.closeUntaken();
+      }
+    } else if (conn.pipe.pending > 0) {
+      this.log.info({ bytes: conn.pipe.pending }, "sending the rest of the dead runner's reply");
+      conn.sendPiped();
+    }
     if (this.resendReply) {
       // A missing reply freezes the front-end; a duplicate fails one of its requests.
       this.log.warn({ bytes: this.resendReply.length }, "resent the reply to the last message the dead runner handled (it may have written it already)");
@@ -259,6 +374,7 @@ export class VfSession {
     const unsent = conn.detach();
     this.conn = null;
     this.pendingConn = conn.fd;
+    this.pendingPipe = conn.pipe;
     // A reply still queued for a front-end that had not read yet stays pending: the record the
     // peer gets carries it, and resumeMessages() sends it if the hand-back does not happen.
     if (unsent.bytes.length > 0) {
@@ -278,6 +394,9 @@ export class VfSession {
     this.state = "stopped";
     if (this.pendingConn >= 0) closeAll([this.pendingConn]);
     this.pendingConn = -1;
+    this.pendingPipe?.close();
+    this.pendingPipe = null;
+    this.dropRehandle();
     if (this.endpoint instanceof ServerEndpoint) {
       const fd = this.endpoint.fd;
       this.endpoint.detach();
@@ -293,6 +412,8 @@ export class VfSession {
     this.conn?.detach();
     this.conn = null;
     this.pendingConn = -1;
+    this.pendingPipe = null; // a mirror copy owns it now
+    this.dropRehandle();
     if (this.endpoint instanceof ServerEndpoint) this.endpoint.detach();
     else this.endpoint.stop();
     this.session.disown();
@@ -310,7 +431,7 @@ export class VfSession {
     if (this.state === "stopped") return;
     this.state = this.spec.mode === "server" ? "waiting" : "connecting";
     this.endpoint.start();
-    this.onChange();
+    this.hooks.changed();
   }
 
   stop(): void {
