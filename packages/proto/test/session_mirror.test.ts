@@ -45,6 +45,10 @@ const samples: MirrorFrame[] = [
   { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), reply: "0100000005000000080000000000000000" }, count: 4 },
   { op: "vf", dev: "0000:af:05.1", rec: { ...rec(), session: { ...rec().session, writeback: 0 } }, count: 4 },
   { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), lockedMac: "52:54:00:12:34:56" }, count: 4 },
+  { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), seq: 41, replyPipe: { read: 4, write: 5 } }, count: 6 },
+  { op: "msg", dev: "0000:af:04.5", seq: 42, bytes: "010000000100000000000000", count: 0 },
+  { op: "msg", dev: "0000:af:04.5", seq: 43, bytes: "0d0000000500000008000000" + "00".repeat(8), count: 1 },
+  { op: "done", dev: "0000:af:04.5", seq: 42 },
   { op: "handover" },
   { op: "take", req: 1 },
   { op: "offered", req: 1, devs: ["0000:af:04.5", "0000:af:05.5"] },
@@ -146,4 +150,23 @@ test("a port's locked MAC rides in the record, and must be a canonical unicast M
   for (const bad of ["01:00:5e:00:00:01", "52:54:00:12:34:5G", "52-54-00-12-34-56", "00:00:00:00:00:00", "52:54:00:12:34:56:00", 5]) {
     refused(t, { op: "vf", dev: "0000:af:04.5", rec: { ...rec(), lockedMac: bad }, count: 4 }, /lockedMac/);
   }
+});
+
+test("an announced message (msg) is one whole vhost-user message with its fds; seq and done are checked", (t) => {
+  const dev = "0000:af:04.5";
+  const getFeatures = "010000000100000000000000";
+  t.is(mirrorFrameFdCount({ op: "msg", dev, seq: 1, bytes: getFeatures, count: 2 }), 2);
+  refused(t, { op: "msg", dev, seq: 1, bytes: getFeatures + "00", count: 0 }, /header says 12/);
+  refused(t, { op: "msg", dev, seq: 1, bytes: "0100000001000000080000000000", count: 0 }, /header says 20/);
+  refused(t, { op: "msg", dev, seq: 1, bytes: "00".repeat(8), count: 0 }, /bytes/); // shorter than a header
+  refused(t, { op: "msg", dev, seq: 1, bytes: "00".repeat(12 + 4097), count: 0 }, /bytes/);
+  refused(t, { op: "msg", dev, seq: 0, bytes: getFeatures, count: 0 }, /seq/);
+  refused(t, { op: "msg", dev, seq: 1, bytes: getFeatures, count: 9 }, /count/);
+  refused(t, { op: "msg", dev, seq: 1, bytes: "zz".repeat(12), count: 0 }, /hex/);
+  refused(t, { op: "done", dev, seq: 0 }, /seq/);
+  refused(t, { op: "done", dev, seq: 1.5 }, /seq/);
+  refused(t, { op: "vf", dev, rec: { ...rec(), seq: -1 }, count: 4 }, /seq/);
+  refused(t, { op: "vf", dev, rec: { ...rec(), replyPipe: { read: 4, write: 4 } }, count: 5 }, /twice/);
+  refused(t, { op: "vf", dev, rec: { ...rec(), replyPipe: { read: 4, write: 9 } }, count: 6 }, /write/);
+  refused(t, { op: "vf", dev, rec: { ...rec(), conn: -1, session: { ...rec().session, regions: [], vrings: [] }, replyPipe: { read: 0, write: 1 } }, count: 2 }, /connection/);
 });

@@ -109,7 +109,7 @@ export const JS_TARGETS = {
 /** Tokens the mutator splices in (msgpack/JSON structure and the names the decoders look for). */
 export const DICTIONARY = {
   vhost_user: [],
-  mirror: ["op", "vf", "pf", "dev", "rec", "count", "session", "regions", "vrings", "kick", "call", "err", "log", "inflight", "0000:af:04.5", "0x0"],
+  mirror: ["op", "vf", "pf", "dev", "rec", "count", "session", "regions", "vrings", "kick", "call", "err", "log", "inflight", "0000:af:04.5", "0x0", "msg", "done", "seq", "bytes", "replyPipe", "read", "write"],
   sync: ["VHHA", "type", "hello", "delta", "ops", "put", "del", "table", "devices", "sessions", "fds", "key", "value", "epoch", "seq", "snapshot", "state"],
   rpc: ['"', "{", "}", "[", "]", ":", ",", "null", "true", "false", "-1", "0", "1e309", '"0000:af:00.2"', '"52:54:00:12:34:56"', '"/tmp/x.sock"', '"null"', '"1G"',
     ...new Set(RPC_METHODS.flatMap((m) => [...Object.keys(m.params), ...m.actions.map((a) => a.name)]).map((n) => `"${n}"`))],
