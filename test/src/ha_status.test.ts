@@ -83,6 +83,7 @@ test.serial("state and ha status show the keeper running the VF, vfe-vhostd afte
     const after = await d.ok(["ha", "status"]);
     t.is(after.mirror.takeovers, 1);
     t.is(after.mirror.last_takeover.vfs, 1);
+    t.false(after.keeper.connected, "the keeper is shown gone as soon as its death is seen, not a heartbeat timeout later");
     const s2 = (await d.ok(["state", VF])).devices[0];
     t.is(s2.owner, "vfe-vhostd", "vfe-vhostd runs it now");
     t.is(s2.state, "running");

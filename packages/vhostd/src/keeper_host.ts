@@ -102,6 +102,7 @@ export class KeeperVfHost extends EventEmitter implements VfHost {
       log: opts.log.child({ component: "mirror" }),
       specOf: (dev) => this.desired[vfKey(dev)] as VfSpec | undefined,
       pfSwitchOf: (dev) => (this.desired[pfKey(dev)] as PfRecord | undefined)?.switchId,
+      onKeeperGone: (why) => this.client.keeperGone(why),
     });
     this.client.on("keeper_up", (w: WelcomeMsg) => {
       this.needSync = true;

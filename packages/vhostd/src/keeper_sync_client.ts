@@ -385,6 +385,18 @@ export class HaClient extends EventEmitter {
     else w.resolve({ seq });
   }
 
+  /**
+   * The keeper is known gone by other means (its mirror connection ended: the exit probe saw
+   * it die, or it handed over): down now, not after a missed heartbeat. A keeper that is in
+   * fact alive welcomes the next hello and is up again.
+   */
+  keeperGone(why: string): void {
+    if (this.state !== "up") return;
+    this.state = "down";
+    this.opts.log.warn({ why }, "ha: keeper down (its mirror connection ended)");
+    this.emit("keeper_down", { ageMs: this.heartbeatAgeMs, why });
+  }
+
   private tick(): void {
     if (this.state === "fenced" || this.state === "closed" || this.state === "idle") return;
     if (this.state === "up") {

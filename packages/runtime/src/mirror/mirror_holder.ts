@@ -29,6 +29,8 @@ export interface MirrorHolderOptions {
   pfSwitchOf(dev: string): number | undefined;
   /** How long a takeover waits for the dead runner's lock on each VF. */
   lockWaitMs?: number;
+  /** The keeper's mirror connection ended (it died, or stops): told before any takeover work. */
+  onKeeperGone?(why: string): void;
 }
 
 /** How often a connected keeper without a usable exit beacon is looked at (watchExit): a pread of its /proc stat on a native thread. */
@@ -335,6 +337,7 @@ export class MirrorHolder {
       this.host?.cancelOffer(); // the keeper went away mid hand-back: we keep running
     }
     (violation ? this.opts.log.warn : this.opts.log.info).call(this.opts.log, { event: "mirror_closed", violation }, `HA mirror: keeper connection closed: ${reason}`);
+    this.opts.onKeeperGone?.(reason);
     if (this.vfCopies.size > 0 || this.pfCopies.size > 0) this.serial(() => this.takeover(`keeper connection lost (${reason})`));
   }
 
