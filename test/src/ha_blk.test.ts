@@ -87,6 +87,7 @@ test.serial("blk under --ha: a guest's write-verify loop sees no error while vfe
       await d.restartVhostd();
       await progress(`both killed ${i}`);
       stallMs.push(Date.now() - t0);
+      t.is((await d.ok(["vf", "-i", VF])).device.write_back, false, `both killed ${i}: the guest's write-through came back from the keeper's replica`);
     }
     const info = await d.ok(["vf", "-i", VF]);
     const disk = fs.openSync(path.join(d.dir, "disk.raw"), "r+");

@@ -96,7 +96,9 @@ export class Keeper {
     if (await answers(sockPath)) throw new Error(`another vfe-vhostd-ha serves ${opts.runDir} (${sockPath} answers)`);
     const t0 = performance.now();
     const replica = ReplicaJournal.open(join(opts.stateDir, REPLICA_DIR_NAME));
-    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir, lockDir: mirrorLockDir(opts.runDir), sharedPath: mirrorSharedPath(opts.runDir), inboxPath: inboxPath(opts.runDir), owner: "vfe-vhostd-ha" });
+    const host = opts.host ?? createVfHost({ log: log.child({ component: "host" }), runDir: opts.runDir, lockDir: mirrorLockDir(opts.runDir), sharedPath: mirrorSharedPath(opts.runDir), inboxPath: inboxPath(opts.runDir), owner: "vfe-vhostd-ha",
+      guestChoices: { writeback: (dev) => replica.writeback(dev), setWriteback: (dev, wb) => replica.setWriteback(dev, wb), forget: (dev) => replica.forgetGuest(dev) },
+    });
     const k = new Keeper(opts, host, replica, log);
     try {
       const contents = replica.read();

@@ -9,6 +9,8 @@
 //   meta/epoch   epoch of the last applied delta or snapshot
 //   meta/seq     its seq (the SyncServer's sequencer starts from these)
 //   t/<table>/<key>  the value, standard msgpack (useRecords: false) in a binary Buffer
+//   g/<dev>/writeback  a blk guest's CONFIG_WCE choice (0|1): what the guest set must hold on
+//                      whoever runs the disk next, also after both daemons died
 // Each delta is one write transaction (ops + epoch/seq) awaited until committed and flushed:
 // the keeper acknowledges only after that. A snapshot replaces every t/ key in one transaction.
 // Everything read is validated by the caller (keeper.ts); undecodable values are reported.
@@ -21,6 +23,7 @@ export const REPLICA_FORMAT = 1;
 const KEY_FORMAT = "meta/format";
 const KEY_EPOCH = "meta/epoch";
 const KEY_SEQ = "meta/seq";
+const GUEST_PREFIX = "g/";
 const MAX_VALUE_BYTES = 64 * 1024;
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -70,7 +73,7 @@ export class ReplicaJournal {
     for (const { key, value } of this.db.getRange({})) {
       const k = String(key);
       try {
-        if (k === KEY_FORMAT) continue;
+        if (k === KEY_FORMAT || k.startsWith(GUEST_PREFIX)) continue;
         if (!Buffer.isBuffer(value) && !((value as unknown) instanceof Uint8Array)) throw new Error("value is not binary");
         if (value.length === 0 || value.length > MAX_VALUE_BYTES) throw new Error(`value of ${value.length} bytes`);
         const v = packr.unpack(value) as unknown;
@@ -88,6 +91,26 @@ export class ReplicaJournal {
       }
     }
     return out;
+  }
+
+  /** A blk guest's CONFIG_WCE choice on `dev` (undefined: never set, or unreadable). */
+  writeback(dev: string): number | undefined {
+    const raw = this.db.getBinary(`${GUEST_PREFIX}${dev}/writeback`);
+    if (raw === undefined || raw.length !== 1 || raw[0]! > 1) return undefined;
+    return raw[0];
+  }
+
+  /**
+   * Records it, durable when this returns: the guest's config write is answered after this
+   * (a guest told "write-through" must never find write-back after a restart). Synchronous:
+   * a guest sets it once or twice per boot.
+   */
+  setWriteback(dev: string, writeback: number): void {
+    this.db.putSync(`${GUEST_PREFIX}${dev}/writeback`, Buffer.of(writeback));
+  }
+
+  forgetGuest(dev: string): void {
+    this.db.removeSync(`${GUEST_PREFIX}${dev}/writeback`);
   }
 
   /** One delta: its ops and the new epoch/seq, durable when this resolves. */

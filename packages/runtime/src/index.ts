@@ -4,7 +4,7 @@ export * from "./paths.js";
 export * from "./log.js";
 export * from "./systemd.js";
 export * from "./vf_host.js";
-export { createVfHost, EngineVfHost, type MirrorSink, type VfHostOptions } from "./session/engine_vf_host.js";
+export { createVfHost, EngineVfHost, type GuestChoices, type MirrorSink, type VfHostOptions } from "./session/engine_vf_host.js";
 export { CrashLedger, noteFatalException, vfTag, CRASH_ROLES, BREAK_AFTER, type CrashState, type CrashVerdict } from "./session/crash_ledger.js";
 export { MIRROR_CODEC } from "./mirror/mirror_codec.js";
 export { MirrorHolder, type MirrorHolderOptions } from "./mirror/mirror_holder.js";

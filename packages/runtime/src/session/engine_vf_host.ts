@@ -25,6 +25,8 @@ export interface VfHostOptions {
   sharedPath?: string;
   /** HA: the message inbox shared with the peer daemon (cc/inbox.cc, session/intake.ts). */
   inboxPath?: string;
+  /** Where guests' choices that must outlive both daemons are kept (the keeper: its replica). */
+  guestChoices?: GuestChoices;
   /** Reported as the owner of every session and queue (default "vfe-vhostd"). */
   owner?: string;
   /**
@@ -32,6 +34,16 @@ export interface VfHostOptions {
    * crashes (default 60 s, or VHOSTD_CRASH_CLEAN_MS). See crash_ledger.ts.
    */
   crashCleanMs?: number;
+}
+
+/** Choices a guest makes that must outlive this process and its peer (both killed). */
+export interface GuestChoices {
+  /** A blk guest's CONFIG_WCE (1 write-back, 0 write-through); undefined: never set. */
+  writeback(dev: string): number | undefined;
+  /** Durable when it returns (the guest's config write is answered after). */
+  setWriteback(dev: string, writeback: number): void;
+  /** The VF was removed: its next guest starts from the defaults. */
+  forget(dev: string): void;
 }
 
 /**
@@ -475,7 +487,20 @@ export class EngineVfHost implements VfHost {
         throw new HostError(`disk ${disk.path} holds no whole 512-byte sector`, -22);
       }
       this.log.info({ vf: spec.dev, disk: disk.path, sectors: info.capacity.toString(), logicalBlock: info.logicalBlockSize, readonly: disk.readonly, direct: disk.direct }, "blk disk opened");
-      return new BlkModel(info, spec.queuePairs, disk.readonly, (wb) => this.engine.setBlkWriteback(spec.devId, wb));
+      const choices = this.opts.guestChoices;
+      const model = new BlkModel(info, spec.queuePairs, disk.readonly, (wb) => {
+        this.engine.setBlkWriteback(spec.devId, wb);
+        choices?.setWriteback(spec.dev, wb ? 1 : 0);
+      });
+      // A guest that chose write-through keeps it across our restarts, even both daemons' (an
+      // adoption then takes the mirror's copy, which is the same choice).
+      const wb = choices?.writeback(spec.dev);
+      if (wb !== undefined && wb !== model.writeback) {
+        model.writeback = wb;
+        this.engine.setBlkWriteback(spec.devId, wb === 1);
+        this.log.info({ vf: spec.dev, writeback: wb === 1 }, `blk guest's cache mode restored: ${wb === 1 ? "write-back" : "write-through"}`);
+      }
+      return model;
     } finally {
       if (fd >= 0) fs.closeSync(fd); // the engine holds its own dup
     }
@@ -495,7 +520,10 @@ export class EngineVfHost implements VfHost {
     if (!vf) return;
     vf.within(() => vf.stop());
     this.destroy(vf);
-    if (removed) this.crashes.forget(vf.spec);
+    if (removed) {
+      this.crashes.forget(vf.spec);
+      this.opts.guestChoices?.forget(dev);
+    }
     this.mirror?.drop(dev);
     this.log.info({ vf: dev, socket: vf.spec.socketPath }, "VF datapath released");
   }
