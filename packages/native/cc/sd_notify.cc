@@ -12,6 +12,9 @@
 // an error rather than waited for: a watchdog ping that cannot be queued now is retried by the
 // next timer tick.
 //
+// With fds (the file-descriptor store: "FDSTORE=1\nFDNAME=..."), they ride on the datagram as
+// one SCM_RIGHTS; systemd keeps duplicates, the caller keeps its own.
+//
 // Tests play systemd's part with the test addon's listener (test_support/notify_listener.cc).
 #include <napi.h>
 #include <uv.h>
@@ -26,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "napi_util.h"
 #include "sd_notify.h"
@@ -37,8 +41,8 @@ using napi::StringArg;
 using napi::ThrowErrno;
 using Fd = napi::UniqueFd;
 
-// sdNotify(state): true when sent, false when $NOTIFY_SOCKET is unset or empty; throws on a
-// malformed $NOTIFY_SOCKET or a failed send.
+// sdNotify(state, fds?): true when sent, false when $NOTIFY_SOCKET is unset or empty; throws on
+// a malformed $NOTIFY_SOCKET or a failed send.
 Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string state = StringArg(info, 0, "sdNotify: state");
@@ -48,6 +52,17 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   // or clear it after start.
   const char* env_name = std::getenv("NOTIFY_SOCKET");
   if (env_name == nullptr || env_name[0] == '\0') return Napi::Boolean::New(env, false);
+  std::vector<int> fds;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    if (!info[1].IsArray()) throw Napi::TypeError::New(env, "sdNotify: fds must be an array");
+    auto a = info[1].As<Napi::Array>();
+    if (a.Length() > kMaxNotifyFds) throw Napi::RangeError::New(env, "sdNotify: at most " + std::to_string(kMaxNotifyFds) + " fds");
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      double v;
+      if (!napi::IntegerIn(a.Get(i), 0, INT_MAX, &v)) throw Napi::TypeError::New(env, "sdNotify: fds must be fd numbers");
+      fds.push_back(static_cast<int>(v));
+    }
+  }
   std::string name(env_name);
   sockaddr_un addr;
   socklen_t len = FillNotifyAddr(name, &addr);
@@ -61,6 +76,16 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   msg.msg_namelen = len;
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
+  std::vector<char> ctrl(fds.empty() ? 0 : CMSG_SPACE(fds.size() * sizeof(int)));
+  if (!fds.empty()) {
+    msg.msg_control = ctrl.data();
+    msg.msg_controllen = ctrl.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+  }
   ssize_t n;
   do n = sendmsg(fd.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);

@@ -12,6 +12,8 @@ namespace vhd {
 
 /** A notification is a handful of short assignments; systemd itself reads at most a few KiB. */
 constexpr size_t kMaxNotifyState = 4096;
+/** fds on one notification (Linux's SCM_MAX_FD). */
+constexpr size_t kMaxNotifyFds = 253;
 
 /** Fills addr from a $NOTIFY_SOCKET-style name: "/path" or "@abstract". Returns the address
  *  length, or 0 when the name is unusable (relative, empty, too long). */

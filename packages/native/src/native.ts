@@ -392,8 +392,9 @@ export interface NativeModule {
   /* sd_notify (cc/sd_notify.cc) */
   /** Sends one sd_notify(3) datagram ("READY=1", "WATCHDOG=1", ...) to $NOTIFY_SOCKET (a path or
    *  an "@abstract" name) from this process; false when $NOTIFY_SOCKET is unset or empty. Throws
-   *  (Error with .code) on a malformed $NOTIFY_SOCKET or a failed send (EAGAIN when full). */
-  sdNotify(state: string): boolean;
+   *  (Error with .code) on a malformed $NOTIFY_SOCKET or a failed send (EAGAIN when full).
+   *  `fds` ride on it (SCM_RIGHTS; the fd store: "FDSTORE=1\nFDNAME=..."); the caller keeps its own. */
+  sdNotify(state: string, fds?: number[]): boolean;
 
   /**
    * The message inbox shared by both daemons (cc/inbox.cc): one slot per device id, through

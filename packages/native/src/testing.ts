@@ -20,7 +20,7 @@ export interface TestSupportAddon {
   /** A non-blocking DGRAM socket bound to "/path" or "@abstract" that records senders' pids. */
   notifyListen(name: string): number;
   /** One queued notification and the sender's pid (from the kernel), or null. */
-  notifyRecv(fd: number): { data: string; pid: number } | null;
+  notifyRecv(fd: number): { data: string; pid: number; fds: number[] } | null;
 }
 
 // VHOSTD_NATIVE_TEST_ADDON: another build of the same addon, e.g. the ASan+UBSan one

@@ -3,6 +3,7 @@
 export * from "./paths.js";
 export * from "./log.js";
 export * from "./systemd.js";
+export * from "./fd_store.js";
 export * from "./vf_host.js";
 export { createVfHost, EngineVfHost, type GuestChoices, type MirrorSink, type VfHostOptions } from "./session/engine_vf_host.js";
 export { CrashLedger, noteFatalException, vfTag, CRASH_ROLES, BREAK_AFTER, type CrashState, type CrashVerdict } from "./session/crash_ledger.js";

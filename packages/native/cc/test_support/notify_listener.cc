@@ -34,13 +34,13 @@ Napi::Value NotifyListen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd.release());
 }
 
-// notifyRecv(fd): one datagram { data, pid } (pid of the sending process, from the
-// kernel), or null when none is queued.
+// notifyRecv(fd): one datagram { data, pid, fds } (pid of the sending process, from the
+// kernel; fds that rode on it, now the caller's), or null when none is queued.
 Napi::Value NotifyRecv(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   double fdv = napi::IntArgAtLeast(info, 0, "notifyRecv: fd", 0, INT_MAX);
   char buf[kMaxNotifyState + 1];
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(ucred))];
+  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(kMaxNotifyFds * sizeof(int))];
   iovec iov{buf, sizeof(buf)};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -55,7 +55,16 @@ Napi::Value NotifyRecv(const Napi::CallbackInfo& info) {
     ThrowErrno(env, errno, "recvmsg");
   }
   int pid = -1;
+  Napi::Array fds = Napi::Array::New(env);
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; i++) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
+        fds.Set(static_cast<uint32_t>(fds.Length()), fd);
+      }
+    }
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
       ucred cred;
       std::memcpy(&cred, CMSG_DATA(c), sizeof(cred));
@@ -65,6 +74,7 @@ Napi::Value NotifyRecv(const Napi::CallbackInfo& info) {
   Napi::Object r = Napi::Object::New(env);
   r.Set("data", Napi::String::New(env, buf, static_cast<size_t>(n)));
   r.Set("pid", Napi::Number::New(env, pid));
+  r.Set("fds", fds);
   return r;
 }
 
