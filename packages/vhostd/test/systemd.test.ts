@@ -107,8 +107,8 @@ test.serial("sdNotify: false without NOTIFY_SOCKET; path and abstract sockets; a
       process.env.NOTIFY_SOCKET = name;
       t.true(notifyReady("line one\nline two"));
       t.true(notifyStopping());
-      t.deepEqual(testSupport.notifyRecv(fd), { data: "READY=1\nSTATUS=line one line two", pid: process.pid });
-      t.deepEqual(testSupport.notifyRecv(fd), { data: "STOPPING=1\nSTATUS=stopping", pid: process.pid });
+      t.deepEqual(testSupport.notifyRecv(fd), { data: "READY=1\nSTATUS=line one line two", pid: process.pid, fds: [] });
+      t.deepEqual(testSupport.notifyRecv(fd), { data: "STOPPING=1\nSTATUS=stopping", pid: process.pid, fds: [] });
       t.is(testSupport.notifyRecv(fd), null);
       native.closeFd(fd);
     }
