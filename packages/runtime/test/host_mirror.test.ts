@@ -199,6 +199,18 @@ test.serial("with a standby, a message is announced with its bytes and fds befor
     await sleep(100);
     t.like(sink.events[0], { op: "msg", seq: 2, fds: 1 }, "its fd rides on the announcement");
     t.like(sink.events[1], { op: "vf", seq: 2 }, "and the record of its effect follows");
+
+    // Two messages queued at once, the first without fds, the second with one (as QEMU sends
+    // SET_VRING_ADDR then SET_VRING_KICK): a peek of the first must not take the second's fd.
+    sink.events.length = 0;
+    const kick = native.eventFd(0);
+    sendAllBlocking(fd, Buffer.concat([encodeMessage(Req.SET_VRING_NUM, codec.vringState.encode({ index: 0, num: 256 }), MsgFlag.VERSION)]));
+    sendAllBlocking(fd, encodeMessage(Req.SET_VRING_KICK, codec.u64.encode(0n), MsgFlag.VERSION), [kick]);
+    native.closeFd(kick);
+    await sleep(100);
+    const msgs = sink.events.filter((e) => e.op === "msg");
+    t.like(msgs[0], { seq: 3, fds: 0 }, "SET_VRING_NUM is announced without the next message's fd");
+    t.like(msgs[1], { seq: 4, fds: 1 }, "SET_VRING_KICK with its own");
   } finally {
     if (fd >= 0) native.closeFd(fd);
     inbox.close();

@@ -55,11 +55,17 @@ export class Intake {
     const seq = this.lastSeq + 1;
     if (this.waiting) return "wait";
     if (this.announced !== seq && this.announcer?.standby()) {
-      const peek = native.recvWithFds(fd, len, MAX_FDS, true);
+      // One byte more than the message: Linux's MSG_PEEK on a stream socket, once it has the
+      // bytes asked for, steps into the next message and hands over *its* fds (0 bytes from
+      // it) when the peeked one has none. More than `len` bytes back means exactly that case:
+      // the fds are the next message's, not this one's. A message with fds of its own stops
+      // the peek at its end (len bytes).
+      const peek = native.recvWithFds(fd, len + 1, MAX_FDS, true);
       if (!peek) return null;
       try {
-        if (peek.data.length !== len || peek.fdsTruncated) return "pieces";
-        this.announcer.announce(seq, peek.data, peek.fds);
+        if (peek.data.length < len || peek.fdsTruncated) return "pieces";
+        const own = peek.data.length === len ? peek.fds : [];
+        this.announcer.announce(seq, peek.data.subarray(0, len), own);
       } finally {
         closeAll(peek.fds);
       }

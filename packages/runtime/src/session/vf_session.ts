@@ -304,13 +304,16 @@ export class VfSession {
     const pending = announced && announced.seq > this.lastHandled ? announced : undefined;
     if (announced && !pending) closeAll(announced.fds); // handled: the record has its effect
     const slot = this.hooks.inbox?.state(this.spec.devId);
-    if (!slot || slot.seq <= this.lastHandled || (pending && slot.seq < pending.seq)) {
-      if (pending) closeAll(pending.fds); // announced, never taken: still in the socket
+    const stillThere = () => {
+      if (!pending) return null;
+      closeAll(pending.fds); // announced, never taken: read from the socket
+      this.log.info({ seq: pending.seq }, "the message the dead runner announced is still in the socket; it is read from there");
       return null;
-    }
+    };
+    if (!slot || slot.seq <= this.lastHandled || (pending && slot.seq < pending.seq)) return stillThere();
     try {
       if (slot.multipart) throw new Error(`the dead runner was reading message ${slot.seq} in pieces; how much of it left the socket is unknown`);
-      if (!slot.consumed) return null;
+      if (!slot.consumed) return stillThere();
       if (!pending || pending.seq !== slot.seq) throw new Error(`message ${slot.seq} was taken off the connection but never announced`);
       if (!slot.bytes.equals(pending.bytes)) throw new Error(`message ${slot.seq}: the inbox and its announcement differ`);
     } catch (err) {
