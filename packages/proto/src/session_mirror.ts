@@ -35,6 +35,7 @@
 import { Packr } from "msgpackr";
 import { SWITCH_ID_MAX, intProblem, macProblem, pciAddrProblem } from "./device_record.js";
 import { SyncError } from "./keeper_sync.js";
+import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD } from "./vhost_user.js";
 import { fail, fields, int, isPlainObject, oneOf, str, type Body } from "./body_check.js";
 
 export const MIRROR_SOCKET_NAME = "ha-mirror.sock";
@@ -46,10 +47,8 @@ const MAX_REGIONS = 32;
 const MAX_DEVS = 4096;
 /** A few replies' worth of bytes (GET_CONFIG is the largest), hex. */
 const MAX_REPLY_HEX = 2 * 8192;
-/** A whole vhost-user message (12-byte header + 4096-byte payload at most), hex. */
-const MAX_MESSAGE_HEX = 2 * (12 + 4096);
-/** vhost-user messages carry at most 8 fds (VHOST_MEMORY_BASELINE_NREGIONS). */
-const MAX_MESSAGE_FDS = 8;
+/** A whole vhost-user message as our sessions accept one, hex. */
+const MAX_MESSAGE_HEX = 2 * (HEADER_SIZE + MAX_PAYLOAD);
 /** A message's sequence number on its VF: counted from 1 by whoever runs it. */
 const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
@@ -319,12 +318,12 @@ function validateMirrorFrame(v: unknown): MirrorFrame {
     }
     case "msg": {
       const b = fields("msg", v, ["op", "dev", "seq", "bytes", "count"]);
-      const bytes = str("msg", b, "bytes", MAX_MESSAGE_HEX, 24);
+      const bytes = str("msg", b, "bytes", MAX_MESSAGE_HEX, 2 * HEADER_SIZE);
       if (!/^(?:[0-9a-f]{2})+$/.test(bytes)) fail("msg", "bytes", "must be hex bytes");
       // The header's size must match: the adopter re-handles exactly these bytes.
       const size = Buffer.from(bytes.slice(16, 24), "hex").readUInt32LE(0);
-      if (12 + size !== bytes.length / 2) fail("msg", "bytes", `hold ${bytes.length / 2} bytes but the header says ${12 + size}`);
-      return { op, dev: dev("msg", b), seq: int("msg", b, "seq", 1, MAX_SEQ), bytes, count: int("msg", b, "count", 0, MAX_MESSAGE_FDS) };
+      if (HEADER_SIZE + size !== bytes.length / 2) fail("msg", "bytes", `hold ${bytes.length / 2} bytes but the header says ${HEADER_SIZE + size}`);
+      return { op, dev: dev("msg", b), seq: int("msg", b, "seq", 1, MAX_SEQ), bytes, count: int("msg", b, "count", 0, MAX_FDS) };
     }
     case "done": {
       const b = fields("done", v, ["op", "dev", "seq"]);

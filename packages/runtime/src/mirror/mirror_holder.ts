@@ -232,11 +232,13 @@ export class MirrorHolder {
     switch (f.op) {
       case "vf": {
         // An announced message the new record does not cover yet stays with it.
-        const msg = this.vfCopies.get(f.dev)?.msg;
-        if (msg) this.vfCopies.get(f.dev)!.msg = undefined;
+        const old = this.vfCopies.get(f.dev);
+        const msg = old?.msg;
+        if (old) old.msg = undefined; // (dropCopy must not close its fds)
         this.dropCopy(f.dev, true);
-        if (msg && msg.seq <= (f.rec.seq ?? 0)) closeFds(msg.fds);
-        this.vfCopies.set(f.dev, { rec: f.rec, fds, ...(msg && msg.seq > (f.rec.seq ?? 0) ? { msg } : {}) });
+        const pending = msg && msg.seq > (f.rec.seq ?? 0) ? msg : undefined;
+        if (msg && !pending) closeFds(msg.fds);
+        this.vfCopies.set(f.dev, { rec: f.rec, fds, ...(pending ? { msg: pending } : {}) });
         this.premapped.set(f.dev, f.rec, fds);
         this.standbyHost();
         return;
